@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both install first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test bench demo clean
+
+install: $(STAMP)
+
+# Idempotent: re-runs only when the project's dependency list or pins change.
+# torch is pinned by constraints.txt to the local CPU wheel and installed in the same
+# pip run as opacus, so pip never reaches for a CUDA build.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -c constraints.txt -e '.[all,dev]'
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) -m bench
+
+demo: install
+	$(VENV)/bin/secagg simulate --clients 20 --dim 100000 --dropout 0.1
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,30 @@
+"""The ``secagg`` command line.
+
+Every subcommand lives with the package it drives and is registered here. Heavy
+imports (torch, FastAPI) stay inside the subcommands, so ``secagg server`` and
+``secagg audit`` run on machines without torch.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from clients.simulation import simulate_command
+
+app = typer.Typer(
+    name="secagg",
+    help="Secure aggregation with differential privacy for federated learning between banks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command(name="simulate")(simulate_command)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""The mask PRG: AES-256-CTR keystream written straight into numpy buffers.
+
+Bonawitz et al. 2017 (section 4) expand each 256-bit seed into a mask vector over
+Z_R with a PRG. Here the PRG is AES-256 in counter mode (NIST SP 800-38A) with a
+zero initial counter block; the key is always a fresh HKDF output bound to one
+session and one purpose, so a (key, counter) pair is never reused. The keystream is
+interpreted as little-endian unsigned words of the ring's container width: numpy's
+unsigned wraparound is the reduction modulo 2^w, and 2^b divides 2^w.
+
+Hot path rules: keystream goes from OpenSSL into preallocated numpy memory through
+``update_into``; there is no intermediate ``bytes`` object and no Python loop over
+coordinates. :func:`accumulate_masks` works in cache-sized blocks so that each block
+of the keystream is added while it is still in L2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
+
+from secagg.hazmat.kdf import KEY_BYTES
+
+_ZERO_COUNTER = b"\x00" * 16
+BLOCK_BYTES = 256 * 1024
+"""Keystream block size for :func:`accumulate_masks`: fits the L2 cache of common CPUs."""
+
+
+def _keystream(seed: bytes) -> CipherContext:
+    if len(seed) != KEY_BYTES:
+        raise ValueError(f"PRG seeds are {KEY_BYTES} bytes")
+    return Cipher(algorithms.AES(seed), modes.CTR(_ZERO_COUNTER)).encryptor()
+
+
+def expand(seed: bytes, out: np.ndarray) -> np.ndarray:
+    """Fill ``out`` (C-contiguous, unsigned) with the PRG output of ``seed``; return it."""
+    if not out.flags.c_contiguous or out.dtype.kind != "u":
+        raise ValueError("out must be a C-contiguous unsigned integer array")
+    view = out.reshape(-1).view(np.uint8)
+    zeros = np.zeros(min(view.size, BLOCK_BYTES), dtype=np.uint8)
+    stream = _keystream(seed)
+    for start in range(0, view.size, zeros.size):
+        stop = min(start + zeros.size, view.size)
+        stream.update_into(zeros[: stop - start], view[start:stop])
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class SignedSeed:
+    """A PRG seed and whether its mask is added (+1) or subtracted (-1)."""
+
+    seed: bytes
+    sign: int
+
+    def __post_init__(self) -> None:
+        if self.sign not in (1, -1):
+            raise ValueError("sign must be +1 or -1")
+
+
+def accumulate_masks(target: np.ndarray, masks: Sequence[SignedSeed]) -> np.ndarray:
+    """``target += sum(sign * PRG(seed))`` modulo 2^w, in place, block by block.
+
+    All keystreams advance together one block at a time, so each block of every
+    keystream is consumed from cache. Cost: one AES-CTR pass and one add pass per
+    mask over ``target``'s bytes; memory: one block per call, independent of the
+    number of masks.
+    """
+    if not target.flags.c_contiguous or target.dtype.kind != "u" or target.ndim != 1:
+        raise ValueError("target must be a 1-D C-contiguous unsigned integer array")
+    if not masks:
+        return target
+    streams = [(_keystream(mask.seed), mask.sign) for mask in masks]
+    itemsize = target.dtype.itemsize
+    block_elements = max(1, BLOCK_BYTES // itemsize)
+    zeros = np.zeros(block_elements * itemsize, dtype=np.uint8)
+    scratch = np.empty(block_elements, dtype=target.dtype)
+    scratch_bytes = scratch.view(np.uint8)
+    for start in range(0, target.size, block_elements):
+        stop = min(start + block_elements, target.size)
+        count = stop - start
+        window = target[start:stop]
+        keystream = scratch[:count]
+        for stream, sign in streams:
+            stream.update_into(zeros[: count * itemsize], scratch_bytes[: count * itemsize])
+            if sign > 0:
+                np.add(window, keystream, out=window)
+            else:
+                np.subtract(window, keystream, out=window)
+    return target
