@@ -10,6 +10,8 @@ from __future__ import annotations
 import typer
 
 from clients.simulation import simulate_command
+from dp.cli_audit import audit_app
+from dp.cli_dp import dp_app
 
 app = typer.Typer(
     name="secagg",
@@ -19,6 +21,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command(name="simulate")(simulate_command)
+app.add_typer(dp_app, name="dp")
+app.add_typer(audit_app, name="audit")
 
 
 def main() -> None:
