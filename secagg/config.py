@@ -1,0 +1,174 @@
+"""Round parameters, threshold rules and the session id.
+
+A round is fixed before R0 by :class:`RoundConfig`: the cohort's Ed25519 identity
+keys (participant ``i`` is ``identity_keys[i]``, 0-based), the threshold t, the
+mode, the neighbour graph, the vector length and the ring. Its :meth:`digest`
+binds all of them; every R0 signature covers it.
+
+Threshold rules (Bonawitz et al. 2017, section 6; DESIGN.md section 2), enforced by
+the server *and* every client:
+
+* honest-but-curious: t >= floor(n/2) + 1 — a coalition of the server and fewer than
+  t clients cannot both unmask a self-mask and reconstruct a pairwise key;
+* active: t >= floor(2n/3) + 1 — additionally a lying server cannot split the honest
+  clients into two groups that each reach t (Bonawitz et al. 2017, Theorem 6.3).
+
+For a SecAgg+ Harary graph of degree k (Bell et al. 2020, section 3), the same rule
+applies within each neighbourhood of k + 1 clients (a client and its k neighbours);
+that neighbourhood threshold bounds reconstruction of each client's secrets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from secagg.encoding import Ring
+from secagg.errors import ConfigurationError
+from secagg.hazmat.kdf import PROTOCOL_LABEL
+from secagg.hazmat.keys import PUBLIC_KEY_BYTES
+
+PROTOCOL_VERSION = 1
+ROUND_ID_MIN_BYTES = 16
+ROUND_ID_MAX_BYTES = 64
+MAX_DIM = 1 << 30
+MAX_PARTICIPANTS = 1 << 16
+SESSION_ID_BYTES = 32
+
+
+class ProtocolMode(str, Enum):
+    """Adversary model (Bonawitz et al. 2017, sections 6.2 and 6.3)."""
+
+    HONEST_BUT_CURIOUS = "honest-but-curious"
+    ACTIVE = "active"
+
+
+class GraphKind(str, Enum):
+    """Who shares keys and masks with whom."""
+
+    FULL = "full"
+    HARARY = "harary"
+
+
+def minimum_threshold(mode: ProtocolMode, group_size: int) -> int:
+    """The smallest safe threshold for ``group_size`` parties under ``mode``."""
+    if mode is ProtocolMode.ACTIVE:
+        return (2 * group_size) // 3 + 1
+    return group_size // 2 + 1
+
+
+@dataclass(frozen=True, slots=True)
+class RoundConfig:
+    """Everything the parties agree on before R0 AdvertiseKeys.
+
+    ``degree`` is the Harary graph's degree k (even, 2 <= k <= n - 2) and must be
+    ``None`` for the full graph.
+    """
+
+    round_id: bytes
+    identity_keys: tuple[bytes, ...]
+    threshold: int
+    dim: int
+    bits: int = 32
+    mode: ProtocolMode = ProtocolMode.ACTIVE
+    graph: GraphKind = GraphKind.FULL
+    degree: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "identity_keys", tuple(self.identity_keys))
+        object.__setattr__(self, "mode", ProtocolMode(self.mode))
+        object.__setattr__(self, "graph", GraphKind(self.graph))
+        if not isinstance(self.round_id, bytes) or not ROUND_ID_MIN_BYTES <= len(self.round_id) <= ROUND_ID_MAX_BYTES:
+            raise ConfigurationError(f"round_id must be {ROUND_ID_MIN_BYTES}..{ROUND_ID_MAX_BYTES} bytes")
+        n = len(self.identity_keys)
+        if not 2 <= n <= MAX_PARTICIPANTS:
+            raise ConfigurationError(f"a round needs 2..{MAX_PARTICIPANTS} participants, got {n}")
+        for key in self.identity_keys:
+            if not isinstance(key, bytes) or len(key) != PUBLIC_KEY_BYTES:
+                raise ConfigurationError("identity keys are 32-byte Ed25519 public keys")
+        if len(set(self.identity_keys)) != n:
+            raise ConfigurationError("two participants share an identity key")
+        if not isinstance(self.dim, int) or not 1 <= self.dim <= MAX_DIM:
+            raise ConfigurationError(f"dim must be in 1..{MAX_DIM}")
+        Ring(self.bits)  # validates bits
+        rule = minimum_threshold(self.mode, n)
+        if not isinstance(self.threshold, int) or not rule <= self.threshold <= n:
+            raise ConfigurationError(
+                f"threshold {self.threshold} is unsafe for {n} participants in {self.mode.value} mode: "
+                f"it must be in {rule}..{n}"
+            )
+        if self.graph is GraphKind.FULL:
+            if self.degree is not None:
+                raise ConfigurationError("degree applies only to the harary graph")
+        else:
+            if not isinstance(self.degree, int) or self.degree < 2 or self.degree % 2 or self.degree > n - 2:
+                raise ConfigurationError(
+                    f"harary degree must be even and in 2..{n - 2} for {n} participants (use the full graph otherwise)"
+                )
+
+    @property
+    def participant_count(self) -> int:
+        return len(self.identity_keys)
+
+    @property
+    def participant_ids(self) -> range:
+        return range(len(self.identity_keys))
+
+    @property
+    def ring(self) -> Ring:
+        return Ring(self.bits)
+
+    @property
+    def neighbourhood_size(self) -> int:
+        """A client plus its neighbours: n for the full graph, k + 1 for Harary."""
+        if self.graph is GraphKind.FULL:
+            return self.participant_count
+        assert self.degree is not None
+        return self.degree + 1
+
+    @property
+    def share_threshold(self) -> int:
+        """Shares needed to reconstruct one client's secret.
+
+        The full graph uses t itself (Bonawitz et al. 2017). A Harary neighbourhood
+        uses the mode's rule over its k + 1 members (Bell et al. 2020, section 3).
+        """
+        if self.graph is GraphKind.FULL:
+            return self.threshold
+        return minimum_threshold(self.mode, self.neighbourhood_size)
+
+    def digest(self) -> bytes:
+        """SHA-256 of a canonical encoding of every parameter; signed in R0."""
+        header = struct.pack(
+            ">BBBBIIIH",
+            PROTOCOL_VERSION,
+            self.bits,
+            list(ProtocolMode).index(self.mode),
+            list(GraphKind).index(self.graph),
+            self.threshold,
+            self.dim,
+            self.degree or 0,
+            len(self.round_id),
+        )
+        hasher = hashlib.sha256(PROTOCOL_LABEL + b"/round-config/")
+        hasher.update(header + self.round_id + struct.pack(">I", self.participant_count))
+        for key in self.identity_keys:
+            hasher.update(key)
+        return hasher.digest()
+
+
+def session_id(config_digest: bytes, advertised: Sequence[tuple[int, bytes, bytes]]) -> bytes:
+    """The session id: SHA-256 over the round's digest and every advertised key pair.
+
+    ``advertised`` holds (participant id, encryption public key, masking public key)
+    for each member of U1. The id goes into every KDF ``info``, every AEAD's
+    associated data and every R3 signature (DESIGN.md section 2), so nothing from
+    one session can be replayed into another.
+    """
+    hasher = hashlib.sha256(PROTOCOL_LABEL + b"/session/" + config_digest)
+    for participant_id, encryption_key, masking_key in sorted(advertised):
+        hasher.update(struct.pack(">I", participant_id) + encryption_key + masking_key)
+    return hasher.digest()
