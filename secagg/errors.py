@@ -51,11 +51,13 @@ class AbortReason(str, Enum):
     UNEXPECTED_MESSAGE = "unexpected-message"
     DECRYPTION_FAILED = "decryption-failed"
     PREMATURE_UNMASK_REQUEST = "premature-unmask-request"
+    EXCLUDED = "excluded"
+    INVALID_PUBLIC_KEY = "invalid-public-key"
     OWN_KEYS_ALTERED = "own-keys-altered"
     DUPLICATE_PUBLIC_KEY = "duplicate-public-key"
     MISSING_SHARES = "missing-shares"
     CORRUPT_SHARE = "corrupt-share"
-    INVALID_INPUT = "invalid-input"
+    MALFORMED_MESSAGE = "malformed-message"
     ABORTED_BY_SERVER = "aborted-by-server"
 
 

@@ -14,11 +14,12 @@ client's own share is needed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import numpy as np
 
-from secagg.config import GraphKind, RoundConfig
+from secagg.config import GraphKind, ProtocolMode, RoundConfig, minimum_threshold
 from secagg.hazmat import prg
 from secagg.hazmat.kdf import KeyPurpose, derive_key
 
@@ -55,3 +56,47 @@ def session_permutation(size: int, session_id: bytes) -> np.ndarray:
     seed = derive_key(session_id, KeyPurpose.NEIGHBOUR_GRAPH, b"harary")
     keys = prg.expand(seed, np.empty(size, dtype=np.uint64))
     return np.argsort(keys, kind="stable")
+
+
+def recommended_harary_degree(
+    participants: int,
+    mode: ProtocolMode,
+    *,
+    dropout_rate: float,
+    corrupt_fraction: float,
+    failure_probability: float = 2.0**-20,
+) -> int | None:
+    """The smallest even Harary degree k that tolerates the given dropout and corruption.
+
+    With independent dropouts at ``dropout_rate``, the union bound over the
+    ``participants`` neighbourhoods of k + 1 members keeps the chance that any
+    neighbourhood keeps fewer than t_s survivors below ``failure_probability``; with
+    a ``corrupt_fraction`` of clients colluding with the server, it keeps the chance
+    that any neighbourhood holds t_s corrupt members below the same bound (Bell et al.
+    2020, section 3, which analyses random graphs of this kind). The degree is never
+    below 2 * ceil(log2 n), the order Bell et al. prove necessary for the graph to stay
+    connected. Returns ``None`` when no degree below n - 1 qualifies: use the full graph.
+    """
+    if not 0.0 <= dropout_rate < 1.0 or not 0.0 <= corrupt_fraction < 1.0:
+        raise ValueError("rates must be in [0, 1)")
+    floor = 2 * math.ceil(math.log2(max(participants, 2)))
+    for degree in range(floor, participants - 1, 2):
+        size = degree + 1
+        share_threshold = minimum_threshold(mode, size)
+        too_many_dropped = _binomial_upper_tail(degree, dropout_rate, size - share_threshold + 1)
+        too_many_corrupt = _binomial_upper_tail(size, corrupt_fraction, share_threshold)
+        if participants * max(too_many_dropped, too_many_corrupt) <= failure_probability:
+            return degree
+    return None
+
+
+def _binomial_upper_tail(trials: int, probability: float, at_least: int) -> float:
+    """P[Binomial(trials, probability) >= at_least], exactly with integers and floats."""
+    if at_least <= 0:
+        return 1.0
+    if at_least > trials or probability == 0.0:
+        return 0.0
+    return sum(
+        math.comb(trials, count) * probability**count * (1.0 - probability) ** (trials - count)
+        for count in range(at_least, trials + 1)
+    )

@@ -52,10 +52,14 @@ class SystemRandom:
 
 
 class DeterministicRandom:
-    """AES-256-CTR keystream under a 256-bit seed, for reproducible tests.
+    """An AES-256-CTR keystream generator under a 256-bit seed (a CTR-mode DRBG).
 
-    Deterministic by design: never use it for a real round. It exists so that
-    known-answer tests and simulations with ``--seed`` are exact.
+    Its output is exactly as unpredictable as its seed. Seeded from
+    :class:`SystemRandom` and kept secret, it lets a bank client re-derive every
+    value of an interrupted round after a crash (the seed is then as sensitive as the
+    keys it generates). Seeded from a small test integer with :meth:`from_int`, it
+    makes known-answer tests and ``--seed`` simulations exact, and is never for a
+    real round.
     """
 
     def __init__(self, seed: bytes) -> None:

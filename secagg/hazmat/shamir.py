@@ -16,7 +16,7 @@ commitment), which is how a corrupted share is detected.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from secagg.hazmat.randomness import RandomSource
 
@@ -48,11 +48,13 @@ class ShamirScheme:
     """
 
     prime: int = FIELD_PRIME
+    _lagrange_cache: dict[tuple[int, ...], dict[int, int]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if self.prime < 3:
             raise ShamirError("the field prime must be at least 3")
-        object.__setattr__(self, "_lagrange_cache", {})
 
     def random_element(self, source: RandomSource) -> int:
         """A uniform field element by rejection sampling (no modulo bias)."""
@@ -89,7 +91,7 @@ class ShamirScheme:
         key = tuple(sorted(participant_ids))
         if len(set(key)) != len(key):
             raise ShamirError("duplicate participant id")
-        cache: dict[tuple[int, ...], dict[int, int]] = self._lagrange_cache  # type: ignore[attr-defined]
+        cache = self._lagrange_cache
         cached = cache.get(key)
         if cached is not None:
             return cached

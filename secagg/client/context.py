@@ -1,0 +1,65 @@
+"""What a client knows for the whole round, and the checks every round state shares."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from secagg.config import RoundConfig
+from secagg.errors import AbortReason, EncodingError, ProtocolAbort
+from secagg.hazmat.keys import SigningKey
+from secagg.hazmat.randomness import RandomSource
+
+
+@dataclass(frozen=True, slots=True)
+class ClientContext:
+    """A client's fixed inputs: the round, its id, its identity key, randomness and its input.
+
+    ``input_vector`` is already an element of Z_2^b^dim (see :mod:`secagg.encoding`);
+    it is copied and made read-only, so the caller cannot change it mid-round.
+    """
+
+    config: RoundConfig
+    participant_id: int
+    identity_key: SigningKey
+    source: RandomSource
+    input_vector: np.ndarray = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if self.participant_id not in self.config.participant_ids:
+            raise EncodingError(f"participant id {self.participant_id} is not in the round's cohort")
+        if self.identity_key.public_bytes != self.config.identity_keys[self.participant_id]:
+            raise EncodingError("identity key does not match the cohort entry for this participant")
+        ring = self.config.ring
+        vector = np.asarray(self.input_vector)
+        if vector.ndim != 1 or vector.size != self.config.dim:
+            raise EncodingError(f"input must be a vector of length {self.config.dim}")
+        if vector.dtype != ring.dtype.newbyteorder("="):
+            raise EncodingError(f"input must have dtype {ring.dtype} for a {ring.bits}-bit ring; encode it first")
+        if not ring.is_reduced(vector):
+            raise EncodingError(f"input has elements outside Z_2^{ring.bits}")
+        frozen = np.array(vector, dtype=ring.dtype, copy=True)
+        frozen.setflags(write=False)
+        object.__setattr__(self, "input_vector", frozen)
+
+
+def require(condition: bool, reason: AbortReason, detail: str) -> None:
+    """Abort the round with ``reason`` unless ``condition`` holds."""
+    if not condition:
+        raise ProtocolAbort(reason, detail)
+
+
+def check_id_list(ids: Sequence[int], name: str, *, within: Iterable[int], minimum: int) -> frozenset[int]:
+    """Refuse duplicates, ids outside ``within`` and lists shorter than ``minimum``."""
+    unique = frozenset(ids)
+    require(len(unique) == len(ids), AbortReason.DUPLICATE_PARTICIPANT, f"{name} lists a participant twice")
+    allowed = frozenset(within)
+    require(unique <= allowed, AbortReason.NOT_A_SUBSET, f"{name} is not a subset of the previous round's survivors")
+    require(
+        len(unique) >= minimum,
+        AbortReason.TOO_FEW_PARTICIPANTS,
+        f"{name} has {len(unique)} participants, the threshold is {minimum}",
+    )
+    return unique
