@@ -68,6 +68,7 @@ summed over the coordinates; :func:`skellam_noise` reports it.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -185,6 +186,9 @@ class PoissonSampler:
     offset: int = field(init=False)
     thresholds: np.ndarray = field(init=False, repr=False)
     total_variation_bound: float = field(init=False)
+    _guide_shift: np.uint64 = field(init=False, repr=False)
+    _guide_index: np.ndarray = field(init=False, repr=False)
+    _guide_ambiguous: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         mean = self.mean
@@ -202,6 +206,18 @@ class PoissonSampler:
         object.__setattr__(self, "offset", offset)
         object.__setattr__(self, "thresholds", thresholds)
         object.__setattr__(self, "total_variation_bound", tv_bound)
+        # Guide table (Chen and Asau 1974): the top bits of U name a cell; a cell that
+        # no threshold splits determines the answer, the others fall back to a search.
+        guide_bits = min(_TABLE_BITS, max(1, int(thresholds.size).bit_length() + 1))
+        shift = np.uint64(_TABLE_BITS - guide_bits)
+        cell_starts = np.arange(1 << guide_bits, dtype=np.uint64) << shift
+        first = np.searchsorted(thresholds, cell_starts, side="right")
+        last = np.empty_like(first)
+        last[:-1] = np.searchsorted(thresholds, cell_starts[1:] - np.uint64(1), side="right")
+        last[-1] = thresholds.size
+        object.__setattr__(self, "_guide_shift", shift)
+        object.__setattr__(self, "_guide_index", first.astype(np.int64))
+        object.__setattr__(self, "_guide_ambiguous", first != last)
 
     @property
     def support_size(self) -> int:
@@ -219,8 +235,12 @@ class PoissonSampler:
         _check_count(count)
         words = _uniform_uint64(source, count)
         words >>= np.uint64(64 - _TABLE_BITS)
-        indices = np.searchsorted(self.thresholds, words, side="right")
-        return indices.astype(np.int64) + self.offset
+        cells = (words >> self._guide_shift).astype(np.intp)
+        indices = self._guide_index[cells]
+        unresolved = np.flatnonzero(self._guide_ambiguous[cells])
+        indices[unresolved] = np.searchsorted(self.thresholds, words[unresolved], side="right")
+        indices += self.offset
+        return indices
 
 
 def _build_poisson_table(mean: float, width: float) -> tuple[int, np.ndarray, float] | None:
@@ -276,7 +296,13 @@ def skellam_noise(source: RandomSource, count: int, *, variance: float) -> np.nd
         raise NoiseError(f"variance must be >= 0, got {variance!r}")
     if variance == 0:
         return np.zeros(count, dtype=np.int64)
-    sampler = PoissonSampler(variance / 2.0)
+    sampler = _cached_poisson_sampler(variance / 2.0)
     noise = sampler.sample(source, count)
     noise -= sampler.sample(source, count)
     return noise
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_poisson_sampler(mean: float) -> PoissonSampler:
+    """Tables are immutable and depend only on the mean: a round reuses its table."""
+    return PoissonSampler(mean)
