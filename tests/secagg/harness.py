@@ -140,3 +140,19 @@ def run(round_: Round, *, drop: dict[int, Iterable[int]] | None = None) -> Outco
                     gone.add(member)
     except ProtocolAbort as abort:
         return Outcome(False, abort, frozenset(), None)
+
+
+def advance_to(round_: Round, server_messages: int, *, drop: dict[int, Iterable[int]] | None = None) -> dict[int, ServerMessage]:
+    """Run until the server has produced its ``server_messages``-th outbox (1 = KeyList), undelivered.
+
+    ``drop[r]`` are clients that do not answer in round r (0 = never advertise).
+    """
+    schedule = {r: set(members) for r, members in (drop or {}).items()}
+    gone = set(schedule.get(0, ()))
+    start(round_, skip=gone)
+    outbox = collect(round_)
+    for _ in range(server_messages - 1):
+        gone |= schedule.get(ROUND_NUMBER[round_.server.stage], set())
+        deliver(round_, outbox, skip=gone)
+        outbox = collect(round_)
+    return outbox
