@@ -237,7 +237,7 @@ def prv_epsilon(
         if not isinstance(event, SampledGaussian):
             raise UnsupportedMechanismError(
                 f"the PRV accountant has no analysis for the {event.mechanism.value} mechanism; "
-                "account for it with the RDP accountant (AccountantKind.RDP)"
+                "account for it with the rdp accountant"
             )
     if not events:
         return 0.0
