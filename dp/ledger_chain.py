@@ -419,6 +419,9 @@ def read_chain(path: Path, fmt: ChainFormat, *, public_key: bytes | None = None)
 
     head, head_findings = _check_head(path, fmt, entries, public_key if public_key is not None else declared_key, owner)
     findings.extend(head_findings)
+    if owner is None and head is not None and not head_findings:
+        # An empty ledger names its owner and key only in its signed head.
+        owner, declared_key = head.owner, bytes.fromhex(head.public_key)
     return ChainRead(
         path=path,
         entries=tuple(entries),
@@ -537,11 +540,12 @@ def _fsync_directory(directory: Path) -> None:
         os.close(descriptor)
 
 
-def atomic_write(path: Path, content: bytes) -> None:
+def atomic_write(path: Path, content: bytes, *, mode: int = 0o644) -> None:
     """Replace ``path`` with ``content`` so that a reader sees the old file or the new one,
     never a mixture, and the new one survives a crash once this returns."""
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(descriptor, mode)
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(content)
             handle.flush()

@@ -396,9 +396,10 @@ def _verdict(audit: Audit, summaries: Sequence[UnitSummary]) -> tuple[str, bool]
         parts.append(phrase)
     unpinned = [ledger for ledger in audit.ledgers if not ledger.key_pinned]
     if unpinned:
-        parts.append(
-            f"{len(unpinned)} ledger{'s' if len(unpinned) != 1 else ''} checked only against the key it declares (no --public-key)"
-        )
+        if len(unpinned) == 1:
+            parts.append("1 ledger checked only against the key it declares (no --public-key)")
+        else:
+            parts.append(f"{len(unpinned)} ledgers checked only against the keys they declare (no --public-key)")
     return "; ".join(parts) + ".", ok
 
 
@@ -625,7 +626,7 @@ def _epsilon_figure(report: AuditReport, unit: PrivacyUnit) -> str | None:
         axes.set_ylim(bottom=0)
         axes.grid(True, alpha=0.3)
         _set_round_ticks(axes, report.round_order)
-        axes.legend(fontsize=8, loc="upper left")
+        axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
     return _png_data_uri(draw)
 
@@ -635,21 +636,24 @@ def _survivors_figure(report: AuditReport) -> str | None:
         return None
 
     def draw(axes: Any) -> None:
-        x = list(range(len(report.rounds)))
-        axes.plot(x, [row.cohort_size for row in report.rounds], marker="s", color="black", label="cohort")
-        for number, stage in enumerate(RoundStage):
-            axes.plot(x, [row.survivors[stage.value] for row in report.rounds], marker="o", color=f"C{number}", label=stage.value)
-        axes.plot(x, [row.threshold for row in report.rounds], linestyle="--", color="red", label="threshold t")
-        aborted = [i for i, row in enumerate(report.rounds) if row.outcome == "aborted"]
-        if aborted:
-            axes.scatter(aborted, [0] * len(aborted), marker="x", s=80, color="red", label="aborted", zorder=3)
+        series = [("cohort", [row.cohort_size for row in report.rounds])]
+        series += [(stage.value, [row.survivors[stage.value] for row in report.rounds]) for stage in RoundStage]
+        width = 0.8 / len(series)
+        for number, (label, counts) in enumerate(series):
+            offset = (number - (len(series) - 1) / 2) * width
+            color = "0.3" if number == 0 else f"C{number - 1}"
+            axes.bar([i + offset for i in range(len(report.rounds))], counts, width=width, color=color, label=label)
+        for i, row in enumerate(report.rounds):
+            axes.hlines(row.threshold, i - 0.45, i + 0.45, colors="red", linestyles="--", label="threshold t" if i == 0 else None)
+            if row.outcome == "aborted":
+                axes.annotate("aborted", (i, row.cohort_size), ha="center", va="bottom", color="red", fontsize=8)
         axes.set_title("Cohort size and survivors per protocol stage")
         axes.set_xlabel("round")
         axes.set_ylabel("parties")
-        axes.set_ylim(bottom=0)
-        axes.grid(True, alpha=0.3)
+        axes.yaxis.get_major_locator().set_params(integer=True)
+        axes.grid(True, axis="y", alpha=0.3)
         _set_round_ticks(axes, [row.round_id for row in report.rounds])
-        axes.legend(fontsize=8, loc="lower left")
+        axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
     return _png_data_uri(draw)
 

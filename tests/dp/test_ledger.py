@@ -405,3 +405,11 @@ def test_refusal_entry_leaves_cumulative_unchanged_and_verifies(tmp_path: Path, 
     assert refusal.epsilon_cumulative == spend.epsilon_cumulative and refusal.epsilon_increment == 0.0
     assert refusal.epsilon_would_reach == pytest.approx(compute_epsilon([gaussian(), gaussian()], delta=DELTA))
     assert verify_ledger(path, public_key=key.public_bytes).ok
+
+
+def test_empty_ledger_verifies_and_names_its_party_from_the_signed_head(tmp_path: Path, key: SigningKey) -> None:
+    path = tmp_path / "empty.jsonl"
+    PrivacyLedger.open(path, party_id=PARTY, signing_key=key).close()
+    verification = verify_ledger(path, public_key=key.public_bytes)
+    assert verification.ok and verification.entries == ()
+    assert (verification.party, verification.public_key, verification.head_entries) == (PARTY, key.public_bytes.hex(), 0)
