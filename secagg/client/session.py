@@ -32,7 +32,7 @@ from secagg.client.r2_masked_input import AwaitingSurvivors
 from secagg.client.r3_consistency_check import AwaitingUnmaskingRequest
 from secagg.client.r4_unmasking import Completed
 from secagg.client.stages import ClientStage
-from secagg.config import RoundConfig
+from secagg.config import ProtocolMode, RoundConfig
 from secagg.errors import AbortReason, MalformedMessage, ProtocolAbort, SessionAborted
 from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import RandomSource, SystemRandom
@@ -61,14 +61,22 @@ class Aborted:
 
 Handler = Callable[[Any, ClientContext, Any], tuple[Any, ClientMessage]]
 
-TRANSITIONS: dict[tuple[type, type], Handler] = {
+_COMMON: dict[tuple[type, type], Handler] = {
     (AwaitingKeyList, KeyList): AwaitingKeyList.on_key_list,
     (AwaitingMaskedInputRequest, MaskedInputRequest): AwaitingMaskedInputRequest.on_masked_input_request,
-    (AwaitingSurvivors, ConsistencyCheckRequest): AwaitingSurvivors.on_consistency_check_request,
-    (AwaitingSurvivors, UnmaskingRequest): AwaitingSurvivors.on_unmasking_request,
-    (AwaitingUnmaskingRequest, UnmaskingRequest): AwaitingUnmaskingRequest.on_unmasking_request,
 }
-"""Every legal (state, server message) pair. Anything else aborts."""
+TRANSITIONS: dict[ProtocolMode, dict[tuple[type, type], Handler]] = {
+    ProtocolMode.ACTIVE: {
+        **_COMMON,
+        (AwaitingSurvivors, ConsistencyCheckRequest): AwaitingSurvivors.on_consistency_check_request,
+        (AwaitingUnmaskingRequest, UnmaskingRequest): AwaitingUnmaskingRequest.on_unmasking_request,
+    },
+    ProtocolMode.HONEST_BUT_CURIOUS: {
+        **_COMMON,
+        (AwaitingSurvivors, UnmaskingRequest): AwaitingSurvivors.on_unmasking_request,
+    },
+}
+"""Every legal (state, server message) pair, per mode. Anything else aborts."""
 
 _BEFORE_OWN_MASKED_INPUT = (NotStarted, AwaitingKeyList, AwaitingMaskedInputRequest)
 
@@ -136,7 +144,7 @@ class ClientSession:
     def receive(self, message: ServerMessage) -> ClientMessage:
         """Process one server message; return the reply or abort."""
         self._refuse_if_aborted()
-        handler = TRANSITIONS.get((type(self._state), type(message)))
+        handler = TRANSITIONS[self._context.config.mode].get((type(self._state), type(message)))
         if handler is None:
             if isinstance(message, UnmaskingRequest) and isinstance(self._state, _BEFORE_OWN_MASKED_INPUT):
                 self._abort(AbortReason.PREMATURE_UNMASK_REQUEST, "unmasking requested before this client's masked input")
