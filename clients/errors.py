@@ -23,6 +23,7 @@ class ExitCode(IntEnum):
     SERVER_REFUSED = 7
     UNAVAILABLE = 8
     KEY_FILE = 9
+    EXCLUDED = 10
 
 
 class ClientError(Exception):
@@ -61,13 +62,13 @@ class PolicyViolationReason(str, Enum):
     DP_POLICY_REQUIRED = "dp-policy-required"
     DP_NOISE_TOO_LOW = "dp-noise-too-low"
     DP_EPSILON_TOO_HIGH = "dp-epsilon-too-high"
-    DP_DELTA_TOO_HIGH = "dp-delta-too-high"
     DP_POLICY_MALFORMED = "dp-policy-malformed"
     SERVER_IDENTITY_MISMATCH = "server-identity-mismatch"
     NOT_IN_COHORT = "not-in-cohort"
     WRONG_POSITION = "wrong-position"
     DIM_MISMATCH = "dim-mismatch"
     ROUND_NOT_OPEN = "round-not-open"
+    CONFIG_DIGEST_MISMATCH = "config-digest-mismatch"
 
 
 class PolicyViolation(ClientError):
@@ -127,3 +128,20 @@ class RoundAbortedByServer(ClientError):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(f"the server aborted the round: {reason}")
+
+
+class ClientRefusedRound(ClientError):
+    """This client's protocol session refused the server's message and aborted (a named core refusal)."""
+
+    exit_code = ExitCode.PROTOCOL_ABORTED
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+
+class ExcludedFromRound(ClientError):
+    """The server left this client out of the round (it missed a stage's deadline); the round goes on without it."""
+
+    exit_code = ExitCode.EXCLUDED
