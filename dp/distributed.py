@@ -49,6 +49,7 @@ Everything is numpy only (no torch), vectorised and drawn from an injected CSPRN
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from enum import Enum
@@ -248,6 +249,49 @@ class DistributedDPConfig:
             rounding_beta=rounding_beta,
             overflow_probability=overflow_probability,
         )
+
+    @classmethod
+    def for_target_epsilon(
+        cls,
+        *,
+        target_epsilon: float,
+        delta: float,
+        rounds: int,
+        dimension: int,
+        clip_norm: float,
+        scale: float,
+        min_survivors: int,
+        max_clients: int,
+        ring_bits: int = 32,
+        rotation: Rotation = Rotation.RANDOMIZED_HADAMARD,
+        rounding_beta: float = DEFAULT_ROUNDING_BETA,
+        overflow_probability: float = DEFAULT_OVERFLOW_PROBABILITY,
+    ) -> DistributedDPConfig:
+        """The config with the least aggregate variance whose ``rounds`` releases stay
+        within ``target_epsilon`` at ``delta`` in the worst case of t survivors
+        (``dp.accounting.skellam_variance_for_epsilon``, RDP bound of Agarwal et al. 2021)."""
+        from dp.accounting import skellam_variance_for_epsilon
+
+        probe = cls(
+            dimension=dimension,
+            clip_norm=clip_norm,
+            scale=scale,
+            aggregate_variance=1.0,
+            min_survivors=min_survivors,
+            max_clients=max_clients,
+            ring_bits=ring_bits,
+            rotation=rotation,
+            rounding_beta=rounding_beta,
+            overflow_probability=overflow_probability,
+        )
+        variance = skellam_variance_for_epsilon(
+            target_epsilon=target_epsilon,
+            delta=delta,
+            l1_sensitivity=probe.l1_sensitivity,
+            l2_sensitivity=probe.l2_sensitivity,
+            steps=rounds,
+        )
+        return dataclasses.replace(probe, aggregate_variance=variance)
 
     @property
     def ring(self) -> Ring:

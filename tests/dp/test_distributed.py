@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from dp.accounting import Skellam
+from dp.accounting import AccountantKind, Skellam, compute_epsilon
 from dp.distributed import (
     DistributedDPConfig,
     DistributedDPConfigError,
@@ -201,6 +201,15 @@ def test_with_noise_multiplier_sets_the_aggregate_std_to_z_times_the_l2_sensitiv
     )
     assert math.isclose(math.sqrt(config.aggregate_variance), 1.5 * config.l2_sensitivity, rel_tol=1e-12)
     assert math.isclose(config.per_client_variance, config.aggregate_variance / 3, rel_tol=1e-12)
+
+
+def test_target_epsilon_calibration_lands_at_or_below_the_target_for_t_survivors():
+    config = DistributedDPConfig.for_target_epsilon(
+        target_epsilon=2.0, delta=1e-5, rounds=5, dimension=1000, clip_norm=1.0, scale=256.0, min_survivors=3, max_clients=5
+    )
+    epsilon = compute_epsilon([config.accounting_event(rounds=5)], delta=1e-5, accountant=AccountantKind.RDP)
+    assert 0.95 * 2.0 <= epsilon <= 2.0
+    assert config.dimension == 1000 and config.min_survivors == 3
 
 
 def test_a_ring_too_small_for_the_clients_and_noise_is_refused_with_a_clear_error():
