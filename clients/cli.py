@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import typer
 
+from clients.cli_client import client_app
 from clients.simulation import simulate_command
 from dp.cli_audit import audit_app
 from dp.cli_dp import dp_app
@@ -21,6 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command(name="simulate")(simulate_command)
+app.add_typer(client_app, name="client")
 app.add_typer(dp_app, name="dp")
 app.add_typer(audit_app, name="audit")
 
