@@ -17,7 +17,7 @@ SUITES = {
 
 
 def main(argv: list[str]) -> int:
-    names = argv or list(SUITES)
+    names = [arg for arg in argv if not arg.startswith("-")] or list(SUITES)
     unknown = [name for name in names if name not in SUITES]
     if unknown:
         print(f"unknown suite(s): {', '.join(unknown)}; known: {', '.join(SUITES)}", file=sys.stderr)

@@ -100,8 +100,15 @@ def run_simulation(
     params: SimulationParameters,
     *,
     on_step: Callable[[str], None] | None = None,
+    recorder: Callable[[bytes | None], None] | None = None,
+    on_config: Callable[[RoundConfig], None] | None = None,
 ) -> SimulationReport:
-    """Run one round in process and check the result against the survivors' exact sum."""
+    """Run one round in process and check the result against the survivors' exact sum.
+
+    ``recorder``, if given, sees every client message the server receives (as bytes)
+    and ``None`` at every stage close, in order: enough to replay the server alone
+    (the server is deterministic), which is how the benchmark measures its memory.
+    """
     source: RandomSource = DeterministicRandom.from_int(params.seed) if params.seed is not None else SystemRandom()
     n = params.clients
     threshold = params.threshold if params.threshold is not None else minimum_threshold(params.mode, n)
@@ -116,6 +123,8 @@ def run_simulation(
         graph=params.graph,
         degree=params.degree,
     )
+    if on_config:
+        on_config(config)
     ring = config.ring
     order = np.argsort(np.frombuffer(source.random_bytes(8 * n), dtype=np.uint64), kind="stable")
     dropped = frozenset(int(i) for i in order[: params.dropped_count])
@@ -135,6 +144,8 @@ def run_simulation(
         return ring.reduce(vector)
 
     def deliver(member: int, payload: bytes, round_name: str) -> None:
+        if recorder:
+            recorder(payload)
         started = time.perf_counter()
         server.receive_bytes(payload)
         server_seconds[round_name] += time.perf_counter() - started
@@ -156,6 +167,8 @@ def run_simulation(
     try:
         while server.stage is not ServerStage.COMPLETED:
             stage_name = ROUND_OF_SERVER_STAGE[server.stage]
+            if recorder:
+                recorder(None)
             started = time.perf_counter()
             outbox = server.advance()
             server_seconds[stage_name] += time.perf_counter() - started
