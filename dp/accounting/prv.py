@@ -51,6 +51,11 @@ DEFAULT_EPS_ERROR = 0.01
 DEFAULT_DELTA_ERROR_FRACTION = 1e-3
 """delta_error = delta * this (Opacus 1.6's default delta / 1000)."""
 
+MAX_HALF_WIDTH = 600.0
+"""Largest truncation half-width L: the epsilon read-out evaluates exp(+-t) over the
+grid, which overflows double precision beyond about 709. An L this large means an
+epsilon in the hundreds, where only the RDP bound is meaningful anyway."""
+
 MAX_GRID_POINTS = 1 << 23
 """Largest discretisation grid (8.4 million points, 64 MiB per array) the accountant will
 build; a larger one means an epsilon so large, or a run so long, that the RDP
@@ -258,8 +263,11 @@ def prv_epsilon(
         )[0]
         half_width = max(half_width, single_step)
     half_width = max(half_width, eps_error) + 3.0
-    if not math.isfinite(half_width):
-        raise NumericalAccuracyError("no finite truncation domain: the RDP tail bound is infinite")
+    if not half_width <= MAX_HALF_WIDTH:
+        raise NumericalAccuracyError(
+            f"the PRV truncation domain would be [-{half_width:.4g}, {half_width:.4g}] (limit {MAX_HALF_WIDTH:g}): "
+            "epsilon is far too large for the PRV accountant; use the RDP accountant"
+        )
 
     mesh = eps_error / math.sqrt(total_steps * math.log(12.0 / delta_error) / 2.0)
     grid = _aligned_grid(half_width, mesh)

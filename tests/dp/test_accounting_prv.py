@@ -119,3 +119,10 @@ def test_prv_refuses_a_delta_below_floating_point_resolution_of_its_grid() -> No
     event = SampledGaussian(noise_multiplier=1.0, sample_rate=0.1, steps=100)
     with pytest.raises(NumericalAccuracyError):
         prv_epsilon([event], delta=1e-300)
+
+
+def test_prv_refuses_an_epsilon_too_large_for_double_precision_and_points_to_rdp() -> None:
+    event = SampledGaussian(noise_multiplier=0.01, sample_rate=0.5, steps=1)
+    with pytest.raises(NumericalAccuracyError, match="RDP accountant"):
+        compute_epsilon([event], delta=DELTA, accountant=AccountantKind.PRV)
+    assert compute_epsilon([event], delta=DELTA, accountant=AccountantKind.RDP) > 1000
