@@ -153,6 +153,20 @@ def test_skellam_epsilon_approaches_the_gaussian_epsilon_as_variance_grows(steps
     assert gaps[-1] < 1e-3
 
 
+@pytest.mark.parametrize(
+    ("variance", "expected"),
+    [
+        # alpha D2^2/(2 var) + min(((2 alpha - 1) D2^2 + 6 D1)/(4 var^2), 3 D1/(2 var)), D1 = 4, D2 = 2:
+        (10.0, [0.4 + 0.09, 0.6 + 0.11]),  # the second term takes its first branch: 36/400, 44/400
+        (1.0, [4.0 + 6.0, 6.0 + 6.0]),  # the second term takes its second branch: 3 * 4 / 2
+    ],
+)
+def test_skellam_rdp_known_answers_from_corollary_3_6(variance, expected) -> None:
+    """Hand-evaluated Agarwal, Kairouz, Liu 2021 (arXiv:2110.04995v2) Corollary 3.6 at alpha = 2, 3."""
+    rdp = skellam_rdp(l1_sensitivity=4.0, l2_sensitivity=2.0, variance=variance, orders=[2, 3])
+    np.testing.assert_allclose(rdp, expected, rtol=1e-14)
+
+
 def test_skellam_rdp_refuses_fractional_orders() -> None:
     with pytest.raises(InvalidParameterError, match="integer orders"):
         skellam_rdp(l1_sensitivity=4.0, l2_sensitivity=2.0, variance=100.0, orders=[2.5])
