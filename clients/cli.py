@@ -13,6 +13,7 @@ from clients.cli_client import client_app
 from clients.simulation import simulate_command
 from dp.cli_audit import audit_app
 from dp.cli_dp import dp_app
+from service.cli import server_command
 
 app = typer.Typer(
     name="secagg",
@@ -25,6 +26,7 @@ app.command(name="simulate")(simulate_command)
 app.add_typer(client_app, name="client")
 app.add_typer(dp_app, name="dp")
 app.add_typer(audit_app, name="audit")
+app.command(name="server")(server_command)
 
 
 def main() -> None:

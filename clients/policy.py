@@ -172,8 +172,6 @@ class ClientPolicy:
         def refuse(reason: PolicyViolationReason, detail: str) -> None:
             raise PolicyViolation(reason, detail)
 
-        if not round_description.is_open:
-            refuse(PolicyViolationReason.ROUND_NOT_OPEN, f"round {round_description.round_id} is {round_description.status}")
         if self.server_identity is not None and round_description.server_identity != self.server_identity:
             refuse(
                 PolicyViolationReason.SERVER_IDENTITY_MISMATCH,

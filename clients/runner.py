@@ -25,7 +25,17 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from clients.errors import ClientRefusedRound, ExcludedFromRound, ServerRefused, InputFileError, ResumeRefused, RoundAbortedByServer, ServerUnavailable
+from clients.errors import (
+    ClientRefusedRound,
+    ExcludedFromRound,
+    InputFileError,
+    PolicyViolation,
+    PolicyViolationReason,
+    ResumeRefused,
+    RoundAbortedByServer,
+    ServerRefused,
+    ServerUnavailable,
+)
 from clients.inputs import ClientInput
 from clients.policy import ClientPolicy
 from clients.retry import PollSchedule
@@ -147,6 +157,11 @@ def run_round(
         require_resumable(
             state, server=transport.endpoint, participant_id=position, config_digest=config.digest(), input_sha256=input_digest
         )
+    state_path = store.path_for(round_id, identity.public_bytes)
+    if not description.is_open:
+        if not resumed:
+            raise PolicyViolation(PolicyViolationReason.ROUND_NOT_OPEN, f"round {round_id} is {description.status}")
+        return _finish_closed_round(transport, store, state, position, description.status, poll, sleep, clock, emit, state_path)
 
     encoded = client_input.encode(config, DeterministicRandom(state.encoding_seed))
     try:
@@ -163,7 +178,6 @@ def run_round(
             f"the regenerated {protocol_round_of(outgoing).value} message differs from the one recorded; refusing to send it"
         )
     store.save(state)
-    state_path = store.path_for(round_id, identity.public_bytes)
     if resumed:
         emit(RoundEvent(EventKind.RESUMED, protocol_round_of(outgoing), f"after {index} server message(s)"))
 
@@ -212,6 +226,29 @@ def run_round(
         state.sent_sha256.append(sha256(reply))
         store.save(state)
         outgoing = reply
+
+
+def _finish_closed_round(
+    transport: RoundTransport,
+    store: StateStore,
+    state: RoundState,
+    position: int,
+    status: str,
+    poll: PollSchedule,
+    sleep: Callable[[float], None],
+    clock: Callable[[], float],
+    emit: Callable[[RoundEvent], None],
+    state_path: Path,
+) -> RoundOutcome:
+    """Resuming a round that ended while this client was down: record the outcome, send nothing."""
+    if status != "completed":
+        store.finish(state, f"aborted-by-server: {status}")
+        raise RoundAbortedByServer(status)
+    result = _await_result(transport, state.round_id, poll, sleep, clock, emit)
+    outcome = Outcome.COMPLETED if result is not None and position in result.survivors else Outcome.COMPLETED_WITHOUT_THIS_CLIENT
+    store.finish(state, outcome.value)
+    emit(RoundEvent(EventKind.FINISHED, None, outcome.value))
+    return RoundOutcome(state.round_id, position, outcome, True, 0, 0, state_path, result)
 
 
 def _replay(session: ClientSession, state: RoundState, first_message: bytes) -> bytes:

@@ -129,7 +129,7 @@ class RoundState:
             raise StateFileError(f"{origin} is corrupt ({type(exc).__name__}: {exc}); refusing to resume") from None
         if in_progress and (len(state.seed) != SEED_BYTES or len(state.encoding_seed) != SEED_BYTES):
             raise StateFileError(f"{origin} holds a seed of the wrong length; refusing to resume")
-        if not len(state.received) <= len(state.sent_sha256) <= len(state.received) + 1:
+        if in_progress and not len(state.received) <= len(state.sent_sha256) <= len(state.received) + 1:
             raise StateFileError(f"{origin} records {len(state.received)} server messages for {len(state.sent_sha256)} sent")
         return state
 
