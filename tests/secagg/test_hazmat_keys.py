@@ -1,0 +1,190 @@
+"""X25519 (RFC 7748) and Ed25519 (RFC 8032) through secagg.hazmat.keys.
+
+Known answers come from the RFCs (``vectors/x25519_rfc7748.json``,
+``vectors/ed25519_rfc8032.json``); small-order points from Bernstein's list
+(``vectors/x25519_small_order.json``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from secagg.hazmat.keys import (
+    AgreementKeyPair,
+    InvalidPublicKey,
+    SigningKey,
+    agree,
+    agreement_public_key,
+    verify_signature,
+)
+from secagg.hazmat.randomness import DeterministicRandom
+from secagg.protocol import is_usable_x25519_public_key
+from tests.secagg.kat import load_vectors, vector_ids
+
+X25519_VECTORS = load_vectors("x25519_rfc7748.json")
+ED25519_VECTORS = load_vectors("ed25519_rfc8032.json")
+LOW_ORDER = load_vectors("x25519_small_order.json")
+SMALL_ORDER_POINTS = [v for v in LOW_ORDER if v["kind"] == "small_order"]
+HIGH_BIT_ENCODINGS = [v for v in LOW_ORDER if v["kind"] == "masked_high_bit"]
+DIFFIE_HELLMAN = next(v for v in X25519_VECTORS if v["kind"] == "diffie-hellman")
+
+
+def _hex(value: str) -> bytes:
+    return bytes.fromhex(value)
+
+
+# --- X25519 known answers ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "vector", [v for v in X25519_VECTORS if v["kind"] == "function"], ids=vector_ids([v for v in X25519_VECTORS if v["kind"] == "function"])
+)
+def test_agree_reproduces_rfc7748_section_5_2_function_vectors(vector: dict[str, Any]) -> None:
+    assert agree(_hex(vector["scalar"]), _hex(vector["u_coordinate"])).hex() == vector["output"]
+
+
+@pytest.mark.parametrize(
+    "vector", [v for v in X25519_VECTORS if v["kind"] == "iterated"], ids=vector_ids([v for v in X25519_VECTORS if v["kind"] == "iterated"])
+)
+def test_agree_reproduces_rfc7748_section_5_2_iterated_vectors(vector: dict[str, Any]) -> None:
+    """RFC 7748 5.2: k = u = 9; repeat (k, u) = (X25519(k, u), k)."""
+    scalar = u_coordinate = _hex(vector["start"])
+    for _ in range(vector["iterations"]):
+        scalar, u_coordinate = agree(scalar, u_coordinate), scalar
+    assert scalar.hex() == vector["output"]
+
+
+def test_key_pairs_reproduce_rfc7748_section_6_1_public_keys() -> None:
+    alice = AgreementKeyPair.from_private_bytes(_hex(DIFFIE_HELLMAN["alice_private"]))
+    bob = AgreementKeyPair.from_private_bytes(_hex(DIFFIE_HELLMAN["bob_private"]))
+    assert alice.public_bytes.hex() == DIFFIE_HELLMAN["alice_public"]
+    assert bob.public_bytes.hex() == DIFFIE_HELLMAN["bob_public"]
+    assert agreement_public_key(_hex(DIFFIE_HELLMAN["alice_private"])).hex() == DIFFIE_HELLMAN["alice_public"]
+
+
+def test_both_sides_of_rfc7748_section_6_1_agree_on_the_published_secret() -> None:
+    alice = AgreementKeyPair.from_private_bytes(_hex(DIFFIE_HELLMAN["alice_private"]))
+    bob = AgreementKeyPair.from_private_bytes(_hex(DIFFIE_HELLMAN["bob_private"]))
+    assert alice.agree(bob.public_bytes).hex() == DIFFIE_HELLMAN["shared_secret"]
+    assert bob.agree(alice.public_bytes).hex() == DIFFIE_HELLMAN["shared_secret"]
+
+
+def test_generated_key_pairs_agree_and_are_reproducible_from_the_source() -> None:
+    first = AgreementKeyPair.generate(DeterministicRandom.from_int(1))
+    again = AgreementKeyPair.generate(DeterministicRandom.from_int(1))
+    other = AgreementKeyPair.generate(DeterministicRandom.from_int(2))
+    assert first.public_bytes == again.public_bytes
+    assert first.public_bytes != other.public_bytes
+    assert first.agree(other.public_bytes) == other.agree(first.public_bytes)
+
+
+# --- X25519 refusals -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("vector", SMALL_ORDER_POINTS, ids=vector_ids(SMALL_ORDER_POINTS))
+def test_agree_refuses_small_order_public_keys(vector: dict[str, Any]) -> None:
+    private = AgreementKeyPair.generate(DeterministicRandom.from_int(7)).private_bytes
+    with pytest.raises(InvalidPublicKey, match="small order"):
+        agree(private, _hex(vector["u"]))
+
+
+@pytest.mark.parametrize("vector", SMALL_ORDER_POINTS, ids=vector_ids(SMALL_ORDER_POINTS))
+def test_protocol_marks_small_order_public_keys_unusable(vector: dict[str, Any]) -> None:
+    assert is_usable_x25519_public_key(_hex(vector["u"])) is False
+
+
+@pytest.mark.parametrize("vector", HIGH_BIT_ENCODINGS, ids=vector_ids(HIGH_BIT_ENCODINGS))
+def test_a_u_coordinate_with_bit_255_set_behaves_as_its_masked_value(vector: dict[str, Any]) -> None:
+    """RFC 7748 section 5: bit 255 is ignored, so these decode to ordinary points, not small-order ones."""
+    private = AgreementKeyPair.generate(DeterministicRandom.from_int(8)).private_bytes
+    encoded = _hex(vector["u"])
+    masked = encoded[:31] + bytes([encoded[31] & 0x7F])
+    assert agree(private, encoded) == agree(private, masked)
+    assert is_usable_x25519_public_key(encoded) is True
+
+
+def test_protocol_accepts_an_ordinary_public_key() -> None:
+    assert is_usable_x25519_public_key(_hex(DIFFIE_HELLMAN["bob_public"])) is True
+
+
+@pytest.mark.parametrize("length", [0, 31, 33, 64])
+def test_public_keys_of_the_wrong_length_are_refused(length: int) -> None:
+    private = _hex(DIFFIE_HELLMAN["alice_private"])
+    with pytest.raises(InvalidPublicKey, match="32 bytes"):
+        agree(private, bytes(range(length)))
+    assert is_usable_x25519_public_key(bytes(range(length))) is False
+
+
+@pytest.mark.parametrize("length", [0, 31, 33])
+def test_private_keys_of_the_wrong_length_are_refused(length: int) -> None:
+    with pytest.raises(ValueError):
+        AgreementKeyPair.from_private_bytes(bytes(length))
+    with pytest.raises(ValueError):
+        SigningKey.from_private_bytes(bytes(length))
+
+
+# --- Ed25519 -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("vector", ED25519_VECTORS, ids=vector_ids(ED25519_VECTORS))
+def test_signing_key_reproduces_rfc8032_section_7_1_public_key_and_signature(vector: dict[str, Any]) -> None:
+    key = SigningKey.from_private_bytes(_hex(vector["secret_key"]))
+    assert key.public_bytes.hex() == vector["public_key"]
+    assert key.sign(_hex(vector["message"])).hex() == vector["signature"]
+
+
+@pytest.mark.parametrize("vector", ED25519_VECTORS, ids=vector_ids(ED25519_VECTORS))
+def test_verify_signature_accepts_rfc8032_section_7_1_signatures(vector: dict[str, Any]) -> None:
+    assert verify_signature(_hex(vector["public_key"]), _hex(vector["signature"]), _hex(vector["message"])) is True
+
+
+@pytest.mark.parametrize("vector", ED25519_VECTORS, ids=vector_ids(ED25519_VECTORS))
+def test_verify_signature_refuses_any_flipped_signature_bit(vector: dict[str, Any]) -> None:
+    public, signature, message = _hex(vector["public_key"]), _hex(vector["signature"]), _hex(vector["message"])
+    for byte in range(len(signature)):
+        for bit in (0, 7):
+            tampered = bytearray(signature)
+            tampered[byte] ^= 1 << bit
+            assert verify_signature(public, bytes(tampered), message) is False, (byte, bit)
+
+
+def test_verify_signature_refuses_another_message_another_key_and_bad_lengths() -> None:
+    first, second = ED25519_VECTORS[1], ED25519_VECTORS[2]
+    public, signature, message = _hex(first["public_key"]), _hex(first["signature"]), _hex(first["message"])
+    assert verify_signature(public, signature, message + b"\x00") is False
+    assert verify_signature(_hex(second["public_key"]), signature, message) is False
+    assert verify_signature(public[:31], signature, message) is False
+    assert verify_signature(public, signature[:63], message) is False
+    assert verify_signature(public, signature + b"\x00", message) is False
+
+
+def test_verify_signature_returns_false_for_a_public_key_that_is_not_a_point() -> None:
+    """y = 2 has no x on edwards25519 (RFC 8032 5.1.3 decoding fails): refused, not raised."""
+    not_a_point = (2).to_bytes(32, "little")
+    signature = _hex(ED25519_VECTORS[0]["signature"])
+    assert verify_signature(not_a_point, signature, b"") is False
+
+
+# --- no private bytes in representations ---------------------------------------------------
+
+
+@pytest.mark.parametrize("factory", [AgreementKeyPair.generate, SigningKey.generate], ids=["x25519", "ed25519"])
+def test_repr_and_str_of_key_pairs_never_show_private_bytes(factory: Any) -> None:
+    key = factory(DeterministicRandom.from_int(11))
+    private_hex = key.private_bytes.hex()
+    for text in (repr(key), str(key), f"{key!r}", repr([key]), repr({"key": key})):
+        assert private_hex not in text
+        # no 8-byte window of the private key either, in hex or as a bytes literal
+        for start in range(0, len(key.private_bytes) - 8 + 1):
+            window = key.private_bytes[start : start + 8]
+            assert window.hex() not in text
+            assert repr(window)[2:-1] not in text
+    assert key.public_bytes.hex()[:16] in repr(key)
+
+
+def test_key_pairs_are_frozen() -> None:
+    key = SigningKey.generate(DeterministicRandom.from_int(12))
+    with pytest.raises(AttributeError):
+        key.private_bytes = bytes(32)  # type: ignore[misc]
