@@ -1,0 +1,167 @@
+"""The HTTP transport: signed requests, retries with backoff on transient errors only, problem types mapped."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from clients.errors import ServerRefused, ServerUnavailable
+from clients.http_transport import HttpTransport, parse_retry_after
+from clients.retry import RetryPolicy
+from clients.transport import Accepted, Delivered, Excluded, Pending, ProtocolRound, RoundAborted, RoundCompleted, StageClosed
+from secagg.hazmat.keys import SigningKey
+from secagg.hazmat.randomness import DeterministicRandom
+from service.request_signing import body_digest, parse_credentials, verify_request
+
+IDENTITY = SigningKey.generate(DeterministicRandom.from_int(11))
+ROUND = "ab" * 16
+NOW = 1_700_000_000.0
+
+
+def problem(status: int, suffix: str, **extra) -> httpx.Response:
+    body = {"type": f"urn:secagg:problem:{suffix}", "title": suffix, "status": status, "detail": suffix, **extra}
+    return httpx.Response(status, json=body, headers={"Content-Type": "application/problem+json"})
+
+
+def make_transport(responses, *, max_attempts: int = 5):
+    """A transport whose server answers ``responses`` in order (callables get the request)."""
+    seen: list[httpx.Request] = []
+    sleeps: list[float] = []
+    queue = list(responses)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        answer = queue.pop(0)
+        return answer(request) if callable(answer) else answer
+
+    transport = HttpTransport(
+        "http://aggregator.test",
+        key_id="bank-a",
+        identity=IDENTITY,
+        retry=RetryPolicy(max_attempts=max_attempts, initial_delay=0.1, max_delay=2.0),
+        client=httpx.Client(transport=httpx.MockTransport(handler)),
+        sleep=sleeps.append,
+        wall_clock=lambda: NOW,
+        source=DeterministicRandom.from_int(5),
+    )
+    return transport, seen, sleeps
+
+
+def accepted(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(202, json={"status": "accepted"})
+
+
+def test_every_request_is_signed_over_method_path_and_body_with_a_fresh_nonce() -> None:
+    transport, seen, _ = make_transport([httpx.Response(503), accepted])
+    payload = b"SAG\x01\x01" + bytes(100)
+    assert transport.submit(ROUND, ProtocolRound.R0, payload) == Accepted()
+    assert len(seen) == 2
+    nonces = set()
+    for request in seen:
+        credentials = parse_credentials(request.headers)
+        assert credentials.key_id == "bank-a" and credentials.timestamp == int(NOW)
+        verify_request(credentials, IDENTITY.public_bytes, "POST", f"/v1/rounds/{ROUND}/messages", body_sha256=body_digest(request.content))
+        assert request.headers["Content-Type"] == "application/octet-stream"
+        nonces.add(credentials.nonce)
+    assert len(nonces) == 2, "a retry must use a fresh nonce"
+
+
+@pytest.mark.parametrize("status", [429, 502, 503, 504])
+def test_transient_status_is_retried_with_growing_jittered_backoff(status: int) -> None:
+    transport, seen, sleeps = make_transport([httpx.Response(status)] * 3 + [accepted])
+    assert transport.submit(ROUND, ProtocolRound.R1, b"x") == Accepted()
+    assert len(seen) == 4
+    ceilings = [0.1, 0.2, 0.4]
+    assert all(ceiling / 2 <= delay <= ceiling for delay, ceiling in zip(sleeps, ceilings))
+
+
+def test_retry_after_is_honoured_when_longer_than_the_backoff() -> None:
+    transport, _, sleeps = make_transport([httpx.Response(429, headers={"Retry-After": "7"}), accepted])
+    transport.submit(ROUND, ProtocolRound.R0, b"x")
+    assert sleeps == [7.0]
+
+
+def test_retry_after_as_http_date_is_parsed() -> None:
+    assert parse_retry_after("Tue, 14 Nov 2023 22:13:30 GMT", now=1_700_000_000.0) == 10.0
+    assert parse_retry_after("soon", now=NOW) is None
+
+
+def test_connect_errors_are_retried_then_reported_as_unavailable() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    transport, seen, sleeps = make_transport([refuse] * 3, max_attempts=3)
+    with pytest.raises(ServerUnavailable, match="gave up after 3 attempts"):
+        transport.fetch(ROUND, ProtocolRound.R0)
+    assert len(seen) == 3 and len(sleeps) == 2
+
+
+@pytest.mark.parametrize(
+    ("status", "suffix"),
+    [(401, "bad-request-signature"), (403, "not-in-cohort"), (422, "wrong-length"), (409, "duplicate-submission"), (400, "malformed")],
+)
+def test_protocol_refusals_are_not_retried(status: int, suffix: str) -> None:
+    transport, seen, sleeps = make_transport([problem(status, suffix)])
+    with pytest.raises(ServerRefused) as refused:
+        transport.submit(ROUND, ProtocolRound.R2, b"x")
+    assert refused.value.problem_type == suffix and refused.value.status == status
+    assert len(seen) == 1 and sleeps == []
+
+
+def test_submit_outcomes_map_from_problem_types() -> None:
+    transport, _, _ = make_transport(
+        [
+            httpx.Response(200, json={"status": "already-accepted"}),
+            problem(409, "wrong-stage"),
+            problem(409, "excluded"),
+            problem(410, "round-aborted", abort_reason="too-few-participants"),
+        ]
+    )
+    assert transport.submit(ROUND, ProtocolRound.R1, b"x") == Accepted(already_accepted=True)
+    assert transport.submit(ROUND, ProtocolRound.R1, b"x") == StageClosed()
+    assert transport.submit(ROUND, ProtocolRound.R1, b"x") == Excluded()
+    assert transport.submit(ROUND, ProtocolRound.R1, b"x") == RoundAborted("too-few-participants")
+
+
+def test_fetch_outcomes_map_from_status_and_problem_types() -> None:
+    transport, seen, _ = make_transport(
+        [
+            httpx.Response(204, headers={"Retry-After": "2"}),
+            httpx.Response(200, content=b"SAG-message"),
+            problem(409, "excluded"),
+            problem(409, "round-completed"),
+            problem(410, "round-aborted", abort_reason="aborted-by-server"),
+        ]
+    )
+    assert transport.fetch(ROUND, ProtocolRound.R0) == Pending(2.0)
+    assert transport.fetch(ROUND, ProtocolRound.R0) == Delivered(b"SAG-message")
+    assert transport.fetch(ROUND, ProtocolRound.R1) == Excluded()
+    assert transport.fetch(ROUND, ProtocolRound.R1) == RoundCompleted()
+    assert transport.fetch(ROUND, ProtocolRound.R1) == RoundAborted("aborted-by-server")
+    assert all(request.url.path == f"/v1/rounds/{ROUND}/messages/me" for request in seen)
+
+
+def test_round_description_with_wrong_config_digest_is_refused() -> None:
+    from clients.errors import PolicyViolation, PolicyViolationReason
+    import base64
+
+    keys = [SigningKey.generate(DeterministicRandom.from_int(i)).public_bytes for i in range(3)]
+    body = {
+        "round_id": ROUND,
+        "cohort": [{"index": i, "id": f"bank-{i}", "public_key": base64.b64encode(k).decode()} for i, k in enumerate(keys)],
+        "threshold": 3,
+        "mode": "active",
+        "graph": "full",
+        "degree": None,
+        "dim": 10,
+        "bits": 32,
+        "dp_policy": None,
+        "config_digest": "00" * 32,
+        "stage": "R0-advertise-keys",
+    }
+    transport, _, _ = make_transport([httpx.Response(200, content=json.dumps(body).encode())])
+    with pytest.raises(PolicyViolation) as refused:
+        transport.describe_round(ROUND)
+    assert refused.value.reason is PolicyViolationReason.CONFIG_DIGEST_MISMATCH
