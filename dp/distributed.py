@@ -57,7 +57,7 @@ from enum import Enum
 import numpy as np
 
 from dp.errors import DPError
-from dp.noise import skellam_noise
+from dp.noise import cached_poisson_sampler, skellam_noise
 from secagg.encoding import MAX_BITS, MIN_BITS, Ring
 from secagg.hazmat import prg
 from secagg.hazmat.randomness import RandomSource, uniform_floats
@@ -328,6 +328,17 @@ class DistributedDPConfig:
     def per_client_variance(self) -> float:
         """V / t: the Skellam variance each bank adds per coordinate."""
         return self.aggregate_variance / self.min_survivors
+
+    @property
+    def sampler_total_variation_bound(self) -> float:
+        """Bound tau on the total variation distance between the noise of one round as
+        sampled and the ideal Skellam noise: 2 Poisson draws per coordinate, d'
+        coordinates, at most n banks, each draw within
+        :attr:`dp.noise.PoissonSampler.total_variation_bound`. The round is then
+        (epsilon, delta + (1 + e^epsilon) tau)-DP where the ideal mechanism is
+        (epsilon, delta)-DP (see :mod:`dp.noise`)."""
+        per_draw = cached_poisson_sampler(self.per_client_variance / 2.0).total_variation_bound
+        return 2.0 * self.padded_dimension * self.max_clients * per_draw
 
     @property
     def aggregate_bound(self) -> float:

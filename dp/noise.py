@@ -43,10 +43,11 @@ What it does **not** cover (stated for the auditor):
   Gaussian mechanism.
 * The rounding of ``gradient + noise`` (and the later cast to float32) is not
   snapped (Mironov's snapping mechanism is for Laplace; no equivalent is implemented).
-* Truncation: each Box-Muller sample is bounded by sqrt(-2 ln 2^-53) ≈ 8.57 standard
-  deviations (the smallest positive uniform is 2^-53); the four-sample sum by about 17.
-  The missing tail mass is below 2^-52 per Box-Muller draw (negligible next to delta,
-  but not zero).
+* Truncation and granularity: each Box-Muller sample is bounded by
+  sqrt(-2 ln 2^-53) ≈ 8.57 standard deviations (the smallest positive uniform is
+  2^-53), so at most 2^-53 of the ideal mass per draw is missing; the four-sample sum
+  is bounded by about 17 standard deviations. Outputs take finitely many values. Both
+  are negligible next to delta, but no bound is added to delta for them.
 * Timing side channels of training (Jin et al. section on timing), e.g. the time of a
   step revealing the Poisson batch size.
 
@@ -58,12 +59,17 @@ Skellam sampler exactness
 The table differs from the true Poisson(mean) law by a total variation distance
 bounded by :attr:`PoissonSampler.total_variation_bound`: the tails beyond the table
 (bounded by a geometric series, proven), plus the integer rounding of every bucket
-(proven), plus an allowance for the float64 error in computing the pmf (validated,
-not proven: the tests compute the exact distance with 60-digit decimal arithmetic for
-means from 1e-3 to 3e5 and check it is below the bound). A mechanism implemented
-with a sampler within total variation tau of the ideal one is (epsilon, delta + tau')
-DP for the ideal (epsilon, delta), with tau' <= (1 + e^epsilon) * tau per coordinate
-summed over the coordinates; :func:`skellam_noise` reports it.
+(computed from the table), plus an allowance for the float64 error in computing the
+pmf (validated, not proven: the tests compute the exact distance with 60-digit decimal
+arithmetic for means from 1e-3 to 1.34e7 and check it is below the bound). The pmf is
+computed by ratio recurrences for small means and by Stirling's series with a
+cancellation-free relative-entropy term for means from 1e4, so its float error does
+not grow with the table width.
+
+A mechanism implemented with a sampler within total variation tau of the ideal one is
+(epsilon, delta + (1 + e^epsilon) tau)-DP where the ideal is (epsilon, delta)-DP, with
+tau summed over every sample drawn; :attr:`dp.distributed.DistributedDPConfig.sampler_total_variation_bound`
+gives that sum for one round.
 """
 
 from __future__ import annotations
@@ -85,12 +91,14 @@ _TABLE_BITS = 63
 _TABLE_TOTAL = 1 << _TABLE_BITS
 _TAIL_MASS_LIMIT = 2.0**-64
 """Largest probability mass left outside a Poisson table (bounded by a geometric series)."""
-_PMF_FLOAT_ALLOWANCE = 2.0**-48
-"""Allowance for float64 error in the table's pmf, per unit of (1 + sqrt(mean) / 64).
+_PMF_FLOAT_ALLOWANCE = 2.0**-50
+"""Allowance for the float64 error of the computed pmf (its total variation distance
+from the exact law restricted to the table).
 
-Validated, not proven: the exact total variation distance (60-digit decimal) measured
-for means from 1e-3 to 3e5 is 10 to 40 times below the resulting bound
-(tests/dp/test_noise.py)."""
+Validated, not proven: the exact distance (60-digit decimal arithmetic) of the whole
+table, measured for means from 1e-3 to 1.34e7 in tests/dp/test_noise.py, is below the
+bound that includes this allowance; the float part of it is at most about 2e-16 there,
+four times below the allowance."""
 MAX_POISSON_MEAN = 2.0**40
 """Largest Poisson mean a table is built for (the table has about 20 sqrt(mean) rows)."""
 
@@ -243,17 +251,67 @@ class PoissonSampler:
         return indices
 
 
+def _log_weights_by_recurrence(mean: float, mode: int, low: int, high: int) -> np.ndarray:
+    """log p(k)/p(mode) for k = low .. high by the ratio recurrences (small means).
+
+    p(k+1)/p(k) = mean/(k+1) and p(k-1)/p(k) = k/mean, summed in log space with log1p of
+    the small relative gaps. The cumulative sums' rounding grows with the table width,
+    which is why large means use :func:`_log_weights_by_stirling`.
+    """
+    up = np.arange(mode + 1, high + 1, dtype=np.float64)
+    down = np.arange(mode, low, -1, dtype=np.float64)
+    log_up = np.cumsum(np.log1p((mean - up) / up))
+    log_down = np.cumsum(np.log1p((down - mean) / mean))
+    return np.concatenate([log_down[::-1], [0.0], log_up])
+
+
+def _relative_entropy_term(x: np.ndarray) -> np.ndarray:
+    """h(x) = (1 + x) log(1 + x) - x without cancellation near 0.
+
+    For |x| <= 1/5 the alternating series h(x) = sum_{n>=2} (-1)^n x^n / (n (n - 1)),
+    truncated after n = 28 (remainder below 0.2^29 / 756 < 1e-23), in Horner form.
+    """
+    result = (1.0 + x) * np.log1p(x) - x
+    small = np.abs(x) <= 0.2
+    xs = x[small]
+    series = np.zeros_like(xs)
+    for n in range(28, 1, -1):
+        series = series * xs + ((-1.0) ** n) / (n * (n - 1))
+    result[small] = series * xs * xs
+    return result
+
+
+def _log_weights_by_stirling(mean: float, mode: int, low: int, high: int) -> np.ndarray:
+    """log p(k) up to a constant for k = low .. high >= 1000, from Stirling's series.
+
+    log p(k) = -mean h((k - mean)/mean) - (1/2) log(2 pi k) - 1/(12k) + 1/(360k^3) + O(k^-5)
+    with h from :func:`_relative_entropy_term`; the O(k^-5) remainder is below
+    1/(1260 k^5) < 1e-18 for k >= 1000. Every term is small or varies slowly across the
+    table, so the float64 error does not grow with the table width. The
+    (1/2) log(k) term is taken relative to the mode with log1p.
+    """
+    k = np.arange(low, high + 1, dtype=np.float64)
+    x = (k - mean) / mean
+    log_weights = -mean * _relative_entropy_term(x)
+    log_weights -= 0.5 * np.log1p((k - mode) / mode)
+    log_weights -= 1.0 / (12.0 * k) - 1.0 / (360.0 * k**3)
+    return log_weights
+
+
+_STIRLING_MINIMUM_MEAN = 1e4
+"""Means from here on use Stirling's series (the table then starts above k = 1000)."""
+
+
 def _build_poisson_table(mean: float, width: float) -> tuple[int, np.ndarray, float] | None:
     """The table for ``mean`` over [mode - width, mode + width], or None if too narrow."""
     mode = math.floor(mean)
     low = max(0, math.floor(mode - width))
     high = math.ceil(mode + width)
-    up = np.arange(mode + 1, high + 1, dtype=np.float64)
-    down = np.arange(mode, low, -1, dtype=np.float64)
-    # log1p of the small relative gaps keeps every term's absolute error near 2^-53 |term|.
-    log_up = np.cumsum(np.log1p((mean - up) / up))  # log p(k)/p(mode), k = mode+1 .. high
-    log_down = np.cumsum(np.log1p((down - mean) / mean))  # log p(k-1)/p(mode), k-1 = mode-1 .. low
-    log_weights = np.concatenate([log_down[::-1], [0.0], log_up])
+    if mean >= _STIRLING_MINIMUM_MEAN and low >= 1000:
+        log_weights = _log_weights_by_stirling(mean, mode, low, high)
+    else:
+        log_weights = _log_weights_by_recurrence(mean, mode, low, high)
+    log_weights -= log_weights.max()
     weights = np.exp(log_weights)
     probabilities = weights / math.fsum(weights.tolist())
     upper_ratio = mean / (high + 1)
@@ -265,9 +323,10 @@ def _build_poisson_table(mean: float, width: float) -> tuple[int, np.ndarray, fl
     tail_mass = upper_tail + lower_tail
     if not tail_mass < _TAIL_MASS_LIMIT:
         return None
-    counts = np.floor(probabilities * float(_TABLE_TOTAL)).astype(np.uint64)
+    scaled = probabilities * float(_TABLE_TOTAL)
+    counts = np.rint(scaled).astype(np.uint64)
     remainder = _TABLE_TOTAL - int(counts.sum(dtype=np.uint64))
-    mode_index = mode - low
+    mode_index = int(np.argmax(counts))
     adjusted = int(counts[mode_index]) + remainder
     if not 0 <= adjusted <= _TABLE_TOTAL:
         raise NoiseError(f"cannot build an exact Poisson table for mean {mean!r}")
@@ -275,8 +334,10 @@ def _build_poisson_table(mean: float, width: float) -> tuple[int, np.ndarray, fl
     cumulative = np.cumsum(counts, dtype=np.uint64)
     if int(cumulative[-1]) != _TABLE_TOTAL:
         raise NoiseError(f"Poisson table for mean {mean!r} does not sum to 2^{_TABLE_BITS}")
-    rounding = (counts.size + abs(remainder)) / float(_TABLE_TOTAL)
-    tv_bound = tail_mass + rounding + _PMF_FLOAT_ALLOWANCE * (1.0 + math.sqrt(mean) / 64.0)
+    # Distance between the integer table and the computed pmf, plus 2^-52 for the float
+    # error of computing it: sum_k |counts_k / 2^63 - p_k| / 2.
+    grid = math.fsum(np.abs(counts.astype(np.float64) - scaled).tolist()) / float(_TABLE_TOTAL) / 2.0 + 2.0**-52
+    tv_bound = tail_mass + grid + _PMF_FLOAT_ALLOWANCE
     return low, cumulative[:-1].copy(), tv_bound
 
 
@@ -296,13 +357,13 @@ def skellam_noise(source: RandomSource, count: int, *, variance: float) -> np.nd
         raise NoiseError(f"variance must be >= 0, got {variance!r}")
     if variance == 0:
         return np.zeros(count, dtype=np.int64)
-    sampler = _cached_poisson_sampler(variance / 2.0)
+    sampler = cached_poisson_sampler(variance / 2.0)
     noise = sampler.sample(source, count)
     noise -= sampler.sample(source, count)
     return noise
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_poisson_sampler(mean: float) -> PoissonSampler:
+def cached_poisson_sampler(mean: float) -> PoissonSampler:
     """Tables are immutable and depend only on the mean: a round reuses its table."""
     return PoissonSampler(mean)

@@ -32,6 +32,7 @@ from dp.distributed import (
     walsh_hadamard,
 )
 from dp.errors import DPError
+from dp.noise import PoissonSampler
 from secagg.hazmat.randomness import DeterministicRandom
 
 SEED = bytes(range(32))
@@ -210,6 +211,15 @@ def test_target_epsilon_calibration_lands_at_or_below_the_target_for_t_survivors
     epsilon = compute_epsilon([config.accounting_event(rounds=5)], delta=1e-5, accountant=AccountantKind.RDP)
     assert 0.95 * 2.0 <= epsilon <= 2.0
     assert config.dimension == 1000 and config.min_survivors == 3
+
+
+def test_sampler_total_variation_of_a_round_is_far_below_a_typical_delta():
+    config = DistributedDPConfig.with_noise_multiplier(
+        dimension=1_000_000, clip_norm=1.0, scale=2.0**14, noise_multiplier=1.0, min_survivors=10, max_clients=20
+    )
+    per_draw = PoissonSampler(config.per_client_variance / 2).total_variation_bound
+    assert config.sampler_total_variation_bound == 2 * config.padded_dimension * config.max_clients * per_draw
+    assert config.sampler_total_variation_bound < 1e-6
 
 
 def test_a_ring_too_small_for_the_clients_and_noise_is_refused_with_a_clear_error():
