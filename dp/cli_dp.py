@@ -155,7 +155,10 @@ def epsilon_command(
     mechanism: MechanismOption = MechanismKind.GAUSSIAN,
     noise_multiplier: Annotated[
         float | None,
-        typer.Option("--noise-multiplier", help="Noise std / L2 sensitivity (Gaussian; Skellam alternative to --variance)."),
+        typer.Option(
+            "--noise-multiplier",
+            help="Noise std / L2 sensitivity (Gaussian; for Skellam, an alternative to --variance).",
+        ),
     ] = None,
     sample_rate: SampleRateOption = None,
     accountant: AccountantOption = AccountantKind.RDP,
@@ -264,7 +267,8 @@ def noise_for_command(
     if isinstance(event, SampledGaussian):
         typer.echo(f"noise multiplier = {event.noise_multiplier:.6g}")
     else:
-        typer.echo(f"variance = {event.variance:.6g} (noise multiplier {math.sqrt(event.variance) / event.l2_sensitivity:.6g})")
+        relative_noise = math.sqrt(event.variance) / event.l2_sensitivity
+        typer.echo(f"variance = {event.variance:.6g} (noise multiplier {relative_noise:.6g})")
     typer.echo(f"  gives epsilon = {epsilon:.6g} <= {target_epsilon:g} at delta = {delta:g}")
     typer.echo(f"  mechanism  {_describe(event)}")
     typer.echo(f"  accountant {accountant.value}")

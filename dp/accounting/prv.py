@@ -118,7 +118,8 @@ class SubsampledGaussianPRV:
         """Density of o under P = (1 - q) N(0, sigma^2) + q N(1, sigma^2)."""
         q, sigma = self.sample_rate, self.noise_multiplier
         norm = 1.0 / (math.sqrt(2.0 * math.pi) * sigma)
-        return norm * ((1.0 - q) * np.exp(-o * o / (2 * sigma * sigma)) + q * np.exp(-(o - 1.0) ** 2 / (2 * sigma * sigma)))
+        two_variance = 2.0 * sigma * sigma
+        return norm * ((1.0 - q) * np.exp(-o * o / two_variance) + q * np.exp(-((o - 1.0) ** 2) / two_variance))
 
     def truncated_mean(self, t_min: float, t_max: float) -> float:
         """E[Y | t_min < Y <= t_max], by Gauss-Legendre quadrature over the output o.
@@ -144,23 +145,22 @@ class SubsampledGaussianPRV:
 
 @dataclass(frozen=True)
 class _Grid:
-    """Points t_i = (first_index + i) * dt + shift for i in [0, size)."""
+    """Points t_i = (first_index + i) * dt for i in [0, size)."""
 
     first_index: int
     size: int
     dt: float
-    shift: float
 
     @property
     def points(self) -> npt.NDArray[np.float64]:
-        return (self.first_index + np.arange(self.size)) * self.dt + self.shift
+        return (self.first_index + np.arange(self.size)) * self.dt
 
 
 def _aligned_grid(half_width: float, dt: float) -> _Grid:
     """A grid of mesh dt aligned on multiples of dt, covering [-half_width, half_width],
     of even size (indices -n .. n + 1), as Gopi et al.'s reference code lays it out."""
     n = math.ceil(half_width / dt)
-    return _Grid(first_index=-n, size=2 * n + 2, dt=dt, shift=0.0)
+    return _Grid(first_index=-n, size=2 * n + 2, dt=dt)
 
 
 def _discretise(prv: SubsampledGaussianPRV, grid: _Grid) -> tuple[npt.NDArray[np.float64], float]:

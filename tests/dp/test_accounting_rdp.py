@@ -186,11 +186,11 @@ def test_heterogeneous_composition_equals_the_sum_of_rdp_curves() -> None:
         SampledGaussian(noise_multiplier=1.5, sample_rate=0.02, steps=300),
         Skellam(l1_sensitivity=64.0, l2_sensitivity=8.0, variance=6400.0, steps=5),
     ]
-    total = sum(
-        (sampled_gaussian_rdp(sample_rate=e.sample_rate, noise_multiplier=e.noise_multiplier, orders=INTEGER_RDP_ORDERS) * e.steps)
-        if isinstance(e, SampledGaussian)
-        else skellam_rdp(l1_sensitivity=e.l1_sensitivity, l2_sensitivity=e.l2_sensitivity, variance=e.variance) * e.steps
-        for e in events
+    gaussian_a, gaussian_b, skellam = events
+    total = (
+        gaussian_a.steps * sampled_gaussian_rdp(sample_rate=0.1, noise_multiplier=1.0, orders=INTEGER_RDP_ORDERS)
+        + gaussian_b.steps * sampled_gaussian_rdp(sample_rate=0.02, noise_multiplier=1.5, orders=INTEGER_RDP_ORDERS)
+        + skellam.steps * skellam_rdp(l1_sensitivity=64.0, l2_sensitivity=8.0, variance=6400.0)
     )
     expected, _ = epsilon_from_rdp(orders=INTEGER_RDP_ORDERS, rdp=total, delta=DELTA)
     assert compute_epsilon(events, delta=DELTA) == pytest.approx(expected, rel=1e-12)
