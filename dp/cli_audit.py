@@ -25,6 +25,7 @@ import typer
 
 from dp.errors import DPError
 from dp.ledger_chain import atomic_write, load_public_key
+from dp.report_format import ReportFormat
 
 if TYPE_CHECKING:
     from dp.report import Audit
@@ -136,23 +137,19 @@ def verify_command(
 def report_command(
     ledgers: LedgerPaths,
     out: Annotated[Path, typer.Option("--out", help="Where to write the report.", dir_okay=False, writable=True)],
-    report_format: Annotated[str, typer.Option("--format", help="html, json or csv.")] = "html",
+    report_format: Annotated[ReportFormat, typer.Option("--format", help="The report's format.", case_sensitive=False)] = ReportFormat.HTML,
     public_key: PublicKeys = None,
     server_ledger: ServerLedgerPath = None,
     server_public_key: ServerPublicKey = None,
 ) -> None:
     """Build the auditor's report (one self-contained HTML file, or JSON / CSV)."""
-    from dp.report import ReportFormat, build_report, render
+    from dp.report import build_report, render
 
-    try:
-        chosen = ReportFormat(report_format.lower())
-    except ValueError:
-        raise typer.BadParameter("must be html, json or csv", param_hint="--format") from None
     if not out.parent.is_dir():
         raise typer.BadParameter(f"directory {out.parent} does not exist", param_hint="--out")
     audit = _audit(ledgers, public_key, server_ledger, server_public_key)
     report = build_report(audit)
-    atomic_write(out, render(report, chosen).encode("utf-8"))
+    atomic_write(out, render(report, report_format).encode("utf-8"))
     typer.echo(report.verdict)
     typer.echo(f"wrote {out}")
     if not report.ok:

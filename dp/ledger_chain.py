@@ -28,6 +28,10 @@ A line on disk is the canonical encoding of the full entry followed by ``\\n``.
 Verification re-encodes what it parsed, so formatting on disk does not matter;
 duplicate keys in a line are refused (two JSON parsers could disagree on them).
 
+Times are ISO-8601 UTC strings of one fixed width (``YYYY-MM-DDTHH:MM:SS.ffffffZ``),
+so they order as strings; the writer never records a time before the previous entry's
+(a clock stepped back is clamped), and the verifier flags any decrease.
+
 Durability and torn writes
 --------------------------
 An append is one ``write`` of the whole line including its final newline, then
@@ -588,6 +592,8 @@ class ChainWriter:
             raise LedgerError(f"{fmt.owner_field} must be a non-empty string")
         path = Path(path)
         created = not path.exists()
+        if created and head_path(path).exists():
+            raise LedgerError(f"{path} is missing but its signed head {head_path(path).name} exists: the ledger was deleted or moved")
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             try:
@@ -632,11 +638,14 @@ class ChainWriter:
         if body.keys() != self.fmt.body_fields:
             raise LedgerError(f"entry body fields {sorted(body.keys())}, expected {sorted(self.fmt.body_fields)}")
         entry: JsonObject = dict(body)
+        moment = format_time(self.clock())
+        if self._entries and moment < self._entries[-1]["time"]:
+            moment = self._entries[-1]["time"]  # a clock stepped back: times never decrease
         entry.update(
             {
                 "format": self.fmt.name,
                 "index": len(self._entries),
-                "time": format_time(self.clock()),
+                "time": moment,
                 self.fmt.owner_field: self.owner,
                 "public_key": self.signing_key.public_bytes.hex(),
                 "previous_hash": self._entries[-1]["hash"] if self._entries else GENESIS_HASH,

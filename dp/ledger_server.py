@@ -292,6 +292,7 @@ class ServerLedger:
 
     def __init__(self, writer: ChainWriter) -> None:
         self._writer = writer
+        self._rounds = {entry["round"] for entry in writer.entries}
 
     @classmethod
     def open(cls, path: Path | str, *, server_id: str, signing_key: SigningKey, clock: Clock = utc_now) -> "ServerLedger":
@@ -304,9 +305,10 @@ class ServerLedger:
 
     def append(self, record: ServerRoundRecord) -> ServerLedgerEntry:
         """Record one finished round durably."""
-        if any(ServerRoundRecord.from_dict(entry).round_id == record.round_id for entry in self._writer.entries):
+        if record.round_id in self._rounds:
             raise LedgerError(f"round {record.round_id!r} is already recorded")
         raw = self._writer.append(record.to_dict())
+        self._rounds.add(record.round_id)
         return ServerLedgerEntry(index=raw["index"], time=raw["time"], server=raw["server"], record=record, hash=raw["hash"])
 
     def close(self) -> None:

@@ -34,7 +34,6 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +47,7 @@ from dp.ledger_server import (
     parties_without_ledger,
     verify_server_ledger,
 )
+from dp.report_format import ReportFormat
 
 __all__ = [
     "Audit",
@@ -60,12 +60,6 @@ __all__ = [
     "render_json",
     "run_audit",
 ]
-
-
-class ReportFormat(str, Enum):
-    HTML = "html"
-    JSON = "json"
-    CSV = "csv"
 
 
 UNIT_LABELS = {

@@ -147,14 +147,22 @@ def test_units_compose_separately(tmp_path: Path, key: SigningKey) -> None:
 # --------------------------------------------------------------------------- writer
 
 
-def test_reopened_ledger_continues_the_chain(ledger_path: Path, key: SigningKey) -> None:
+def test_reopened_ledger_continues_the_chain_and_never_goes_back_in_time(ledger_path: Path, key: SigningKey) -> None:
+    # The fresh clock restarts at 2026-01-01T00:00:00, before the last entry: the writer clamps.
     with PrivacyLedger.open(ledger_path, party_id=PARTY, signing_key=key, clock=fixed_clock()) as ledger:
         assert len(ledger.entries) == 5
-        ledger.record_spend(round_id="round-5", unit=PrivacyUnit.EXAMPLE, event=gaussian(), delta=DELTA)
-    # The fresh clock restarts at 2026-01-01, earlier than the last entry: the verifier says so.
+        entry = ledger.record_spend(round_id="round-5", unit=PrivacyUnit.EXAMPLE, event=gaussian(), delta=DELTA)
     verification = verify_ledger(ledger_path, public_key=key.public_bytes)
-    assert {finding.kind for finding in verification.findings} == {FindingKind.TIME_REVERSED}
-    assert len(verification.entries) == 6
+    assert verification.ok and len(verification.entries) == 6
+    assert entry.time == verification.entries[4].time
+    assert entry.epsilon_cumulative == pytest.approx(compute_epsilon([gaussian()] * 6, delta=DELTA))
+
+
+def test_writer_refuses_to_recreate_a_deleted_ledger_whose_head_remains(ledger_path: Path, key: SigningKey) -> None:
+    ledger_path.unlink()
+    with pytest.raises(LedgerError, match="was deleted"):
+        PrivacyLedger.open(ledger_path, party_id=PARTY, signing_key=key)
+    assert not ledger_path.exists()
 
 
 def test_second_writer_on_the_same_ledger_is_refused(ledger_path: Path, key: SigningKey) -> None:
