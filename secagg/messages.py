@@ -27,7 +27,8 @@ Wire format (version 1), all integers big-endian except vector elements:
 
 Decoding checks every length, refuses trailing bytes, unknown types and versions,
 and raises :class:`~secagg.errors.MalformedMessage` with a specific reason. A
-decoded vector is a read-only view of the input bytes: no copy on the hot path.
+vector decoded from ``bytes`` is a read-only view of them (no copy on the hot path);
+from a mutable buffer it is a read-only copy, so a reused buffer cannot change it.
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ class _Writer:
 
 class _Reader:
     def __init__(self, data: bytes | bytearray | memoryview) -> None:
-        self.data = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
+        self.immutable = isinstance(data, bytes)
+        self.data = memoryview(data).cast("B") if not self.immutable else memoryview(data)
         self.offset = HEADER_BYTES
 
     def take(self, size: int, name: str) -> memoryview:
@@ -144,6 +146,9 @@ class _Reader:
         ring = Ring(bits)
         raw = self.take(length * ring.element_bytes, "vector elements")
         values = np.frombuffer(raw, dtype=ring.dtype)
+        if not self.immutable:
+            values = values.copy()
+        values.setflags(write=False)
         if not ring.is_reduced(values):
             raise MalformedMessage(f"vector has elements outside Z_2^{bits}")
         return values, bits

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from secagg.errors import MalformedMessage
 from secagg.hazmat.aead import OVERHEAD_BYTES
@@ -58,7 +59,9 @@ def self_mask_prg_seed(session_id: bytes, owner: int, self_mask_seed: bytes) -> 
     return derive_key(self_mask_seed, KeyPurpose.SELF_MASK, session_id + struct.pack(">I", owner))
 
 
-def pairwise_prg_seed(session_id: bytes, masking_private_key: bytes, peer_masking_public_key: bytes, first: int, second: int) -> bytes:
+def pairwise_prg_seed(
+    session_id: bytes, masking_private_key: bytes | X25519PrivateKey, peer_masking_public_key: bytes, first: int, second: int
+) -> bytes:
     """The AES key expanding PRG(s_uv): HKDF of X25519(s_sk_u, s_pk_v), bound to the session and the pair.
 
     Symmetric in (u, v): both ends compute the same key with the pair ordered.
@@ -73,7 +76,13 @@ def pairwise_mask_sign(owner: int, peer: int) -> int:
     return 1 if owner < peer else -1
 
 
-def share_encryption_key(session_id: bytes, encryption_private_key: bytes, peer_encryption_public_key: bytes, sender: int, recipient: int) -> bytes:
+def share_encryption_key(
+    session_id: bytes,
+    encryption_private_key: bytes | X25519PrivateKey,
+    peer_encryption_public_key: bytes,
+    sender: int,
+    recipient: int,
+) -> bytes:
     """The AES-GCM key for shares sent from ``sender`` to ``recipient``: one key per direction."""
     secret = agree(encryption_private_key, peer_encryption_public_key)
     return derive_key(secret, KeyPurpose.SHARE_ENCRYPTION, session_id + struct.pack(">II", sender, recipient))

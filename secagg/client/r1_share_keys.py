@@ -72,7 +72,7 @@ def share_keys(
         if recipient == me:
             continue
         key = share_encryption_key(
-            session_id, keys.encryption.private_bytes, advertised[recipient].encryption_public_key, me, recipient
+            session_id, keys.encryption.private_key, advertised[recipient].encryption_public_key, me, recipient
         )
         sealed = aead.seal(
             key,
@@ -149,7 +149,7 @@ class AwaitingMaskedInputRequest:
         try:
             key = share_encryption_key(
                 self.session_id,
-                self.keys.encryption.private_bytes,
+                self.keys.encryption.private_key,
                 self.advertised[item.sender].encryption_public_key,
                 item.sender,
                 me,

@@ -38,7 +38,7 @@ def masked_input(context: ClientContext, state: "AwaitingSurvivors", self_mask_s
     masks = [SignedSeed(self_mask_prg_seed(state.session_id, me, self_mask_seed), 1)]
     for peer in sorted(state.graph[me] & state.share_keys_survivors):
         seed = pairwise_prg_seed(
-            state.session_id, state.keys.masking.private_bytes, state.advertised[peer].masking_public_key, me, peer
+            state.session_id, state.keys.masking.private_key, state.advertised[peer].masking_public_key, me, peer
         )
         masks.append(SignedSeed(seed, pairwise_mask_sign(me, peer)))
     ring = context.config.ring

@@ -9,7 +9,7 @@ is all zeros (a small-order public key, RFC 7748 section 6.1) is refused by
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -33,6 +33,11 @@ class AgreementKeyPair:
 
     private_bytes: bytes
     public_bytes: bytes
+    private_key: X25519PrivateKey = field(compare=False, default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.private_key is None:
+            object.__setattr__(self, "private_key", X25519PrivateKey.from_private_bytes(self.private_bytes))
 
     @classmethod
     def generate(cls, source: RandomSource) -> "AgreementKeyPair":
@@ -49,19 +54,24 @@ class AgreementKeyPair:
 
     def agree(self, peer_public_bytes: bytes) -> bytes:
         """The 32-byte X25519 shared secret with ``peer_public_bytes``."""
-        return agree(self.private_bytes, peer_public_bytes)
+        return agree(self.private_key, peer_public_bytes)
 
     def __repr__(self) -> str:
         return f"AgreementKeyPair(public={self.public_bytes.hex()[:16]}…)"
 
 
-def agree(private_bytes: bytes, peer_public_bytes: bytes) -> bytes:
-    """X25519(private, peer public); refuses malformed and small-order public keys."""
+def agree(private: bytes | X25519PrivateKey, peer_public_bytes: bytes) -> bytes:
+    """X25519(private, peer public); refuses malformed and small-order public keys.
+
+    ``private`` is raw bytes or an already-loaded key (loading costs as much as the
+    agreement itself, so hot paths pass the loaded key).
+    """
     if len(peer_public_bytes) != PUBLIC_KEY_BYTES:
         raise InvalidPublicKey("X25519 public keys are 32 bytes")
     try:
         peer = X25519PublicKey.from_public_bytes(peer_public_bytes)
-        return X25519PrivateKey.from_private_bytes(private_bytes).exchange(peer)
+        key = private if isinstance(private, X25519PrivateKey) else X25519PrivateKey.from_private_bytes(private)
+        return key.exchange(peer)
     except ValueError as exc:  # all-zero shared secret: small-order point
         raise InvalidPublicKey("X25519 public key is of small order") from exc
 

@@ -39,6 +39,8 @@ def expand(seed: bytes, out: np.ndarray) -> np.ndarray:
     if not out.flags.c_contiguous or out.dtype.kind != "u":
         raise ValueError("out must be a C-contiguous unsigned integer array")
     view = out.reshape(-1).view(np.uint8)
+    if view.size == 0:
+        return out
     zeros = np.zeros(min(view.size, BLOCK_BYTES), dtype=np.uint8)
     stream = _keystream(seed)
     for start in range(0, view.size, zeros.size):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from secagg.config import RoundConfig
 from secagg.errors import AbortReason, ProtocolAbort
 from secagg.graph import NeighbourMap
-from secagg.hazmat.keys import agreement_public_key
+from secagg.hazmat.keys import AgreementKeyPair
 from secagg.hazmat.prg import SignedSeed
 from secagg.hazmat.shamir import ShamirError, ShamirScheme, int_to_secret, share_from_bytes
 from secagg.messages import AdvertiseKeys, ShareKeys, UnmaskingShares
@@ -61,10 +61,11 @@ def plan_unmasking(
     masks: list[SignedSeed] = []
     for owner in sorted(dropped):
         private_key = _reconstruct(config, owner, masking_key_shares[owner], "masking key")
-        if agreement_public_key(private_key) != advertised[owner].masking_public_key:
+        key_pair = AgreementKeyPair.from_private_bytes(private_key)
+        if key_pair.public_bytes != advertised[owner].masking_public_key:
             raise ProtocolAbort(AbortReason.CORRUPT_SHARE, f"reconstructed masking key of participant {owner} does not match its public key")
         for peer in sorted(graph[owner] & survivors):
-            seed = pairwise_prg_seed(session_id, private_key, advertised[peer].masking_public_key, owner, peer)
+            seed = pairwise_prg_seed(session_id, key_pair.private_key, advertised[peer].masking_public_key, owner, peer)
             masks.append(SignedSeed(seed, -pairwise_mask_sign(peer, owner)))
     for owner in sorted(survivors):
         seed = _reconstruct(config, owner, self_mask_shares[owner], "self-mask seed")

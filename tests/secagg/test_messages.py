@@ -329,11 +329,6 @@ def test_a_vector_decoded_from_bytes_is_a_read_only_view() -> None:
     assert np.array_equal(decoded.masked_vector, vector)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="secagg/messages.py _Reader.vector: np.frombuffer over a bytearray is writeable and aliases the caller's "
-    "buffer, so a frozen MaskedInput changes when the buffer is reused (docstring promises a read-only view)",
-)
 def test_a_vector_decoded_from_a_bytearray_is_read_only() -> None:
     buffer = bytearray(encode(MaskedInput(session_id=SESSION, sender=1, bits=32, masked_vector=np.arange(5, dtype=np.uint32))))
     decoded = decode(buffer)
