@@ -24,9 +24,10 @@ ledger kind (or from the SecAgg protocol, which signs other messages with the sa
 identity key) can never be replayed as another. Each entry also carries
 ``previous_hash``: the previous entry's ``hash``, or 64 zeros for entry 0.
 
-A line on disk is the canonical encoding of the full entry followed by ``\\n``.
-Verification re-encodes what it parsed, so formatting on disk does not matter;
-duplicate keys in a line are refused (two JSON parsers could disagree on them).
+A line on disk is the canonical encoding of the full entry followed by ``\\n``, and the
+verifier insists on it byte for byte (so every changed byte is a finding, even one that
+keeps the meaning); duplicate keys in a line are refused (two JSON parsers could
+disagree on them), as are numbers that overflow a double.
 
 Times are ISO-8601 UTC strings of one fixed width (``YYYY-MM-DDTHH:MM:SS.ffffffZ``),
 so they order as strings; the writer never records a time before the previous entry's
@@ -62,6 +63,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -112,6 +114,9 @@ class FindingKind(str, Enum):
     MALFORMED_ENTRY = "malformed-entry"
     """The envelope is fine but the body is not a valid entry of this ledger kind."""
     UNSUPPORTED_FORMAT = "unsupported-format"
+    NON_CANONICAL_LINE = "non-canonical-line"
+    """The bytes differ from the canonical encoding of what they parse to (an edit that
+    keeps the meaning, e.g. ``1e-05`` rewritten as ``1E-05``; the hash would not notice)."""
     TORN_TAIL = "torn-tail"
     """Bytes after the last newline: an interrupted write, never an entry."""
     INDEX_OUT_OF_SEQUENCE = "index-out-of-sequence"
@@ -285,8 +290,17 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]!r} overflows a double")
+    return value
+
+
 def _parse_object(text: str) -> JsonObject:
-    value = json.loads(text, object_pairs_hook=_reject_duplicate_keys, parse_constant=_reject_constant)
+    value = json.loads(
+        text, object_pairs_hook=_reject_duplicate_keys, parse_constant=_reject_constant, parse_float=_finite_float
+    )
     if not isinstance(value, dict):
         raise ValueError("not a JSON object")
     return value
@@ -364,6 +378,10 @@ def read_chain(path: Path, fmt: ChainFormat, *, public_key: bytes | None = None)
             continue
         entries.append(entry)
 
+        if raw != canonical_json(entry):
+            findings.append(
+                Finding(FindingKind.NON_CANONICAL_LINE, position, "the line is not the canonical encoding of its content: it was re-formatted or edited")
+            )
         if entry["format"] != fmt.name:
             findings.append(Finding(FindingKind.UNSUPPORTED_FORMAT, position, f"format {entry['format']!r}, expected {fmt.name!r}"))
         if entry["index"] != position:
@@ -445,10 +463,13 @@ def _head_message(fmt: ChainFormat, head: Mapping[str, Any]) -> bytes:
 
 
 def _parse_head(path: Path, fmt: ChainFormat) -> tuple[HeadRecord | None, JsonObject | None, str | None]:
+    data = path.read_bytes()
     try:
-        raw = _parse_object(path.read_text(encoding="utf-8"))
+        raw = _parse_object(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         return None, None, f"not a JSON object: {exc}"
+    if data != canonical_json(raw) + b"\n":
+        return None, raw, "not the canonical encoding of its content: it was re-formatted or edited"
     expected = {"format", fmt.owner_field, "public_key", "entries", "last_hash", "time", "signature"}
     if raw.keys() != expected:
         return None, raw, f"fields {sorted(raw.keys())}, expected {sorted(expected)}"

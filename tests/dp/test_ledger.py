@@ -5,11 +5,14 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from dp.accounting import AccountantKind, SampledGaussian, Skellam, compute_epsilon
 from dp.ledger import PRIVACY_LEDGER_FORMAT, EntryKind, PrivacyLedger, PrivacyUnit, verify_ledger
@@ -421,3 +424,55 @@ def test_empty_ledger_verifies_and_names_its_party_from_the_signed_head(tmp_path
     verification = verify_ledger(path, public_key=key.public_bytes)
     assert verification.ok and verification.entries == ()
     assert (verification.party, verification.public_key, verification.head_entries) == (PARTY, key.public_bytes.hex(), 0)
+
+
+def test_number_that_overflows_a_double_is_malformed_not_a_crash(ledger_path: Path) -> None:
+    lines = ledger_path.read_bytes().splitlines(keepends=True)
+    lines[1] = lines[1].replace(b'"delta":1e-05', b'"delta":1e999', 1)
+    ledger_path.write_bytes(b"".join(lines))
+    assert FindingKind.MALFORMED_LINE in kinds_at(verify_ledger(ledger_path), 1)
+
+
+def test_re_formatted_line_with_the_same_meaning_is_flagged(ledger_path: Path) -> None:
+    lines = ledger_path.read_bytes().splitlines(keepends=True)
+    lines[1] = lines[1].replace(b'"delta":1e-05', b'"delta":1E-5', 1)
+    ledger_path.write_bytes(b"".join(lines))
+    assert kinds_at(verify_ledger(ledger_path), 1) == {FindingKind.NON_CANONICAL_LINE}
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, bytes]:
+    path = tmp_path_factory.mktemp("pristine") / "ledger.jsonl"
+    write_ledger(path, signing_key(1), rounds=3)
+    return path.read_bytes(), head_path(path).read_bytes()
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_single_byte_change_to_the_ledger_or_its_head_is_detected(pristine: tuple[bytes, bytes], data: st.DataObject) -> None:
+    ledger_bytes, head_bytes = pristine
+    in_head = data.draw(st.booleans(), label="in_head")
+    original = head_bytes if in_head else ledger_bytes
+    position = data.draw(st.integers(0, len(original) - 1), label="position")
+    replacement = data.draw(st.integers(0, 255).filter(lambda value: value != original[position]), label="byte")
+    changed = original[:position] + bytes([replacement]) + original[position + 1 :]
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "ledger.jsonl"
+        path.write_bytes(ledger_bytes if in_head else changed)
+        head_path(path).write_bytes(changed if in_head else head_bytes)
+        assert not verify_ledger(path, public_key=signing_key(1).public_bytes).ok
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(line=st.binary(max_size=200) | st.text(max_size=200).map(str.encode), position=st.integers(0, 3))
+def test_verifier_reports_arbitrary_inserted_lines_without_raising(pristine: tuple[bytes, bytes], line: bytes, position: int) -> None:
+    ledger_bytes, head_bytes = pristine
+    lines = ledger_bytes.splitlines(keepends=True)
+    lines.insert(position, line.replace(b"\n", b" ") + b"\n")
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "ledger.jsonl"
+        path.write_bytes(b"".join(lines))
+        head_path(path).write_bytes(head_bytes)
+        verification = verify_ledger(path)
+    assert not verification.ok
+    assert any(finding.index == position for finding in verification.findings)
