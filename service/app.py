@@ -1,0 +1,157 @@
+"""The FastAPI application factory: ``create_app(settings)``; nothing is built at import time.
+
+The lifespan owns the store: it opens the database (creating the schema), the ledger
+seam and the :class:`~service.coordinator.Coordinator`, closes whatever became due
+while the server was down (:meth:`Coordinator.recover`), and runs the background task
+that closes stages at their deadlines and records finished rounds in the ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.coordinator import Coordinator
+from service.db import Database
+from service.ledger import RoundLedger, load_or_create_signing_key
+from service.logs import configure_logging
+from service.metrics import ServiceMetrics
+from service.problems import PROBLEM_CONTENT_TYPE, Problem, ProblemType, ServiceProblem, problem_body
+from service.settings import ServiceSettings, load_settings
+
+LOGGER = logging.getLogger("secagg.service")
+NONCE_PURGE_EVERY_TICKS = 120
+MAX_DIM = 1 << 26
+"""The largest vector a round may use: 2^26 elements of up to 8 bytes, a 512 MiB upload."""
+
+
+def create_app(settings: ServiceSettings, *, clock: Callable[[], float] | None = None) -> FastAPI:
+    """Build the app for ``settings``; the database and ledger open in the lifespan."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(settings.log_level)
+        admin_token = settings.read_admin_token()
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        database = Database(settings.resolved_database_url)
+        await run_in_threadpool(database.create_schema)
+        ledger_key = load_or_create_signing_key(settings.resolved_ledger_key_file)
+        ledger = RoundLedger(settings.resolved_ledger_path, ledger_key, settings.server_id)
+        await run_in_threadpool(ledger.ensure_exists)
+        metrics = ServiceMetrics.create()
+        extra: dict[str, Any] = {"clock": clock} if clock is not None else {}
+        coordinator = Coordinator(database, metrics=metrics, ledger=ledger, max_dim=MAX_DIM, **extra)
+        app.state.settings = settings
+        app.state.admin_token = admin_token
+        app.state.metrics = metrics
+        app.state.coordinator = coordinator
+        await run_in_threadpool(coordinator.recover)
+        task = asyncio.create_task(_background(coordinator, settings.deadline_poll_seconds))
+        LOGGER.info("server_started", extra={"database": database.engine.url.get_backend_name()})
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            database.dispose()
+            LOGGER.info("server_stopped")
+
+    app = FastAPI(
+        title="secagg aggregation server",
+        version="1",
+        summary="Secure aggregation (Bonawitz et al. 2017, SecAgg+) between banks, over signed HTTP requests.",
+        description="See service/API.md for the contract. Errors are application/problem+json with a stable type.",
+        lifespan=lifespan,
+    )
+    _install_problem_handlers(app)
+
+    from service.routes import admin, audit, operations, participant
+
+    app.include_router(operations.router)
+    app.include_router(admin.router)
+    app.include_router(participant.router)
+    app.include_router(audit.router)
+    app.openapi_schema = None
+    _register_problem_schema(app)
+    return app
+
+
+def create_app_from_environment() -> FastAPI:
+    """Factory for ``uvicorn --factory`` (the workers of ``secagg server --workers N``)."""
+    return create_app(load_settings())
+
+
+async def _background(coordinator: Coordinator, interval: float) -> None:
+    ticks = 0
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await run_in_threadpool(coordinator.tick)
+            ticks += 1
+            if ticks % NONCE_PURGE_EVERY_TICKS == 0:
+                await run_in_threadpool(coordinator.database.purge_nonces, coordinator.clock())
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the loop must survive a transient database error
+            LOGGER.exception("background_tick_failed")
+
+
+def _problem_response(problem: ProblemType, detail: str, *, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse(
+        problem_body(problem, detail, **extra), status_code=problem.status, media_type=PROBLEM_CONTENT_TYPE, headers=headers
+    )
+
+
+def _install_problem_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceProblem)
+    async def service_problem(request: Request, exc: ServiceProblem) -> JSONResponse:
+        return _problem_response(exc.problem, exc.detail, headers=exc.headers or None, **exc.extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_problem(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": [str(part) for part in error.get("loc", ())], "msg": str(error.get("msg", "")), "type": str(error.get("type", ""))}
+            for error in exc.errors()
+        ]
+        return _problem_response(ProblemType.VALIDATION_ERROR, "the request does not match its schema", errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_problem(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        problem = {404: ProblemType.NOT_FOUND, 405: ProblemType.METHOD_NOT_ALLOWED}.get(exc.status_code)
+        if problem is None:
+            problem = ProblemType.VALIDATION_ERROR if 400 <= exc.status_code < 500 else ProblemType.SERVICE_UNAVAILABLE
+        return _problem_response(problem, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def internal_problem(request: Request, exc: Exception) -> JSONResponse:
+        LOGGER.error("internal_error", extra={"error": type(exc).__name__, "path": request.url.path}, exc_info=exc)
+        return JSONResponse(
+            {"type": "urn:secagg:problem:internal-error", "title": "Internal error", "status": 500, "detail": "see the server log"},
+            status_code=500,
+            media_type=PROBLEM_CONTENT_TYPE,
+        )
+
+
+def _register_problem_schema(app: FastAPI) -> None:
+    """Make sure ``#/components/schemas/Problem`` exists in the OpenAPI document."""
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = original()
+        schema.setdefault("components", {}).setdefault("schemas", {}).setdefault("Problem", Problem.model_json_schema())
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

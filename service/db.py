@@ -1,0 +1,228 @@
+"""The database: the single source of truth for participants, rounds and submissions.
+
+SQLAlchemy 2, on SQLite (one file, WAL journal, foreign keys on, ``synchronous=FULL``)
+or PostgreSQL (``postgresql+psycopg://``). The invariants the tables enforce, whatever
+the number of server processes:
+
+* ``submissions``: at most one accepted message per (round, stage, sender) — a unique
+  constraint, so a duplicate is impossible even under a race between two workers;
+* ``nonces``: a (key id, nonce) pair is inserted at most once (primary key), which is
+  how replayed requests are refused;
+* ``outbound``: one server message per (round, stage it opens, recipient).
+
+Serialisation of a round: every write that depends on a round's state (accepting a
+message, closing a stage, aborting) runs in a transaction that first locks the round's
+row: ``SELECT ... FOR UPDATE`` on PostgreSQL; on SQLite every write transaction starts
+with ``BEGIN IMMEDIATE``, which takes the database's single write lock. Reads run
+without the lock and see the last committed state.
+
+What is stored about a round is what replaying its session needs (the accepted R0,
+R1, R3 and R4 messages in acceptance order, and the order of stage closures), the
+messages the server sent, a running sum of the accepted masked inputs (never the
+individual masked inputs: see :mod:`service.coordinator`) and, at the end, the result.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.pool import NullPool
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ParticipantRow(Base):
+    __tablename__ = "participants"
+
+    id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    public_key: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    enrolled_at: Mapped[float] = mapped_column(Float)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class RoundRow(Base):
+    __tablename__ = "rounds"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[float] = mapped_column(Float, index=True)
+    parameters: Mapped[str] = mapped_column(Text)
+    """Canonical JSON: cohort (ids and keys), threshold, mode, graph, degree, dim, bits, deadlines, dp_policy."""
+    stage: Mapped[str] = mapped_column(String(40), index=True)
+    closed_stages: Mapped[int] = mapped_column(Integer, default=0)
+    """How many times ``ServerSession.advance`` has closed a stage: the replay script's length."""
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+    """Bumped by every committed change; an in-process cached session is valid iff it matches."""
+    stage_started_at: Mapped[float] = mapped_column(Float)
+    stage_deadline: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
+    expected: Mapped[str] = mapped_column(Text, default="[]")
+    history: Mapped[str] = mapped_column(Text, default="[]")
+    session_id: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)
+    outcome: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    abort_reason: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    abort_detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    survivors: Mapped[str | None] = mapped_column(Text, nullable=True)
+    masked_sum: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
+    result: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
+    result_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    ledger_recorded: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+
+
+class RoundMemberRow(Base):
+    __tablename__ = "round_members"
+    __table_args__ = (UniqueConstraint("round_id", "participant_id", name="uq_round_member_participant"),)
+
+    round_id: Mapped[str] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"), primary_key=True)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    participant_id: Mapped[str] = mapped_column(ForeignKey("participants.id"), index=True)
+    public_key: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+class SubmissionRow(Base):
+    __tablename__ = "submissions"
+    __table_args__ = (UniqueConstraint("round_id", "stage", "sender", name="uq_submission_once_per_stage"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    round_id: Mapped[str] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"), index=True)
+    stage: Mapped[str] = mapped_column(String(40))
+    sender: Mapped[int] = mapped_column(Integer)
+    body: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
+    """The encoded message; NULL for masked inputs, which only enter the running sum."""
+    body_sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(Integer)
+    received_at: Mapped[float] = mapped_column(Float)
+
+
+class OutboundRow(Base):
+    __tablename__ = "outbound"
+
+    round_id: Mapped[str] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"), primary_key=True)
+    stage: Mapped[str] = mapped_column(String(40), primary_key=True)
+    """The stage this message opens (the recipient answers it in that stage)."""
+    recipient: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_type: Mapped[str] = mapped_column(String(40))
+    body: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+
+
+class NonceRow(Base):
+    __tablename__ = "nonces"
+
+    key_id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    nonce: Mapped[str] = mapped_column(String(32), primary_key=True)
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class Database:
+    """Engine and session factory; owns the SQLite pragmas and the write-lock discipline."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        self.engine = _create_engine(url, immediate=False)
+        self._write_engine = _create_engine(url, immediate=True) if self.is_sqlite else self.engine
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._write_sessions = sessionmaker(self._write_engine, expire_on_commit=False)
+
+    def create_schema(self) -> None:
+        """Create missing tables (idempotent; safe with several processes starting at once)."""
+        if self.is_sqlite:
+            self.data_directory_ready()
+            Base.metadata.create_all(self._write_engine)
+            return
+        with self.engine.begin() as connection:
+            connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7264217)")
+            Base.metadata.create_all(connection)
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A read-only unit of work (no lock; sees committed data). Rows stay readable after it."""
+        with self._sessions() as session:
+            yield session
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A write transaction: committed on success, rolled back on any exception."""
+        with self._write_sessions() as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    def lock_round(self, session: Session, round_id: str) -> RoundRow | None:
+        """The round's row, locked for the rest of the transaction (None if absent)."""
+        query = select(RoundRow).where(RoundRow.id == round_id)
+        if not self.is_sqlite:
+            query = query.with_for_update()
+        row = session.execute(query.execution_options(populate_existing=True)).scalar_one_or_none()
+        return row
+
+    def ping(self) -> bool:
+        try:
+            with self.engine.connect() as connection:
+                connection.exec_driver_sql("SELECT 1")
+            return True
+        except Exception:  # readiness probe: any failure means "not ready"
+            return False
+
+    def purge_nonces(self, now: float | None = None) -> None:
+        moment = time.time() if now is None else now
+        with self.write() as session:
+            session.query(NonceRow).filter(NonceRow.expires_at < moment).delete()
+
+    def data_directory_ready(self) -> None:
+        """Create the SQLite file's directory if needed."""
+        database = self.engine.url.database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+        if self._write_engine is not self.engine:
+            self._write_engine.dispose()
+
+
+def _create_engine(url: str, *, immediate: bool) -> Engine:
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
+    engine = create_engine(url, poolclass=NullPool, connect_args={"check_same_thread": False, "timeout": 60})
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        # Take over transaction control from pysqlite so BEGIN IMMEDIATE is ours to emit.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _sqlite_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine

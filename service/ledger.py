@@ -1,0 +1,187 @@
+"""The server's round ledger: one signed, hash-chained record per finished round.
+
+The ledger file itself is :class:`dp.ledger_server.ServerLedger` (JSONL chain, Ed25519
+signatures, signed head); this module is the service's seam to it. Writing follows an
+outbox pattern, because the ledger is a file and the round's outcome lives in the
+database: the transition that finishes a round commits ``ledger_recorded = false``;
+afterwards (right away, and again by the background task until it succeeds) the
+record is appended and the flag set. :meth:`ServerLedger.append` refuses a round that is
+already recorded, so a crash between the append and the flag update leads to one
+entry, not two. The writer holds the file's ``flock`` only for the append, so several
+server processes on one host can share the ledger; a process that finds it locked
+retries later.
+
+The dp package imports its accounting module (pure numpy/scipy-free code, no torch).
+If that import fails, recording is postponed (the rounds stay ``ledger_recorded =
+false`` and are recorded by the first process that can), and the policy of a new round
+is checked for shape only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from secagg.hazmat.keys import PRIVATE_KEY_BYTES, SigningKey
+from secagg.hazmat.randomness import SystemRandom
+
+LOGGER = logging.getLogger("secagg.service.ledger")
+
+STAGE_ORDER = (
+    "R0-advertise-keys",
+    "R1-share-keys",
+    "R2-masked-input-collection",
+    "R3-consistency-check",
+    "R4-unmasking",
+)
+
+
+class LedgerUnavailable(RuntimeError):
+    """The dp ledger code cannot be imported in this process."""
+
+
+def load_or_create_signing_key(path: Path) -> SigningKey:
+    """The server's Ed25519 ledger key: 32 raw bytes or 64 hex digits; created (0600) if absent."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        private = SystemRandom().random_bytes(PRIVATE_KEY_BYTES)
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return load_or_create_signing_key(path)  # another worker created it first
+        with os.fdopen(descriptor, "w", encoding="ascii") as handle:
+            handle.write(private.hex() + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        return SigningKey.from_private_bytes(private)
+    data = path.read_bytes()
+    text = data.strip()
+    if len(text) == 2 * PRIVATE_KEY_BYTES:
+        try:
+            return SigningKey.from_private_bytes(bytes.fromhex(text.decode("ascii")))
+        except (ValueError, UnicodeDecodeError):
+            pass
+    if len(data) == PRIVATE_KEY_BYTES:
+        return SigningKey.from_private_bytes(data)
+    raise ValueError(f"{path} is not an Ed25519 private key (32 raw bytes or 64 hex digits)")
+
+
+def validate_privacy_policy(items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Check each ``{unit, mechanism, parameters}`` item; return them normalised.
+
+    With the dp package importable, each item must parse as
+    :class:`dp.ledger_server.RoundPrivacy` (known unit, known mechanism, valid
+    parameters) and is normalised through it, so the ledger records exactly what the
+    parties' ledgers must match. Raises ``ValueError`` with a specific message.
+    """
+    normalised: list[dict[str, Any]] = []
+    try:
+        from dp.ledger_server import RoundPrivacy
+    except ImportError:
+        RoundPrivacy = None  # noqa: N806 - the seam: shape check only
+    units: set[str] = set()
+    for position, item in enumerate(items):
+        if not isinstance(item, Mapping) or set(item) != {"unit", "mechanism", "parameters"}:
+            raise ValueError(f"dp_policy.privacy[{position}] must have exactly unit, mechanism, parameters")
+        if not isinstance(item["parameters"], Mapping):
+            raise ValueError(f"dp_policy.privacy[{position}].parameters must be an object")
+        if RoundPrivacy is not None:
+            try:
+                parsed = RoundPrivacy.from_dict(dict(item))
+            except Exception as exc:  # the dp package's validation errors vary by field
+                raise ValueError(f"dp_policy.privacy[{position}]: {exc}") from None
+            normalised_item = parsed.to_dict()
+        else:
+            normalised_item = {"unit": str(item["unit"]), "mechanism": str(item["mechanism"]), "parameters": dict(item["parameters"])}
+        if normalised_item["unit"] in units:
+            raise ValueError(f"dp_policy.privacy names the unit {normalised_item['unit']!r} twice")
+        units.add(normalised_item["unit"])
+        normalised.append(normalised_item)
+    return normalised
+
+
+def round_record(
+    *,
+    round_id: str,
+    cohort: Sequence[str],
+    threshold: int,
+    mode: str,
+    dim: int,
+    bits: int,
+    privacy: Sequence[Mapping[str, Any]],
+    survivors: Mapping[str, Sequence[str]],
+    outcome: str,
+    abort_reason: str | None,
+) -> dict[str, Any]:
+    """The ledger body of one finished round (the fields of ``dp.ledger_server.ServerRoundRecord``)."""
+    return {
+        "round": round_id,
+        "cohort": list(cohort),
+        "threshold": threshold,
+        "mode": mode,
+        "dim": dim,
+        "bits": bits,
+        "privacy": [dict(item) for item in privacy],
+        "survivors": {stage: list(survivors.get(stage, ())) for stage in STAGE_ORDER},
+        "outcome": outcome,
+        "abort_reason": abort_reason,
+    }
+
+
+class RoundLedger:
+    """Appends round records to the server ledger file; opened per append (short flock)."""
+
+    def __init__(self, path: Path, signing_key: SigningKey, server_id: str) -> None:
+        self.path = path
+        self._signing_key = signing_key
+        self.server_id = server_id
+
+    @property
+    def public_key(self) -> bytes:
+        return self._signing_key.public_bytes
+
+    def ensure_exists(self) -> None:
+        """Create an empty ledger and its signed head if there is none yet."""
+        if self.path.exists():
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            from dp.ledger_server import ServerLedger
+        except ImportError:
+            LOGGER.warning("ledger_unavailable", extra={"event": "ledger_unavailable"})
+            return
+        try:
+            ServerLedger.open(self.path, server_id=self.server_id, signing_key=self._signing_key).close()
+        except Exception as exc:  # a concurrent worker holding the lock creates it instead
+            LOGGER.info("ledger_create_deferred", extra={"event": "ledger_create_deferred", "error": type(exc).__name__})
+
+    def record(self, body: Mapping[str, Any]) -> bool:
+        """Append ``body`` unless the round is already recorded. True iff it is in the ledger now."""
+        try:
+            from dp.ledger_chain import LedgerError, LedgerLocked
+            from dp.ledger_server import ServerLedger, ServerRoundRecord
+        except ImportError as exc:
+            raise LedgerUnavailable(str(exc)) from None
+        record = ServerRoundRecord.from_dict(body)
+        try:
+            ledger = ServerLedger.open(self.path, server_id=self.server_id, signing_key=self._signing_key)
+        except LedgerLocked:
+            return False
+        with ledger:
+            try:
+                ledger.append(record)
+            except LedgerError as exc:
+                if "already recorded" in str(exc):
+                    return True
+                raise
+        return True
+
+    def read_entries(self) -> bytes:
+        return self.path.read_bytes() if self.path.exists() else b""
+
+    def read_head(self) -> bytes | None:
+        head = self.path.with_name(self.path.name + ".head")
+        return head.read_bytes() if head.exists() else None

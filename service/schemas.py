@@ -1,0 +1,201 @@
+"""Request and response schemas of the HTTP API (separate models for each direction).
+
+Requests refuse unknown members (``extra="forbid"``). Protocol messages and vectors are
+never JSON: they travel as ``application/octet-stream`` (see ``service/API.md``).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from secagg.config import MAX_PARTICIPANTS, GraphKind, ProtocolMode
+
+ParticipantId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
+RoundId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+StageSeconds = Annotated[float, Field(gt=0, le=7 * 24 * 3600)]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class ParticipantRole(str, Enum):
+    BANK = "bank"
+    AUDITOR = "auditor"
+
+
+class ParticipantStatus(str, Enum):
+    ACTIVE = "active"
+    REVOKED = "revoked"
+
+
+class ParticipantCreate(_Request):
+    id: ParticipantId
+    public_key: Annotated[str, StringConstraints(min_length=44, max_length=44)] = Field(
+        description="Standard base64 of the raw 32-byte Ed25519 public key (RFC 8032)."
+    )
+    role: ParticipantRole
+
+
+class ParticipantOut(_Response):
+    id: str
+    public_key: str
+    role: ParticipantRole
+    status: ParticipantStatus
+    enrolled_at: float
+    revoked_at: float | None
+
+
+class ParticipantList(_Response):
+    participants: list[ParticipantOut]
+
+
+class Deadlines(_Request):
+    """Seconds each stage may stay open before it closes with whoever answered (if >= t)."""
+
+    R0: StageSeconds = 300.0
+    R1: StageSeconds = 300.0
+    R2: StageSeconds = 600.0
+    R3: StageSeconds = 300.0
+    R4: StageSeconds = 300.0
+
+
+class PrivacyItem(_Request):
+    unit: Annotated[str, StringConstraints(min_length=1, max_length=40)]
+    mechanism: Annotated[str, StringConstraints(min_length=1, max_length=60)]
+    parameters: dict[str, Any]
+
+
+class DpPolicy(_Request):
+    """The round's DP prescription, recorded verbatim in the server ledger (``dp.ledger_server``)."""
+
+    privacy: Annotated[list[PrivacyItem], Field(max_length=8)] = []
+    notes: Annotated[str, StringConstraints(max_length=2000)] | None = None
+
+
+class RoundCreate(_Request):
+    cohort: Annotated[list[ParticipantId], Field(min_length=2, max_length=MAX_PARTICIPANTS)] = Field(
+        description="Participant ids in protocol order: participant index i is cohort[i]."
+    )
+    threshold: Annotated[int, Field(ge=1, le=MAX_PARTICIPANTS)]
+    mode: ProtocolMode = ProtocolMode.ACTIVE
+    graph: GraphKind = GraphKind.FULL
+    degree: Annotated[int, Field(ge=2, le=MAX_PARTICIPANTS)] | None = None
+    dim: Annotated[int, Field(ge=1)]
+    bits: Annotated[int, Field(ge=8, le=64)] = 32
+    dp_policy: DpPolicy = DpPolicy()
+    deadlines: Deadlines = Deadlines()
+
+
+class AbortRequest(_Request):
+    detail: Annotated[str, StringConstraints(min_length=1, max_length=500)]
+
+
+class CohortMember(_Response):
+    index: int
+    id: str
+    public_key: str = Field(description="Standard base64 of the raw Ed25519 identity key.")
+
+
+class RoundParameters(_Response):
+    round_id: str
+    protocol_version: int
+    cohort: list[CohortMember]
+    threshold: int
+    mode: ProtocolMode
+    graph: GraphKind
+    degree: int | None
+    dim: int
+    bits: int
+    dp_policy: dict[str, Any]
+    deadlines: dict[str, float]
+    config_digest: str = Field(description="Hex of secagg.config.RoundConfig.digest().")
+    max_message_bytes: int
+    stage: str
+    stage_deadline: float | None
+    created_at: float
+
+
+class StageRecordOut(_Response):
+    stage: str
+    expected: list[int]
+    responded: list[int]
+    closed_at: float
+
+
+class RoundStatus(_Response):
+    round_id: str
+    stage: str
+    stage_started_at: float
+    stage_deadline: float | None
+    parameters: RoundParameters
+    expected: list[int]
+    responded: list[int]
+    history: list[StageRecordOut]
+    survivors: list[int] | None
+    outcome: Literal["completed", "aborted"] | None
+    abort_reason: str | None
+    abort_detail: str | None
+    created_at: float
+    finished_at: float | None
+    ledger_recorded: bool
+
+
+class RoundList(_Response):
+    rounds: list[RoundStatus]
+
+
+class MessageAck(_Response):
+    round_id: str
+    stage: str
+    sender: int
+    status: Literal["accepted", "already-accepted"]
+    message_sha256: str
+
+
+class WorkItem(_Response):
+    round_id: str
+    stage: str
+    action: Literal["advertise-keys", "respond"]
+    stage_deadline: float | None
+
+
+class WorkList(_Response):
+    items: list[WorkItem]
+
+
+class ResultOut(_Response):
+    round_id: str
+    dim: int
+    bits: int
+    survivors: list[int]
+    result_sha256: str
+    vector_base64: str = Field(description="The sum as little-endian unsigned integers of the ring's container width.")
+
+
+class AuditRound(_Response):
+    round_id: str
+    parameters: RoundParameters
+    stage: str
+    survivors: dict[str, list[str]] = Field(description="Per closed stage, the participant ids that answered it.")
+    outcome: Literal["completed", "aborted"] | None
+    abort_reason: str | None
+    abort_detail: str | None
+    created_at: float
+    finished_at: float | None
+    ledger_recorded: bool
+
+
+class AuditRoundList(_Response):
+    rounds: list[AuditRound]
+
+
+class Health(_Response):
+    status: Literal["ok", "unavailable"]
