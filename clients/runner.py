@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
@@ -107,6 +107,8 @@ class RoundOutcome:
     bytes_sent: int
     state_file: Path
     result: RoundResult | None = None
+    compute_seconds: dict[str, float] = field(default_factory=dict)
+    """Time spent in this client's own protocol computation (encoding included), by round."""
 
 
 def run_round(
@@ -168,8 +170,11 @@ def run_round(
         session = ClientSession(config, position, identity, encoded, source=DeterministicRandom(state.seed))
     except EncodingError as exc:
         raise InputFileError(str(exc)) from None
+    compute_seconds: dict[str, float] = {}
+    started = time.perf_counter()
     outgoing = encode(session.start())
     outgoing = _replay(session, state, outgoing)
+    compute_seconds[protocol_round_of(outgoing).value] = time.perf_counter() - started
     index = len(state.received)
     if len(state.sent_sha256) == index:
         state.sent_sha256.append(sha256(outgoing))
@@ -198,7 +203,9 @@ def run_round(
             store.finish(state, Outcome.COMPLETED.value)
             result = _await_result(transport, round_id, poll, sleep, clock, emit) if wait_for_result else None
             emit(RoundEvent(EventKind.FINISHED, protocol_round, Outcome.COMPLETED.value))
-            return RoundOutcome(round_id, position, Outcome.COMPLETED, resumed, messages_sent, bytes_sent, state_path, result)
+            return RoundOutcome(
+                round_id, position, Outcome.COMPLETED, resumed, messages_sent, bytes_sent, state_path, result, compute_seconds
+            )
         delivery = submitted if isinstance(submitted, (Excluded, RoundAborted)) else _await_answer(
             transport, round_id, protocol_round, poll, sleep, clock, emit
         )
@@ -214,14 +221,17 @@ def run_round(
             store.finish(state, Outcome.COMPLETED_WITHOUT_THIS_CLIENT.value)
             emit(RoundEvent(EventKind.FINISHED, protocol_round, Outcome.COMPLETED_WITHOUT_THIS_CLIENT.value))
             return RoundOutcome(
-                round_id, position, Outcome.COMPLETED_WITHOUT_THIS_CLIENT, resumed, messages_sent, bytes_sent, state_path, None
+                round_id, position, Outcome.COMPLETED_WITHOUT_THIS_CLIENT, resumed, messages_sent, bytes_sent, state_path, None,
+                compute_seconds,
             )
         emit(RoundEvent(EventKind.RECEIVED, protocol_round, f"{len(delivery.payload)} bytes"))
+        started = time.perf_counter()
         try:
             reply = encode(session.receive_bytes(delivery.payload))
         except ProtocolAbort as refusal:
             store.finish(state, f"refused: {refusal.reason.value}")
             raise ClientRefusedRound(refusal.reason.value, refusal.detail) from None
+        compute_seconds[protocol_round_of(reply).value] = time.perf_counter() - started
         state.received.append(bytes(delivery.payload))
         state.sent_sha256.append(sha256(reply))
         store.save(state)

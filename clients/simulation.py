@@ -246,6 +246,9 @@ def simulate_command(
     threshold: Annotated[int | None, typer.Option("--threshold", help="Threshold t (default: the mode's minimum).")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Deterministic run (tests only; default: OS CSPRNG).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on the last line.")] = False,
+    transport: Annotated[
+        str, typer.Option("--transport", help="in-process, or http: a real server subprocess on loopback (clients/http_simulation.py).")
+    ] = "in-process",
 ) -> None:
     """Run N in-process clients and the server through one whole round and verify the sum."""
     from rich.console import Console
@@ -281,7 +284,14 @@ def simulate_command(
             progress.update(task, advance=1, description=f"round {round_name}")
 
         try:
-            report = run_simulation(params, on_step=step)
+            if transport == "http":
+                from clients.http_simulation import run_http_simulation
+
+                report = run_http_simulation(params, on_step=step)
+            elif transport == "in-process":
+                report = run_simulation(params, on_step=step)
+            else:
+                raise ValueError(f"--transport must be in-process or http, not {transport!r}")
         except ValueError as exc:
             errors.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(code=2) from None
