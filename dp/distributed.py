@@ -455,6 +455,12 @@ def conditional_round(values: np.ndarray, squared_norm_bound: int | None, source
 
     ``None`` means no condition (beta = 0). Returns the integers and the number of draws.
     The norm is computed exactly in int64 (the config guarantees no overflow).
+
+    Conditioning makes the rounding slightly biased towards shorter vectors (KLS 2021
+    section 4.2 bounds the effect); the number of draws depends on the input and is
+    visible to a timing observer of the bank, but a redraw happens with probability at
+    most beta and the draws carry no more than the rounded vector's norm exceeding the
+    bound.
     """
     for attempt in range(1, MAX_ROUNDING_ATTEMPTS + 1):
         rounded = stochastic_round(values, source)
