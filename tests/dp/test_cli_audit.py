@@ -146,3 +146,21 @@ def test_report_refuses_an_unknown_format_and_writes_nothing(scenario: Scenario,
     result = runner.invoke(audit_app, ["report", str(scenario.ledgers[0]), "--out", str(out), "--format", "xml"])
     assert result.exit_code == 2
     assert not out.exists()
+
+
+def test_verification_and_report_import_neither_torch_nor_opacus(scenario: Scenario, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    program = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from dp.cli_audit import audit_app\n"
+        f"result = CliRunner().invoke(audit_app, ['report', {str(scenario.ledgers[0])!r}, '--out', {str(tmp_path / 'r.html')!r}])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "print(sorted(name for name in ('torch', 'opacus', 'scipy') if name in sys.modules))\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[2]
+    )
+    assert completed.stdout.strip() == "[]"
