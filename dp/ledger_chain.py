@@ -207,7 +207,10 @@ def format_time(moment: datetime) -> str:
 
 def parse_time(text: str) -> datetime:
     """Inverse of :func:`format_time`; raises ``ValueError`` on any other shape."""
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    moment = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    if format_time(moment) != text:
+        raise ValueError(f"time {text!r} is not in the fixed-width form YYYY-MM-DDTHH:MM:SS.ffffffZ")
+    return moment
 
 
 def utc_now() -> datetime:
@@ -418,8 +421,7 @@ def read_chain(path: Path, fmt: ChainFormat, *, public_key: bytes | None = None)
                 Finding(FindingKind.WRONG_KEY, position, f"declares key {entry_key.hex()[:16]}…, the pinned key is {public_key.hex()[:16]}…")
             )
             wrong_key_reported = True
-        verifying_key = public_key if public_key is not None else declared_key
-        assert verifying_key is not None
+        verifying_key = public_key if public_key is not None else entry_key if declared_key is None else declared_key
         message = fmt.entry_domain + bytes.fromhex(entry["hash"])
         if not verify_signature(verifying_key, bytes.fromhex(entry["signature"]), message):
             key_name = "the pinned key" if public_key is not None else "the key the ledger declares"
