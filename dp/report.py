@@ -394,6 +394,8 @@ def _verdict(audit: Audit, summaries: Sequence[UnitSummary]) -> tuple[str, bool]
             parts.append("1 ledger checked only against the key it declares (no --public-key)")
         else:
             parts.append(f"{len(unpinned)} ledgers checked only against the keys they declare (no --public-key)")
+    if audit.server is not None and not audit.server.key_pinned:
+        parts.append("the server ledger checked only against the key it declares (no --server-public-key)")
     return "; ".join(parts) + ".", ok
 
 
@@ -746,8 +748,13 @@ def render_html(report: AuditReport) -> str:
         "recomputation. This is tamper evidence against anyone without the party's key; a party can rewrite its own "
         "ledger, which the cross-check against the server's records below is there to catch.</p>"
     )
-    if audit.server is not None:
-        parts.append("<h2>Cross-check against the server's round records</h2>")
+    parts.append("<h2>Cross-check against the server's round records</h2>")
+    if audit.server is None:
+        parts.append(
+            "<p>Not performed: no server ledger was given (<code>--server-ledger</code>). Without it, a party that "
+            "rewrote or shortened its own ledger with its own key would not be detected.</p>"
+        )
+    else:
         if audit.cross_findings:
             parts.append(
                 _table(

@@ -219,7 +219,10 @@ def test_failed_verification_comes_first_in_the_verdict(scenario: Scenario, tmp_
     verdict = parse(render_html(report)).verdict
     assert not report.ok
     assert verdict.startswith("VERIFICATION FAILED: 1 of 3 ledgers fail (bank-b: hash-mismatch at entry 2)")
-    assert verdict.endswith("; 3 ledgers checked only against the keys they declare (no --public-key).")
+    assert verdict.endswith(
+        "; 3 ledgers checked only against the keys they declare (no --public-key)"
+        "; the server ledger checked only against the key it declares (no --server-public-key)."
+    )
 
 
 def test_ledger_text_is_escaped_in_html_and_neutralised_in_csv(tmp_path: Path) -> None:
