@@ -15,7 +15,7 @@ client's own share is needed.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -23,15 +23,50 @@ from secagg.config import GraphKind, ProtocolMode, RoundConfig, minimum_threshol
 from secagg.hazmat import prg
 from secagg.hazmat.kdf import KeyPurpose, derive_key
 
-NeighbourMap = dict[int, frozenset[int]]
+class NeighbourMap(Mapping[int, frozenset[int]]):
+    """Each member's neighbours (excluding itself), as a read-only mapping.
+
+    The complete graph is not materialised: ``graph[u]`` is computed on demand in
+    O(n), so n clients each holding the graph use O(n) memory each, not O(n^2).
+    """
+
+    def __init__(self, members: Iterable[int], adjacency: dict[int, frozenset[int]] | None = None) -> None:
+        self._members = frozenset(members)
+        self._adjacency = adjacency
+
+    @property
+    def members(self) -> frozenset[int]:
+        return self._members
+
+    @property
+    def is_complete(self) -> bool:
+        return self._adjacency is None
+
+    def __getitem__(self, member: int) -> frozenset[int]:
+        if member not in self._members:
+            raise KeyError(member)
+        if self._adjacency is None:
+            return self._members - {member}
+        return self._adjacency[member]
+
+    def __iter__(self):
+        return iter(sorted(self._members))
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def adjacent(self, first: int, second: int) -> bool:
+        """True iff ``first`` and ``second`` are distinct members joined by an edge."""
+        if first == second or first not in self._members or second not in self._members:
+            return False
+        return self._adjacency is None or second in self._adjacency[first]
 
 
 def neighbours(config: RoundConfig, members: Iterable[int], session_id: bytes) -> NeighbourMap:
     """Each member's neighbours among ``members`` (U1), excluding itself."""
     ordered = sorted(set(members))
     if config.graph is GraphKind.FULL or config.degree is None or config.degree >= len(ordered) - 1:
-        everyone = frozenset(ordered)
-        return {member: everyone - {member} for member in ordered}
+        return NeighbourMap(ordered)
     return harary_neighbours(ordered, config.degree, session_id)
 
 
@@ -43,12 +78,12 @@ def harary_neighbours(members: list[int], degree: int, session_id: bytes) -> Nei
     cycle = [members[index] for index in order]
     size = len(cycle)
     half = degree // 2
-    result: NeighbourMap = {}
+    adjacency: dict[int, frozenset[int]] = {}
     for position, member in enumerate(cycle):
-        result[member] = frozenset(
+        adjacency[member] = frozenset(
             cycle[(position + offset) % size] for offset in range(-half, half + 1) if offset != 0
         )
-    return result
+    return NeighbourMap(members, adjacency)
 
 
 def session_permutation(size: int, session_id: bytes) -> np.ndarray:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from secagg.hazmat.randomness import RandomSource
 
@@ -48,7 +49,7 @@ class ShamirScheme:
     """
 
     prime: int = FIELD_PRIME
-    _lagrange_cache: dict[tuple[int, ...], dict[int, int]] = field(
+    _lagrange_cache: dict[tuple[int, ...], Mapping[int, int]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
 
@@ -81,16 +82,16 @@ class ShamirScheme:
             raise ShamirError("duplicate participant id")
         if not 1 <= threshold <= len(ids):
             raise ShamirError(f"threshold {threshold} outside 1..{len(ids)}")
-        if len(ids) >= self.prime:
-            raise ShamirError("more participants than field elements")
+        self._check_ids(ids)
         coefficients = [secret] + [self.random_element(source) for _ in range(threshold - 1)]
         return {pid: self._evaluate(coefficients, x_coordinate(pid)) for pid in ids}
 
-    def lagrange_at_zero(self, participant_ids: Sequence[int]) -> dict[int, int]:
-        """Coefficients l_i with f(0) = sum l_i f(x_i), cached per responder set."""
+    def lagrange_at_zero(self, participant_ids: Sequence[int]) -> Mapping[int, int]:
+        """Coefficients l_i with f(0) = sum l_i f(x_i), cached per responder set (read-only)."""
         key = tuple(sorted(participant_ids))
         if len(set(key)) != len(key):
             raise ShamirError("duplicate participant id")
+        self._check_ids(key)
         cache = self._lagrange_cache
         cached = cache.get(key)
         if cached is not None:
@@ -106,8 +107,9 @@ class ShamirScheme:
                     numerator = numerator * x_j % p
                     denominator = denominator * (x_j - x_i) % p
             coefficients[pid] = numerator * pow(denominator, -1, p) % p
-        cache[key] = coefficients
-        return coefficients
+        frozen = MappingProxyType(coefficients)
+        cache[key] = frozen
+        return frozen
 
     def reconstruct(self, shares: Mapping[int, int], threshold: int) -> int:
         """The secret from the ``threshold`` shares with the lowest participant ids."""
@@ -121,6 +123,16 @@ class ShamirScheme:
                 raise ShamirError("share is not a field element")
         coefficients = self.lagrange_at_zero(chosen)
         return sum(coefficients[pid] * shares[pid] for pid in chosen) % self.prime
+
+    def _check_ids(self, participant_ids: Sequence[int]) -> None:
+        """Every x-coordinate must be a distinct non-zero field element (x = id + 1 < p)."""
+        if len(participant_ids) >= self.prime:
+            raise ShamirError("more participants than field elements")
+        for pid in participant_ids:
+            if pid < 0:
+                raise ShamirError("participant ids are non-negative")
+            if x_coordinate(pid) >= self.prime:
+                raise ShamirError(f"participant id {pid} has no non-zero evaluation point in GF({self.prime})")
 
     def _evaluate(self, coefficients: Sequence[int], x: int) -> int:
         value = 0

@@ -36,6 +36,7 @@ from secagg.messages import (
     ClientMessage,
     ConsistencyCheck,
     ConsistencyCheckRequest,
+    EncryptedShares,
     KeyList,
     MaskedInput,
     MaskedInputRequest,
@@ -79,7 +80,7 @@ class StageRecord:
 class _RoundData:
     advertised: dict[int, AdvertiseKeys] = field(default_factory=dict)
     session_id: bytes | None = None
-    graph: NeighbourMap = field(default_factory=dict)
+    graph: NeighbourMap = field(default_factory=lambda: NeighbourMap(()))
     share_keys: dict[int, ShareKeys] = field(default_factory=dict)
     share_keys_survivors: frozenset[int] = frozenset()
     masked_input_senders: set[int] = field(default_factory=set)
@@ -334,18 +335,17 @@ class ServerSession:
         if self._stage is ServerStage.SHARE_KEYS:
             data.share_keys_survivors = responders
             ordered = tuple(sorted(responders))
-            outbox: Outbox = {}
-            for recipient in ordered:
-                incoming = tuple(
-                    item
-                    for sender in ordered
-                    if sender != recipient and recipient in data.graph[sender]
-                    for item in data.share_keys[sender].encrypted_shares
-                    if item.recipient == recipient
+            incoming: dict[int, list[EncryptedShares]] = {recipient: [] for recipient in ordered}
+            for sender in ordered:
+                for item in data.share_keys[sender].encrypted_shares:
+                    if item.recipient in incoming:
+                        incoming[item.recipient].append(item)
+            outbox: Outbox = {
+                recipient: MaskedInputRequest(
+                    session_id=session, recipient=recipient, survivors=ordered, encrypted_shares=tuple(incoming[recipient])
                 )
-                outbox[recipient] = MaskedInputRequest(
-                    session_id=session, recipient=recipient, survivors=ordered, encrypted_shares=incoming
-                )
+                for recipient in ordered
+            }
             return self._enter(ServerStage.MASKED_INPUT_COLLECTION, responders, outbox)
 
         if self._stage is ServerStage.MASKED_INPUT_COLLECTION:

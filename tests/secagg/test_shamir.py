@@ -427,11 +427,6 @@ def test_reconstruct_uses_the_cached_coefficients_of_its_responders() -> None:
     assert scheme.lagrange_at_zero([2, 3, 5]) is cached
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="secagg/hazmat/shamir.py lagrange_at_zero returns the cached dict itself; a caller that mutates it "
-    "silently corrupts every later reconstruction for that responder set (return a read-only mapping)",
-)
 def test_mutating_returned_coefficients_does_not_change_later_reconstructions() -> None:
     scheme = ShamirScheme()
     shares = scheme.split(5, 2, range(3), DeterministicRandom.from_int(5))
@@ -478,11 +473,6 @@ def test_split_refuses_more_participants_than_field_elements() -> None:
         ShamirScheme(prime=5).split(1, 2, range(5), DeterministicRandom.from_int(1))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="secagg/hazmat/shamir.py split/lagrange_at_zero do not check x_coordinate(pid) < prime: over GF(257) "
-    "participant 256 is evaluated at x = 257 = 0 and receives the secret itself; ids equal mod p collide",
-)
 def test_split_refuses_a_participant_whose_x_coordinate_is_zero_in_the_field() -> None:
     with pytest.raises(ShamirError):
         ShamirScheme(prime=257).split(42, 2, [0, 256], DeterministicRandom.from_int(1))
