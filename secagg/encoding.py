@@ -78,7 +78,7 @@ class Ring:
         signed = values.astype(np.uint64).view(np.int64) if self.bits == 64 else values.astype(np.int64)
         if self.bits < 64:
             half = 1 << (self.bits - 1)
-            signed = np.where(signed >= half, signed - self.modulus, signed)
+            signed = np.where(signed >= half, signed + np.int64(-self.modulus), signed)
         return signed
 
     def from_signed(self, values: np.ndarray) -> np.ndarray:
