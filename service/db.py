@@ -45,7 +45,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
-from sqlalchemy.pool import NullPool
 
 
 class Base(DeclarativeBase):
@@ -208,7 +207,7 @@ class Database:
 def _create_engine(url: str, *, immediate: bool) -> Engine:
     if not url.startswith("sqlite"):
         return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
-    engine = create_engine(url, poolclass=NullPool, connect_args={"check_same_thread": False, "timeout": 60})
+    engine = create_engine(url, pool_size=8, max_overflow=16, connect_args={"check_same_thread": False, "timeout": 60})
 
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
