@@ -431,10 +431,8 @@ def test_mutating_returned_coefficients_does_not_change_later_reconstructions() 
     scheme = ShamirScheme()
     shares = scheme.split(5, 2, range(3), DeterministicRandom.from_int(5))
     coefficients = scheme.lagrange_at_zero([0, 1])
-    try:
+    with pytest.raises(TypeError):
         coefficients[0] = 0  # type: ignore[index]
-    except TypeError:
-        pass
     assert scheme.reconstruct({0: shares[0], 1: shares[1]}, 2) == 5
 
 
@@ -474,8 +472,14 @@ def test_split_refuses_more_participants_than_field_elements() -> None:
 
 
 def test_split_refuses_a_participant_whose_x_coordinate_is_zero_in_the_field() -> None:
-    with pytest.raises(ShamirError):
+    """Over GF(257) participant 256 would be evaluated at x = 257 = 0 and receive the secret itself."""
+    with pytest.raises(ShamirError, match="evaluation point"):
         ShamirScheme(prime=257).split(42, 2, [0, 256], DeterministicRandom.from_int(1))
+
+
+def test_lagrange_refuses_ids_whose_x_coordinates_collide_in_the_field() -> None:
+    with pytest.raises(ShamirError, match="evaluation point"):
+        ShamirScheme(prime=257).lagrange_at_zero([0, 257])
 
 
 def test_a_prime_below_three_is_refused() -> None:
