@@ -9,6 +9,10 @@ when nothing is found, 1 on any finding, 2 on a usage error (unreadable file, ba
 server options) writes the report atomically; it exits 1 if anything failed to verify,
 after writing the report that says so.
 
+``--anchor FILE`` (repeatable) gives a ``.head`` file the auditor kept from an earlier
+audit; the ledger (or the server ledger) of that owner must still contain what it
+covered, which catches a party rolling back or rewriting its own ledger.
+
 A public key file holds the raw 32-byte Ed25519 key as 64 hex digits, as raw bytes, or
 as PEM. ``--public-key FILE`` pins the key of the only ledger given; with several
 ledgers, name the party: ``--public-key bank-a=keys/bank-a.pub``. Neither torch nor (for
@@ -24,7 +28,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from dp.errors import DPError
-from dp.ledger_chain import atomic_write, load_public_key
+from dp.ledger_chain import LedgerError, atomic_write, load_public_key
 from dp.report_format import ReportFormat
 
 if TYPE_CHECKING:
@@ -43,6 +47,15 @@ PublicKeys = Annotated[
 ServerLedgerPath = Annotated[
     Path | None,
     typer.Option("--server-ledger", help="The server's signed round ledger, to cross-check against.", exists=True, dir_okay=False),
+]
+Anchors = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--anchor",
+        help="A .head file kept from an earlier audit: the ledger must still extend it (catches roll-backs). Repeatable.",
+        exists=True,
+        dir_okay=False,
+    ),
 ]
 ServerPublicKey = Annotated[
     Path | None,
@@ -75,7 +88,13 @@ def _keys(ledgers: list[Path], specs: list[str] | None) -> tuple[dict[Path, byte
     return by_path, by_party
 
 
-def _audit(ledgers: list[Path], public_key: list[str] | None, server_ledger: Path | None, server_public_key: Path | None) -> "Audit":
+def _audit(
+    ledgers: list[Path],
+    public_key: list[str] | None,
+    server_ledger: Path | None,
+    server_public_key: Path | None,
+    anchors: list[Path] | None,
+) -> "Audit":
     from dp.report import run_audit
 
     by_path, by_party = _keys(ledgers, public_key)
@@ -85,13 +104,17 @@ def _audit(ledgers: list[Path], public_key: list[str] | None, server_ledger: Pat
             server_key = load_public_key(server_public_key)
         except DPError as exc:
             raise typer.BadParameter(str(exc), param_hint="--server-public-key") from exc
-    return run_audit(
-        ledgers,
-        keys_by_path=by_path,
-        keys_by_party=by_party,
-        server_ledger=server_ledger,
-        server_public_key=server_key,
-    )
+    try:
+        return run_audit(
+            ledgers,
+            keys_by_path=by_path,
+            keys_by_party=by_party,
+            server_ledger=server_ledger,
+            server_public_key=server_key,
+            anchors=anchors or (),
+        )
+    except LedgerError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--anchor") from exc
 
 
 @audit_app.command("verify")
@@ -100,10 +123,11 @@ def verify_command(
     public_key: PublicKeys = None,
     server_ledger: ServerLedgerPath = None,
     server_public_key: ServerPublicKey = None,
+    anchor: Anchors = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
 ) -> None:
     """Verify privacy ledgers: integrity, signatures, truncation and every epsilon claim."""
-    audit = _audit(ledgers, public_key, server_ledger, server_public_key)
+    audit = _audit(ledgers, public_key, server_ledger, server_public_key, anchor)
     if as_json:
         payload = {
             "ok": audit.ok,
@@ -141,13 +165,14 @@ def report_command(
     public_key: PublicKeys = None,
     server_ledger: ServerLedgerPath = None,
     server_public_key: ServerPublicKey = None,
+    anchor: Anchors = None,
 ) -> None:
     """Build the auditor's report (one self-contained HTML file, or JSON / CSV)."""
     from dp.report import build_report, render
 
     if not out.parent.is_dir():
         raise typer.BadParameter(f"directory {out.parent} does not exist", param_hint="--out")
-    audit = _audit(ledgers, public_key, server_ledger, server_public_key)
+    audit = _audit(ledgers, public_key, server_ledger, server_public_key, anchor)
     report = build_report(audit)
     atomic_write(out, render(report, report_format).encode("utf-8"))
     typer.echo(report.verdict)

@@ -68,6 +68,7 @@ from dp.ledger_chain import (
     LedgerCorrupted,
     LedgerError,
     canonical_json,
+    check_anchor,
     iter_valid,
     read_chain,
     utc_now,
@@ -449,17 +450,20 @@ def verify_ledger(
     path: Path | str,
     *,
     public_key: bytes | None = None,
+    anchors: Sequence[Path] = (),
     tolerance: EpsilonTolerance = EpsilonTolerance(),
 ) -> LedgerVerification:
     """Verify a privacy ledger completely: chain, signatures (against ``public_key`` if
-    pinned, else against the key the ledger declares), the signed head, and every epsilon
-    claim recomputed from the recorded mechanisms. Findings are sorted by entry."""
+    pinned, else against the key the ledger declares), the signed head, every head the
+    auditor kept from earlier audits (``anchors``), and every epsilon claim recomputed
+    from the recorded mechanisms. Findings are sorted by entry."""
     path = Path(path)
     read = read_chain(path, PRIVACY_LEDGER_FORMAT, public_key=public_key)
+    anchor_findings = [finding for anchor in anchors for finding in check_anchor(read, PRIVACY_LEDGER_FORMAT, Path(anchor))]
     parsed, parse_findings = _entries_of(read)
     recomputed, epsilon_findings, _ = _recompute(parsed, tolerance)
     findings = sorted(
-        [*read.findings, *parse_findings, *epsilon_findings],
+        [*read.findings, *anchor_findings, *parse_findings, *epsilon_findings],
         key=lambda finding: (finding.index if finding.index is not None else -1),
     )
     return LedgerVerification(

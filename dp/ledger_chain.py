@@ -53,8 +53,8 @@ Limits, stated plainly: this is tamper *evidence* against everyone who lacks the
 owner's private key (a storage fault, an operator, an intruder with disk access). The
 owner itself can rewrite its whole ledger and re-sign a matching head; an old but
 consistent (ledger, head) pair restored from a backup also verifies. Those are caught
-only from outside: by the auditor keeping a head from an earlier audit, and by the
-cross-check of every party's ledger against the server's signed round records
+only from outside: by the auditor keeping a head from an earlier audit (an *anchor*,
+:func:`check_anchor`; ``secagg audit verify --anchor``), and by the cross-check of every party's ledger against the server's signed round records
 (:func:`dp.ledger_server.cross_check`), which shows any round the party contributed
 to but does not account for.
 """
@@ -140,6 +140,10 @@ class FindingKind(str, Enum):
     """The entry the head points at has a different hash: the ledger was rewritten."""
     HEAD_BEHIND = "head-behind"
     """Entries beyond the last signed head (a crash between append and checkpoint)."""
+    ANCHOR_INVALID = "anchor-invalid"
+    """A head kept from an earlier audit that is malformed or not signed by the ledger's key."""
+    ANCHOR_NOT_EXTENDED = "anchor-not-extended"
+    """The ledger no longer contains what an earlier audit saw: rolled back or rewritten."""
     EPSILON_INCREMENT_MISMATCH = "epsilon-increment-mismatch"
     EPSILON_CUMULATIVE_MISMATCH = "epsilon-cumulative-mismatch"
     EPSILON_REFUSAL_MISMATCH = "epsilon-refusal-mismatch"
@@ -554,6 +558,71 @@ def _check_head(
             )
         )
     return head, findings
+
+
+def anchor_identity(path: Path) -> tuple[str, str]:
+    """(head format, owner) of a head file kept from an earlier audit, to match it to its
+    ledger; raises :class:`LedgerError` if it is not a head file."""
+    try:
+        raw = _parse_object(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise LedgerError(f"{path}: not a ledger head file: {exc}") from exc
+    owner = raw.get("party", raw.get("server"))
+    if not isinstance(raw.get("format"), str) or not isinstance(owner, str):
+        raise LedgerError(f"{path}: not a ledger head file")
+    return raw["format"], owner
+
+
+def declared_owner(path: Path, fmt: ChainFormat) -> str | None:
+    """The owner a ledger declares (first entry, else its head), without verifying
+    anything: only to pick which pinned key or anchor applies to it."""
+    lines, _ = _split_lines(path.read_bytes())
+    for source in (*lines[:1], head_path(path)):
+        try:
+            text = source.read_bytes() if isinstance(source, Path) else source
+            owner = _parse_object(text.decode("utf-8")).get(fmt.owner_field)
+        except (OSError, UnicodeDecodeError, ValueError):
+            continue
+        if isinstance(owner, str) and owner:
+            return owner
+    return None
+
+
+def check_anchor(read: ChainRead, fmt: ChainFormat, anchor: Path) -> list[Finding]:
+    """Compare a ledger with a signed head the auditor kept from an earlier audit (an
+    *anchor*): the entry that head pointed at must still be there, unchanged. This is what
+    catches a party that rolls back or rewrites its own ledger between audits, which the
+    chain and the current head cannot (see the module docstring)."""
+    head, raw, problem = _parse_head(anchor, fmt)
+    if head is None or raw is None:
+        return [Finding(FindingKind.ANCHOR_INVALID, None, f"{anchor.name}: {problem}")]
+    key = read.public_key if read.public_key is not None else bytes.fromhex(head.public_key)
+    if (
+        bytes.fromhex(head.public_key) != key
+        or (read.owner is not None and head.owner != read.owner)
+        or not verify_signature(key, bytes.fromhex(head.signature), _head_message(fmt, raw))
+    ):
+        return [Finding(FindingKind.ANCHOR_INVALID, None, f"{anchor.name} is not a head signed by this ledger's key and owner")]
+    count = len(read.entries)
+    if count < head.entries:
+        return [
+            Finding(
+                FindingKind.ANCHOR_NOT_EXTENDED,
+                count,
+                f"an earlier audit saw {head.entries} entries (head of {head.time}); the ledger now has {count}: rolled back",
+            )
+        ]
+    if head.entries > 0:
+        pointed = read.entries[head.entries - 1]
+        if pointed is None or pointed["hash"] != head.last_hash:
+            return [
+                Finding(
+                    FindingKind.ANCHOR_NOT_EXTENDED,
+                    head.entries - 1,
+                    f"differs from what an earlier audit saw here (head of {head.time}): the ledger was rewritten",
+                )
+            ]
+    return []
 
 
 # --------------------------------------------------------------------------- writing

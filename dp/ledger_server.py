@@ -53,6 +53,7 @@ from dp.ledger_chain import (
     FindingKind,
     LedgerError,
     canonical_json,
+    check_anchor,
     iter_valid,
     read_chain,
     utc_now,
@@ -262,11 +263,15 @@ class ServerLedgerVerification:
         }
 
 
-def verify_server_ledger(path: Path | str, *, public_key: bytes | None = None) -> ServerLedgerVerification:
-    """Verify the server's ledger: chain, signatures, head, and that every record is valid."""
+def verify_server_ledger(
+    path: Path | str, *, public_key: bytes | None = None, anchors: Sequence[Path] = ()
+) -> ServerLedgerVerification:
+    """Verify the server's ledger: chain, signatures, head, heads kept from earlier audits
+    (``anchors``), and that every record is valid."""
     path = Path(path)
     read = read_chain(path, SERVER_LEDGER_FORMAT, public_key=public_key)
     findings = list(read.findings)
+    findings.extend(finding for anchor in anchors for finding in check_anchor(read, SERVER_LEDGER_FORMAT, Path(anchor)))
     entries: list[ServerLedgerEntry] = []
     for position, raw in iter_valid(read):
         try:

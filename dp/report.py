@@ -37,9 +37,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from dp.ledger import EntryKind, LedgerEntry, LedgerVerification, PrivacyUnit, verify_ledger
-from dp.ledger_chain import Finding, format_time, utc_now
+from dp.ledger import PRIVACY_LEDGER_FORMAT, EntryKind, LedgerEntry, LedgerVerification, PrivacyUnit, verify_ledger
+from dp.ledger_chain import Finding, LedgerError, anchor_identity, declared_owner, format_time, utc_now
 from dp.ledger_server import (
+    SERVER_LEDGER_FORMAT,
     CrossCheckFinding,
     RoundStage,
     ServerLedgerVerification,
@@ -96,23 +97,38 @@ def run_audit(
     keys_by_party: Mapping[str, bytes] | None = None,
     server_ledger: Path | None = None,
     server_public_key: bytes | None = None,
+    anchors: Sequence[Path] = (),
 ) -> Audit:
     """Verify every ledger. A ledger's signatures are checked against the key pinned for
-    its path, else for the party it declares, else (unpinned) against its declared key."""
+    its path, else for the party it declares, else (unpinned) against its declared key.
+    ``anchors`` are head files kept from earlier audits, matched to ledgers by owner;
+    one that matches no ledger given is refused (:class:`LedgerError`)."""
     keys_by_path = dict(keys_by_path or {})
     keys_by_party = dict(keys_by_party or {})
+    owners = {Path(path): declared_owner(Path(path), PRIVACY_LEDGER_FORMAT) for path in ledger_paths}
+    server_owner = None if server_ledger is None else declared_owner(server_ledger, SERVER_LEDGER_FORMAT)
+    party_anchors: dict[str, list[Path]] = {}
+    server_anchors: list[Path] = []
+    for anchor in anchors:
+        head_format, owner = anchor_identity(Path(anchor))
+        if head_format == PRIVACY_LEDGER_FORMAT.head_name and owner in owners.values():
+            party_anchors.setdefault(owner, []).append(Path(anchor))
+        elif head_format == SERVER_LEDGER_FORMAT.head_name and server_owner is not None and owner == server_owner:
+            server_anchors.append(Path(anchor))
+        else:
+            raise LedgerError(f"{anchor}: a {head_format} head of {owner!r}, which matches no ledger given")
     verifications: list[LedgerVerification] = []
-    for path in ledger_paths:
-        key = keys_by_path.get(Path(path))
-        if key is None and keys_by_party:
-            declared = verify_ledger(path)
-            key = keys_by_party.get(declared.party) if declared.party is not None else None
-        verifications.append(verify_ledger(path, public_key=key))
+    for path in map(Path, ledger_paths):
+        owner = owners[path]
+        key = keys_by_path.get(path)
+        if key is None and owner is not None:
+            key = keys_by_party.get(owner)
+        verifications.append(verify_ledger(path, public_key=key, anchors=party_anchors.get(owner or "", ())))
     server = None
     cross: tuple[CrossCheckFinding, ...] = ()
     missing: tuple[str, ...] = ()
     if server_ledger is not None:
-        server = verify_server_ledger(server_ledger, public_key=server_public_key)
+        server = verify_server_ledger(server_ledger, public_key=server_public_key, anchors=server_anchors)
         cross = cross_check(verifications, server)
         missing = parties_without_ledger(verifications, server)
     return Audit(ledgers=tuple(verifications), server=server, cross_findings=cross, parties_without_ledger=missing)

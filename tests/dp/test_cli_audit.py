@@ -164,3 +164,33 @@ def test_verification_and_report_import_neither_torch_nor_opacus(scenario: Scena
         [sys.executable, "-c", program], capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[2]
     )
     assert completed.stdout.strip() == "[]"
+
+
+def test_anchor_kept_from_an_earlier_audit_catches_a_roll_back(scenario: Scenario, tmp_path: Path) -> None:
+    ledger = tmp_path / "bank-a.jsonl"
+    lines = scenario.ledgers[0].read_bytes().splitlines(keepends=True)
+    ledger.write_bytes(b"".join(lines))
+    (tmp_path / "bank-a.jsonl.head").write_bytes(Path(f"{scenario.ledgers[0]}.head").read_bytes())
+    anchor = tmp_path / "audit-2026-q1-bank-a.head"
+    anchor.write_bytes((tmp_path / "bank-a.jsonl.head").read_bytes())
+    assert runner.invoke(audit_app, ["verify", str(ledger), "--anchor", str(anchor)]).exit_code == 0
+
+    from dp.ledger import PRIVACY_LEDGER_FORMAT
+    from dp.ledger_chain import ChainWriter
+
+    ledger.unlink()
+    (tmp_path / "bank-a.jsonl.head").unlink()
+    with ChainWriter.open(ledger, PRIVACY_LEDGER_FORMAT, owner="bank-a", signing_key=party_key("bank-a")) as writer:
+        for line in lines[:3]:
+            entry = json.loads(line)
+            writer.append({name: entry[name] for name in PRIVACY_LEDGER_FORMAT.body_fields})
+    result = runner.invoke(audit_app, ["verify", str(ledger), "--anchor", str(anchor)])
+    assert result.exit_code == 1
+    assert "anchor-not-extended" in result.output
+
+
+def test_anchor_matching_no_ledger_is_a_usage_error(scenario: Scenario) -> None:
+    server_head = Path(f"{scenario.server}.head")
+    result = runner.invoke(audit_app, ["verify", str(scenario.ledgers[0]), "--anchor", str(server_head)])
+    assert result.exit_code == 2
+    assert "matches no ledger" in result.output

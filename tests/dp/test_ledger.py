@@ -476,3 +476,48 @@ def test_verifier_reports_arbitrary_inserted_lines_without_raising(pristine: tup
         verification = verify_ledger(path)
     assert not verification.ok
     assert any(finding.index == position for finding in verification.findings)
+
+
+# --------------------------------------------------------------------------- anchors (heads kept by the auditor)
+
+
+def test_ledger_that_extends_an_earlier_audits_head_passes_the_anchor(tmp_path: Path, ledger_path: Path, key: SigningKey) -> None:
+    anchor = tmp_path / "anchor.head"
+    anchor.write_bytes(head_path(ledger_path).read_bytes())
+    with PrivacyLedger.open(ledger_path, party_id=PARTY, signing_key=key, clock=lambda: datetime(2027, 1, 1, tzinfo=UTC)) as ledger:
+        ledger.record_spend(round_id="round-5", unit=PrivacyUnit.EXAMPLE, event=gaussian(), delta=DELTA)
+    assert verify_ledger(ledger_path, public_key=key.public_bytes, anchors=[anchor]).ok
+
+
+def test_key_holder_rolling_back_to_an_older_consistent_state_fails_the_anchor(tmp_path: Path, ledger_path: Path, key: SigningKey) -> None:
+    old_ledger, old_head = ledger_path.read_bytes(), head_path(ledger_path).read_bytes()
+    with PrivacyLedger.open(ledger_path, party_id=PARTY, signing_key=key, clock=lambda: datetime(2027, 1, 1, tzinfo=UTC)) as ledger:
+        ledger.record_spend(round_id="round-5", unit=PrivacyUnit.EXAMPLE, event=gaussian(), delta=DELTA)
+    anchor = tmp_path / "anchor.head"
+    anchor.write_bytes(head_path(ledger_path).read_bytes())
+    ledger_path.write_bytes(old_ledger)
+    head_path(ledger_path).write_bytes(old_head)
+    assert verify_ledger(ledger_path, public_key=key.public_bytes).ok  # the limit without an anchor
+    verification = verify_ledger(ledger_path, public_key=key.public_bytes, anchors=[anchor])
+    assert [(finding.kind, finding.index) for finding in verification.findings] == [(FindingKind.ANCHOR_NOT_EXTENDED, 5)]
+
+
+def test_key_holder_rewriting_history_fails_the_anchor(tmp_path: Path, ledger_path: Path, key: SigningKey) -> None:
+    anchor = tmp_path / "anchor.head"
+    anchor.write_bytes(head_path(ledger_path).read_bytes())
+    bodies = [{name: entry[name] for name in PRIVACY_LEDGER_FORMAT.body_fields} for entry in read_lines(ledger_path)]
+    ledger_path.unlink()
+    head_path(ledger_path).unlink()
+    with ChainWriter.open(ledger_path, PRIVACY_LEDGER_FORMAT, owner=PARTY, signing_key=key, clock=fixed_clock()) as writer:
+        for body in bodies:
+            writer.append({**body, "round": body["round"] + "-rewritten"})
+    verification = verify_ledger(ledger_path, public_key=key.public_bytes, anchors=[anchor])
+    assert [(finding.kind, finding.index) for finding in verification.findings] == [(FindingKind.ANCHOR_NOT_EXTENDED, 4)]
+
+
+def test_anchor_signed_by_another_key_is_invalid(tmp_path: Path, ledger_path: Path) -> None:
+    forged = tmp_path / "forged.jsonl"
+    with ChainWriter.open(forged, PRIVACY_LEDGER_FORMAT, owner=PARTY, signing_key=signing_key(99)):
+        pass
+    verification = verify_ledger(ledger_path, anchors=[head_path(forged)])
+    assert [finding.kind for finding in verification.findings] == [FindingKind.ANCHOR_INVALID]
