@@ -39,9 +39,11 @@ modification, deletion, insertion, reordering or truncation by anyone without th
 party's private key, and any epsilon claim that the recorded mechanisms and parameters
 do not justify: it never takes the ledger's word for an epsilon. It is not tamper
 *proofing*: a party holding its own key can rewrite and re-sign its whole ledger and
-head. What catches that is the cross-check against the server's signed round records
-(:func:`dp.ledger_server.cross_check`): a party that leaves out a round it contributed
-to, or records weaker noise than the round used, is named there.
+head. Two things catch that: the cross-check against the server's signed round records
+(:func:`dp.ledger_server.cross_check`), which names a party that leaves out a round it
+contributed to or records weaker noise than the round used; and *anchors*, heads the
+auditor kept from an earlier audit (``verify_ledger(..., anchors=...)``), which name a
+ledger rolled back or rewritten since.
 
 Verification needs only numpy, cryptography and :mod:`dp.accounting`; no torch.
 """

@@ -873,7 +873,8 @@ def render_html(report: AuditReport) -> str:
         "over a domain-separated message holding that hash; epsilon: composition of every recorded spend of the unit "
         "with the recorded accountant (RDP: Mironov 2017, converted by Balle et al. 2020; Skellam: Agarwal, Kairouz, Liu "
         "2021), tolerance 1e-6 relative. Limits: a party holding its own key can rewrite its whole ledger; only the "
-        "cross-check against the server's signed round records, or a head kept from an earlier audit, reveals that.</p>"
+        "cross-check against the server's signed round records, or a head kept from an earlier audit "
+        "(<code>--anchor</code>), reveals that. Keep this audit's <code>.head</code> files for the next one.</p>"
     )
     parts.append("</body></html>\n")
     return "".join(parts)
