@@ -19,6 +19,16 @@ name cannot be charged (fail closed, :class:`BudgetPolicyError`). Threat address
 coordinator (or a bug) asking a bank for more rounds than its compliance team agreed;
 the bank refuses locally, whatever the server says.
 
+A bank client's round, in order::
+
+    ledger = PrivacyLedger.open(ledger_path, party_id="bank-a", signing_key=identity_key)
+    guard = BudgetGuard(BudgetPolicy.load("policy.toml"), ledger)
+    guard.charge_round(round_id=round_id, contributions={
+        PrivacyUnit.EXAMPLE: dp_sgd_config.round_event(),      # SampledGaussian
+        PrivacyUnit.PARTICIPANT: round_noise_event,             # Skellam, worst case of t survivors
+    })                                                          # raises BudgetExceeded: stop here
+    # only now: train, add noise in the ring, mask, send
+
 Policy files (JSON, or TOML by the ``.toml`` suffix), unknown keys refused::
 
     party = "bank-a"                 # optional; must match the ledger's party
