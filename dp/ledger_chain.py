@@ -683,8 +683,7 @@ class ChainWriter:
         if not owner:
             raise LedgerError(f"{fmt.owner_field} must be a non-empty string")
         path = Path(path)
-        created = not path.exists()
-        if created and head_path(path).exists():
+        if not path.exists() and head_path(path).exists():
             raise LedgerError(f"{path} is missing but its signed head {head_path(path).name} exists: the ledger was deleted or moved")
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         try:
@@ -693,7 +692,8 @@ class ChainWriter:
             except BlockingIOError as exc:
                 raise LedgerLocked(f"{path} is open for writing by another process") from exc
             writer = cls(path=path, fmt=fmt, owner=owner, signing_key=signing_key, clock=clock, _descriptor=descriptor)
-            if created or (os.fstat(descriptor).st_size == 0 and not head_path(path).exists()):
+            # Decided under the lock: another writer may have created the ledger since the check above.
+            if os.fstat(descriptor).st_size == 0 and not head_path(path).exists():
                 _fsync_directory(path.parent)
                 writer._write_head()
                 return writer

@@ -63,6 +63,7 @@ from secagg.hazmat.keys import SigningKey
 
 __all__ = [
     "CrossCheckFinding",
+    "RoundAlreadyRecorded",
     "RoundOutcome",
     "RoundPrivacy",
     "RoundStage",
@@ -74,6 +75,10 @@ __all__ = [
     "cross_check",
     "verify_server_ledger",
 ]
+
+
+class RoundAlreadyRecorded(LedgerError):
+    """The server ledger already holds a record of this round; nothing was written."""
 
 
 class RoundStage(str, Enum):
@@ -311,7 +316,7 @@ class ServerLedger:
     def append(self, record: ServerRoundRecord) -> ServerLedgerEntry:
         """Record one finished round durably."""
         if record.round_id in self._rounds:
-            raise LedgerError(f"round {record.round_id!r} is already recorded")
+            raise RoundAlreadyRecorded(f"round {record.round_id!r} is already recorded")
         raw = self._writer.append(record.to_dict())
         self._rounds.add(record.round_id)
         return ServerLedgerEntry(index=raw["index"], time=raw["time"], server=raw["server"], record=record, hash=raw["hash"])

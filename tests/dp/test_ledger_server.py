@@ -13,9 +13,10 @@ import pytest
 
 from dp.accounting import SampledGaussian, Skellam
 from dp.ledger import PrivacyLedger, PrivacyUnit, verify_ledger
-from dp.ledger_chain import FindingKind, LedgerError, canonical_json, head_path
+from dp.ledger_chain import FindingKind, canonical_json, head_path
 from dp.ledger_server import (
     SERVER_LEDGER_FORMAT,
+    RoundAlreadyRecorded,
     RoundOutcome,
     RoundPrivacy,
     RoundStage,
@@ -145,11 +146,18 @@ def test_server_ledger_signs_with_its_own_domain(tmp_path: Path) -> None:
     assert entry["format"] == "secagg-server-ledger/1" and entry["server"] == "aggregator"
 
 
-def test_server_ledger_refuses_a_round_twice(tmp_path: Path) -> None:
-    with ServerLedger.open(tmp_path / "server.jsonl", server_id="aggregator", signing_key=key(100)) as ledger:
+def test_server_ledger_refuses_a_round_twice_even_after_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "server.jsonl"
+    with ServerLedger.open(path, server_id="aggregator", signing_key=key(100)) as ledger:
         ledger.append(record("r0"))
-        with pytest.raises(LedgerError, match="already recorded"):
+        with pytest.raises(RoundAlreadyRecorded, match="already recorded"):
             ledger.append(record("r0"))
+    before = path.read_bytes()
+    with ServerLedger.open(path, server_id="aggregator", signing_key=key(100)) as ledger:
+        with pytest.raises(RoundAlreadyRecorded):
+            ledger.append(record("r0"))
+    assert path.read_bytes() == before
+    assert verify_server_ledger(path).ok
 
 
 def test_tampered_server_record_is_a_hash_mismatch(tmp_path: Path) -> None:
