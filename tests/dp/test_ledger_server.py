@@ -278,3 +278,38 @@ def test_example_level_prescription_is_checked_too(tmp_path: Path) -> None:
     assert [(item.finding.kind, "example-level" in item.finding.detail) for item in findings] == [
         (FindingKind.SPEND_MISSING_FOR_ROUND, True)
     ]
+
+
+def test_workers_sharing_the_ledger_with_short_locks_produce_one_valid_chain(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    from dp.ledger_chain import LedgerLocked
+
+    path = tmp_path / "server.jsonl"
+    errors: list[BaseException] = []
+
+    def worker(number: int) -> None:
+        try:
+            for round_number in range(4):
+                while True:
+                    try:
+                        ledger = ServerLedger.open(path, server_id="aggregator", signing_key=key(100))
+                    except LedgerLocked:
+                        time.sleep(0.001)
+                        continue
+                    with ledger:
+                        ledger.append(record(f"w{number}-r{round_number}"))
+                    break
+        except BaseException as exc:  # surfaced to the test thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(number,)) for number in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    verification = verify_server_ledger(path, public_key=key(100).public_bytes)
+    assert verification.ok
+    assert sorted(entry.record.round_id for entry in verification.entries) == sorted(f"w{n}-r{r}" for n in range(4) for r in range(4))
