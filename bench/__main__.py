@@ -13,6 +13,7 @@ import sys
 SUITES = {
     "core": "bench.core",
     "dp": "bench.dp",
+    "http": "bench.http",
 }
 
 

@@ -50,6 +50,8 @@ STAGE_ROUND = {
     "R4-unmasking": "R4",
 }
 LONG_DEADLINE_SECONDS = 3600.0
+POLL_SCHEDULE = PollSchedule(initial_interval=0.5, multiplier=1.5, max_interval=3.0, timeout=LONG_DEADLINE_SECONDS)
+"""Polls start at the server's Retry-After (1 s by default) and back off to 3 s."""
 
 
 def dropout_stage_deadline(clients: int, dim: int) -> float:
@@ -96,13 +98,42 @@ class DroppingTransport:
         return self._inner.fetch_result(round_id)
 
 
+class TimedTransport:
+    """Forwards to a transport and reports the wall-clock span of every submission."""
+
+    def __init__(self, inner: RoundTransport, observer: Callable[[ProtocolRound, int, float, float], None]) -> None:
+        self._inner = inner
+        self._observer = observer
+        self.endpoint = inner.endpoint
+
+    def describe_round(self, round_id: str):
+        return self._inner.describe_round(round_id)
+
+    def submit(self, round_id: str, protocol_round: ProtocolRound, payload: bytes):
+        started = time.perf_counter()
+        outcome = self._inner.submit(round_id, protocol_round, payload)
+        self._observer(protocol_round, len(payload), started, time.perf_counter())
+        return outcome
+
+    def fetch(self, round_id: str, protocol_round: ProtocolRound):
+        return self._inner.fetch(round_id, protocol_round)
+
+    def fetch_result(self, round_id: str):
+        return self._inner.fetch_result(round_id)
+
+
 def run_http_simulation(
     params: SimulationParameters,
     *,
     stage_deadline: float | None = None,
     on_step: Callable[[str], None] | None = None,
+    on_submit: Callable[[ProtocolRound, int, float, float], None] | None = None,
 ) -> HttpSimulationReport:
-    """Run one round over HTTP against a fresh local server; verify the sum."""
+    """Run one round over HTTP against a fresh local server; verify the sum.
+
+    ``on_submit(round, bytes, started, finished)`` observes every message POST
+    (``perf_counter`` times), for the upload benchmark.
+    """
     wall_started = time.perf_counter()
     source: RandomSource = DeterministicRandom.from_int(params.seed) if params.seed is not None else SystemRandom()
     n = params.clients
@@ -153,7 +184,7 @@ def run_http_simulation(
                 failures: dict[int, str] = {}
                 retries = Counter()
                 policy = ClientPolicy(required_mode=params.mode, min_cohort_size=2)
-                poll = PollSchedule(initial_interval=0.02, multiplier=1.5, max_interval=0.5, timeout=LONG_DEADLINE_SECONDS)
+                poll = POLL_SCHEDULE
 
                 def run_client(member: int) -> None:
                     def count_retry(attempt: int, delay: float, description: str) -> None:
@@ -164,6 +195,8 @@ def run_http_simulation(
                         retry=RetryPolicy(max_attempts=10), on_retry=count_retry,
                     ) as http:  # fmt: skip
                         transport: RoundTransport = DroppingTransport(http, drop_at) if member in dropped else http
+                        if on_submit is not None:
+                            transport = TimedTransport(transport, on_submit)
                         try:
                             outcomes[member] = run_round(
                                 transport=transport,

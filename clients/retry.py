@@ -94,13 +94,23 @@ def call_with_retries(
 
 @dataclass(frozen=True, slots=True)
 class PollSchedule:
-    """How to wait for the server to close a stage: growing intervals, an overall limit."""
+    """How to wait for the server to close a stage: growing intervals, an overall limit.
 
-    initial_interval: float = 0.02
+    The wait before poll ``k`` grows geometrically from ``initial_interval`` to
+    ``max_interval``, and is never shorter than the server's ``Retry-After`` (capped
+    at ``max_interval``). Growing intervals keep the polling load of a large cohort
+    bounded while a stage waits for its slowest member or its deadline.
+    """
+
+    initial_interval: float = 0.25
     multiplier: float = 1.5
-    max_interval: float = 1.0
+    max_interval: float = 5.0
     timeout: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if not (0 < self.initial_interval <= self.max_interval) or self.multiplier < 1 or self.timeout <= 0:
+            raise ValueError("need 0 < initial_interval <= max_interval, multiplier >= 1, timeout > 0")
 
     def interval(self, poll_index: int, hint: float | None) -> float:
         base = min(self.max_interval, self.initial_interval * self.multiplier**poll_index)
-        return min(hint, self.max_interval * 5) if hint is not None and hint > base else base
+        return max(base, min(hint, self.max_interval)) if hint is not None else base
