@@ -114,7 +114,7 @@ def _audit(
             anchors=anchors or (),
         )
     except LedgerError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--anchor") from exc
+        raise typer.BadParameter(str(exc)) from exc
 
 
 @audit_app.command("verify")

@@ -102,10 +102,15 @@ def run_audit(
     """Verify every ledger. A ledger's signatures are checked against the key pinned for
     its path, else for the party it declares, else (unpinned) against its declared key.
     ``anchors`` are head files kept from earlier audits, matched to ledgers by owner;
-    one that matches no ledger given is refused (:class:`LedgerError`)."""
+    one that matches no ledger given is refused (:class:`LedgerError`), as are two
+    ledgers declaring the same party."""
     keys_by_path = dict(keys_by_path or {})
     keys_by_party = dict(keys_by_party or {})
     owners = {Path(path): declared_owner(Path(path), PRIVACY_LEDGER_FORMAT) for path in ledger_paths}
+    declared = [owner for owner in owners.values() if owner is not None]
+    duplicated = sorted({owner for owner in declared if declared.count(owner) > 1})
+    if duplicated:
+        raise LedgerError(f"several ledgers declare party {', '.join(map(repr, duplicated))}: give one ledger per party")
     server_owner = None if server_ledger is None else declared_owner(server_ledger, SERVER_LEDGER_FORMAT)
     party_anchors: dict[str, list[Path]] = {}
     server_anchors: list[Path] = []

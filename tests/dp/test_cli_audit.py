@@ -194,3 +194,11 @@ def test_anchor_matching_no_ledger_is_a_usage_error(scenario: Scenario) -> None:
     result = runner.invoke(audit_app, ["verify", str(scenario.ledgers[0]), "--anchor", str(server_head)])
     assert result.exit_code == 2
     assert "matches no ledger" in result.output
+
+
+def test_two_ledgers_of_one_party_are_a_usage_error(scenario: Scenario, tmp_path: Path) -> None:
+    copy = tmp_path / "bank-a-copy.jsonl"
+    copy.write_bytes(scenario.ledgers[0].read_bytes())
+    result = runner.invoke(audit_app, ["verify", str(scenario.ledgers[0]), str(copy)])
+    assert result.exit_code == 2
+    assert "one ledger per party" in result.output
