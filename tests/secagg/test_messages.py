@@ -425,7 +425,7 @@ message_st = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(message=message_st)
 def test_decode_of_encode_is_the_identity_for_every_message_type(message: Any) -> None:
     data = encode(message)
