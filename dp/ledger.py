@@ -278,7 +278,8 @@ class LedgerEntry:
 class RecomputedEpsilon:
     """The verifier's own epsilons for one entry (never the ledger's claims)."""
 
-    index: int
+    position: int
+    """The entry's 0-based position in the file (what findings' ``index`` refers to)."""
     increment: float
     cumulative: float
     would_reach: float
@@ -287,13 +288,18 @@ class RecomputedEpsilon:
 
 @dataclass(frozen=True, slots=True)
 class LedgerVerification:
-    """The outcome of :func:`verify_ledger`. ``ok`` iff there is no finding."""
+    """The outcome of :func:`verify_ledger`. ``ok`` iff there is no finding.
+
+    ``entries`` holds every line that parsed as a well-typed entry, in file order, and
+    ``positions`` their 0-based positions in the file (they differ from the entries' own
+    ``index`` claims only in a tampered ledger, where a finding says so)."""
 
     path: Path
     party: str | None
     public_key: str | None
     key_pinned: bool
     entries: tuple[LedgerEntry, ...]
+    positions: tuple[int, ...]
     recomputed: tuple[RecomputedEpsilon, ...]
     findings: tuple[Finding, ...]
     head_entries: int | None
@@ -302,9 +308,10 @@ class LedgerVerification:
     def ok(self) -> bool:
         return not self.findings
 
-    def recomputed_for(self, entry: LedgerEntry) -> RecomputedEpsilon | None:
+    def recomputed_at(self, position: int) -> RecomputedEpsilon | None:
+        """The verifier's epsilons for the entry at ``position``, if they could be computed."""
         for recomputed in self.recomputed:
-            if recomputed.index == entry.index:
+            if recomputed.position == position:
                 return recomputed
         return None
 
@@ -400,7 +407,7 @@ def _recompute(
             composition.add(entry.unit, event, known=(entry.delta, entry.accountant, with_event))
         else:
             cumulative, increment = before, 0.0
-        recomputed.append(RecomputedEpsilon(index=position, increment=increment, cumulative=cumulative, would_reach=with_event))
+        recomputed.append(RecomputedEpsilon(position=position, increment=increment, cumulative=cumulative, would_reach=with_event))
         if not tolerance.matches(entry.epsilon_increment, increment):
             findings.append(
                 Finding(
@@ -474,6 +481,7 @@ def verify_ledger(
         public_key=None if read.public_key is None else read.public_key.hex(),
         key_pinned=read.key_pinned,
         entries=tuple(entry for _, entry in parsed),
+        positions=tuple(position for position, _ in parsed),
         recomputed=tuple(recomputed),
         findings=tuple(findings),
         head_entries=None if read.head is None else read.head.entries,

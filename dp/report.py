@@ -144,7 +144,8 @@ def run_audit(
 
 @dataclass(frozen=True, slots=True)
 class EntryRow:
-    """One ledger entry as the report shows it: the claim beside the recomputation."""
+    """One ledger entry as the report shows it: the claim beside the recomputation.
+    ``index`` is the entry's position in its file, as in the findings."""
 
     ledger: str
     party: str
@@ -309,14 +310,15 @@ def _rows_for(ledger: LedgerVerification) -> list[EntryRow]:
     for finding in ledger.findings:
         if finding.index is not None:
             by_index.setdefault(finding.index, []).append(finding.kind.value)
+    recomputed_by_position = {item.position: item for item in ledger.recomputed}
     rows = []
-    for entry in ledger.entries:
-        recomputed = ledger.recomputed_for(entry)
+    for position, entry in zip(ledger.positions, ledger.entries, strict=True):
+        recomputed = recomputed_by_position.get(position)
         rows.append(
             EntryRow(
                 ledger=str(ledger.path),
                 party=entry.party,
-                index=entry.index,
+                index=position,
                 time=entry.time,
                 round_id=entry.round_id,
                 unit=entry.unit,
@@ -330,7 +332,7 @@ def _rows_for(ledger: LedgerVerification) -> list[EntryRow]:
                 epsilon_increment=None if recomputed is None else recomputed.increment,
                 epsilon_cumulative=None if recomputed is None else recomputed.cumulative,
                 budget_epsilon=entry.budget_epsilon,
-                findings=tuple(by_index.get(entry.index, ())),
+                findings=tuple(by_index.get(position, ())),
             )
         )
     return rows
@@ -339,11 +341,12 @@ def _rows_for(ledger: LedgerVerification) -> list[EntryRow]:
 def _summaries_for(ledger: LedgerVerification) -> list[UnitSummary]:
     summaries = []
     for unit in PrivacyUnit:
-        entries: list[LedgerEntry] = [entry for entry in ledger.entries if entry.unit is unit]
-        if not entries:
+        of_unit = [(position, entry) for position, entry in zip(ledger.positions, ledger.entries, strict=True) if entry.unit is unit]
+        if not of_unit:
             continue
-        last = entries[-1]
-        recomputed = ledger.recomputed_for(last)
+        entries: list[LedgerEntry] = [entry for _, entry in of_unit]
+        last_position, last = of_unit[-1]
+        recomputed = ledger.recomputed_at(last_position)
         summaries.append(
             UnitSummary(
                 party=last.party,

@@ -273,3 +273,16 @@ def test_report_epsilons_are_recomputed_not_copied_from_the_ledger(report, scena
     for summary in report.summaries:
         if summary.unit is PrivacyUnit.EXAMPLE:
             assert summary.epsilon == pytest.approx(compute_epsilon(scenario.events[summary.party], delta=DELTA), rel=1e-12)
+
+
+def test_rows_of_a_reordered_ledger_carry_the_findings_of_their_positions(scenario: Scenario, tmp_path: Path) -> None:
+    reordered = tmp_path / "bank-a.jsonl"
+    lines = scenario.ledgers[0].read_bytes().splitlines(keepends=True)
+    lines[1], lines[4] = lines[4], lines[1]
+    reordered.write_bytes(b"".join(lines))
+    report = build_report(run_audit([reordered]), clock=fixed_report_clock)
+    rows = {row.index: row for row in report.entries}
+    assert [row.index for row in report.entries] == list(range(len(lines)))
+    assert "index-out-of-sequence" in rows[1].findings and "index-out-of-sequence" in rows[4].findings
+    assert "index-out-of-sequence" not in rows[0].findings
+    assert rows[1].round_id == "round-2"
