@@ -9,7 +9,10 @@ active t >= floor(2n/3) + 1. ``digest()`` must change with every parameter and
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
+import struct
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -28,8 +31,10 @@ from secagg.config import (
     session_id,
 )
 from secagg.errors import ConfigurationError
+from tests.secagg.kat import load_vectors, vector_ids
 
 ROUND_ID = b"round-2026-11-25-0001"
+CONFIG_VECTORS = load_vectors("config_secagg_v1.json")
 
 
 def identity_keys(count: int, offset: int = 0) -> tuple[bytes, ...]:
@@ -276,3 +281,60 @@ def test_session_id_changes_with_the_config_digest_the_member_ids_and_the_member
 def test_swapping_the_encryption_and_masking_keys_changes_the_session_id() -> None:
     swapped = [(pid, mask, enc) for pid, enc, mask in ADVERTISED]
     assert session_id(DIGEST, swapped) != session_id(DIGEST, ADVERTISED)
+
+
+# --- frozen wire constants -----------------------------------------------------------------
+
+
+def documented_digest(vector: dict[str, Any]) -> bytes:
+    """The digest layout stated in config_secagg_v1.json, computed with hashlib alone."""
+    round_id = bytes.fromhex(vector["round_id"])
+    header = struct.pack(
+        ">BBBBIIIH",
+        1,
+        vector["bits"],
+        {"honest-but-curious": 0, "active": 1}[vector["mode"]],
+        {"full": 0, "harary": 1}[vector["graph"]],
+        vector["threshold"],
+        vector["dim"],
+        vector["degree"] or 0,
+        len(round_id),
+    )
+    hasher = hashlib.sha256(b"secagg/v1/round-config/" + header + round_id + struct.pack(">I", len(vector["identity_keys"])))
+    for key in vector["identity_keys"]:
+        hasher.update(bytes.fromhex(key))
+    return hasher.digest()
+
+
+def documented_session_id(digest: bytes, advertised: list[tuple[int, bytes, bytes]]) -> bytes:
+    hasher = hashlib.sha256(b"secagg/v1/session/" + digest)
+    for participant, encryption_key, masking_key in sorted(advertised):
+        hasher.update(struct.pack(">I", participant) + encryption_key + masking_key)
+    return hasher.digest()
+
+
+def _config_from(vector: dict[str, Any]) -> RoundConfig:
+    return RoundConfig(
+        round_id=bytes.fromhex(vector["round_id"]),
+        identity_keys=tuple(bytes.fromhex(key) for key in vector["identity_keys"]),
+        threshold=vector["threshold"],
+        dim=vector["dim"],
+        bits=vector["bits"],
+        mode=ProtocolMode(vector["mode"]),
+        graph=GraphKind(vector["graph"]),
+        degree=vector["degree"],
+    )
+
+
+@pytest.mark.parametrize("vector", CONFIG_VECTORS, ids=vector_ids(CONFIG_VECTORS))
+def test_digest_matches_the_frozen_vector_and_the_documented_layout(vector: dict[str, Any]) -> None:
+    assert documented_digest(vector).hex() == vector["digest"]
+    assert _config_from(vector).digest().hex() == vector["digest"]
+
+
+@pytest.mark.parametrize("vector", CONFIG_VECTORS, ids=vector_ids(CONFIG_VECTORS))
+def test_session_id_matches_the_frozen_vector_and_the_documented_layout(vector: dict[str, Any]) -> None:
+    advertised = [(pid, bytes.fromhex(enc), bytes.fromhex(mask)) for pid, enc, mask in vector["advertised"]]
+    digest = bytes.fromhex(vector["digest"])
+    assert documented_session_id(digest, advertised).hex() == vector["session_id"]
+    assert session_id(digest, list(reversed(advertised))).hex() == vector["session_id"]
