@@ -198,7 +198,7 @@ class Authorization:
         return self.budget.max_epsilon - self.would_reach
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class BudgetGuard:
     """Enforces ``policy`` on ``ledger``'s spends. See the module docstring."""
 
