@@ -33,7 +33,6 @@ from clients.errors import (
     PolicyViolationReason,
     ResumeRefused,
     RoundAbortedByServer,
-    ServerRefused,
     ServerUnavailable,
 )
 from clients.inputs import ClientInput
@@ -50,7 +49,6 @@ from clients.transport import (
     RoundCompleted,
     RoundResult,
     RoundTransport,
-    StageClosed,
 )
 from secagg.client import ClientSession
 from secagg.errors import EncodingError, ProtocolAbort, SessionAborted
@@ -188,13 +186,11 @@ def run_round(
 
     messages_sent = 0
     bytes_sent = 0
-    resent = resumed
     while True:
         protocol_round = protocol_round_of(outgoing)
+        # StageClosed: the stage closed before this message arrived, or (after a crash) the server
+        # already holds it and moved on. Either way the next poll tells: the next request, or excluded.
         submitted = transport.submit(round_id, protocol_round, outgoing)
-        if isinstance(submitted, StageClosed) and not resent:
-            raise ServerRefused(409, "wrong-stage", f"the server is no longer collecting {protocol_round.value} messages")
-        resent = False
         if isinstance(submitted, Accepted) and not submitted.already_accepted:
             messages_sent += 1
             bytes_sent += len(outgoing)
