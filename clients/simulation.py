@@ -11,6 +11,7 @@ figures are what each party would spend, with no network.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import time
@@ -55,6 +56,7 @@ class SimulationParameters:
     bits: int = 32
     threshold: int | None = None
     seed: int | None = None
+    mask_threads: int = 1
 
     @property
     def dropped_count(self) -> int:
@@ -135,7 +137,7 @@ def run_simulation(
     bytes_up: dict[int, int] = defaultdict(int)
     sessions: dict[int, ClientSession] = {}
     input_seeds = {member: source.random_bytes(32) for member in range(n)}
-    server = ServerSession(config)
+    server = ServerSession(config, mask_threads=params.mask_threads)
     client_aborts: dict[int, str] = {}
 
     def client_input(member: int) -> np.ndarray:
@@ -272,6 +274,7 @@ def simulate_command(
         bits=bits,
         threshold=threshold,
         seed=seed,
+        mask_threads=os.cpu_count() or 1,
     )
     errors = Console(stderr=True)
     long_run = clients * dim >= 10_000_000

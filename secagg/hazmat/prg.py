@@ -16,6 +16,7 @@ of the keystream is added while it is still in L2.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,13 +26,15 @@ from secagg.hazmat.kdf import KEY_BYTES
 
 _ZERO_COUNTER = b"\x00" * 16
 BLOCK_BYTES = 256 * 1024
-"""Keystream block size for :func:`accumulate_masks`: fits the L2 cache of common CPUs."""
+"""Keystream block size for :func:`accumulate_masks`: fits the L2 cache of common CPUs.
+A multiple of 16, so every block starts on an AES counter boundary."""
 
 
-def _keystream(seed: bytes) -> CipherContext:
+def _keystream(seed: bytes, first_block: int = 0) -> CipherContext:
+    """AES-256-CTR under ``seed``, starting at 16-byte counter block ``first_block``."""
     if len(seed) != KEY_BYTES:
         raise ValueError(f"PRG seeds are {KEY_BYTES} bytes")
-    return Cipher(algorithms.AES(seed), modes.CTR(_ZERO_COUNTER)).encryptor()
+    return Cipher(algorithms.AES(seed), modes.CTR(first_block.to_bytes(16, "big"))).encryptor()
 
 
 def expand(seed: bytes, out: np.ndarray) -> np.ndarray:
@@ -61,28 +64,51 @@ class SignedSeed:
             raise ValueError("sign must be +1 or -1")
 
 
-def accumulate_masks(target: np.ndarray, masks: Sequence[SignedSeed]) -> np.ndarray:
+def accumulate_masks(target: np.ndarray, masks: Sequence[SignedSeed], *, threads: int = 1) -> np.ndarray:
     """``target += sum(sign * PRG(seed))`` modulo 2^w, in place, block by block.
 
     All keystreams advance together one block at a time, so each block of every
     keystream is consumed from cache. Cost: one AES-CTR pass and one add pass per
-    mask over ``target``'s bytes; memory: one block per call, independent of the
-    number of masks.
+    mask over ``target``'s bytes; memory: one block per thread, independent of the
+    number of masks. With ``threads`` > 1 the vector is cut into contiguous ranges on
+    block boundaries and each thread runs every keystream over its own range, starting
+    at the matching counter block; OpenSSL and numpy release the GIL, so the work
+    spreads over cores and the result is bit-for-bit the same.
     """
     if not target.flags.c_contiguous or target.dtype.kind != "u" or target.ndim != 1:
         raise ValueError("target must be a 1-D C-contiguous unsigned integer array")
+    if threads < 1:
+        raise ValueError("threads must be at least 1")
     if not masks:
         return target
-    streams = [(_keystream(mask.seed), mask.sign) for mask in masks]
+    for mask in masks:
+        if len(mask.seed) != KEY_BYTES:
+            raise ValueError(f"PRG seeds are {KEY_BYTES} bytes")
+    block_elements = max(1, BLOCK_BYTES // target.dtype.itemsize)
+    blocks = -(-target.size // block_elements)
+    workers = min(threads, blocks)
+    if workers <= 1:
+        _accumulate_range(target, masks, 0, target.size, block_elements)
+        return target
+    per_worker = -(-blocks // workers) * block_elements
+    ranges = [(start, min(start + per_worker, target.size)) for start in range(0, target.size, per_worker)]
+    with ThreadPoolExecutor(max_workers=len(ranges)) as pool:
+        for completed in [pool.submit(_accumulate_range, target, masks, start, stop, block_elements) for start, stop in ranges]:
+            completed.result()
+    return target
+
+
+def _accumulate_range(target: np.ndarray, masks: Sequence[SignedSeed], start: int, stop: int, block_elements: int) -> None:
     itemsize = target.dtype.itemsize
-    block_elements = max(1, BLOCK_BYTES // itemsize)
+    first_block = start * itemsize // 16
+    streams = [(_keystream(mask.seed, first_block), mask.sign) for mask in masks]
     zeros = np.zeros(block_elements * itemsize, dtype=np.uint8)
     scratch = np.empty(block_elements, dtype=target.dtype)
     scratch_bytes = scratch.view(np.uint8)
-    for start in range(0, target.size, block_elements):
-        stop = min(start + block_elements, target.size)
-        count = stop - start
-        window = target[start:stop]
+    for begin in range(start, stop, block_elements):
+        end = min(begin + block_elements, stop)
+        count = end - begin
+        window = target[begin:end]
         keystream = scratch[:count]
         for stream, sign in streams:
             stream.update_into(zeros[: count * itemsize], scratch_bytes[: count * itemsize])
@@ -90,4 +116,3 @@ def accumulate_masks(target: np.ndarray, masks: Sequence[SignedSeed]) -> np.ndar
                 np.add(window, keystream, out=window)
             else:
                 np.subtract(window, keystream, out=window)
-    return target

@@ -15,7 +15,9 @@ itself (for example, several server processes sharing one database) constructs t
 session with ``sum_masked_inputs=False`` and hands over the sum of the accepted inputs
 with :meth:`ServerSession.provide_masked_sum` before R4 closes. The session is deterministic: replaying the same accepted messages
 and the same ``advance`` calls reproduces the same outputs and result, which is how
-the service recovers after a restart.
+the service recovers after a restart. ``mask_threads`` spreads the regeneration of
+masks in R4 over that many threads (same result; the caller chooses, typically the
+number of cores).
 """
 
 from __future__ import annotations
@@ -95,9 +97,12 @@ class _RoundData:
 class ServerSession:
     """The server's side of one round of secure aggregation."""
 
-    def __init__(self, config: RoundConfig, *, sum_masked_inputs: bool = True) -> None:
+    def __init__(self, config: RoundConfig, *, sum_masked_inputs: bool = True, mask_threads: int = 1) -> None:
+        if mask_threads < 1:
+            raise ValueError("mask_threads must be at least 1")
         self._config = config
         self._sum_masked_inputs = sum_masked_inputs
+        self._mask_threads = mask_threads
         self._digest = config.digest()
         self._stage = ServerStage.ADVERTISE_KEYS
         self._data = _RoundData()
@@ -395,7 +400,7 @@ class ServerSession:
             data.unmasking_shares,
         )
         total = data.running_sum
-        accumulate_masks(total, plan.masks)
+        accumulate_masks(total, plan.masks, threads=self._mask_threads)
         self._config.ring.reduce(total)
         total.setflags(write=False)
         self._result = total
