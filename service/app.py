@@ -56,7 +56,10 @@ def create_app(settings: ServiceSettings, *, clock: Callable[[], float] | None =
         app.state.coordinator = coordinator
         await run_in_threadpool(coordinator.recover)
         task = asyncio.create_task(_background(coordinator, settings.deadline_poll_seconds))
-        LOGGER.info("server_started", extra={"database": database.engine.url.get_backend_name()})
+        LOGGER.info(
+            "server_started",
+            extra={"database": database.engine.url.get_backend_name(), "ledger_public_key": ledger.public_key.hex()},
+        )
         try:
             yield
         finally:

@@ -173,11 +173,20 @@ class RoundLedger:
         with ledger:
             try:
                 ledger.append(record)
-            except LedgerError as exc:
-                if "already recorded" in str(exc):
-                    return True
+            except LedgerError:
+                if self.contains(record.round_id):
+                    return True  # recorded before a crash that lost the database flag
                 raise
         return True
+
+    def contains(self, round_id: str) -> bool:
+        """True iff the ledger (verified under the server's key) records ``round_id``."""
+        from dp.ledger_server import verify_server_ledger
+
+        if not self.path.exists():
+            return False
+        verification = verify_server_ledger(self.path, public_key=self.public_key)
+        return any(entry.record.round_id == round_id for entry in verification.entries)
 
     def read_entries(self) -> bytes:
         return self.path.read_bytes() if self.path.exists() else b""

@@ -1,0 +1,250 @@
+"""The coordinator over a real database, in process: crash windows, replay, deadlines, ledger outbox.
+
+A "crash" here is dropping a :class:`Coordinator` (with its cached sessions) and
+building a fresh one over the same database, which is what a restarted or a second
+worker process sees. The HTTP-level SIGKILL tests are in ``test_restart.py``; these
+pin the individual windows deterministically, on SQLite and (when configured)
+PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from secagg.client import ClientSession
+from secagg.hazmat.keys import SigningKey
+from secagg.hazmat.randomness import DeterministicRandom
+from secagg.messages import decode, encode
+from service.coordinator import Coordinator, max_client_message_bytes
+from service.db import Database, RoundRow, SubmissionRow
+from service.ledger import RoundLedger
+from service.metrics import ServiceMetrics
+from service.problems import ProblemType, ServiceProblem
+from service.schemas import ParticipantRole, RoundCreate
+from tests.service.conftest import database_url_for
+from tests.service.harness import client_input, make_parties
+
+N = 5
+DIM = 64
+
+
+class FakeClock:
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+_OPEN_DATABASES: list[Database] = []
+
+
+@pytest.fixture
+def database_url(backend: str, tmp_path: Path):
+    yield database_url_for(backend) or f"sqlite:///{tmp_path / 'coordinator.db'}"
+    while _OPEN_DATABASES:
+        _OPEN_DATABASES.pop().dispose()
+
+
+def _coordinator(url: str, clock: FakeClock, ledger: RoundLedger | None = None) -> Coordinator:
+    database = Database(url)
+    database.create_schema()
+    _OPEN_DATABASES.append(database)
+    return Coordinator(database, metrics=ServiceMetrics.create(), ledger=ledger, max_dim=1 << 20, clock=clock)
+
+
+class Round:
+    """Clients of one round, driven straight through a coordinator (no HTTP)."""
+
+    def __init__(self, coordinator: Coordinator, *, seed: int, mode: str = "active", threshold: int = 4, **extra) -> None:
+        self.parties = make_parties(N, prefix=f"co{seed}", seed=seed)
+        for party in self.parties:
+            coordinator.enroll(party.participant_id, party.key.public_bytes, ParticipantRole.BANK)
+        request = RoundCreate(
+            cohort=[party.participant_id for party in self.parties], threshold=threshold, mode=mode, dim=DIM, **extra
+        )
+        self.round_id = coordinator.create_round(request)
+        with coordinator.database.read() as session:
+            parameters = json.loads(session.get(RoundRow, self.round_id).parameters)
+        from service.coordinator import StoredParameters
+
+        self.config = StoredParameters.from_json(json.dumps(parameters)).config()
+        self.sessions = {
+            index: ClientSession(
+                self.config, index, party.key, client_input(index, DIM, 32, seed), source=DeterministicRandom.from_int(seed + index)
+            )
+            for index, party in enumerate(self.parties)
+        }
+        self.pending = {index: encode(session.start()) for index, session in self.sessions.items()}
+        self.seed = seed
+
+    def send(self, coordinator: Coordinator, indices) -> None:
+        for index in indices:
+            coordinator.accept(self.round_id, self.parties[index].participant_id, self.pending[index])
+
+    def fetch(self, coordinator: Coordinator, indices) -> None:
+        for index in indices:
+            outbound = coordinator.message_for(self.round_id, self.parties[index].participant_id)
+            assert outbound is not None
+            self.pending[index] = encode(self.sessions[index].receive_bytes(outbound.body))
+
+    def stage(self, coordinator: Coordinator) -> str:
+        return coordinator.current_stage(self.round_id)
+
+    def expected_sum(self, survivors) -> np.ndarray:
+        total = np.zeros(DIM, dtype=np.uint32)
+        for index in survivors:
+            total += client_input(index, DIM, 32, self.seed)
+        return total
+
+    def result(self, coordinator: Coordinator) -> np.ndarray:
+        _, vector, _, _ = coordinator.result_for(self.round_id, self.parties[0].participant_id)
+        return np.frombuffer(vector, dtype="<u4")
+
+
+def test_crash_after_the_last_acceptance_before_the_transition_closes_the_stage_on_recovery(database_url: str) -> None:
+    clock = FakeClock()
+    first = _coordinator(database_url, clock)
+    round_ = Round(first, seed=600)
+    round_.send(first, range(N - 1))
+    first.advance_if_due = lambda round_id: False  # the process dies between the commit and the transition
+    round_.send(first, [N - 1])
+    assert round_.stage(first) == "R0-advertise-keys"
+    second = _coordinator(database_url, clock)
+    second.recover()
+    assert round_.stage(second) == "R1-share-keys"
+    everyone = range(N)
+    for _ in ("R1", "R2", "R3", "R4"):
+        round_.fetch(second, everyone)
+        round_.send(second, everyone)
+    assert round_.stage(second) == "completed"
+    np.testing.assert_array_equal(round_.result(second), round_.expected_sum(everyone))
+
+
+def test_two_processes_alternating_on_one_round_agree_through_replay(database_url: str) -> None:
+    clock = FakeClock()
+    workers = [_coordinator(database_url, clock), _coordinator(database_url, clock)]
+    round_ = Round(workers[0], seed=610)
+    turn = 0
+    for stage in ("R0", "R1", "R2", "R3", "R4"):
+        if stage != "R0":
+            round_.fetch(workers[turn % 2], range(N))
+        for index in range(N):  # each message lands on the other worker than the previous one
+            round_.send(workers[turn % 2], [index])
+            turn += 1
+    assert round_.stage(workers[0]) == "completed"
+    np.testing.assert_array_equal(round_.result(workers[1]), round_.expected_sum(range(N)))
+
+
+def test_masked_inputs_are_only_in_the_running_sum_which_is_dropped_at_the_end(database_url: str) -> None:
+    clock = FakeClock()
+    coordinator = _coordinator(database_url, clock)
+    round_ = Round(coordinator, seed=620, mode="honest-but-curious", threshold=3)
+    round_.send(coordinator, range(N))
+    round_.fetch(coordinator, range(N))
+    round_.send(coordinator, range(N))
+    round_.fetch(coordinator, range(N))
+    round_.send(coordinator, range(3))
+    with coordinator.database.read() as session:
+        bodies = session.execute(
+            select(SubmissionRow.body).where(SubmissionRow.round_id == round_.round_id, SubmissionRow.stage == "R2-masked-input-collection")
+        ).scalars().all()
+        running = session.execute(select(RoundRow.masked_sum).where(RoundRow.id == round_.round_id)).scalar_one()
+    assert bodies == [None, None, None]
+    masked = [decode(round_.pending[index]).masked_vector for index in range(3)]
+    np.testing.assert_array_equal(np.frombuffer(running, dtype="<u4"), masked[0] + masked[1] + masked[2])
+    round_.send(coordinator, range(3, N))
+    round_.fetch(coordinator, range(N))
+    round_.send(coordinator, range(N))
+    with coordinator.database.read() as session:
+        assert session.execute(select(RoundRow.masked_sum).where(RoundRow.id == round_.round_id)).scalar_one() is None
+
+
+def test_deadline_with_threshold_met_closes_the_stage_without_the_silent_members(database_url: str) -> None:
+    clock = FakeClock()
+    coordinator = _coordinator(database_url, clock)
+    round_ = Round(coordinator, seed=630, mode="honest-but-curious", threshold=3, deadlines={"R1": 30})
+    round_.send(coordinator, range(N))
+    round_.fetch(coordinator, range(N))
+    round_.send(coordinator, [0, 1, 2])
+    coordinator.tick()
+    assert round_.stage(coordinator) == "R1-share-keys"  # not yet due
+    clock.now += 31
+    coordinator.tick()
+    assert round_.stage(coordinator) == "R2-masked-input-collection"
+    with pytest.raises(ServiceProblem) as refused:
+        coordinator.message_for(round_.round_id, round_.parties[4].participant_id)
+    assert refused.value.problem is ProblemType.EXCLUDED
+
+
+def test_deadline_below_threshold_aborts_with_too_few_participants(database_url: str) -> None:
+    clock = FakeClock()
+    coordinator = _coordinator(database_url, clock)
+    round_ = Round(coordinator, seed=640, mode="honest-but-curious", threshold=3, deadlines={"R0": 10})
+    round_.send(coordinator, [0, 1])
+    clock.now += 11
+    coordinator.tick()
+    with coordinator.database.read() as session:
+        row = session.get(RoundRow, round_.round_id)
+        assert (row.outcome, row.abort_reason) == ("aborted", "too-few-participants")
+        assert json.loads(row.history)[0]["responded"] == [0, 1]
+
+
+def test_round_finished_while_the_ledger_was_unavailable_is_recorded_once_later(database_url: str, tmp_path: Path) -> None:
+    from dp.ledger_server import verify_server_ledger
+
+    clock = FakeClock()
+    key = SigningKey.generate(DeterministicRandom.from_int(650))
+    ledger_path = tmp_path / "server-ledger.jsonl"
+
+    class BrokenLedger(RoundLedger):
+        def record(self, body):
+            raise OSError("disk full")
+
+    first = _coordinator(database_url, clock, BrokenLedger(ledger_path, key, "test-server"))
+    round_ = Round(first, seed=650, mode="honest-but-curious", threshold=3)
+    round_.send(first, range(2))
+    first.abort(round_.round_id, "operator stopped the round")
+    with first.database.read() as session:
+        assert session.get(RoundRow, round_.round_id).ledger_recorded is False
+    ledger = RoundLedger(ledger_path, key, "test-server")
+    second = _coordinator(database_url, clock, ledger)
+    second.tick()
+    second.tick()
+    assert second.record_in_ledger(round_.round_id) is True
+    verification = verify_server_ledger(ledger_path, public_key=key.public_bytes)
+    assert verification.ok, verification.findings
+    records = [entry.record for entry in verification.entries if entry.record.round_id == round_.round_id]
+    assert len(records) == 1
+    assert records[0].outcome.value == "aborted" and records[0].abort_reason == "aborted-by-server"
+
+
+@pytest.mark.parametrize("participants", [2, 10, 300])
+def test_message_size_limit_admits_the_largest_real_messages(participants: int) -> None:
+    limit = max_client_message_bytes(participants, 1000, 32)
+    from secagg.messages import EncryptedShares, RevealedShare, ShareKeys, UnmaskingShares
+    from secagg.protocol import SHARE_CIPHERTEXT_BYTES
+
+    share_keys = ShareKeys(
+        session_id=b"\x00" * 32,
+        sender=0,
+        self_mask_commitment=b"\x00" * 32,
+        encrypted_shares=tuple(EncryptedShares(0, recipient, b"\x00" * SHARE_CIPHERTEXT_BYTES) for recipient in range(1, participants)),
+    )
+    unmasking = UnmaskingShares(
+        session_id=b"\x00" * 32,
+        sender=0,
+        masking_key_shares=tuple(RevealedShare(owner, b"\x00" * 33) for owner in range(participants // 2)),
+        self_mask_shares=tuple(RevealedShare(owner, b"\x00" * 33) for owner in range(participants // 2, participants)),
+    )
+    from secagg.messages import masked_input_size
+
+    # The limit is the largest real encoding: a ShareKeys to every other member (plus one
+    # spare ciphertext slot), an UnmaskingShares naming every member, or the masked input.
+    spare_ciphertext = 4 + 4 + SHARE_CIPHERTEXT_BYTES
+    assert limit == max(len(encode(share_keys)) + spare_ciphertext, len(encode(unmasking)), masked_input_size(1000, 32))
