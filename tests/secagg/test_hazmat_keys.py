@@ -117,6 +117,19 @@ def test_public_keys_of_the_wrong_length_are_refused(length: int) -> None:
     assert is_usable_x25519_public_key(bytes(range(length))) is False
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="secagg/hazmat/keys.py agree: X25519PrivateKey.from_private_bytes is inside the try that maps every "
+    "ValueError to InvalidPublicKey('X25519 public key is of small order'), so a bad *private* key blames the peer; "
+    "load the private key before the try (or check its length) and raise ValueError naming the private key",
+)
+@pytest.mark.parametrize("length", [0, 31, 33])
+def test_agree_with_a_private_key_of_the_wrong_length_does_not_blame_the_peer(length: int) -> None:
+    with pytest.raises(ValueError) as caught:
+        agree(bytes(length), _hex(DIFFIE_HELLMAN["bob_public"]))
+    assert not isinstance(caught.value, InvalidPublicKey)
+
+
 @pytest.mark.parametrize("length", [0, 31, 33])
 def test_private_keys_of_the_wrong_length_are_refused(length: int) -> None:
     with pytest.raises(ValueError):
@@ -148,6 +161,20 @@ def test_verify_signature_refuses_any_flipped_signature_bit(vector: dict[str, An
             tampered = bytearray(signature)
             tampered[byte] ^= 1 << bit
             assert verify_signature(public, bytes(tampered), message) is False, (byte, bit)
+
+
+ED25519_GROUP_ORDER = 2**252 + 27742317777372353535851937790883648493
+"""L, the order of the Ed25519 base point (RFC 8032 section 5.1)."""
+
+
+@pytest.mark.parametrize("vector", ED25519_VECTORS, ids=vector_ids(ED25519_VECTORS))
+def test_verify_signature_refuses_a_malleated_signature_with_s_plus_the_group_order(vector: dict[str, Any]) -> None:
+    """RFC 8032 section 5.1.7 requires 0 <= S < L: (R, S + L) verifies the same equation and must be refused."""
+    signature = _hex(vector["signature"])
+    s_value = int.from_bytes(signature[32:], "little") + ED25519_GROUP_ORDER
+    assert s_value < 2**256
+    malleated = signature[:32] + s_value.to_bytes(32, "little")
+    assert verify_signature(_hex(vector["public_key"]), malleated, _hex(vector["message"])) is False
 
 
 def test_verify_signature_refuses_another_message_another_key_and_bad_lengths() -> None:
