@@ -82,7 +82,15 @@ def run_command(
     timeout: Annotated[float, typer.Option("--timeout", min=1.0, help="Give up waiting for any one stage after this many seconds.")] = 3600.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
 ) -> None:
-    """Run (or resume) this bank's side of one round over HTTP."""
+    """Run (or resume) this bank's side of one round over HTTP.
+
+    Checks the round against the local policy before sending anything; keeps a state
+    file (secrets, mode 0600) in --state-dir so that a crashed run resumes with
+    byte-identical messages. Exit codes: 0 ok, 2 usage/input, 3 policy refused
+    (nothing sent), 4 this client refused a server message, 5 round aborted by the
+    server, 6 resume refused, 7 server refused a request, 8 server unavailable,
+    9 key file, 10 excluded from the round.
+    """
     from rich.console import Console
 
     from clients.http_transport import HttpTransport

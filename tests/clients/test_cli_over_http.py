@@ -11,14 +11,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from clients.bank import run_bank_round
 from clients.cli import app
 from clients.http_simulation import run_http_simulation
-from clients.http_transport import HttpTransport
-from clients.inputs import RingVectorInput
 from clients.local_server import AdminClient, LocalServer
-from clients.policy import ClientPolicy
 from clients.retry import PollSchedule
-from clients.runner import run_round
 from clients.simulation import DropoutRound, SimulationParameters
 from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import DeterministicRandom
@@ -52,12 +49,11 @@ def test_cli_keygen_then_run_completes_the_round_and_prints_a_summary(server, tm
     policy.write_text('min_cohort_size = 4\nrequired_mode = "active"\nallowed_bits = [32]\n')
 
     def other(member: int) -> None:
-        with HttpTransport(server.base_url, key_id=names[member], identity=others[member - 1]) as transport:
-            run_round(
-                transport=transport, round_id=round_id, identity=others[member - 1],
-                client_input=RingVectorInput(inputs[member]), policy=ClientPolicy(), state_dir=tmp_path / names[member],
-                participant_id=names[member], poll=PollSchedule(initial_interval=0.05, max_interval=0.5, timeout=120),
-            )  # fmt: skip
+        run_bank_round(
+            server=server.base_url, participant_id=names[member], identity=others[member - 1], round_id=round_id,
+            update=inputs[member], state_dir=tmp_path / names[member],
+            poll=PollSchedule(initial_interval=0.05, max_interval=0.5, timeout=120),
+        )  # fmt: skip
 
     threads = [threading.Thread(target=other, args=(member,)) for member in (1, 2, 3)]
     for thread in threads:
