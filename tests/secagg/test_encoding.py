@@ -140,8 +140,17 @@ def test_every_accepted_configuration_bounds_the_worst_case_sum_inside_the_signe
 
 @pytest.mark.parametrize(
     ("clip", "scale", "summands"),
-    [(0.0, 1.0, 1), (-1.0, 1.0, 1), (math.nan, 1.0, 1), (math.inf, 1.0, 1), (1.0, 0.0, 1), (1.0, -2.0, 1), (1.0, math.nan, 1), (1.0, math.inf, 1), (1.0, 1.0, 0)],
-    ids=["zero-clip", "negative-clip", "nan-clip", "inf-clip", "zero-scale", "negative-scale", "nan-scale", "inf-scale", "no-summands"],
+    [
+        pytest.param(0.0, 1.0, 1, id="zero-clip"),
+        pytest.param(-1.0, 1.0, 1, id="negative-clip"),
+        pytest.param(math.nan, 1.0, 1, id="nan-clip"),
+        pytest.param(math.inf, 1.0, 1, id="inf-clip"),
+        pytest.param(1.0, 0.0, 1, id="zero-scale"),
+        pytest.param(1.0, -2.0, 1, id="negative-scale"),
+        pytest.param(1.0, math.nan, 1, id="nan-scale"),
+        pytest.param(1.0, math.inf, 1, id="inf-scale"),
+        pytest.param(1.0, 1.0, 0, id="no-summands"),
+    ],
 )
 def test_invalid_encoding_parameters_are_refused(clip: float, scale: float, summands: int) -> None:
     with pytest.raises(EncodingError):
@@ -169,7 +178,9 @@ def _exact_sum_check(encoding: FixedPointEncoding, values: np.ndarray, seed: int
     summands=st.integers(min_value=1, max_value=1 << 16),
     seed=st.integers(min_value=0, max_value=2**32),
 )
-def test_with_max_precision_never_wraps_for_max_magnitude_inputs_of_either_sign(bits: int, clip: float, summands: int, seed: int) -> None:
+def test_with_max_precision_never_wraps_for_max_magnitude_inputs_of_either_sign(
+    bits: int, clip: float, summands: int, seed: int
+) -> None:
     ring = Ring(bits)
     try:
         encoding = FixedPointEncoding.with_max_precision(ring, clip, summands)
@@ -283,8 +294,15 @@ ENCODING = FixedPointEncoding(Ring(32), clip=1.0, scale=2.0**10, max_summands=10
 
 @pytest.mark.parametrize(
     "values",
-    [np.array([0.0, np.nan]), np.array([np.inf]), np.array([-np.inf, 0.0]), np.array([1.0 + 1e-12]), np.array([-1.5]), np.zeros((2, 2)), np.float64(0.5)],
-    ids=["nan", "inf", "minus-inf", "just-above-clip", "below-minus-clip", "two-dimensional", "scalar"],
+    [
+        pytest.param(np.array([0.0, np.nan]), id="nan"),
+        pytest.param(np.array([np.inf]), id="inf"),
+        pytest.param(np.array([-np.inf, 0.0]), id="minus-inf"),
+        pytest.param(np.array([1.0 + 1e-12]), id="just-above-clip"),
+        pytest.param(np.array([-1.5]), id="below-minus-clip"),
+        pytest.param(np.zeros((2, 2)), id="two-dimensional"),
+        pytest.param(np.float64(0.5), id="scalar"),
+    ],
 )
 def test_invalid_inputs_are_refused(values: np.ndarray) -> None:
     with pytest.raises(EncodingError):

@@ -196,7 +196,9 @@ OFF_BY_ONE = pytest.mark.xfail(
 
 
 @pytest.mark.parametrize(("n", "mode", "dropout", "corrupt"), RECOMMENDATION_CASES)
-def test_recommended_degree_is_even_above_the_connectivity_floor_and_minimal(n: int, mode: ProtocolMode, dropout: float, corrupt: float) -> None:
+def test_recommended_degree_is_even_above_the_connectivity_floor_and_minimal(
+    n: int, mode: ProtocolMode, dropout: float, corrupt: float
+) -> None:
     degree = recommended_harary_degree(n, mode, dropout_rate=dropout, corrupt_fraction=corrupt)
     assert degree is not None
     floor = 2 * math.ceil(math.log2(n))
@@ -209,7 +211,9 @@ def test_recommended_degree_is_even_above_the_connectivity_floor_and_minimal(n: 
     ("n", "mode", "dropout", "corrupt"),
     [case if case[2] == 0.0 else pytest.param(*case, marks=OFF_BY_ONE) for case in RECOMMENDATION_CASES],
 )
-def test_recommended_degree_satisfies_its_documented_failure_bound(n: int, mode: ProtocolMode, dropout: float, corrupt: float) -> None:
+def test_recommended_degree_satisfies_its_documented_failure_bound(
+    n: int, mode: ProtocolMode, dropout: float, corrupt: float
+) -> None:
     degree = recommended_harary_degree(n, mode, dropout_rate=dropout, corrupt_fraction=corrupt)
     assert degree is not None
     assert documented_failure(n, mode, degree, dropout, corrupt) <= FAILURE
@@ -244,7 +248,8 @@ def test_binomial_tails_of_more_than_a_thousand_trials_are_probabilities_not_err
 def test_recommended_degree_never_falls_below_twice_log2_n() -> None:
     """With no dropout and no corruption every degree qualifies: the floor 2 * ceil(log2 n) is returned."""
     for n in (8, 10, 100, 1000, 4096):
-        assert recommended_harary_degree(n, ProtocolMode.ACTIVE, dropout_rate=0.0, corrupt_fraction=0.0) == 2 * math.ceil(math.log2(n))
+        degree = recommended_harary_degree(n, ProtocolMode.ACTIVE, dropout_rate=0.0, corrupt_fraction=0.0)
+        assert degree == 2 * math.ceil(math.log2(n))
 
 
 @pytest.mark.parametrize(("dropout", "corrupt"), [(-0.1, 0.0), (1.0, 0.0), (0.0, 1.0), (0.0, -0.5)])

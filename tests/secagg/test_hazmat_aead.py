@@ -136,13 +136,26 @@ def test_flipping_any_byte_of_nonce_ciphertext_or_tag_raises_the_opaque_error(po
         associated_data(SESSION, "R1", 3, 9),
         b"",
     ],
-    ids=["other-session", "session-last-byte", "round-R4", "round-R2", "other-sender", "swapped-direction", "other-recipient", "empty"],
+    ids=[
+        "other-session",
+        "session-last-byte",
+        "round-R4",
+        "round-R2",
+        "other-sender",
+        "swapped-direction",
+        "other-recipient",
+        "empty",
+    ],
 )
 def test_changing_session_round_sender_or_recipient_raises_the_opaque_error(other_aad: bytes) -> None:
     _assert_opaque_failure(KEY, SEALED, other_aad)
 
 
-@pytest.mark.parametrize("key", [OTHER_KEY, bytes(32), KEY[:16], KEY + b"\x00", b""], ids=["other", "zero", "aes-128-length", "33-bytes", "empty"])
+@pytest.mark.parametrize(
+    "key",
+    [OTHER_KEY, bytes(32), KEY[:16], KEY + b"\x00", b""],
+    ids=["other", "zero", "aes-128-length", "33-bytes", "empty"],
+)
 def test_a_wrong_key_raises_the_opaque_error(key: bytes) -> None:
     _assert_opaque_failure(key, SEALED, AAD)
 

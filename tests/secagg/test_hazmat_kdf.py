@@ -29,6 +29,7 @@ from tests.secagg.kat import load_vectors, vector_ids
 
 RFC5869 = load_vectors("hkdf_sha256_rfc5869.json")
 FROZEN = load_vectors("kdf_secagg_v1.json")
+FROZEN_DERIVE_KEY = [v for v in FROZEN if v["kind"] == "derive_key"]
 RFC7748_ALICE = bytes.fromhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
 RFC7748_BOB = bytes.fromhex("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb")
 
@@ -82,7 +83,7 @@ def test_the_protocol_label_is_the_documented_one() -> None:
     assert PROTOCOL_LABEL == b"secagg/v1"
 
 
-@pytest.mark.parametrize("vector", [v for v in FROZEN if v["kind"] == "derive_key"], ids=vector_ids([v for v in FROZEN if v["kind"] == "derive_key"]))
+@pytest.mark.parametrize("vector", FROZEN_DERIVE_KEY, ids=vector_ids(FROZEN_DERIVE_KEY))
 def test_derive_key_matches_the_frozen_vector_and_the_independent_hkdf(vector: dict[str, Any]) -> None:
     secret, context = bytes.fromhex(vector["secret"]), bytes.fromhex(vector["context"])
     purpose = KeyPurpose[vector["purpose"]]
@@ -122,8 +123,9 @@ def test_share_encryption_key_matches_the_frozen_vector_at_both_ends(vector: dic
     context = session + struct.pack(">II", vector["sender"], vector["recipient"])
     assert oracle_hkdf(shared, b"", documented_info(KeyPurpose.SHARE_ENCRYPTION, context), 32).hex() == vector["okm"]
     alice, bob = AgreementKeyPair.from_private_bytes(RFC7748_ALICE), AgreementKeyPair.from_private_bytes(RFC7748_BOB)
-    sender_side = protocol.share_encryption_key(session, alice.private_bytes, bob.public_bytes, vector["sender"], vector["recipient"])
-    recipient_side = protocol.share_encryption_key(session, bob.private_bytes, alice.public_bytes, vector["sender"], vector["recipient"])
+    sender, recipient = vector["sender"], vector["recipient"]
+    sender_side = protocol.share_encryption_key(session, alice.private_bytes, bob.public_bytes, sender, recipient)
+    recipient_side = protocol.share_encryption_key(session, bob.private_bytes, alice.public_bytes, sender, recipient)
     assert sender_side.hex() == recipient_side.hex() == vector["okm"]
 
 

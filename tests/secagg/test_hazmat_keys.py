@@ -24,6 +24,8 @@ from secagg.protocol import is_usable_x25519_public_key
 from tests.secagg.kat import load_vectors, vector_ids
 
 X25519_VECTORS = load_vectors("x25519_rfc7748.json")
+X25519_FUNCTION = [v for v in X25519_VECTORS if v["kind"] == "function"]
+X25519_ITERATED = [v for v in X25519_VECTORS if v["kind"] == "iterated"]
 ED25519_VECTORS = load_vectors("ed25519_rfc8032.json")
 LOW_ORDER = load_vectors("x25519_small_order.json")
 SMALL_ORDER_POINTS = [v for v in LOW_ORDER if v["kind"] == "small_order"]
@@ -38,16 +40,12 @@ def _hex(value: str) -> bytes:
 # --- X25519 known answers ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "vector", [v for v in X25519_VECTORS if v["kind"] == "function"], ids=vector_ids([v for v in X25519_VECTORS if v["kind"] == "function"])
-)
+@pytest.mark.parametrize("vector", X25519_FUNCTION, ids=vector_ids(X25519_FUNCTION))
 def test_agree_reproduces_rfc7748_section_5_2_function_vectors(vector: dict[str, Any]) -> None:
     assert agree(_hex(vector["scalar"]), _hex(vector["u_coordinate"])).hex() == vector["output"]
 
 
-@pytest.mark.parametrize(
-    "vector", [v for v in X25519_VECTORS if v["kind"] == "iterated"], ids=vector_ids([v for v in X25519_VECTORS if v["kind"] == "iterated"])
-)
+@pytest.mark.parametrize("vector", X25519_ITERATED, ids=vector_ids(X25519_ITERATED))
 def test_agree_reproduces_rfc7748_section_5_2_iterated_vectors(vector: dict[str, Any]) -> None:
     """RFC 7748 5.2: k = u = 9; repeat (k, u) = (X25519(k, u), k)."""
     scalar = u_coordinate = _hex(vector["start"])

@@ -9,7 +9,9 @@ import pytest
 from tests.secagg.kat import VECTORS_DIR, VectorFileError, load_document
 
 VECTOR_FILES = sorted(path.name for path in VECTORS_DIR.glob("*.json"))
-TEST_SOURCES = "\n".join(path.read_text(encoding="utf-8") for path in Path(__file__).parent.glob("test_*.py") if path.name != Path(__file__).name)
+TEST_SOURCES = "\n".join(
+    path.read_text(encoding="utf-8") for path in Path(__file__).parent.glob("test_*.py") if path.name != Path(__file__).name
+)
 
 
 def test_the_vector_directory_holds_files() -> None:

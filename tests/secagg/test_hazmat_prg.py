@@ -107,7 +107,12 @@ def test_expand_returns_the_buffer_it_filled() -> None:
 
 @pytest.mark.parametrize(
     "buffer",
-    [np.empty(8, dtype=np.int32), np.empty(8, dtype=np.float64), np.empty(16, dtype=np.uint32)[::2], np.empty((4, 4), dtype=np.uint8).T],
+    [
+        np.empty(8, dtype=np.int32),
+        np.empty(8, dtype=np.float64),
+        np.empty(16, dtype=np.uint32)[::2],
+        np.empty((4, 4), dtype=np.uint8).T,
+    ],
     ids=["signed", "float", "strided", "fortran-order"],
 )
 def test_expand_refuses_buffers_that_are_not_contiguous_unsigned(buffer: np.ndarray) -> None:

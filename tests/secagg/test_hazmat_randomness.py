@@ -88,7 +88,12 @@ def test_sources_satisfy_the_random_source_protocol_and_return_the_requested_len
 def _non_contiguous_buffers() -> list[np.ndarray]:
     read_only = np.zeros(8, dtype=np.uint8)
     read_only.flags.writeable = False
-    return [np.zeros(16, dtype=np.uint32)[::2], np.zeros((4, 3), dtype=np.uint64).T, np.zeros((4, 4), dtype=np.uint8)[:, 1], read_only]
+    return [
+        np.zeros(16, dtype=np.uint32)[::2],
+        np.zeros((4, 3), dtype=np.uint64).T,
+        np.zeros((4, 4), dtype=np.uint8)[:, 1],
+        read_only,
+    ]
 
 
 @pytest.mark.parametrize("source", [SystemRandom(), DeterministicRandom.from_int(1)], ids=["system", "deterministic"])
@@ -171,4 +176,5 @@ def test_uniform_floats_of_zero_count_is_empty() -> None:
 
 
 def test_uniform_floats_are_reproducible_from_the_seed() -> None:
-    assert np.array_equal(uniform_floats(DeterministicRandom.from_int(9), 50), uniform_floats(DeterministicRandom.from_int(9), 50))
+    first = uniform_floats(DeterministicRandom.from_int(9), 50)
+    assert np.array_equal(first, uniform_floats(DeterministicRandom.from_int(9), 50))

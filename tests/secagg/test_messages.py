@@ -61,6 +61,10 @@ def _advertise(fields: dict[str, Any]) -> AdvertiseKeys:
     )
 
 
+def _revealed(items: list[dict[str, Any]]) -> tuple[RevealedShare, ...]:
+    return tuple(RevealedShare(owner=item["owner"], share=_hex(item["share"])) for item in items)
+
+
 def build_message(type_name: str, fields: dict[str, Any]) -> Any:
     """The message a vector's ``fields`` describe (the JSON mirrors the dataclass fields)."""
     if type_name == "AdvertiseKeys":
@@ -98,7 +102,9 @@ def build_message(type_name: str, fields: dict[str, Any]) -> Any:
     if type_name == "ConsistencyCheckRequest":
         return ConsistencyCheckRequest(session_id=_hex(fields["session_id"]), survivors=tuple(fields["survivors"]))
     if type_name == "ConsistencyCheck":
-        return ConsistencyCheck(session_id=_hex(fields["session_id"]), sender=fields["sender"], signature=_hex(fields["signature"]))
+        return ConsistencyCheck(
+            session_id=_hex(fields["session_id"]), sender=fields["sender"], signature=_hex(fields["signature"])
+        )
     if type_name == "UnmaskingRequest":
         return UnmaskingRequest(
             session_id=_hex(fields["session_id"]),
@@ -110,8 +116,8 @@ def build_message(type_name: str, fields: dict[str, Any]) -> Any:
         return UnmaskingShares(
             session_id=_hex(fields["session_id"]),
             sender=fields["sender"],
-            masking_key_shares=tuple(RevealedShare(owner=s["owner"], share=_hex(s["share"])) for s in fields["masking_key_shares"]),
-            self_mask_shares=tuple(RevealedShare(owner=s["owner"], share=_hex(s["share"])) for s in fields["self_mask_shares"]),
+            masking_key_shares=_revealed(fields["masking_key_shares"]),
+            self_mask_shares=_revealed(fields["self_mask_shares"]),
         )
     raise AssertionError(f"no builder for {type_name}")
 
@@ -310,11 +316,15 @@ def test_encoding_a_two_dimensional_vector_is_refused() -> None:
 @pytest.mark.parametrize(
     "message",
     [
-        AdvertiseKeys(config_digest=bytes(31), sender=0, encryption_public_key=bytes(32), masking_public_key=bytes(32), signature=bytes(64)),
+        AdvertiseKeys(
+            config_digest=bytes(31), sender=0, encryption_public_key=bytes(32), masking_public_key=bytes(32), signature=bytes(64)
+        ),
         ConsistencyCheck(session_id=SESSION, sender=1 << 32, signature=bytes(64)),
         ConsistencyCheck(session_id=SESSION, sender=-1, signature=bytes(64)),
         ConsistencyCheck(session_id=SESSION[:-1], sender=1, signature=bytes(64)),
-        UnmaskingShares(session_id=SESSION, sender=1, masking_key_shares=(RevealedShare(owner=2, share=bytes(32)),), self_mask_shares=()),
+        UnmaskingShares(
+            session_id=SESSION, sender=1, masking_key_shares=(RevealedShare(owner=2, share=bytes(32)),), self_mask_shares=()
+        ),
         ShareKeys(
             session_id=SESSION,
             sender=1,

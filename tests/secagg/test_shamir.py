@@ -191,7 +191,9 @@ def _coefficient_bytes(prime: int, coefficient: int) -> bytes:
 
 
 @pytest.mark.parametrize(("prime", "threshold"), [(31, 3), (13, 4)])
-def test_t_minus_one_shares_take_every_value_exactly_once_over_all_coefficients_whatever_the_secret(prime: int, threshold: int) -> None:
+def test_t_minus_one_shares_take_every_value_exactly_once_over_all_coefficients_whatever_the_secret(
+    prime: int, threshold: int
+) -> None:
     """Exact hiding: for every secret, coefficients -> (t-1 shares) is a bijection onto GF(p)^(t-1)."""
     scheme = ShamirScheme(prime=prime)
     observed_ids = list(range(threshold - 1))
@@ -204,7 +206,9 @@ def test_t_minus_one_shares_take_every_value_exactly_once_over_all_coefficients_
         assert len(seen) == prime ** (threshold - 1) and set(seen.values()) == {1}, secret
 
 
-def _observed_shares(scheme: ShamirScheme, secret: int, threshold: int, observed: Sequence[int], samples: int, seed: int) -> Counter:
+def _observed_shares(
+    scheme: ShamirScheme, secret: int, threshold: int, observed: Sequence[int], samples: int, seed: int
+) -> Counter:
     source = DeterministicRandom.from_int(seed)
     holders = range(max(threshold, max(observed) + 1))
     counts: Counter = Counter()
