@@ -82,7 +82,7 @@ def test_from_signed_reduces_modulo_two_to_the_bits(bits: int) -> None:
     assert ring.from_signed(values).tolist() == [v % modulus for v in values.tolist()]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(data=st.data(), bits=st.sampled_from(ALL_BITS))
 def test_signed_round_trip_holds_for_arbitrary_values(data: st.DataObject, bits: int) -> None:
     ring = Ring(bits)

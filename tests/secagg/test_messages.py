@@ -461,3 +461,39 @@ def test_decode_of_encode_is_the_identity_for_every_message_type(message: Any) -
 @given(message=masked_input_st())
 def test_masked_input_size_matches_every_encoded_masked_input(message: MaskedInput) -> None:
     assert masked_input_size(message.masked_vector.size, message.bits) == len(encode(message))
+
+
+# --- fuzzing: decode never fails with anything but MalformedMessage ------------------------
+
+WIRE_SAMPLES = [wire_bytes(vector) for vector in MESSAGE_VECTORS]
+
+
+@st.composite
+def mutated_wire(draw: st.DrawFn) -> bytes:
+    data = bytearray(draw(st.sampled_from(WIRE_SAMPLES)))
+    for _ in range(draw(st.integers(min_value=1, max_value=4))):
+        kind = draw(st.sampled_from(["flip", "set", "insert", "delete", "truncate"]))
+        position = draw(st.integers(min_value=0, max_value=max(len(data) - 1, 0)))
+        if kind == "flip" and data:
+            data[position] ^= 1 << draw(st.integers(min_value=0, max_value=7))
+        elif kind == "set" and data:
+            data[position] = draw(st.sampled_from([0x00, 0x01, 0x7F, 0x80, 0xFF]))
+        elif kind == "insert":
+            data[position:position] = draw(st.binary(min_size=1, max_size=8))
+        elif kind == "delete" and data:
+            del data[position : position + draw(st.integers(min_value=1, max_value=8))]
+        elif kind == "truncate":
+            del data[position:]
+    return bytes(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.one_of(mutated_wire(), st.binary(max_size=64)))
+def test_decoding_arbitrary_or_mutated_bytes_either_succeeds_or_raises_malformed_message(data: bytes) -> None:
+    """No other exception escapes (the HTTP layer maps MalformedMessage to a 4xx), and whatever decodes
+    re-encodes to the same bytes: the encoding is canonical."""
+    try:
+        message = decode(data)
+    except MalformedMessage:
+        return
+    assert encode(message) == data
