@@ -162,16 +162,37 @@ def test_accumulate_masks_with_mixed_signs_equals_the_explicit_sum_around_the_bl
         assert target.astype(object).tolist() == _explicit_sum(initial, masks).tolist(), length
 
 
+@pytest.mark.parametrize("threads", [2, 3, 8])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint64], ids=lambda d: np.dtype(d).name)
+def test_accumulate_masks_on_several_threads_equals_the_explicit_sum(dtype: type, threads: int) -> None:
+    """Each thread starts its keystreams at its range's counter block; the result must not depend on the split."""
+    masks = [SignedSeed(SEEDS[0], 1), SignedSeed(SEEDS[1], -1), SignedSeed(SEEDS[2], 1)]
+    per_block = BLOCK_BYTES // np.dtype(dtype).itemsize
+    for length in (per_block + 1, 3 * per_block + 7):
+        initial = reference_words(b"\x33" * 32, length, dtype)
+        target = accumulate_masks(initial.copy(), masks, threads=threads)
+        assert target.astype(object).tolist() == _explicit_sum(initial, masks).tolist(), length
+
+
+@pytest.mark.parametrize("threads", [0, -1])
+def test_a_thread_count_below_one_is_refused(threads: int) -> None:
+    with pytest.raises(ValueError, match="threads"):
+        accumulate_masks(np.zeros(4, dtype=np.uint32), [SignedSeed(SEEDS[0], 1)], threads=threads)
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     dtype=st.sampled_from(UNSIGNED),
     length=st.integers(min_value=0, max_value=600),
     signs=st.lists(st.sampled_from([1, -1]), min_size=0, max_size=5),
+    threads=st.integers(min_value=1, max_value=4),
 )
-def test_accumulate_masks_equals_the_explicit_sum_for_any_length_and_signs(dtype: type, length: int, signs: list[int]) -> None:
+def test_accumulate_masks_equals_the_explicit_sum_for_any_length_and_signs(
+    dtype: type, length: int, signs: list[int], threads: int
+) -> None:
     masks = [SignedSeed(bytes([index + 40]) * 32, sign) for index, sign in enumerate(signs)]
     initial = reference_words(b"\x11" * 32, length, dtype)
-    target = accumulate_masks(initial.copy(), masks)
+    target = accumulate_masks(initial.copy(), masks, threads=threads)
     assert target.astype(object).tolist() == _explicit_sum(initial, masks).tolist()
 
 
