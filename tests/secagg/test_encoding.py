@@ -111,8 +111,8 @@ def test_a_configuration_whose_sum_could_wrap_is_refused() -> None:
         FixedPointEncoding(Ring(8), clip=1.0, scale=1.0, max_summands=64)
 
 
-def test_a_thousand_clients_at_flower_like_precision_are_refused_rather_than_wrapped() -> None:
-    """Z_2^32 with 2^22 quantisation levels per unit: safe for 511 clients, refused for 1025."""
+def test_a_scale_safe_for_511_clients_is_refused_for_1025_rather_than_wrapped() -> None:
+    """Z_2^32 at 2^22 levels per unit: 511 * (2^22 + 1) < 2^31, 1025 * (2^22 + 1) >= 2^31."""
     assert FixedPointEncoding(Ring(32), clip=1.0, scale=2.0**22, max_summands=511)
     with pytest.raises(RingOverflowError):
         FixedPointEncoding(Ring(32), clip=1.0, scale=2.0**22, max_summands=1025)
