@@ -196,6 +196,8 @@ def round_overhead(clients: int, dim: int) -> dict:
         "http_setup_seconds": over_http.setup_seconds,
         "http_server_stage_seconds": over_http.server_round_seconds,
         "http_client_compute_seconds_median": over_http.client_seconds_median,
+        "http_server_cpu_seconds": over_http.server_cpu_seconds,
+        "http_clients_cpu_seconds": over_http.clients_cpu_seconds,
         "overhead_ratio": over_http.round_wall_seconds / in_process_seconds,
         "target_ratio": 3.0,
     }
@@ -248,7 +250,8 @@ def run(argv: list[str] | None = None) -> dict:
     print(
         f"http round N={overhead['clients']} D={overhead['dim']}: {overhead['http_round_seconds']:.2f} s over HTTP vs "
         f"{overhead['in_process_seconds']:.2f} s in process -> overhead {overhead['overhead_ratio']:.2f}x (target <= 3x); "
-        f"verified {overhead['http_verified'] and overhead['in_process_verified']}"
+        f"verified {overhead['http_verified'] and overhead['in_process_verified']}; CPU server "
+        f"{overhead['http_server_cpu_seconds'] or 0.0:.1f} s, clients {overhead['http_clients_cpu_seconds']:.1f} s"
     )
     upload = upload_throughput(*upload_config)
     print(
@@ -287,7 +290,9 @@ def _markdown(results: dict) -> str:
             f"| {overhead['overhead_ratio']:.2f}x | <= 3x | {overhead['http_verified'] and overhead['in_process_verified']} |",
             "",
             "Server stage durations over HTTP (s): "
-            + ", ".join(f"{k} {v:.2f}" for k, v in sorted(overhead["http_server_stage_seconds"].items())),
+            + ", ".join(f"{k} {v:.2f}" for k, v in sorted(overhead["http_server_stage_seconds"].items()))
+            + f". CPU during the HTTP round: server process {overhead['http_server_cpu_seconds'] or 0.0:.1f} s, "
+            f"client process (all {overhead['clients']} clients) {overhead['http_clients_cpu_seconds']:.1f} s.",
             "",
             "## R2 upload throughput vs a raw loopback copy",
             "",

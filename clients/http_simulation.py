@@ -69,6 +69,8 @@ class HttpSimulationReport(SimulationReport):
     round_wall_seconds: float = 0.0
     dropout_deadline_seconds: float | None = None
     http_requests_retried: int = 0
+    server_cpu_seconds: float | None = None
+    clients_cpu_seconds: float = 0.0
 
 
 class SimulatedDropout(Exception):
@@ -159,7 +161,8 @@ def run_http_simulation(
     with tempfile.TemporaryDirectory(prefix="secagg-http-sim-") as work:
         work_dir = Path(work)
         started = time.perf_counter()
-        with LocalServer(directory=work_dir / "server") as server:
+        local_server = LocalServer(directory=work_dir / "server")
+        with local_server as server:
             server_start_seconds = time.perf_counter() - started
             started = time.perf_counter()
             with AdminClient(server.base_url, server.admin_token) as admin:
@@ -223,12 +226,19 @@ def run_http_simulation(
                         on_step("done")
 
                 started = time.perf_counter()
+                server_cpu_before = local_server.cpu_seconds()
+                clients_cpu_before = time.process_time()
                 threads = [threading.Thread(target=run_client, args=(member,), name=names[member]) for member in range(n)]
                 for thread in threads:
                     thread.start()
                 for thread in threads:
                     thread.join()
                 round_wall_seconds = time.perf_counter() - started
+                clients_cpu_seconds = time.process_time() - clients_cpu_before
+                server_cpu_after = local_server.cpu_seconds()
+                server_cpu_seconds = (
+                    server_cpu_after - server_cpu_before if server_cpu_after is not None and server_cpu_before is not None else None
+                )
                 status = admin.round_status(round_id)
 
     survivors_result = next((o.result for o in outcomes.values() if o.result is not None), None)
@@ -282,6 +292,8 @@ def run_http_simulation(
         round_wall_seconds=round_wall_seconds,
         dropout_deadline_seconds=deadline,
         http_requests_retried=sum(retries.values()),
+        server_cpu_seconds=server_cpu_seconds,
+        clients_cpu_seconds=clients_cpu_seconds,
     )
 
 

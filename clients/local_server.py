@@ -112,6 +112,17 @@ class LocalServer:
             return ""
         return "\n".join(self.handle.log_path.read_text(errors="replace").splitlines()[-lines:])
 
+    def cpu_seconds(self) -> float | None:
+        """User plus system CPU time of the server process so far (Linux ``/proc``; None elsewhere)."""
+        if self._process is None:
+            return None
+        try:
+            fields = Path(f"/proc/{self._process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        ticks = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / ticks
+
     def kill(self) -> None:
         """SIGKILL the server process (crash tests); :meth:`start` brings it back on the same data."""
         if self._process is not None and self._process.poll() is None:
