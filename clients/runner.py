@@ -51,7 +51,7 @@ from clients.transport import (
     RoundTransport,
 )
 from secagg.client import ClientSession
-from secagg.errors import EncodingError, ProtocolAbort, SessionAborted
+from secagg.errors import AbortReason, EncodingError, ProtocolAbort, SessionAborted
 from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import SEED_BYTES, DeterministicRandom, RandomSource, SystemRandom
 from secagg.messages import MessageType, encode, peek_type
@@ -161,7 +161,9 @@ def run_round(
     if not description.is_open:
         if not resumed:
             raise PolicyViolation(PolicyViolationReason.ROUND_NOT_OPEN, f"round {round_id} is {description.status}")
-        return _finish_closed_round(transport, store, state, position, description.status, poll, sleep, clock, emit, state_path)
+        return _finish_closed_round(
+            transport, store, state, position, description.status, poll, sleep, clock, emit, state_path, resumed=True
+        )
 
     encoded = client_input.encode(config, DeterministicRandom(state.encoding_seed))
     try:
@@ -210,16 +212,15 @@ def run_round(
             store.finish(state, f"aborted-by-server: {delivery.reason}")
             raise RoundAbortedByServer(delivery.reason)
         if isinstance(delivery, Excluded):
-            session.abort()
+            session.abort(AbortReason.EXCLUDED, "left out by the server")
             store.finish(state, "excluded")
             raise ExcludedFromRound(f"the server left this client out of the round after its {protocol_round.value} message")
         if isinstance(delivery, RoundCompleted):
-            store.finish(state, Outcome.COMPLETED_WITHOUT_THIS_CLIENT.value)
-            emit(RoundEvent(EventKind.FINISHED, protocol_round, Outcome.COMPLETED_WITHOUT_THIS_CLIENT.value))
-            return RoundOutcome(
-                round_id, position, Outcome.COMPLETED_WITHOUT_THIS_CLIENT, resumed, messages_sent, bytes_sent, state_path, None,
-                compute_seconds,
-            )
+            return _finish_closed_round(
+                transport, store, state, position, "completed", poll, sleep, clock, emit, state_path,
+                resumed=resumed, messages_sent=messages_sent, bytes_sent=bytes_sent, compute_seconds=compute_seconds,
+                wait_for_result=wait_for_result,
+            )  # fmt: skip
         emit(RoundEvent(EventKind.RECEIVED, protocol_round, f"{len(delivery.payload)} bytes"))
         started = time.perf_counter()
         try:
@@ -245,16 +246,30 @@ def _finish_closed_round(
     clock: Callable[[], float],
     emit: Callable[[RoundEvent], None],
     state_path: Path,
+    *,
+    resumed: bool,
+    messages_sent: int = 0,
+    bytes_sent: int = 0,
+    compute_seconds: dict[str, float] | None = None,
+    wait_for_result: bool = True,
 ) -> RoundOutcome:
-    """Resuming a round that ended while this client was down: record the outcome, send nothing."""
+    """The round ended while this client waited or was down: record the outcome, send nothing more.
+
+    Whether this client's input is in the sum is decided by U3 (the survivors of
+    R2), which the result names; without the result the outcome is counted as
+    without this client.
+    """
     if status != "completed":
         store.finish(state, f"aborted-by-server: {status}")
         raise RoundAbortedByServer(status)
-    result = _await_result(transport, state.round_id, poll, sleep, clock, emit)
-    outcome = Outcome.COMPLETED if result is not None and position in result.survivors else Outcome.COMPLETED_WITHOUT_THIS_CLIENT
+    result = _await_result(transport, state.round_id, poll, sleep, clock, emit) if wait_for_result else None
+    included = result is not None and position in result.survivors
+    outcome = Outcome.COMPLETED if included else Outcome.COMPLETED_WITHOUT_THIS_CLIENT
     store.finish(state, outcome.value)
     emit(RoundEvent(EventKind.FINISHED, None, outcome.value))
-    return RoundOutcome(state.round_id, position, outcome, True, 0, 0, state_path, result)
+    return RoundOutcome(
+        state.round_id, position, outcome, resumed, messages_sent, bytes_sent, state_path, result, dict(compute_seconds or {})
+    )
 
 
 def _replay(session: ClientSession, state: RoundState, first_message: bytes) -> bytes:
