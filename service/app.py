@@ -77,6 +77,7 @@ def create_app(settings: ServiceSettings, *, clock: Callable[[], float] | None =
         lifespan=lifespan,
     )
     _install_problem_handlers(app)
+    app.add_middleware(ServerIdentityHeader, server_id=settings.server_id)
 
     from service.routes import admin, audit, operations, participant
 
@@ -87,6 +88,27 @@ def create_app(settings: ServiceSettings, *, clock: Callable[[], float] | None =
     app.openapi_schema = None
     _register_problem_schema(app)
     return app
+
+
+class ServerIdentityHeader:
+    """Adds ``X-Secagg-Server-Id`` to every response (a client policy may pin it; TLS authenticates it)."""
+
+    def __init__(self, app: Any, *, server_id: str) -> None:
+        self.app = app
+        self.header = (b"x-secagg-server-id", server_id.encode("ascii"))
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_header(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = dict(message)
+                message["headers"] = [*message.get("headers", []), self.header]
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
 
 
 def create_app_from_environment() -> FastAPI:

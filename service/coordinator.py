@@ -386,6 +386,7 @@ class Coordinator:
         if stage is None:
             raise ServiceProblem(ProblemType.MALFORMED, f"{message_type.name} is not a client message")
         digest = hashlib.sha256(body).hexdigest()
+        self.advance_if_overdue(round_id)  # a message after the deadline meets the closed stage
         with self._round_lock(round_id):
             try:
                 with self.database.write() as session:

@@ -54,7 +54,7 @@ class ServiceSettings(BaseSettings):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_terminated_by_proxy: bool = False
-    server_id: str = Field(default="secagg-server", min_length=1, max_length=63)
+    server_id: str = Field(default="secagg-server", pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")
     ledger_path: Path | None = None
     ledger_key_file: Path | None = None
     deadline_poll_seconds: float = Field(default=0.5, gt=0, le=60)
