@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from secagg.encoding import Ring
-from secagg.errors import ConfigurationError
+from secagg.errors import ConfigurationError, EncodingError
 from secagg.hazmat.kdf import PROTOCOL_LABEL
 from secagg.hazmat.keys import PUBLIC_KEY_BYTES
 
@@ -93,7 +93,10 @@ class RoundConfig:
             raise ConfigurationError("two participants share an identity key")
         if not isinstance(self.dim, int) or not 1 <= self.dim <= MAX_DIM:
             raise ConfigurationError(f"dim must be in 1..{MAX_DIM}")
-        Ring(self.bits)  # validates bits
+        try:
+            Ring(self.bits)
+        except EncodingError as exc:
+            raise ConfigurationError(str(exc)) from None
         rule = minimum_threshold(self.mode, n)
         if not isinstance(self.threshold, int) or not rule <= self.threshold <= n:
             raise ConfigurationError(

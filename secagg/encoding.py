@@ -125,7 +125,10 @@ class FixedPointEncoding:
             raise RingOverflowError(
                 f"{max_summands} inputs cannot be summed in Z_2^{ring.bits} at any precision"
             )
-        exponent = math.floor(math.log2(headroom / clip))
+        ratio = headroom / clip
+        if not math.isfinite(ratio):
+            raise EncodingError(f"clip {clip!r} is too small for a floating-point scale")
+        exponent = math.floor(math.log2(ratio))
         while exponent > -1100 and math.ceil(clip * 2.0**exponent) + 1 > headroom + 1:
             exponent -= 1
         return cls(ring=ring, clip=clip, scale=2.0**exponent, max_summands=max_summands)

@@ -104,8 +104,10 @@ def recommended_harary_degree(
     """The smallest even Harary degree k that tolerates the given dropout and corruption.
 
     With independent dropouts at ``dropout_rate``, the union bound over the
-    ``participants`` neighbourhoods of k + 1 members keeps the chance that any
-    neighbourhood keeps fewer than t_s survivors below ``failure_probability``; with
+    ``participants`` owners keeps below ``failure_probability`` the chance that any
+    owner keeps fewer than t_s live holders of its shares among its k neighbours
+    (P[Binomial(k, rate) >= k + 1 - t_s]: a dropped owner's own share is lost with it,
+    and a surviving owner, which also holds its own share, is covered a fortiori); with
     a ``corrupt_fraction`` of clients colluding with the server, it keeps the chance
     that any neighbourhood holds t_s corrupt members below the same bound (Bell et al.
     2020, section 3, which analyses random graphs of this kind). The degree is never
@@ -118,7 +120,7 @@ def recommended_harary_degree(
     for degree in range(floor, participants - 1, 2):
         size = degree + 1
         share_threshold = minimum_threshold(mode, size)
-        too_many_dropped = _binomial_upper_tail(degree, dropout_rate, size - share_threshold + 1)
+        too_many_dropped = _binomial_upper_tail(degree, dropout_rate, size - share_threshold)
         too_many_corrupt = _binomial_upper_tail(size, corrupt_fraction, share_threshold)
         if participants * max(too_many_dropped, too_many_corrupt) <= failure_probability:
             return degree
@@ -126,12 +128,18 @@ def recommended_harary_degree(
 
 
 def _binomial_upper_tail(trials: int, probability: float, at_least: int) -> float:
-    """P[Binomial(trials, probability) >= at_least], exactly with integers and floats."""
+    """P[Binomial(trials, probability) >= at_least], summed in log space (no overflow)."""
     if at_least <= 0:
         return 1.0
     if at_least > trials or probability == 0.0:
         return 0.0
-    return sum(
-        math.comb(trials, count) * probability**count * (1.0 - probability) ** (trials - count)
+    if probability >= 1.0:
+        return 1.0
+    log_p = math.log(probability)
+    log_q = math.log1p(-probability)
+    log_terms = [
+        math.lgamma(trials + 1) - math.lgamma(count + 1) - math.lgamma(trials - count + 1) + count * log_p + (trials - count) * log_q
         for count in range(at_least, trials + 1)
-    )
+    ]
+    peak = max(log_terms)
+    return min(1.0, math.exp(peak) * math.fsum(math.exp(term - peak) for term in log_terms))

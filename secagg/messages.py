@@ -96,6 +96,8 @@ class _Writer:
         ring = Ring(bits)
         if values.ndim != 1 or values.dtype != ring.dtype.newbyteorder("="):
             raise MalformedMessage(f"vector must be 1-D {ring.dtype} for {bits}-bit ring")
+        if not ring.is_reduced(values):
+            raise MalformedMessage(f"vector has elements outside Z_2^{bits}")
         self.parts.append(struct.pack(">BI", bits, values.size))
         self.parts.append(memoryview(np.ascontiguousarray(values, dtype=ring.dtype)).cast("B"))
 

@@ -68,9 +68,14 @@ def agree(private: bytes | X25519PrivateKey, peer_public_bytes: bytes) -> bytes:
     """
     if len(peer_public_bytes) != PUBLIC_KEY_BYTES:
         raise InvalidPublicKey("X25519 public keys are 32 bytes")
+    if isinstance(private, X25519PrivateKey):
+        key = private
+    elif len(private) == PRIVATE_KEY_BYTES:
+        key = X25519PrivateKey.from_private_bytes(private)
+    else:
+        raise ValueError("X25519 private keys are 32 bytes")
     try:
         peer = X25519PublicKey.from_public_bytes(peer_public_bytes)
-        key = private if isinstance(private, X25519PrivateKey) else X25519PrivateKey.from_private_bytes(private)
         return key.exchange(peer)
     except ValueError as exc:  # all-zero shared secret: small-order point
         raise InvalidPublicKey("X25519 public key is of small order") from exc

@@ -150,12 +150,6 @@ def test_ring_bits_outside_8_to_64_are_refused(bits: int) -> None:
         make_config(bits=bits)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="secagg/config.py RoundConfig.__post_init__ validates bits through Ring(self.bits), which raises "
-    "EncodingError, not ConfigurationError; service/coordinator.py turns only ConfigurationError into an "
-    "'unsafe round' problem. Catch EncodingError there and raise ConfigurationError from None",
-)
 @pytest.mark.parametrize("bits", [7, 65])
 def test_ring_bits_outside_8_to_64_raise_a_configuration_error(bits: int) -> None:
     with pytest.raises(ConfigurationError):

@@ -202,12 +202,6 @@ def test_with_max_precision_refuses_more_clients_than_the_ring_can_hold(bits: in
         FixedPointEncoding.with_max_precision(Ring(bits), 1.0, too_many)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason="secagg/encoding.py with_max_precision: headroom / clip overflows to inf for a tiny clip, and "
-    "math.floor(math.log2(inf)) raises a bare OverflowError instead of an EncodingError naming the clip",
-)
 @pytest.mark.parametrize(("bits", "clip"), [(64, 1e-300), (32, 5e-324)])
 def test_with_max_precision_refuses_a_clip_too_small_for_a_float_scale_with_an_encoding_error(bits: int, clip: float) -> None:
     with pytest.raises(EncodingError):

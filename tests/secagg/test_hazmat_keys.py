@@ -115,12 +115,6 @@ def test_public_keys_of_the_wrong_length_are_refused(length: int) -> None:
     assert is_usable_x25519_public_key(bytes(range(length))) is False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="secagg/hazmat/keys.py agree: X25519PrivateKey.from_private_bytes is inside the try that maps every "
-    "ValueError to InvalidPublicKey('X25519 public key is of small order'), so a bad *private* key blames the peer; "
-    "load the private key before the try (or check its length) and raise ValueError naming the private key",
-)
 @pytest.mark.parametrize("length", [0, 31, 33])
 def test_agree_with_a_private_key_of_the_wrong_length_does_not_blame_the_peer(length: int) -> None:
     with pytest.raises(ValueError) as caught:
