@@ -137,7 +137,11 @@ def _minimal_http_server(port_queue) -> None:
         def log_message(self, *args: object) -> None:
             return None
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    class Server(ThreadingHTTPServer):
+        request_queue_size = 128
+        daemon_threads = True
+
+    server = Server(("127.0.0.1", 0), Sink)
     port_queue.put(server.server_address[1])
     server.serve_forever()
 
@@ -152,6 +156,7 @@ def minimal_http_copy(sizes: list[int]) -> float:
     sink.start()
     port = port_queue.get(timeout=60)
     intervals: list[tuple[float, float]] = []
+    errors: list[str] = []
     lock = threading.Lock()
     barrier = threading.Barrier(len(sizes))
 
@@ -160,7 +165,15 @@ def minimal_http_copy(sizes: list[int]) -> float:
         with httpx.Client(timeout=120.0) as client:
             barrier.wait()
             started = time.perf_counter()
-            client.post(f"http://127.0.0.1:{port}/upload", content=payload, headers={"Content-Type": "application/octet-stream"})
+            try:
+                response = client.post(
+                    f"http://127.0.0.1:{port}/upload", content=payload, headers={"Content-Type": "application/octet-stream"}
+                )
+                response.raise_for_status()
+            except httpx.HTTPError as exc:
+                with lock:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                return
             finished = time.perf_counter()
         with lock:
             intervals.append((started, finished))
@@ -172,6 +185,8 @@ def minimal_http_copy(sizes: list[int]) -> float:
         thread.join()
     sink.terminate()
     sink.join(timeout=10)
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {len(sizes)} uploads to the minimal HTTP server failed: {errors[0]}")
     return sum(sizes) / _union_seconds(intervals)
 
 
@@ -197,6 +212,7 @@ def round_overhead(clients: int, dim: int) -> dict:
         "http_server_stage_seconds": over_http.server_round_seconds,
         "http_client_compute_seconds_median": over_http.client_seconds_median,
         "http_server_cpu_seconds": over_http.server_cpu_seconds,
+        "http_requests": over_http.http_requests,
         "http_clients_cpu_seconds": over_http.clients_cpu_seconds,
         "overhead_ratio": over_http.round_wall_seconds / in_process_seconds,
         "target_ratio": 3.0,
@@ -292,7 +308,8 @@ def _markdown(results: dict) -> str:
             "Server stage durations over HTTP (s): "
             + ", ".join(f"{k} {v:.2f}" for k, v in sorted(overhead["http_server_stage_seconds"].items()))
             + f". CPU during the HTTP round: server process {overhead['http_server_cpu_seconds'] or 0.0:.1f} s, "
-            f"client process (all {overhead['clients']} clients) {overhead['http_clients_cpu_seconds']:.1f} s.",
+            f"client process (all {overhead['clients']} clients) {overhead['http_clients_cpu_seconds']:.1f} s; "
+            f"{overhead['http_requests']} signed requests.",
             "",
             "## R2 upload throughput vs a raw loopback copy",
             "",

@@ -70,6 +70,7 @@ class HttpSimulationReport(SimulationReport):
     dropout_deadline_seconds: float | None = None
     http_requests_retried: int = 0
     server_cpu_seconds: float | None = None
+    http_requests: int = 0
     clients_cpu_seconds: float = 0.0
 
 
@@ -186,6 +187,7 @@ def run_http_simulation(
                 outcomes: dict[int, RoundOutcome] = {}
                 failures: dict[int, str] = {}
                 retries = Counter()
+                requests: dict[int, int] = {}
                 policy = ClientPolicy(required_mode=params.mode, min_cohort_size=2)
                 poll = POLL_SCHEDULE
 
@@ -222,6 +224,7 @@ def run_http_simulation(
                             failures[member] = f"round-aborted:{abort.reason}"
                         except ClientError as error:
                             failures[member] = f"{type(error).__name__}: {error}"
+                        requests[member] = http.requests_sent
                     if on_step:
                         on_step("done")
 
@@ -293,6 +296,7 @@ def run_http_simulation(
         dropout_deadline_seconds=deadline,
         http_requests_retried=sum(retries.values()),
         server_cpu_seconds=server_cpu_seconds,
+        http_requests=sum(requests.values()),
         clients_cpu_seconds=clients_cpu_seconds,
     )
 

@@ -115,6 +115,7 @@ class HttpTransport:
         self._wall_clock = wall_clock
         self._source = source if source is not None else SystemRandom()
         self._on_retry = on_retry
+        self.requests_sent = 0
 
     @property
     def endpoint(self) -> str:
@@ -231,6 +232,7 @@ class HttpTransport:
                 now=int(self._wall_clock()),
                 nonce=self._source.random_bytes(NONCE_BYTES).hex(),
             )
+            self.requests_sent += 1
             try:
                 response = self._client.request(
                     method, self._base_url + path, content=body if body else None, headers={**(headers or {}), **signing_headers}
