@@ -44,6 +44,13 @@ class DropoutRound(str, Enum):
     R4 = "R4"
 
 
+class SimulationTransport(str, Enum):
+    """How messages travel: function calls, or HTTP to a real server subprocess (clients/http_simulation.py)."""
+
+    IN_PROCESS = "in-process"
+    HTTP = "http"
+
+
 @dataclass(frozen=True, slots=True)
 class SimulationParameters:
     clients: int
@@ -249,8 +256,8 @@ def simulate_command(
     seed: Annotated[int | None, typer.Option("--seed", help="Deterministic run (tests only; default: OS CSPRNG).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on the last line.")] = False,
     transport: Annotated[
-        str, typer.Option("--transport", help="in-process, or http: a real server subprocess on loopback (clients/http_simulation.py).")
-    ] = "in-process",
+        SimulationTransport, typer.Option("--transport", help="in-process, or http: a real server subprocess on loopback.")
+    ] = SimulationTransport.IN_PROCESS,
 ) -> None:
     """Run N in-process clients and the server through one whole round and verify the sum."""
     from rich.console import Console
@@ -287,14 +294,12 @@ def simulate_command(
             progress.update(task, advance=1, description=f"round {round_name}")
 
         try:
-            if transport == "http":
+            if transport is SimulationTransport.HTTP:
                 from clients.http_simulation import run_http_simulation
 
                 report = run_http_simulation(params, on_step=step)
-            elif transport == "in-process":
-                report = run_simulation(params, on_step=step)
             else:
-                raise ValueError(f"--transport must be in-process or http, not {transport!r}")
+                report = run_simulation(params, on_step=step)
         except ValueError as exc:
             errors.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(code=2) from None
