@@ -63,6 +63,7 @@ class FakeRoundServer:
     member: int = 2
     seed: int = 7
     dp_policy: dict | None = None
+    given_inputs: list[np.ndarray] | None = None
     endpoint: str = "memory://fake"
     calls: list[str] = field(default_factory=list)
     submissions: dict[ProtocolRound, list[bytes]] = field(default_factory=lambda: defaultdict(list))
@@ -87,6 +88,8 @@ class FakeRoundServer:
             vector = np.empty(self.dim, dtype=ring.dtype)
             source.fill(vector)
             self.inputs.append(ring.reduce(vector))
+        if self.given_inputs is not None:
+            self.inputs = [np.asarray(vector) for vector in self.given_inputs]
         self.server = ServerSession(self.config)
         self.others = {
             index: ClientSession(
