@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import email.utils
+import hashlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -137,6 +138,8 @@ class HttpTransport:
         if response.status_code != 200:
             self._refuse(response)
         body = response.json()
+        if not isinstance(body, dict) or body.get("round_id") != round_id:
+            raise ServerRefused(200, "unusable-round-description", f"the server described another round than {round_id}")
         try:
             cohort = sorted(body["cohort"], key=lambda member: int(member["index"]))
             if [int(member["index"]) for member in cohort] != list(range(len(cohort))):
@@ -209,6 +212,11 @@ class HttpTransport:
                 survivors = tuple(int(item) for item in survivors_header.split(",") if item)
             except (KeyError, ValueError) as exc:
                 raise ServerRefused(200, "unusable-result", f"the result headers cannot be used: {exc}") from None
+            declared_digest = response.headers.get("X-Secagg-Result-Sha256")
+            if declared_digest is not None and hashlib.sha256(response.content).hexdigest() != declared_digest.lower():
+                raise ServerRefused(200, "unusable-result", "the result does not match its X-Secagg-Result-Sha256")
+            if len(response.content) != dim * ring.element_bytes:
+                raise ServerRefused(200, "unusable-result", f"the result has {len(response.content)} bytes, not {dim} elements")
             vector = np.frombuffer(response.content, dtype=ring.dtype)
             if vector.size != dim:
                 raise ServerRefused(200, "unusable-result", f"the result has {vector.size} elements, not {dim}")

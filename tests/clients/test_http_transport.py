@@ -165,3 +165,26 @@ def test_round_description_with_wrong_config_digest_is_refused() -> None:
     with pytest.raises(PolicyViolation) as refused:
         transport.describe_round(ROUND)
     assert refused.value.reason is PolicyViolationReason.CONFIG_DIGEST_MISMATCH
+
+
+def test_description_of_another_round_is_refused() -> None:
+    transport, _, _ = make_transport([httpx.Response(200, json={"round_id": "cd" * 16})])
+    with pytest.raises(ServerRefused) as refused:
+        transport.describe_round(ROUND)
+    assert refused.value.problem_type == "unusable-round-description"
+
+
+def test_result_whose_digest_does_not_match_is_refused() -> None:
+    import hashlib
+
+    import numpy as np
+
+    content = np.arange(4, dtype="<u4").tobytes()
+    headers = {"X-Secagg-Dim": "4", "X-Secagg-Bits": "32", "X-Secagg-Survivors": "0,1,2"}
+    good = httpx.Response(200, content=content, headers={**headers, "X-Secagg-Result-Sha256": hashlib.sha256(content).hexdigest()})
+    bad = httpx.Response(200, content=content, headers={**headers, "X-Secagg-Result-Sha256": "00" * 32})
+    transport, _, _ = make_transport([good, bad])
+    result = transport.fetch_result(ROUND)
+    assert result.survivors == (0, 1, 2) and result.vector.tolist() == [0, 1, 2, 3]
+    with pytest.raises(ServerRefused, match="does not match"):
+        transport.fetch_result(ROUND)
