@@ -39,6 +39,7 @@ from clients.runner import RoundOutcome, run_round
 from clients.simulation import SimulationParameters, SimulationReport
 from clients.transport import ProtocolRound, RoundTransport
 from secagg.config import minimum_threshold
+from secagg.encoding import Ring
 from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import DeterministicRandom, RandomSource, SystemRandom
 
@@ -154,7 +155,7 @@ def run_http_simulation(
             deadlines[f"R{round_number}"] = deadline
 
     def client_input(member: int) -> np.ndarray:
-        ring = SimulationRing(params.bits)
+        ring = Ring(params.bits)
         vector = np.empty(params.dim, dtype=ring.dtype)
         DeterministicRandom(input_seeds[member]).fill(vector)
         return ring.reduce(vector)
@@ -249,7 +250,7 @@ def run_http_simulation(
     survivors: tuple[int, ...] = ()
     if status.get("outcome") == "completed" and survivors_result is not None:
         survivors = survivors_result.survivors
-        ring = SimulationRing(params.bits)
+        ring = Ring(params.bits)
         expected = ring.zeros(params.dim)
         for member in survivors:
             np.add(expected, client_input(member), out=expected)
@@ -313,9 +314,3 @@ def _stage_durations(status: dict) -> dict[str, float]:
         durations[name] = float(closed) - previous
         previous = float(closed)
     return durations
-
-
-def SimulationRing(bits: int):  # noqa: N802 - a factory named for what it returns
-    from secagg.encoding import Ring
-
-    return Ring(bits)
