@@ -17,10 +17,8 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.exc import IntegrityError
 
 from service.coordinator import Coordinator
-from service.db import NonceRow
 from service.problems import ProblemType, ServiceProblem
 from service.request_signing import (
     AuthFailure,
@@ -111,17 +109,9 @@ def complete_authentication(
         except RequestAuthError as exc:
             raise _auth_problem(request, _PROBLEM_OF_AUTH_FAILURE[exc.failure], exc.detail) from None
     credentials = pending.credentials
-    try:
-        with coordinator.database.write() as session:
-            session.add(
-                NonceRow(
-                    key_id=credentials.key_id,
-                    nonce=credentials.nonce,
-                    expires_at=max(coordinator.clock(), credentials.timestamp) + 2 * settings.max_clock_skew_seconds,
-                )
-            )
-    except IntegrityError:
-        raise _auth_problem(request, ProblemType.REPLAYED_NONCE, "this nonce was already used") from None
+    expires_at = max(coordinator.clock(), credentials.timestamp) + 2 * settings.max_clock_skew_seconds
+    if not coordinator.database.record_nonce(credentials.key_id, credentials.nonce, expires_at):
+        raise _auth_problem(request, ProblemType.REPLAYED_NONCE, "this nonce was already used")
     return Caller(participant_id=credentials.key_id, role=pending.role)
 
 

@@ -124,6 +124,13 @@ class StoredParameters:
     def max_message_bytes(self) -> int:
         return max_client_message_bytes(len(self.cohort_ids), self.dim, self.bits)
 
+    def index_of(self, participant_id: str) -> int | None:
+        """The participant's protocol index in this round, or None if not in the cohort."""
+        try:
+            return self.cohort_ids.index(participant_id)
+        except ValueError:
+            return None
+
     def deadline_for(self, stage: ServerStage) -> float:
         return float(self.deadlines[DEADLINE_KEY_OF_STAGE[stage]])
 
@@ -244,6 +251,7 @@ class Coordinator:
         self.clock = clock
         self._source = source if source is not None else SystemRandom()
         self._cache: dict[str, _CachedSession] = {}
+        self._parameters: dict[str, StoredParameters] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -355,18 +363,27 @@ class Coordinator:
             raise ServiceProblem(ProblemType.ROUND_NOT_FOUND, "no such round")
         return row
 
-    def member_index(self, session: Session, round_id: str, participant_id: str) -> int:
-        index = session.execute(
-            select(RoundMemberRow.index).where(RoundMemberRow.round_id == round_id, RoundMemberRow.participant_id == participant_id)
-        ).scalar_one_or_none()
+    def parameters(self, round_id: str) -> StoredParameters:
+        """The round's fixed parameters (cached in process: they never change once created)."""
+        cached = self._parameters.get(round_id)
+        if cached is not None:
+            return cached
+        with self.database.read() as session:
+            text = session.execute(select(RoundRow.parameters).where(RoundRow.id == round_id)).scalar_one_or_none()
+        if text is None:
+            raise ServiceProblem(ProblemType.ROUND_NOT_FOUND, "no such round")
+        parameters = StoredParameters.from_json(text)
+        self._parameters[round_id] = parameters
+        return parameters
+
+    def member_index(self, round_id: str, participant_id: str) -> int:
+        index = self.parameters(round_id).index_of(participant_id)
         if index is None:
             raise ServiceProblem(ProblemType.NOT_IN_COHORT, "you are not in this round's cohort")
         return index
 
     def max_message_bytes(self, round_id: str) -> int:
-        with self.database.read() as session:
-            row = self.round_row(session, round_id)
-            return StoredParameters.from_json(row.parameters).max_message_bytes
+        return self.parameters(round_id).max_message_bytes
 
     def responded(self, session: Session, round_id: str, stage: str) -> list[int]:
         return sorted(
@@ -376,8 +393,14 @@ class Coordinator:
         )
 
     # --------------------------------------------------------------- messages
-    def accept(self, round_id: str, participant_id: str, body: bytes) -> Acceptance:
-        """Validate and durably record one client message; raise ServiceProblem and change nothing otherwise."""
+    def accept(self, round_id: str, participant_id: str, body: bytes, *, body_sha256: str | None = None) -> Acceptance:
+        """Validate and durably record one client message; raise ServiceProblem and change nothing otherwise.
+
+        The acceptance and, when it completes the stage, the stage's closing commit in one
+        transaction under the round's lock: there is no window in which a complete stage
+        is left open. A message that arrives after its stage's deadline first lets the
+        stage close (in its own transaction) and then meets the next stage.
+        """
         try:
             message_type = peek_type(body)
         except MalformedMessage as exc:
@@ -385,15 +408,36 @@ class Coordinator:
         stage = STAGE_OF_MESSAGE_TYPE.get(message_type)
         if stage is None:
             raise ServiceProblem(ProblemType.MALFORMED, f"{message_type.name} is not a client message")
-        digest = hashlib.sha256(body).hexdigest()
-        self.advance_if_overdue(round_id)  # a message after the deadline meets the closed stage
+        sender = self.member_index(round_id, participant_id)
+        digest = body_sha256 if body_sha256 is not None else hashlib.sha256(body).hexdigest()
+        outcome = self._accept_locked(round_id, stage, sender, body, digest)
+        if outcome is None:  # the stage was overdue: close it, then judge the message again
+            self.advance_if_due(round_id)
+            outcome = self._accept_locked(round_id, stage, sender, body, digest, allow_overdue=True)
+        assert outcome is not None
+        acceptance, finished = outcome
+        if not acceptance.already_accepted:
+            self.metrics.messages_accepted.labels(stage.value).inc()
+            self.metrics.bytes_in.labels(stage.value).inc(len(body))
+            LOGGER.info("message_accepted", extra={"round_id": round_id, "stage": stage.value, "sender": sender, "size": len(body)})
+        if finished:
+            self.record_in_ledger(round_id)
+        return acceptance
+
+    def _accept_locked(
+        self, round_id: str, stage: ServerStage, sender: int, body: bytes, digest: str, *, allow_overdue: bool = False
+    ) -> tuple[Acceptance, bool] | None:
+        """One locked attempt; None (and no change) if the round's stage is past its deadline."""
+        parameters = self.parameters(round_id)
         with self._round_lock(round_id):
             try:
                 with self.database.write() as session:
                     row = self.database.lock_round(session, round_id)
                     if row is None:
                         raise ServiceProblem(ProblemType.ROUND_NOT_FOUND, "no such round")
-                    sender = self.member_index(session, round_id, participant_id)
+                    now = self.clock()
+                    if not allow_overdue and row.outcome is None and row.stage_deadline is not None and now >= row.stage_deadline:
+                        return None
                     previous = session.execute(
                         select(SubmissionRow.body_sha256).where(
                             SubmissionRow.round_id == round_id, SubmissionRow.stage == stage.value, SubmissionRow.sender == sender
@@ -401,7 +445,7 @@ class Coordinator:
                     ).scalar_one_or_none()
                     if previous is not None:
                         if previous == digest:
-                            return Acceptance(round_id, stage, sender, digest, already_accepted=True)
+                            return Acceptance(round_id, stage, sender, digest, already_accepted=True), False
                         raise ServiceProblem(ProblemType.DUPLICATE_SUBMISSION, f"you already answered {stage.value} with another message")
                     if row.outcome == "aborted":
                         raise ServiceProblem(ProblemType.ROUND_ABORTED, "the round aborted", extra={"abort_reason": row.abort_reason})
@@ -413,7 +457,7 @@ class Coordinator:
                         raise ServiceProblem(ProblemType.MALFORMED, str(exc)) from None
                     if message.sender != sender:
                         raise ServiceProblem(ProblemType.SENDER_MISMATCH, f"the message's sender is {message.sender}, your index is {sender}")
-                    server_session = self._session(session, row)
+                    server_session = self._session(session, row, parameters)
                     try:
                         server_session.receive(message)
                     except MessageRejected as exc:
@@ -428,23 +472,27 @@ class Coordinator:
                             body=None if isinstance(message, MaskedInput) else body,
                             body_sha256=digest,
                             size=len(body),
-                            received_at=self.clock(),
+                            received_at=now,
                         )
                     )
                     if isinstance(message, MaskedInput):
                         self._add_to_masked_sum(session, row, server_session.config, message)
                     row.revision += 1
+                    finished = False
+                    if server_session.stage_complete:
+                        session.flush()
+                        finished = self._close_stage(session, row, server_session, now)
                     session.flush()
                     revision = row.revision
-                self._cache[round_id] = _CachedSession(revision, server_session)
+                if not finished:
+                    self._cache[round_id] = _CachedSession(revision, server_session)
             except IntegrityError:
                 self._cache.pop(round_id, None)
                 raise ServiceProblem(ProblemType.DUPLICATE_SUBMISSION, f"you already answered {stage.value}") from None
-        self.metrics.messages_accepted.labels(stage.value).inc()
-        self.metrics.bytes_in.labels(stage.value).inc(len(body))
-        LOGGER.info("message_accepted", extra={"round_id": round_id, "stage": stage.value, "sender": sender, "size": len(body)})
-        self.advance_if_due(round_id)
-        return Acceptance(round_id, stage, sender, digest, already_accepted=False)
+            except BaseException:
+                self._cache.pop(round_id, None)
+                raise
+        return Acceptance(round_id, stage, sender, digest, already_accepted=False), finished
 
     def _add_to_masked_sum(self, session: Session, row: RoundRow, config: RoundConfig, message: MaskedInput) -> None:
         ring = config.ring
@@ -456,31 +504,33 @@ class Coordinator:
 
     def message_for(self, round_id: str, participant_id: str) -> OutboundMessage | None:
         """The server message ``participant_id`` must answer now, or None (nothing yet / answered)."""
+        index = self.member_index(round_id, participant_id)
         self.advance_if_overdue(round_id)
         with self.database.read() as session:
-            row = self.round_row(session, round_id)
-            index = self.member_index(session, round_id, participant_id)
-            if row.outcome == "aborted":
-                raise ServiceProblem(ProblemType.ROUND_ABORTED, "the round aborted", extra={"abort_reason": row.abort_reason})
-            if row.outcome == "completed":
+            stage, outcome, abort_reason = session.execute(
+                select(RoundRow.stage, RoundRow.outcome, RoundRow.abort_reason).where(RoundRow.id == round_id)
+            ).one()
+            if outcome == "aborted":
+                raise ServiceProblem(ProblemType.ROUND_ABORTED, "the round aborted", extra={"abort_reason": abort_reason})
+            if outcome == "completed":
                 raise ServiceProblem(ProblemType.ROUND_COMPLETED, "the round has completed; fetch its result")
-            if row.stage == ServerStage.ADVERTISE_KEYS.value:
+            if stage == ServerStage.ADVERTISE_KEYS.value:
                 return None
             outbound = session.execute(
-                select(OutboundRow)
-                .options(undefer(OutboundRow.body))
-                .where(OutboundRow.round_id == round_id, OutboundRow.stage == row.stage, OutboundRow.recipient == index)
-            ).scalar_one_or_none()
+                select(OutboundRow.message_type, OutboundRow.body).where(
+                    OutboundRow.round_id == round_id, OutboundRow.stage == stage, OutboundRow.recipient == index
+                )
+            ).one_or_none()
             if outbound is None:
-                raise ServiceProblem(ProblemType.EXCLUDED, f"you are not among the recipients of {row.stage}")
+                raise ServiceProblem(ProblemType.EXCLUDED, f"you are not among the recipients of {stage}")
             answered = session.execute(
                 select(SubmissionRow.id).where(
-                    SubmissionRow.round_id == round_id, SubmissionRow.stage == row.stage, SubmissionRow.sender == index
+                    SubmissionRow.round_id == round_id, SubmissionRow.stage == stage, SubmissionRow.sender == index
                 )
             ).first()
             if answered is not None:
                 return None
-            return OutboundMessage(stage=outbound.stage, message_type=outbound.message_type, body=outbound.body)
+            return OutboundMessage(stage=stage, message_type=outbound.message_type, body=outbound.body)
 
     def current_stage(self, round_id: str) -> str:
         with self.database.read() as session:
@@ -490,7 +540,7 @@ class Coordinator:
         self.advance_if_overdue(round_id)
         with self.database.read() as session:
             row = self.round_row(session, round_id)
-            self.member_index(session, round_id, participant_id)
+            self.member_index(round_id, participant_id)
             if row.outcome == "aborted":
                 raise ServiceProblem(ProblemType.ROUND_ABORTED, "the round aborted", extra={"abort_reason": row.abort_reason})
             if row.outcome != "completed":
@@ -534,8 +584,10 @@ class Coordinator:
     def advance_if_overdue(self, round_id: str) -> None:
         """The per-request deadline check: close the stage if its deadline has passed."""
         with self.database.read() as session:
-            row = session.get(RoundRow, round_id)
-            overdue = row is not None and row.outcome is None and row.stage_deadline is not None and self.clock() >= row.stage_deadline
+            found = session.execute(
+                select(RoundRow.outcome, RoundRow.stage_deadline).where(RoundRow.id == round_id)
+            ).one_or_none()
+        overdue = found is not None and found.outcome is None and found.stage_deadline is not None and self.clock() >= found.stage_deadline
         if overdue:
             self.advance_if_due(round_id)
 
@@ -558,7 +610,7 @@ class Coordinator:
                     overdue = row.stage_deadline is not None and now >= row.stage_deadline
                     if answered < len(expected) and not overdue:
                         return False
-                    server_session = self._session(session, row)
+                    server_session = self._session(session, row, self.parameters(round_id))
                     self._cache.pop(round_id, None)
                     finished = self._close_stage(session, row, server_session, now)
                     session.flush()
@@ -574,7 +626,7 @@ class Coordinator:
 
     def _close_stage(self, session: Session, row: RoundRow, server_session: ServerSession, now: float) -> bool:
         """Advance the session one stage and persist everything; True iff the round finished."""
-        parameters = StoredParameters.from_json(row.parameters)
+        parameters = self.parameters(row.id)
         closing = server_session.stage
         if closing is ServerStage.UNMASKING:
             config = server_session.config
@@ -660,15 +712,14 @@ class Coordinator:
         self.record_in_ledger(round_id)
 
     # ------------------------------------------------------------------ replay
-    def _session(self, session: Session, row: RoundRow) -> ServerSession:
+    def _session(self, session: Session, row: RoundRow, parameters: StoredParameters) -> ServerSession:
         cached = self._cache.get(row.id)
         if cached is not None and cached.revision == row.revision:
             return cached.session
-        return self._replay(session, row)
+        return self._replay(session, row, parameters)
 
-    def _replay(self, session: Session, row: RoundRow) -> ServerSession:
+    def _replay(self, session: Session, row: RoundRow, parameters: StoredParameters) -> ServerSession:
         """Rebuild the round's session from the database (see the module docstring)."""
-        parameters = StoredParameters.from_json(row.parameters)
         config = parameters.config()
         server_session = ServerSession(config, sum_masked_inputs=False)
         by_stage: dict[str, list[SubmissionRow]] = {}

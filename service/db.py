@@ -1,7 +1,8 @@
 """The database: the single source of truth for participants, rounds and submissions.
 
 SQLAlchemy 2, on SQLite (one file, WAL journal, foreign keys on, ``synchronous=FULL``)
-or PostgreSQL (``postgresql+psycopg://``). The invariants the tables enforce, whatever
+or PostgreSQL (``postgresql+psycopg://``); request nonces alone are committed with
+reduced durability (:meth:`Database.record_nonce`). The invariants the tables enforce, whatever
 the number of server processes:
 
 * ``submissions``: at most one accepted message per (round, stage, sender) — a unique
@@ -44,6 +45,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 
@@ -141,6 +143,7 @@ class Database:
         self.is_sqlite = url.startswith("sqlite")
         self.engine = _create_engine(url, immediate=False)
         self._write_engine = _create_engine(url, immediate=True) if self.is_sqlite else self.engine
+        self._nonce_engine = _create_engine(url, immediate=True, synchronous="NORMAL") if self.is_sqlite else self.engine
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._write_sessions = sessionmaker(self._write_engine, expire_on_commit=False)
 
@@ -179,6 +182,25 @@ class Database:
         row = session.execute(query.execution_options(populate_existing=True)).scalar_one_or_none()
         return row
 
+    def record_nonce(self, key_id: str, nonce: str, expires_at: float) -> bool:
+        """Insert a request nonce; False if this (key id, nonce) was seen before.
+
+        Committed with reduced durability (SQLite ``synchronous=NORMAL`` in WAL mode,
+        PostgreSQL ``synchronous_commit=off``): the commit survives a crash of the server
+        process, only a crash of the machine or of the database server can drop the last
+        nonces, and even then a replay is possible only within the clock-skew window and
+        cannot create a second submission (the submissions' unique key refuses it).
+        """
+        engine = self._nonce_engine
+        try:
+            with engine.begin() as connection:
+                if not self.is_sqlite:
+                    connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+                connection.execute(NonceRow.__table__.insert().values(key_id=key_id, nonce=nonce, expires_at=expires_at))
+        except IntegrityError:
+            return False
+        return True
+
     def ping(self) -> bool:
         try:
             with self.engine.connect() as connection:
@@ -200,11 +222,11 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
-        if self._write_engine is not self.engine:
-            self._write_engine.dispose()
+        for engine in {self._write_engine, self._nonce_engine} - {self.engine}:
+            engine.dispose()
 
 
-def _create_engine(url: str, *, immediate: bool) -> Engine:
+def _create_engine(url: str, *, immediate: bool, synchronous: str = "FULL") -> Engine:
     if not url.startswith("sqlite"):
         return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
     engine = create_engine(url, pool_size=8, max_overflow=16, connect_args={"check_same_thread": False, "timeout": 60})
@@ -215,7 +237,8 @@ def _create_engine(url: str, *, immediate: bool) -> Engine:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA journal_size_limit=268435456")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=60000")
         cursor.close()

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 
 from service.auth import (
     BankCaller,
+    PendingCaller,
     CoordinatorDep,
     SettingsDep,
     check_credentials,
@@ -20,7 +21,7 @@ from service.auth import (
     signed_request,
     signing_headers,
 )
-from service.coordinator import Coordinator, StoredParameters
+from service.coordinator import Acceptance, Coordinator
 from service.problems import ProblemType, ServiceProblem, problem_responses
 from service.schemas import MessageAck, ParticipantRole, ResultOut, RoundId, RoundParameters, WorkList
 
@@ -81,10 +82,10 @@ async def round_parameters(round_id: RoundIdPath, caller: BankCaller, coordinato
 
 def _parameters(coordinator: Coordinator, round_id: str, participant_id: str) -> dict:
     coordinator.advance_if_overdue(round_id)
+    coordinator.member_index(round_id, participant_id)
     with coordinator.database.read() as session:
         row = coordinator.round_row(session, round_id)
-        coordinator.member_index(session, round_id, participant_id)
-        return StoredParameters.from_json(row.parameters).public_dict(row)
+        return coordinator.parameters(round_id).public_dict(row)
 
 
 @router.post(
@@ -106,20 +107,28 @@ def _parameters(coordinator: Coordinator, round_id: str, participant_id: str) ->
     },
 )
 async def post_message(round_id: RoundIdPath, request: Request, coordinator: CoordinatorDep, settings: SettingsDep) -> Response:
-    pending = await run_in_threadpool(check_credentials, request, coordinator, settings)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != OCTET_STREAM:
-        raise ServiceProblem(ProblemType.UNSUPPORTED_MEDIA_TYPE, f"messages are {OCTET_STREAM}")
-    limit = await run_in_threadpool(coordinator.max_message_bytes, round_id)
+
+    def before_body() -> tuple[PendingCaller, int]:
+        pending = check_credentials(request, coordinator, settings)
+        if content_type != OCTET_STREAM:
+            raise ServiceProblem(ProblemType.UNSUPPORTED_MEDIA_TYPE, f"messages are {OCTET_STREAM}")
+        return pending, coordinator.max_message_bytes(round_id)
+
+    pending, limit = await run_in_threadpool(before_body)
     body = await _read_limited(request, limit)
-    digest = await run_in_threadpool(lambda: hashlib.sha256(body).hexdigest())
-    caller = await run_in_threadpool(complete_authentication, request, coordinator, settings, pending, body_sha256=digest)
-    require_role(caller, ParticipantRole.BANK)
-    try:
-        acceptance = await run_in_threadpool(coordinator.accept, round_id, caller.participant_id, body)
-    except ServiceProblem as problem:
-        request.app.state.metrics.messages_rejected.labels(problem.problem.suffix).inc()
-        raise
+
+    def after_body() -> Acceptance:
+        digest = hashlib.sha256(body).hexdigest()
+        caller = complete_authentication(request, coordinator, settings, pending, body_sha256=digest)
+        require_role(caller, ParticipantRole.BANK)
+        try:
+            return coordinator.accept(round_id, caller.participant_id, body, body_sha256=digest)
+        except ServiceProblem as problem:
+            request.app.state.metrics.messages_rejected.labels(problem.problem.suffix).inc()
+            raise
+
+    acceptance = await run_in_threadpool(after_body)
     ack = MessageAck(
         round_id=round_id,
         stage=acceptance.stage.value,

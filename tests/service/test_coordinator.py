@@ -107,23 +107,32 @@ class Round:
         return np.frombuffer(vector, dtype="<u4")
 
 
-def test_crash_after_the_last_acceptance_before_the_transition_closes_the_stage_on_recovery(database_url: str) -> None:
+def test_the_last_acceptance_of_a_stage_commits_together_with_the_stage_closing(database_url: str) -> None:
     clock = FakeClock()
     first = _coordinator(database_url, clock)
     round_ = Round(first, seed=600)
+    round_.send(first, range(N))
+    fresh = _coordinator(database_url, clock)  # what a process started right after the 202 sees
+    assert round_.stage(fresh) == "R1-share-keys"
+    with fresh.database.read() as session:
+        assert json.loads(session.get(RoundRow, round_.round_id).history)[0]["responded"] == list(range(N))
+
+
+def test_stage_whose_deadline_passed_while_the_server_was_down_closes_on_recovery(database_url: str) -> None:
+    clock = FakeClock()
+    first = _coordinator(database_url, clock)
+    round_ = Round(first, seed=605, deadlines={"R0": 60})
     round_.send(first, range(N - 1))
-    first.advance_if_due = lambda round_id: False  # the process dies between the commit and the transition
-    round_.send(first, [N - 1])
-    assert round_.stage(first) == "R0-advertise-keys"
+    clock.now += 61  # the server is down past the deadline
     second = _coordinator(database_url, clock)
     second.recover()
     assert round_.stage(second) == "R1-share-keys"
-    everyone = range(N)
+    alive = range(N - 1)
     for _ in ("R1", "R2", "R3", "R4"):
-        round_.fetch(second, everyone)
-        round_.send(second, everyone)
+        round_.fetch(second, alive)
+        round_.send(second, alive)
     assert round_.stage(second) == "completed"
-    np.testing.assert_array_equal(round_.result(second), round_.expected_sum(everyone))
+    np.testing.assert_array_equal(round_.result(second), round_.expected_sum(alive))
 
 
 def test_two_processes_alternating_on_one_round_agree_through_replay(database_url: str) -> None:
