@@ -237,7 +237,10 @@ def _create_engine(url: str, *, immediate: bool, synchronous: str = "FULL") -> E
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA journal_size_limit=268435456")
+        # A running sum rewritten by every upload reaches the main file once per checkpoint,
+        # not once per upload, when checkpoints are rarer (16384 pages of 4 KiB = 64 MiB).
+        cursor.execute("PRAGMA wal_autocheckpoint=16384")
+        cursor.execute("PRAGMA journal_size_limit=134217728")
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=60000")
