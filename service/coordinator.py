@@ -35,7 +35,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,12 +51,8 @@ from secagg.hazmat.randomness import RandomSource, SystemRandom
 from secagg.hazmat.shamir import SHARE_BYTES
 from secagg.messages import (
     HEADER_BYTES,
-    AdvertiseKeys,
-    ConsistencyCheck,
     MaskedInput,
     MessageType,
-    ShareKeys,
-    UnmaskingShares,
     decode,
     encode,
     masked_input_size,
@@ -837,7 +833,3 @@ class Coordinator:
             if lock is None:
                 lock = self._locks[round_id] = threading.Lock()
             return lock
-
-    def forget(self, round_ids: Iterable[str]) -> None:
-        for round_id in round_ids:
-            self._cache.pop(round_id, None)
