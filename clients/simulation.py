@@ -24,6 +24,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
+from clients.errors import ClientError
 from secagg.client import ClientSession
 from secagg.config import GraphKind, ProtocolMode, RoundConfig, minimum_threshold
 from secagg.errors import ProtocolAbort
@@ -303,6 +304,9 @@ def simulate_command(
         except ValueError as exc:
             errors.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(code=2) from None
+        except ClientError as exc:
+            errors.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(code=exc.exit_code) from None
 
     out = Console(file=sys.stdout, width=100)
     table = Table(title=f"secagg simulate: N={clients} D={dim} b={bits} {mode.value} {graph.value}")
