@@ -10,7 +10,9 @@ from __future__ import annotations
 import typer
 
 from clients.cli_client import client_app
+from clients.demo import demo_command
 from clients.simulation import simulate_command
+from clients.train import train_command
 from dp.cli_audit import audit_app
 from dp.cli_dp import dp_app
 from service.cli import server_command
@@ -27,6 +29,8 @@ app.add_typer(client_app, name="client")
 app.add_typer(dp_app, name="dp")
 app.add_typer(audit_app, name="audit")
 app.command(name="server")(server_command)
+app.command(name="train")(train_command)
+app.command(name="demo")(demo_command)
 
 
 def main() -> None:

@@ -45,9 +45,10 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+import typer
 
 from clients.datasets import POSITIVE, TARGET, lending_club_schema, load_lending_club, split_banks
 from clients.federated import (
@@ -59,6 +60,7 @@ from clients.federated import (
     FederatedError,
     FederatedPlan,
     ProgressLog,
+    predict_logits,
     statistics_dim,
 )
 from clients.metrics import accuracy, roc_auc
@@ -104,25 +106,6 @@ class DemoConfig:
 
 
 # --------------------------------------------------------------------------- model evaluation (numpy)
-
-
-def predict_logits(spec: ModelSpec, parameters: np.ndarray, features: np.ndarray) -> np.ndarray:
-    """The model's logits in numpy, parameters in PyTorch's ``parameters()`` order (see :mod:`dp.models`)."""
-    x = np.asarray(features, dtype=np.float64)
-    p = np.asarray(parameters, dtype=np.float64)
-    offset = 0
-    layers = []
-    for fan_in, fan_out in spec.layer_shapes:
-        weight = p[offset : offset + fan_in * fan_out].reshape(fan_out, fan_in)
-        offset += fan_in * fan_out
-        bias = p[offset : offset + fan_out]
-        offset += fan_out
-        layers.append((weight, bias))
-    for index, (weight, bias) in enumerate(layers):
-        x = x @ weight.T + bias
-        if index < len(layers) - 1:
-            x = np.maximum(x, 0.0)
-    return x[:, 0]
 
 
 def evaluate(spec: ModelSpec, parameters: np.ndarray, features: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -265,13 +248,13 @@ def _wait_ledger(path: Path, entries: int, timeout: float) -> None:
 def _round_table(rows: list[dict[str, Any]], bank_ids: list[str], title: str):
     from rich.table import Table
 
-    table = Table(title=title)
-    for header in ("round", "survivors", "test AUC", "accuracy", *[f"ε {bank}" for bank in bank_ids], "wall s"):
+    table = Table(title=title, caption="ε: example-level epsilon spent so far per bank; ↓: dropped out mid-round")
+    for header in ("round", "survivors", "test AUC", "accuracy", *[f"ε {bank.removeprefix('bank-')}" for bank in bank_ids], "wall s"):
         table.add_column(header, justify="right")
     for row in rows:
         table.add_row(
             str(row["round"]),
-            f"{row['survivors']}/{len(bank_ids)}" + (" (drop)" if row["dropouts"] else ""),
+            f"{row['survivors']}/{len(bank_ids)}" + (" ↓" + ",".join(bank.removeprefix("bank-") for bank in row["dropouts"]) if row["dropouts"] else ""),
             f"{row['auc']:.4f}",
             f"{row['accuracy']:.4f}",
             *[f"{row['epsilon'][bank]:.3f}" for bank in bank_ids],
@@ -516,30 +499,28 @@ def _print_comparison(console: Any, summary: dict[str, Any]) -> None:
 
 
 def demo_command(
-    banks: int = 5,
-    rounds: int = 10,
-    mode: str = ProtocolMode.ACTIVE.value,
-    dropout: bool = True,
-    runs_dir: Path = Path("runs"),
-    target_epsilon: float = 3.0,
-    delta: float = 1e-5,
-    local_epochs: int = 1,
-    learning_rate: float = 1.0,
-    model: str = ModelKind.LOGISTIC_REGRESSION.value,
-    json_output: bool = False,
+    banks: Annotated[int, typer.Option("--banks", min=1, max=5, help="Number of banks (regions), 1 to 5.")] = 5,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Federated rounds.")] = 10,
+    mode: Annotated[ProtocolMode, typer.Option("--mode", help="Secure-aggregation adversary mode.")] = ProtocolMode.ACTIVE,
+    dropout: Annotated[bool, typer.Option("--dropout/--no-dropout", help="One bank drops out mid-protocol in one round.")] = True,
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Parent of the run directory runs/<timestamp>/.")] = Path("runs"),
+    target_epsilon: Annotated[float, typer.Option("--target-epsilon", help="Example-level epsilon per bank over the run.")] = 3.0,
+    delta: Annotated[float, typer.Option("--delta", help="delta of the example-level guarantee.")] = 1e-5,
+    local_epochs: Annotated[int, typer.Option("--local-epochs", min=1, help="Local DP-SGD epochs per round.")] = 1,
+    learning_rate: Annotated[float, typer.Option("--learning-rate", help="Local DP-SGD learning rate.")] = 1.0,
+    model: Annotated[ModelKind, typer.Option("--model", help="Shared model.")] = ModelKind.LOGISTIC_REGRESSION,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the summary's main figures as one JSON line at the end.")] = False,
 ) -> None:
     """Five banks train a credit-default model through the real server, with DP and secure aggregation."""
-    import typer
-
     try:
         config = DemoConfig(
-            banks=banks, rounds=rounds, mode=ProtocolMode(mode), dropout=dropout, runs_dir=runs_dir,
-            target_epsilon=target_epsilon, delta=delta, local_epochs=local_epochs, learning_rate=learning_rate,
-            model=ModelKind(model),
+            banks=banks, rounds=rounds, mode=mode, dropout=dropout, runs_dir=runs_dir, target_epsilon=target_epsilon,
+            delta=delta, local_epochs=local_epochs, learning_rate=learning_rate, model=model,
         )  # fmt: skip
         summary = run_demo(config)
     except (FederatedError, ValueError) as error:
         typer.echo(f"secagg demo: {error}", err=True)
         raise typer.Exit(code=1) from None
     if json_output:
-        typer.echo(json.dumps({key: summary[key] for key in ("rounds", "auc_federated", "auc_centralized", "auc_centralized_dp", "auc_local_mean", "epsilon_per_bank", "delta", "dropouts", "report")}))
+        keys = ("rounds", "auc_federated", "auc_centralized", "auc_centralized_dp", "auc_local_mean", "epsilon_per_bank", "delta", "dropouts", "report", "wall_seconds")
+        typer.echo(json.dumps({key: summary[key] for key in keys}, sort_keys=True))

@@ -243,6 +243,25 @@ def clip_l2(vector: np.ndarray, bound: float) -> np.ndarray:
     return vector if norm <= bound else vector * (bound / norm)
 
 
+def predict_logits(spec: ModelSpec, parameters: np.ndarray, features: np.ndarray) -> np.ndarray:
+    """The model's logits in numpy, parameters in PyTorch's ``parameters()`` order (see :mod:`dp.models`)."""
+    x = np.asarray(features, dtype=np.float64)
+    p = np.asarray(parameters, dtype=np.float64)
+    offset = 0
+    layers = []
+    for fan_in, fan_out in spec.layer_shapes:
+        weight = p[offset : offset + fan_in * fan_out].reshape(fan_out, fan_in)
+        offset += fan_in * fan_out
+        bias = p[offset : offset + fan_out]
+        offset += fan_out
+        layers.append((weight, bias))
+    for index, (weight, bias) in enumerate(layers):
+        x = x @ weight.T + bias
+        if index < len(layers) - 1:
+            x = np.maximum(x, 0.0)
+    return x[:, 0]
+
+
 # --------------------------------------------------------------------------- round discovery
 
 
