@@ -1,0 +1,103 @@
+"""``secagg train`` on a bank's own small CSV with categorical columns and missing values."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from clients.cli import app
+from clients.federated import FederatedPlan
+from clients.tabular import TabularSchema
+
+pytest.importorskip("opacus")
+pytestmark = pytest.mark.torch
+
+ROWS = [
+    ("52000", "north", "34", "A", "no"),
+    ("", "south", "45", "B", "yes"),
+    ("61000", "NA", "29", "A", "no"),
+    ("43000", "east", "", "C", "yes"),
+    ("75000", "north", "51", "B", "no"),
+    ("38000", "south", "23", "C", "yes"),
+    ("58000", "east", "40", "", "no"),
+    ("49000", "north", "37", "B", "no"),
+]
+
+
+@pytest.fixture
+def bank_csv(tmp_path: Path) -> Path:
+    path = tmp_path / "loans.csv"
+    lines = ["income,region,age,grade,default"] + [",".join(row) for _ in range(15) for row in ROWS]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def short_plan(tmp_path: Path) -> Path:
+    path = tmp_path / "plan.json"
+    FederatedPlan(rounds=2, sample_rate=0.2).save(path)
+    return path
+
+
+def last_json_line(output: str) -> dict:
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def test_local_training_handles_categories_and_missing_values_and_keeps_a_verified_ledger(tmp_path: Path, bank_csv: Path, short_plan: Path) -> None:
+    from dp.ledger import verify_ledger
+
+    work = tmp_path / "work"
+    result = CliRunner().invoke(
+        app,
+        ["train", "--data", str(bank_csv), "--target", "default", "--positive", "yes", "--work-dir", str(work),
+         "--plan", str(short_plan), "--local", "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = last_json_line(result.output)
+    names = report["feature_names"]
+    assert "income=__missing__" in names and "age=__missing__" in names  # numeric columns with gaps get indicators
+    assert {"region=north", "region=__other__", "region=__missing__", "grade=__missing__"} <= set(names)
+    assert report["rows_train"] + report["rows_validation"] == 120
+    assert 0 < report["epsilon"] <= 3.0
+    model = np.load(work / "model.npy", allow_pickle=False)
+    assert model.shape == (len(names) + 1,) and np.all(np.isfinite(model))
+    verification = verify_ledger(work / "privacy-ledger.jsonl")
+    assert verification.ok and len(verification.entries) == 2
+    standardized = TabularSchema.load(work / "schema-standardized.json")
+    assert standardized.is_standardized
+
+
+def test_a_second_run_past_the_planned_budget_is_refused(tmp_path: Path, bank_csv: Path, short_plan: Path) -> None:
+    arguments = ["train", "--data", str(bank_csv), "--target", "default", "--positive", "yes",
+                 "--work-dir", str(tmp_path / "work"), "--plan", str(short_plan), "--local"]  # fmt: skip
+    assert CliRunner().invoke(app, arguments).exit_code == 0
+    again = CliRunner().invoke(app, arguments)
+    assert again.exit_code == 1
+    assert "epsilon" in again.output and "refused" in again.output
+
+
+def test_a_text_target_without_positive_is_refused_with_the_values(tmp_path: Path, bank_csv: Path) -> None:
+    result = CliRunner().invoke(app, ["train", "--data", str(bank_csv), "--target", "default", "--work-dir", str(tmp_path), "--local"])
+    assert result.exit_code == 1
+    assert "--positive" in result.output and "no, yes" in result.output
+
+
+def test_draft_schema_is_written_for_review_and_nothing_is_trained(tmp_path: Path, bank_csv: Path) -> None:
+    draft = tmp_path / "draft.json"
+    result = CliRunner().invoke(
+        app, ["train", "--data", str(bank_csv), "--target", "default", "--positive", "yes", "--work-dir", str(tmp_path / "w"), "--draft-schema", str(draft)]
+    )
+    assert result.exit_code == 0, result.output
+    schema = TabularSchema.load(draft)
+    assert [column.name for column in schema.columns] == ["income", "region", "age", "grade"]
+    assert not (tmp_path / "w").exists()
+
+
+def test_federated_mode_needs_the_agreed_schema_server_and_key(tmp_path: Path, bank_csv: Path) -> None:
+    result = CliRunner().invoke(app, ["train", "--data", str(bank_csv), "--target", "default", "--positive", "yes", "--work-dir", str(tmp_path)])
+    assert result.exit_code != 0
+    assert "--schema" in result.output and "--server" in result.output
