@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, undefer
 
@@ -636,7 +636,7 @@ class Coordinator:
         except ProtocolAbort as exc:
             self._record_history(row, server_session, now)
             self.metrics.dropouts.labels(closing.value).inc(len(expected) - len(server_session.history[-1].responded))
-            self._finish(row, now, outcome="aborted", reason=exc.reason.value, detail=exc.detail)
+            self._finish(session, row, now, outcome="aborted", reason=exc.reason.value, detail=exc.detail)
             row.closed_stages += 1
             return True
         self._record_history(row, server_session, now)
@@ -650,7 +650,7 @@ class Coordinator:
             result = server_session.result
             row.result = result.tobytes()
             row.result_sha256 = hashlib.sha256(row.result).hexdigest()
-            self._finish(row, now, outcome="completed", reason=None, detail=None)
+            self._finish(session, row, now, outcome="completed", reason=None, detail=None)
             return True
         opened = server_session.stage
         for recipient, message in sorted(outbox.items()):
@@ -678,7 +678,13 @@ class Coordinator:
         )
         row.history = json.dumps(history)
 
-    def _finish(self, row: RoundRow, now: float, *, outcome: str, reason: str | None, detail: str | None) -> None:
+    def _finish(self, session: Session, row: RoundRow, now: float, *, outcome: str, reason: str | None, detail: str | None) -> None:
+        """Record the outcome and drop what a finished round no longer needs (data minimisation):
+        the running sum, the relayed messages and the bodies of the accepted messages
+        (encrypted shares, revealed shares, signatures). Who answered which stage, when,
+        and each message's size and SHA-256 stay, for the audit trail."""
+        session.execute(update(SubmissionRow).where(SubmissionRow.round_id == row.id).values(body=None))
+        session.execute(delete(OutboundRow).where(OutboundRow.round_id == row.id))
         row.stage = ServerStage.COMPLETED.value if outcome == "completed" else ServerStage.ABORTED.value
         row.outcome = outcome
         row.abort_reason = reason
@@ -702,7 +708,9 @@ class Coordinator:
                     if row.outcome is not None:
                         raise ServiceProblem(ProblemType.ROUND_FINISHED, f"the round already {row.outcome}")
                     self._cache.pop(round_id, None)
-                    self._finish(row, self.clock(), outcome="aborted", reason=AbortReason.ABORTED_BY_SERVER.value, detail=detail)
+                    self._finish(
+                        session, row, self.clock(), outcome="aborted", reason=AbortReason.ABORTED_BY_SERVER.value, detail=detail
+                    )
             finally:
                 self._cache.pop(round_id, None)
         self.record_in_ledger(round_id)

@@ -21,7 +21,7 @@ from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import DeterministicRandom
 from secagg.messages import decode, encode
 from service.coordinator import Coordinator, max_client_message_bytes
-from service.db import Database, RoundRow, SubmissionRow
+from service.db import Database, OutboundRow, RoundRow, SubmissionRow
 from service.ledger import RoundLedger
 from service.metrics import ServiceMetrics
 from service.problems import ProblemType, ServiceProblem
@@ -150,7 +150,7 @@ def test_two_processes_alternating_on_one_round_agree_through_replay(database_ur
     np.testing.assert_array_equal(round_.result(workers[1]), round_.expected_sum(range(N)))
 
 
-def test_masked_inputs_are_only_in_the_running_sum_which_is_dropped_at_the_end(database_url: str) -> None:
+def test_masked_inputs_are_only_in_the_running_sum_and_message_bodies_are_dropped_at_the_end(database_url: str) -> None:
     clock = FakeClock()
     coordinator = _coordinator(database_url, clock)
     round_ = Round(coordinator, seed=620, mode="honest-but-curious", threshold=3)
@@ -170,8 +170,16 @@ def test_masked_inputs_are_only_in_the_running_sum_which_is_dropped_at_the_end(d
     round_.send(coordinator, range(3, N))
     round_.fetch(coordinator, range(N))
     round_.send(coordinator, range(N))
+    assert round_.stage(coordinator) == "completed"
     with coordinator.database.read() as session:
         assert session.execute(select(RoundRow.masked_sum).where(RoundRow.id == round_.round_id)).scalar_one() is None
+        remaining_bodies = session.execute(
+            select(SubmissionRow.body).where(SubmissionRow.round_id == round_.round_id, SubmissionRow.body.is_not(None))
+        ).all()
+        relayed = session.execute(select(OutboundRow.recipient).where(OutboundRow.round_id == round_.round_id)).all()
+        recorded = session.execute(select(SubmissionRow.sender).where(SubmissionRow.round_id == round_.round_id)).all()
+    assert remaining_bodies == [] and relayed == []
+    assert len(recorded) == 4 * N  # who answered each stage stays on record
 
 
 def test_deadline_with_threshold_met_closes_the_stage_without_the_silent_members(database_url: str) -> None:
