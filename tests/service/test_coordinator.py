@@ -265,3 +265,43 @@ def test_message_size_limit_admits_the_largest_real_messages(participants: int) 
     # spare ciphertext slot), an UnmaskingShares naming every member, or the masked input.
     spare_ciphertext = 4 + 4 + SHARE_CIPHERTEXT_BYTES
     assert limit == max(len(encode(share_keys)) + spare_ciphertext, len(encode(unmasking)), masked_input_size(1000, 32))
+
+
+def test_racing_different_submissions_of_one_member_leave_exactly_one_accepted(database_url: str) -> None:
+    import threading
+
+    clock = FakeClock()
+    workers = [_coordinator(database_url, clock), _coordinator(database_url, clock)]
+    round_ = Round(workers[0], seed=660)
+    party = round_.parties[0]
+    bodies = [
+        encode(
+            ClientSession(
+                round_.config, 0, party.key, client_input(0, DIM, 32, 660), source=DeterministicRandom.from_int(10_000 + attempt)
+            ).start()
+        )
+        for attempt in range(6)
+    ]
+    assert len(set(bodies)) == len(bodies)
+    outcomes: list[str] = []
+    barrier = threading.Barrier(len(bodies))
+
+    def submit(attempt: int) -> None:
+        barrier.wait()
+        try:
+            workers[attempt % 2].accept(round_.round_id, party.participant_id, bodies[attempt])
+            outcomes.append("accepted")
+        except ServiceProblem as refusal:
+            outcomes.append(refusal.problem.suffix)
+
+    threads = [threading.Thread(target=submit, args=(attempt,)) for attempt in range(len(bodies))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(outcomes) == ["accepted"] + ["duplicate-submission"] * (len(bodies) - 1)
+    with workers[1].database.read() as session:
+        stored = session.execute(
+            select(SubmissionRow.body_sha256).where(SubmissionRow.round_id == round_.round_id, SubmissionRow.sender == 0)
+        ).all()
+    assert len(stored) == 1
