@@ -13,6 +13,7 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -54,10 +55,13 @@ class ServerProcess:
     admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    extra_arguments: tuple[str, ...] = ()
+    scheme: str = "http"
+    verify: ssl.SSLContext | bool = True
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def start(self) -> "ServerProcess":
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -72,6 +76,7 @@ class ServerProcess:
         ]  # fmt: skip
         if self.database_url:
             arguments += ["--database-url", self.database_url]
+        arguments += list(self.extra_arguments)
         environment = {
             key: value for key, value in os.environ.items() if not key.startswith("SECAGG_")
         } | {"SECAGG_DEADLINE_POLL_SECONDS": str(self.poll_seconds), "PYTHONUNBUFFERED": "1"}
@@ -84,7 +89,7 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}: {self.log_tail()}")
             try:
-                if httpx.get(f"{self.base_url}/readyz", timeout=1.0).status_code == 200:
+                if httpx.get(f"{self.base_url}/readyz", timeout=1.0, verify=self.verify).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 import time
 from pathlib import Path
 
@@ -158,3 +159,64 @@ def test_logs_are_json_lines_without_secrets(shared_server: ServerProcess, finis
 def test_health_and_readiness(shared_api: Api) -> None:
     assert shared_api.http.get("/healthz").json() == {"status": "ok"}
     assert shared_api.http.get("/readyz").status_code == 200
+
+
+def test_openapi_declares_binary_bodies_and_problem_responses(shared_api: Api) -> None:
+    document = shared_api.http.get("/openapi.json").json()
+    upload = document["paths"]["/v1/rounds/{round_id}/messages"]["post"]
+    assert upload["requestBody"]["content"]["application/octet-stream"]["schema"] == {"type": "string", "format": "binary"}
+    assert "application/octet-stream" in document["paths"]["/v1/rounds/{round_id}/messages/me"]["get"]["responses"]["200"]["content"]
+    assert "Problem" in document["components"]["schemas"]
+    for path, operations in document["paths"].items():
+        if not path.startswith("/v1/"):
+            continue
+        for method, operation in operations.items():
+            problem_statuses = [
+                status for status, response in operation["responses"].items()
+                if "application/problem+json" in response.get("content", {})
+            ]  # fmt: skip
+            assert problem_statuses, f"{method.upper()} {path} documents no problem response"
+    assert shared_api.http.get("/docs").status_code == 200
+
+
+def test_server_serves_https_with_the_given_certificate(tmp_path: Path) -> None:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    server = ServerProcess(
+        data_dir=tmp_path / "data",
+        extra_arguments=("--tls-cert", str(cert_path), "--tls-key", str(key_path)),
+        scheme="https",
+        verify=ssl.create_default_context(cafile=str(cert_path)),
+    ).start()
+    try:
+        import httpx
+
+        assert httpx.get(f"{server.base_url}/healthz", verify=server.verify).json() == {"status": "ok"}
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{server.port}/healthz", timeout=5)
+    finally:
+        server.kill()
