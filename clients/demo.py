@@ -42,7 +42,7 @@ import json
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
@@ -246,18 +246,24 @@ def _wait_ledger(path: Path, entries: int, timeout: float) -> None:
 
 
 def _round_table(rows: list[dict[str, Any]], bank_ids: list[str], title: str):
+    from rich import box
     from rich.table import Table
 
-    table = Table(title=title, caption="ε: example-level epsilon spent so far per bank; ↓: dropped out mid-round")
-    for header in ("round", "survivors", "test AUC", "accuracy", *[f"ε {bank.removeprefix('bank-')}" for bank in bank_ids], "wall s"):
-        table.add_column(header, justify="right")
+    table = Table(
+        title=title,
+        box=box.SIMPLE_HEAD,
+        caption="surv.: banks in the sum (↓ dropped out mid-round); AUC, acc.: global model on the hold-out set; "
+        "ε: example-level epsilon spent per bank; s: round wall time",
+    )
+    for header in ("round", "surv.", "AUC", "acc.", *[f"ε {bank.removeprefix('bank-')}" for bank in bank_ids], "s"):
+        table.add_column(header, justify="right", no_wrap=True)
     for row in rows:
         table.add_row(
             str(row["round"]),
             f"{row['survivors']}/{len(bank_ids)}" + (" ↓" + ",".join(bank.removeprefix("bank-") for bank in row["dropouts"]) if row["dropouts"] else ""),
             f"{row['auc']:.4f}",
             f"{row['accuracy']:.4f}",
-            *[f"{row['epsilon'][bank]:.3f}" for bank in bank_ids],
+            *[f"{row['epsilon'][bank]:.2f}" for bank in bank_ids],
             f"{row['seconds']:.1f}",
         )
     return table
@@ -381,6 +387,7 @@ def run_demo(config: DemoConfig, *, console: Any = None) -> dict[str, Any]:
                             }
                         )
                         live.update(_round_table(rows, bank_ids, "federated rounds"))
+                console.print()
                 finals = banks.wait_for(lambda event: event["event"] == "finished", what="final reports", timeout=ROUND_TIMEOUT_SECONDS)
                 server_ledger = server.data_dir / "server-ledger.jsonl"
                 _wait_ledger(server_ledger, total_rounds, timeout=60.0)

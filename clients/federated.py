@@ -60,7 +60,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +69,11 @@ import numpy as np
 
 from clients.errors import ClientError
 from clients.inputs import RealVectorInput
-from clients.policy import ClientPolicy, DPRequirements
+from clients.policy import ClientPolicy
 from clients.retry import PollSchedule, RetryPolicy
 from clients.tabular import (
     MomentSums,
     Preprocessor,
-    RawTable,
     TabularSchema,
     moment_sums,
     read_csv,
@@ -420,8 +419,22 @@ class _BankContext:
     seen_rounds: set[str] = field(default_factory=set)
 
 
-def _secure_round(context: _BankContext, vector: np.ndarray, *, clip: float, expected_dim: int, privacy: list[dict[str, Any]] | None, dropout: DropoutInjection | None, before_send: Callable[[str], np.ndarray] | None = None) -> tuple[str, np.ndarray, tuple[int, ...], bool]:
-    """Join the next round; returns (round id, decoded sum, survivors, whether this bank contributed)."""
+def _secure_round(
+    context: _BankContext,
+    vector: np.ndarray,
+    *,
+    clip: float,
+    expected_dim: int,
+    privacy: list[dict[str, Any]],
+    dropout: DropoutInjection | None,
+    before_send: Callable[[str], np.ndarray] | None = None,
+) -> tuple[str, np.ndarray, tuple[int, ...], bool]:
+    """Join the next round the server opens and contribute ``vector`` (or what ``before_send(round_id)``
+    returns, called only after the round's dimension and declared privacy were checked).
+
+    Returns the round id, the decoded sum of the survivors' vectors, the survivors and
+    whether this bank's vector is in the sum. Every coordinate must be within ``clip``.
+    """
     from clients.runner import run_round
 
     round_id = context.poller.next_round(context.seen_rounds, timeout=context.job.round_timeout)
@@ -430,12 +443,14 @@ def _secure_round(context: _BankContext, vector: np.ndarray, *, clip: float, exp
     if description.config.dim != expected_dim:
         raise PlanMismatch(f"round {round_id} has dim {description.config.dim}, the plan needs {expected_dim}")
     declared = list((description.dp_policy or {}).get("privacy", []))
-    if privacy is not None and declared != privacy:
+    if declared != privacy:
         raise PlanMismatch(f"round {round_id} declares privacy {declared}, the plan prescribes {privacy}; refusing to spend")
     if before_send is not None:
         vector = before_send(round_id)
     transport = context.transport if dropout is None else _DroppingTransport(context.transport, dropout.protocol_round)
-    client_input = RealVectorInput(np.clip(vector, -clip, clip).astype(np.float64), clip=clip)
+    if not np.all(np.abs(vector) <= clip):
+        raise FederatedError(f"a coordinate of this bank's vector exceeds the agreed bound {clip:g}; refusing to send it")
+    client_input = RealVectorInput(np.asarray(vector, dtype=np.float64), clip=clip)
     contributed = True
     try:
         outcome = run_round(
@@ -479,9 +494,7 @@ def run_bank(job: BankJob, *, identity: SigningKey | None = None) -> dict[str, A
     if job.server is None or job.key is None:
         raise FederatedError("a federated run needs --server and --key")
     key = identity if identity is not None else load_identity_key(job.key)
-    policy = ClientPolicy.load(job.policy) if job.policy is not None else ClientPolicy(
-        required_mode=plan.mode, dp=DPRequirements(required=False)
-    )
+    policy = ClientPolicy.load(job.policy) if job.policy is not None else ClientPolicy(required_mode=plan.mode)
     with HttpTransport(job.server, key_id=job.participant_id, identity=key, retry=RetryPolicy(max_attempts=10)) as http:
         poller = WorkPoller(job.server, key_id=job.participant_id, identity=key)
         context = _BankContext(job, plan, key, http, poller, policy, progress)

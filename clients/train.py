@@ -76,7 +76,15 @@ def train_locally(
     from clients.federated import ACCOUNTANT_FILE, LEDGER_FILE, FederatedPlan, predict_logits
     from clients.keyfile import generate_key_file, load_identity_key
     from clients.metrics import roc_auc
-    from clients.tabular import Preprocessor, TabularSchema, draft_schema, moment_sums, read_csv, statistics_from_sums
+    from clients.tabular import (
+        Preprocessor,
+        TabularError,
+        TabularSchema,
+        draft_schema,
+        moment_sums,
+        read_csv,
+        statistics_from_sums,
+    )
     from dp.budget import BudgetGuard, BudgetPolicy, UnitBudget
     from dp.ledger import PrivacyLedger, PrivacyUnit
     from dp.training import BankTrainer
@@ -87,7 +95,7 @@ def train_locally(
     plan = FederatedPlan.load(plan_path) if plan_path is not None else FederatedPlan()
     schema = TabularSchema.load(schema_path) if schema_path is not None else draft_schema(table, target=target, positive=positive)
     if schema.target != target or schema.positive != positive:
-        raise typer.BadParameter(f"the schema predicts {schema.target} == {schema.positive!r}, not {target} == {positive!r}")
+        raise TabularError(f"the schema predicts {schema.target} == {schema.positive!r}, not {target} == {positive!r}")
     labels = (table.column(target) == positive).astype(np.int8)
     held_out = stratified_holdout(labels, 0.2, hashlib.sha256(b"secagg/train/local-validation/v1").digest())
     training, validation = table.take(np.flatnonzero(~held_out)), table.take(np.flatnonzero(held_out))
