@@ -45,6 +45,7 @@ class ProblemType(Enum):
     RESULT_NOT_READY = ("result-not-ready", 409, "The round has not completed yet")
     ROUND_FINISHED = ("round-finished", 409, "The round is already over")
     ROUND_ABORTED = ("round-aborted", 410, "The round aborted")
+    INCOMPLETE_BODY = ("incomplete-body", 400, "Request body ended early")
     PAYLOAD_TOO_LARGE = ("payload-too-large", 413, "Request body too large")
     UNSUPPORTED_MEDIA_TYPE = ("unsupported-media-type", 415, "Unsupported media type")
     VALIDATION_ERROR = ("validation-error", 422, "Request does not match its schema")

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
 from service.auth import (
     BankCaller,
@@ -148,10 +149,13 @@ async def _read_limited(request: Request, limit: int) -> bytes:
         if int(declared) > limit:
             raise ServiceProblem(ProblemType.PAYLOAD_TOO_LARGE, f"this round's messages are at most {limit} bytes")
     buffer = bytearray()
-    async for chunk in request.stream():
-        if len(buffer) + len(chunk) > limit:
-            raise ServiceProblem(ProblemType.PAYLOAD_TOO_LARGE, f"this round's messages are at most {limit} bytes")
-        buffer += chunk
+    try:
+        async for chunk in request.stream():
+            if len(buffer) + len(chunk) > limit:
+                raise ServiceProblem(ProblemType.PAYLOAD_TOO_LARGE, f"this round's messages are at most {limit} bytes")
+            buffer += chunk
+    except ClientDisconnect:
+        raise ServiceProblem(ProblemType.INCOMPLETE_BODY, "the client disconnected before sending the whole body") from None
     return bytes(buffer)
 
 
