@@ -94,6 +94,8 @@ class DemoConfig:
     local_epochs: int = 1
     learning_rate: float = 1.0
     model: ModelKind = ModelKind.LOGISTIC_REGRESSION
+    update_clip: float = 10.0
+    participant_epsilon: float | None = None
 
     @property
     def dropout_bank(self) -> int:
@@ -292,6 +294,8 @@ def run_demo(config: DemoConfig, *, console: Any = None) -> dict[str, Any]:
         local_epochs=config.local_epochs,
         learning_rate=config.learning_rate,
         mode=config.mode,
+        update_clip=config.update_clip,
+        participant_epsilon=config.participant_epsilon,
     )
     consortium = run_dir / "consortium"
     consortium.mkdir()
@@ -348,7 +352,13 @@ def run_demo(config: DemoConfig, *, console: Any = None) -> dict[str, Any]:
                 preprocessor = Preprocessor(standardized)
                 test = preprocessor.transform(split.test)
                 spec = plan.model_spec(standardized.num_features)
-                privacy = {"privacy": plan.round_privacy(), "notes": "example-level DP-SGD at every bank (secagg demo)"}
+                cohort = {"min_survivors": threshold, "max_clients": len(bank_ids)}
+                privacy = {
+                    "privacy": plan.round_privacy(spec.parameter_count, **cohort),
+                    "notes": "secagg demo: example-level DP-SGD at every bank"
+                    + ("; participant-level Skellam noise in the ring" if plan.participant_epsilon is not None else ""),
+                }
+                round_dim = plan.round_dim(spec.parameter_count, **cohort)
                 with Live(_round_table(rows, bank_ids, "federated rounds"), console=console, refresh_per_second=4) as live:
                     for round_index in range(plan.rounds):
                         started = time.monotonic()
@@ -357,7 +367,7 @@ def run_demo(config: DemoConfig, *, console: Any = None) -> dict[str, Any]:
                         if dropping:
                             deadlines.update({"R2": DROPOUT_STAGE_DEADLINE_SECONDS, "R3": DROPOUT_STAGE_DEADLINE_SECONDS, "R4": DROPOUT_STAGE_DEADLINE_SECONDS})
                         created = admin.create_round(
-                            {**base_round, "dim": spec.parameter_count, "bits": plan.ring_bits, "dp_policy": privacy, "deadlines": deadlines}
+                            {**base_round, "dim": round_dim, "bits": plan.ring_bits, "dp_policy": privacy, "deadlines": deadlines}
                         )
                         round_id = created["round_id"]
                         status = _wait_round_finished(admin, round_id, ROUND_TIMEOUT_SECONDS)
@@ -412,6 +422,8 @@ def run_demo(config: DemoConfig, *, console: Any = None) -> dict[str, Any]:
         "auc_local_mean": float(np.mean(list(baselines["auc_local"].values()))),
         "auc_local": baselines["auc_local"],
         "epsilon_per_bank": {bank: float(finals[bank]["epsilon"]) for bank in bank_ids},
+        "participant_epsilon_per_bank": {bank: finals[bank].get("participant_epsilon") for bank in bank_ids},
+        "participant_delta": plan.participant_delta if plan.participant_epsilon is not None else None,
         "delta": plan.delta,
         "target_epsilon": plan.target_epsilon,
         "dropouts": len(dropouts),
@@ -495,6 +507,9 @@ def _print_comparison(console: Any, summary: dict[str, Any]) -> None:
     table.add_column("privacy")
     epsilon = max(summary["epsilon_per_bank"].values())
     table.add_row("federated (secure aggregation + DP-SGD)", f"{summary['auc_federated']:.4f}", f"ε ≤ {epsilon:.2f} per bank, δ = {summary['delta']:g}")
+    participant = [value for value in summary["participant_epsilon_per_bank"].values() if value is not None]
+    if participant:
+        table.add_row("  + participant-level Skellam in the ring", "", f"ε ≤ {max(participant):.2f} per bank's whole contribution, δ = {summary['participant_delta']:g}")
     table.add_row("centralized, pooled data, non-private", f"{summary['auc_centralized']:.4f}", "none (raw data pooled)")
     table.add_row("centralized, pooled data, DP-SGD", f"{summary['auc_centralized_dp']:.4f}", f"ε ≤ {summary['target_epsilon']:g} (raw data pooled)")
     table.add_row("each bank alone, DP-SGD (mean)", f"{summary['auc_local_mean']:.4f}", f"ε ≤ {summary['target_epsilon']:g}")
@@ -516,13 +531,19 @@ def demo_command(
     local_epochs: Annotated[int, typer.Option("--local-epochs", min=1, help="Local DP-SGD epochs per round.")] = 1,
     learning_rate: Annotated[float, typer.Option("--learning-rate", help="Local DP-SGD learning rate.")] = 1.0,
     model: Annotated[ModelKind, typer.Option("--model", help="Shared model.")] = ModelKind.LOGISTIC_REGRESSION,
+    update_clip: Annotated[float, typer.Option("--update-clip", help="L2 bound on each bank's model update before encoding.")] = 10.0,
+    participant_epsilon: Annotated[
+        float | None,
+        typer.Option("--participant-epsilon", help="Also add participant-level Skellam noise in the ring for this epsilon over the run."),
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary's main figures as one JSON line at the end.")] = False,
 ) -> None:
     """Five banks train a credit-default model through the real server, with DP and secure aggregation."""
     try:
         config = DemoConfig(
             banks=banks, rounds=rounds, mode=mode, dropout=dropout, runs_dir=runs_dir, target_epsilon=target_epsilon,
-            delta=delta, local_epochs=local_epochs, learning_rate=learning_rate, model=model,
+            delta=delta, local_epochs=local_epochs, learning_rate=learning_rate, model=model, update_clip=update_clip,
+            participant_epsilon=participant_epsilon,
         )  # fmt: skip
         summary = run_demo(config)
     except (FederatedError, ValueError) as error:

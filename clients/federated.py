@@ -53,6 +53,7 @@ bank starts from the same model.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -68,7 +69,7 @@ import httpx
 import numpy as np
 
 from clients.errors import ClientError
-from clients.inputs import RealVectorInput
+from clients.inputs import ClientInput, RealVectorInput, RingVectorInput
 from clients.policy import ClientPolicy
 from clients.retry import PollSchedule, RetryPolicy
 from clients.tabular import (
@@ -79,7 +80,7 @@ from clients.tabular import (
     read_csv,
     statistics_from_sums,
 )
-from clients.transport import Pending, ProtocolRound, RoundAborted, RoundResult, RoundTransport
+from clients.transport import Pending, ProtocolRound, RoundAborted, RoundDescription, RoundResult, RoundTransport
 from dp.accounting import SampledGaussian
 from dp.models import ModelKind, ModelSpec
 from secagg.config import ProtocolMode
@@ -131,6 +132,8 @@ class FederatedPlan:
     ring_bits: int = 32
     mode: ProtocolMode = ProtocolMode.ACTIVE
     initial_model_seed: str = hashlib.sha256(b"secagg/federated/initial-model/v1").hexdigest()
+    participant_epsilon: float | None = None
+    participant_delta: float = 1e-5
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model", ModelKind(self.model))
@@ -145,6 +148,11 @@ class FederatedPlan:
             raise FederatedError("need 0 < delta < 1 and 0 < sample_rate <= 1")
         if len(bytes.fromhex(self.initial_model_seed)) != SEED_BYTES:
             raise FederatedError(f"initial_model_seed must be {SEED_BYTES} bytes in hex")
+        epsilon = self.participant_epsilon
+        if epsilon is not None and not (isinstance(epsilon, (int, float)) and math.isfinite(epsilon) and epsilon > 0):
+            raise FederatedError(f"participant_epsilon must be a positive number or null, got {epsilon!r}")
+        if not 0 < self.participant_delta < 1:
+            raise FederatedError("need 0 < participant_delta < 1")
 
     def model_spec(self, num_features: int) -> ModelSpec:
         return ModelSpec(self.model, num_features, self.hidden_units)
@@ -180,12 +188,34 @@ class FederatedPlan:
         )
         return SampledGaussian(noise_multiplier=z, sample_rate=self.sample_rate, steps=self.local_steps)
 
-    def round_privacy(self) -> list[dict[str, Any]]:
-        """The ``dp_policy.privacy`` a training round declares (and the server records)."""
+    def distributed_config(self, parameters: int, *, min_survivors: int, max_clients: int):
+        """The participant-level Skellam configuration for a cohort (``None`` without participant-level DP).
+
+        Clip ``update_clip``, randomized Hadamard rotation, scale so that the clipped norm
+        spans :data:`PARTICIPANT_SCALED_CLIP` integer units, aggregate variance calibrated
+        so that ``rounds`` releases with only ``min_survivors`` survivors spend
+        ``participant_epsilon`` at ``participant_delta`` (Agarwal, Kairouz, Liu 2021).
+        """
+        if self.participant_epsilon is None:
+            return None
+        return _distributed_config(self, parameters, min_survivors, max_clients)
+
+    def round_dim(self, parameters: int, *, min_survivors: int, max_clients: int) -> int:
+        """The round's vector length: the parameter count, or its padded length when rotating."""
+        config = self.distributed_config(parameters, min_survivors=min_survivors, max_clients=max_clients)
+        return parameters if config is None else config.padded_dimension
+
+    def round_privacy(self, parameters: int, *, min_survivors: int, max_clients: int) -> list[dict[str, Any]]:
+        """The ``dp_policy.privacy`` a training round declares (and the server records): the
+        example-level DP-SGD event, and the participant-level Skellam event if planned."""
         from dp.ledger import PrivacyUnit
         from dp.ledger_server import RoundPrivacy
 
-        return [RoundPrivacy(PrivacyUnit.EXAMPLE, self.round_event()).to_dict()]
+        items = [RoundPrivacy(PrivacyUnit.EXAMPLE, self.round_event())]
+        config = self.distributed_config(parameters, min_survivors=min_survivors, max_clients=max_clients)
+        if config is not None:
+            items.append(RoundPrivacy(PrivacyUnit.PARTICIPANT, config.accounting_event(rounds=1)))
+        return [item.to_dict() for item in items]
 
     def initial_model(self, num_features: int) -> np.ndarray:
         from dp.training import initial_parameters
@@ -220,6 +250,34 @@ class FederatedPlan:
             return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
         except (OSError, json.JSONDecodeError) as exc:
             raise FederatedError(f"cannot read plan {path}: {exc}") from None
+
+
+PARTICIPANT_SCALED_CLIP = float(1 << 14)
+"""scale * update_clip for participant-level noise: 16,384 integer units, so rounding adds
+about sqrt(d') / 16,384 of the clip norm (KLS 2021 section 4.2) while 2^31 leaves ample headroom."""
+
+
+@functools.lru_cache(maxsize=16)
+def _distributed_config(plan: FederatedPlan, parameters: int, min_survivors: int, max_clients: int):
+    from dp.distributed import DistributedDPConfig
+
+    assert plan.participant_epsilon is not None
+    return DistributedDPConfig.for_target_epsilon(
+        target_epsilon=plan.participant_epsilon,
+        delta=plan.participant_delta,
+        rounds=plan.rounds,
+        dimension=parameters,
+        clip_norm=plan.update_clip,
+        scale=PARTICIPANT_SCALED_CLIP / plan.update_clip,
+        min_survivors=min_survivors,
+        max_clients=max_clients,
+        ring_bits=plan.ring_bits,
+    )
+
+
+def rotation_seed(round_id: str) -> bytes:
+    """The round's public rotation seed: SHA-256 of a label and the round id (every party derives it)."""
+    return hashlib.sha256(b"secagg/federated/rotation-seed/v1\x00" + bytes.fromhex(round_id)).digest()
 
 
 def _write_json(path: Path, value: Any) -> None:
@@ -419,45 +477,73 @@ class _BankContext:
     seen_rounds: set[str] = field(default_factory=set)
 
 
+@dataclass(frozen=True)
+class Contribution:
+    """What a bank sends in one round, and how the round's ring sum is read back.
+
+    ``decode(ring_sum, survivors)`` returns the real-valued sum of the survivors' vectors.
+    """
+
+    client_input: ClientInput
+    decode: Callable[[np.ndarray, int], np.ndarray]
+
+
+def real_contribution(vector: np.ndarray, *, clip: float, config: Any) -> Contribution:
+    """Fixed-point encoding (stochastic rounding, :mod:`secagg.encoding`); every |coordinate| must be <= ``clip``."""
+    if not np.all(np.abs(vector) <= clip):
+        raise FederatedError(f"a coordinate of this bank's vector exceeds the agreed bound {clip:g}; refusing to send it")
+    client_input = RealVectorInput(np.asarray(vector, dtype=np.float64), clip=clip)
+    encoding = client_input.encoding_for(config)
+    return Contribution(client_input, lambda ring_sum, survivors: encoding.decode_sum(ring_sum))
+
+
+def skellam_contribution(update: np.ndarray, config: Any, seed: bytes) -> Contribution:
+    """Participant-level distributed DP (:func:`dp.distributed.encode_update`, noise from the OS CSPRNG)."""
+    from dp.distributed import Reduction, decode_aggregate, encode_update
+
+    encoded = encode_update(update, config, rotation_seed=seed, source=SystemRandom())
+
+    def decode(ring_sum: np.ndarray, survivors: int) -> np.ndarray:
+        return decode_aggregate(ring_sum, config, rotation_seed=seed, survivors=survivors, reduction=Reduction.SUM)
+
+    return Contribution(RingVectorInput(encoded.values), decode)
+
+
 def _secure_round(
     context: _BankContext,
-    vector: np.ndarray,
     *,
-    clip: float,
-    expected_dim: int,
-    privacy: list[dict[str, Any]],
+    expected: Callable[[RoundDescription], tuple[int, list[dict[str, Any]]]],
+    prepare: Callable[[RoundDescription], Contribution],
     dropout: DropoutInjection | None,
-    before_send: Callable[[str], np.ndarray] | None = None,
 ) -> tuple[str, np.ndarray, tuple[int, ...], bool]:
-    """Join the next round the server opens and contribute ``vector`` (or what ``before_send(round_id)``
-    returns, called only after the round's dimension and declared privacy were checked).
+    """Join the next round the server opens and contribute what ``prepare`` returns.
 
-    Returns the round id, the decoded sum of the survivors' vectors, the survivors and
-    whether this bank's vector is in the sum. Every coordinate must be within ``clip``.
+    ``expected(description)`` gives the dimension and the declared privacy the plan
+    prescribes for that round; a round that differs is refused (:class:`PlanMismatch`)
+    before ``prepare`` runs, so nothing is spent or trained for it. Returns the round id,
+    the decoded sum of the survivors' vectors, the survivors and whether this bank's
+    vector is in the sum.
     """
     from clients.runner import run_round
 
     round_id = context.poller.next_round(context.seen_rounds, timeout=context.job.round_timeout)
     context.seen_rounds.add(round_id)
     description = context.transport.describe_round(round_id)
-    if description.config.dim != expected_dim:
-        raise PlanMismatch(f"round {round_id} has dim {description.config.dim}, the plan needs {expected_dim}")
+    dimension, privacy = expected(description)
+    if description.config.dim != dimension:
+        raise PlanMismatch(f"round {round_id} has dim {description.config.dim}, the plan needs {dimension}")
     declared = list((description.dp_policy or {}).get("privacy", []))
     if declared != privacy:
         raise PlanMismatch(f"round {round_id} declares privacy {declared}, the plan prescribes {privacy}; refusing to spend")
-    if before_send is not None:
-        vector = before_send(round_id)
+    contribution = prepare(description)
     transport = context.transport if dropout is None else _DroppingTransport(context.transport, dropout.protocol_round)
-    if not np.all(np.abs(vector) <= clip):
-        raise FederatedError(f"a coordinate of this bank's vector exceeds the agreed bound {clip:g}; refusing to send it")
-    client_input = RealVectorInput(np.asarray(vector, dtype=np.float64), clip=clip)
     contributed = True
     try:
         outcome = run_round(
             transport=transport,
             round_id=round_id,
             identity=context.identity,
-            client_input=client_input,
+            client_input=contribution.client_input,
             policy=context.policy,
             state_dir=context.job.work_dir / "rounds",
             participant_id=context.job.participant_id,
@@ -468,9 +554,8 @@ def _secure_round(
         contributed = False
         context.progress.write("dropped-out", round_id=round_id, protocol_round=str(dropped))
         result = _await_result(context.transport, round_id, context.job.round_timeout)
-    config = context.transport.describe_round(round_id).config
-    decoded = client_input.encoding_for(config).decode_sum(result.vector)
-    return round_id, decoded, tuple(result.survivors), contributed
+    survivors = tuple(result.survivors)
+    return round_id, contribution.decode(result.vector, len(survivors)), survivors, contributed
 
 
 def run_bank(job: BankJob, *, identity: SigningKey | None = None) -> dict[str, Any]:
@@ -495,6 +580,9 @@ def run_bank(job: BankJob, *, identity: SigningKey | None = None) -> dict[str, A
         raise FederatedError("a federated run needs --server and --key")
     key = identity if identity is not None else load_identity_key(job.key)
     policy = ClientPolicy.load(job.policy) if job.policy is not None else ClientPolicy(required_mode=plan.mode)
+    budgets = {PrivacyUnit.EXAMPLE: UnitBudget(plan.target_epsilon, plan.delta)}
+    if plan.participant_epsilon is not None:
+        budgets[PrivacyUnit.PARTICIPANT] = UnitBudget(plan.participant_epsilon, plan.participant_delta)
     with HttpTransport(job.server, key_id=job.participant_id, identity=key, retry=RetryPolicy(max_attempts=10)) as http:
         poller = WorkPoller(job.server, key_id=job.participant_id, identity=key)
         context = _BankContext(job, plan, key, http, poller, policy, progress)
@@ -502,7 +590,10 @@ def run_bank(job: BankJob, *, identity: SigningKey | None = None) -> dict[str, A
             if not schema.is_standardized:
                 sums = moment_sums(table, schema)
                 round_id, total, survivors, _ = _secure_round(
-                    context, sums.to_vector(), clip=STATISTICS_CLIP, expected_dim=statistics_dim(schema), privacy=[], dropout=None
+                    context,
+                    expected=lambda description: (statistics_dim(schema), []),
+                    prepare=lambda description: real_contribution(sums.to_vector(), clip=STATISTICS_CLIP, config=description.config),
+                    dropout=None,
                 )
                 names = [column.name for column in schema.numeric_columns]
                 schema = schema.with_statistics(statistics_from_sums(schema, MomentSums.from_vector(names, total)))
@@ -510,28 +601,35 @@ def run_bank(job: BankJob, *, identity: SigningKey | None = None) -> dict[str, A
                 progress.write("statistics", round_id=round_id, survivors=len(survivors))
             dataset = Preprocessor(schema).transform(table)
             spec = plan.model_spec(schema.num_features)
+            parameters = spec.parameter_count
             trainer = BankTrainer(spec, plan.dpsgd_config(), accountant_path=job.work_dir / ACCOUNTANT_FILE)
-            event = plan.round_event()
-            privacy = plan.round_privacy()
-            budget = BudgetPolicy({PrivacyUnit.EXAMPLE: UnitBudget(plan.target_epsilon, plan.delta)}, job.participant_id)
             global_model = plan.initial_model(schema.num_features)
             with PrivacyLedger.open(job.work_dir / LEDGER_FILE, party_id=job.participant_id, signing_key=key) as ledger:
-                guard = BudgetGuard(budget, ledger)
+                guard = BudgetGuard(BudgetPolicy(budgets, job.participant_id), ledger)
+
+                def expected(description: RoundDescription) -> tuple[int, list[dict[str, Any]]]:
+                    cohort = {"min_survivors": description.config.threshold, "max_clients": description.config.participant_count}
+                    return plan.round_dim(parameters, **cohort), plan.round_privacy(parameters, **cohort)
+
+                def train(description: RoundDescription) -> Contribution:
+                    """Charge the ledger for every declared unit, then train, clip and encode."""
+                    from dp.ledger_server import RoundPrivacy
+
+                    declared = [RoundPrivacy.from_dict(item) for item in description.dp_policy["privacy"]]
+                    guard.charge_round(round_id=description.round_id, contributions={item.unit: item.event for item in declared})
+                    update = trainer.train_round(global_model, dataset.features, dataset.labels)
+                    clipped = clip_l2(update.model_update.astype(np.float64), plan.update_clip)
+                    distributed = plan.distributed_config(
+                        parameters, min_survivors=description.config.threshold, max_clients=description.config.participant_count
+                    )
+                    if distributed is None:
+                        return real_contribution(clipped, clip=plan.update_clip, config=description.config)
+                    return skellam_contribution(clipped, distributed, rotation_seed(description.round_id))
+
                 for round_index in range(plan.rounds):
                     started = time.monotonic()
-                    state: dict[str, Any] = {}
-
-                    def train(round_id: str) -> np.ndarray:
-                        guard.charge_round(round_id=round_id, contributions={PrivacyUnit.EXAMPLE: event})
-                        update = trainer.train_round(global_model, dataset.features, dataset.labels)
-                        state["epsilon"] = guard.spent(PrivacyUnit.EXAMPLE)
-                        return clip_l2(update.model_update.astype(np.float64), plan.update_clip)
-
                     dropout = job.dropout if job.dropout is not None and job.dropout.round_index == round_index else None
-                    round_id, total, survivors, contributed = _secure_round(
-                        context, np.zeros(spec.parameter_count), clip=plan.update_clip, expected_dim=spec.parameter_count,
-                        privacy=privacy, dropout=dropout, before_send=train,
-                    )  # fmt: skip
+                    round_id, total, survivors, contributed = _secure_round(context, expected=expected, prepare=train, dropout=dropout)
                     global_model = apply_mean_update(global_model, total / len(survivors), plan)
                     np.save(job.work_dir / MODEL_FILE, global_model, allow_pickle=False)
                     progress.write(
@@ -540,12 +638,18 @@ def run_bank(job: BankJob, *, identity: SigningKey | None = None) -> dict[str, A
                         round_id=round_id,
                         survivors=len(survivors),
                         contributed=contributed,
-                        epsilon=state.get("epsilon"),
+                        epsilon=guard.spent(PrivacyUnit.EXAMPLE),
+                        participant_epsilon=guard.spent(PrivacyUnit.PARTICIPANT) if PrivacyUnit.PARTICIPANT in budgets else None,
                         delta=plan.delta,
                         model_sha256=hashlib.sha256(global_model.tobytes()).hexdigest(),
                         seconds=time.monotonic() - started,
                     )
-                final = {"epsilon": guard.spent(PrivacyUnit.EXAMPLE), "delta": plan.delta, "rounds": plan.rounds}
+                final = {
+                    "epsilon": guard.spent(PrivacyUnit.EXAMPLE),
+                    "delta": plan.delta,
+                    "participant_epsilon": guard.spent(PrivacyUnit.PARTICIPANT) if PrivacyUnit.PARTICIPANT in budgets else None,
+                    "rounds": plan.rounds,
+                }
         finally:
             poller.close()
     progress.write("finished", **final)
