@@ -27,6 +27,7 @@ from service.logs import configure_logging
 from service.metrics import ServiceMetrics
 from service.problems import PROBLEM_CONTENT_TYPE, Problem, ProblemType, ServiceProblem, problem_body
 from service.settings import ServiceSettings, load_settings
+from service.watch import RoundWatch
 
 LOGGER = logging.getLogger("secagg.service")
 NONCE_PURGE_EVERY_TICKS = 120
@@ -49,7 +50,11 @@ def create_app(settings: ServiceSettings, *, clock: Callable[[], float] | None =
         await run_in_threadpool(ledger.ensure_exists)
         metrics = ServiceMetrics.create()
         extra: dict[str, Any] = {"clock": clock} if clock is not None else {}
-        coordinator = Coordinator(database, metrics=metrics, ledger=ledger, max_dim=MAX_DIM, **extra)
+        watch = RoundWatch(asyncio.get_running_loop())
+        coordinator = Coordinator(
+            database, metrics=metrics, ledger=ledger, max_dim=MAX_DIM, on_round_changed=watch.notify, **extra
+        )
+        app.state.watch = watch
         app.state.settings = settings
         app.state.admin_token = admin_token
         app.state.metrics = metrics

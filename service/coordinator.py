@@ -239,6 +239,7 @@ class Coordinator:
         max_dim: int,
         clock: Callable[[], float] = time.time,
         source: RandomSource | None = None,
+        on_round_changed: Callable[[str], None] | None = None,
     ) -> None:
         self.database = database
         self.metrics = metrics
@@ -246,6 +247,7 @@ class Coordinator:
         self.max_dim = max_dim
         self.clock = clock
         self._source = source if source is not None else SystemRandom()
+        self._on_round_changed = on_round_changed
         self._cache: dict[str, _CachedSession] = {}
         self._parameters: dict[str, StoredParameters] = {}
         self._locks: dict[str, threading.Lock] = {}
@@ -475,13 +477,16 @@ class Coordinator:
                         self._add_to_masked_sum(session, row, server_session.config, message)
                     row.revision += 1
                     finished = False
-                    if server_session.stage_complete:
+                    closed = server_session.stage_complete
+                    if closed:
                         session.flush()
                         finished = self._close_stage(session, row, server_session, now)
                     session.flush()
                     revision = row.revision
                 if not finished:
                     self._cache[round_id] = _CachedSession(revision, server_session)
+                if closed:
+                    self._notify(round_id)
             except IntegrityError:
                 self._cache.pop(round_id, None)
                 raise ServiceProblem(ProblemType.DUPLICATE_SUBMISSION, f"you already answered {stage.value}") from None
@@ -616,6 +621,7 @@ class Coordinator:
             except BaseException:
                 self._cache.pop(round_id, None)
                 raise
+        self._notify(round_id)
         if finished:
             self.record_in_ledger(round_id)
         return True
@@ -713,6 +719,7 @@ class Coordinator:
                     )
             finally:
                 self._cache.pop(round_id, None)
+        self._notify(round_id)
         self.record_in_ledger(round_id)
 
     # ------------------------------------------------------------------ replay
@@ -835,6 +842,11 @@ class Coordinator:
         self.tick()
 
     # ----------------------------------------------------------------- helpers
+    def _notify(self, round_id: str) -> None:
+        """Tell this process's long-polling requests that the round moved (after the commit)."""
+        if self._on_round_changed is not None:
+            self._on_round_changed(round_id)
+
     def _round_lock(self, round_id: str) -> threading.Lock:
         with self._locks_guard:
             lock = self._locks.get(round_id)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
@@ -25,6 +26,7 @@ from service.auth import (
 from service.coordinator import Acceptance, Coordinator
 from service.problems import ProblemType, ServiceProblem, problem_responses
 from service.schemas import MessageAck, ParticipantRole, ResultOut, RoundId, RoundParameters, WorkList
+from service.watch import FALLBACK_RECHECK_SECONDS, MAX_WAIT_SECONDS, RoundWatch
 
 AUTH_PROBLEMS = (
     ProblemType.MISSING_CREDENTIALS,
@@ -166,7 +168,10 @@ async def _read_limited(request: Request, limit: int) -> bytes:
             "description": "The server message to answer now; the stage it opens is in X-Secagg-Stage.",
             "content": {OCTET_STREAM: {"schema": {"type": "string", "format": "binary"}}},
         },
-        204: {"description": "Nothing to answer yet (R0, or already answered); see Retry-After and X-Secagg-Stage."},
+        204: {
+            "description": "Nothing to answer yet (R0, or already answered) within the wait; "
+            "see Retry-After and X-Secagg-Stage."
+        },
         **problem_responses(
             ProblemType.ROUND_NOT_FOUND,
             ProblemType.NOT_IN_COHORT,
@@ -178,11 +183,30 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     response_class=Response,
     summary="The server message addressed to the caller for the current stage",
 )
-async def my_message(round_id: RoundIdPath, caller: BankCaller, coordinator: CoordinatorDep, settings: SettingsDep) -> Response:
-    outbound = await run_in_threadpool(coordinator.message_for, round_id, caller.participant_id)
+async def my_message(
+    round_id: RoundIdPath,
+    request: Request,
+    caller: BankCaller,
+    coordinator: CoordinatorDep,
+    settings: SettingsDep,
+    wait: Annotated[
+        float,
+        Query(ge=0, le=MAX_WAIT_SECONDS, description="Long poll: wait up to this many seconds for something to answer."),
+    ] = 0,
+) -> Response:
+    watch: RoundWatch = request.app.state.watch
+    give_up = time.monotonic() + wait
+    while True:
+        changed = watch.event(round_id)  # taken before the check, so no change slips between
+        outbound = await run_in_threadpool(coordinator.message_for, round_id, caller.participant_id)
+        remaining = give_up - time.monotonic()
+        if outbound is not None or remaining <= 0:
+            break
+        await watch.wait(changed, min(remaining, FALLBACK_RECHECK_SECONDS))
     if outbound is None:
         stage = await run_in_threadpool(coordinator.current_stage, round_id)
-        return Response(status_code=204, headers={"Retry-After": str(settings.retry_after_seconds), STAGE_HEADER: stage})
+        retry_after = "0" if wait > 0 else str(settings.retry_after_seconds)
+        return Response(status_code=204, headers={"Retry-After": retry_after, STAGE_HEADER: stage})
     return Response(
         content=outbound.body,
         media_type=OCTET_STREAM,

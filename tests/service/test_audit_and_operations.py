@@ -220,3 +220,40 @@ def test_server_serves_https_with_the_given_certificate(tmp_path: Path) -> None:
             httpx.get(f"http://127.0.0.1:{server.port}/healthz", timeout=5)
     finally:
         server.kill()
+
+
+def test_long_poll_answers_with_the_message_once_the_stage_closes(shared_api: Api) -> None:
+    import threading
+
+    from secagg.messages import KeyList, decode
+
+    parties = make_parties(3, prefix="longpoll", seed=730)
+    for party in parties:
+        shared_api.enroll(party)
+    driver = RoundDriver(shared_api, parties, shared_api.create_round(parties, threshold=2, mode="honest-but-curious", dim=8), seed=730)
+    driver.send([0])
+    waited: dict[str, object] = {}
+
+    def long_poll() -> None:
+        import httpx
+
+        with httpx.Client(base_url=shared_api.server.base_url, timeout=60) as http:
+            api = Api.__new__(Api)
+            api.server, api.http = shared_api.server, http
+            waited["response"] = api.signed(parties[0], "GET", f"/v1/rounds/{driver.round_id}/messages/me?wait=25")
+
+    poller = threading.Thread(target=long_poll)
+    poller.start()
+    time.sleep(0.5)
+    driver.send([1, 2])  # closes R0 while the request is waiting
+    poller.join(timeout=60)
+    response = waited["response"]
+    assert response.status_code == 200
+    assert response.headers["X-Secagg-Stage"] == "R1-share-keys"
+    assert isinstance(decode(response.content), KeyList)
+    driver.fetch([0])
+    driver.send([0])
+    idle = shared_api.signed(parties[0], "GET", f"/v1/rounds/{driver.round_id}/messages/me?wait=0.5")
+    assert idle.status_code == 204 and idle.headers["Retry-After"] == "0"
+    too_long = shared_api.signed(parties[0], "GET", f"/v1/rounds/{driver.round_id}/messages/me?wait=600")
+    assert too_long.status_code == 422
