@@ -32,8 +32,16 @@ What runs (everything on loopback, in a fresh ``runs/<UTC timestamp>/``):
    ``audit.html`` (:mod:`dp.report`: every bank's ledger verified and recomputed, the
    server's signed round records and the cross-check between them).
 
-Privacy: example level, epsilon ``target_epsilon`` at ``delta`` per bank over the whole
-run (see :mod:`clients.federated`). The evaluation uses only the public hold-out set.
+Privacy: example level, epsilon ``target_epsilon`` (default 3) at ``delta`` (1e-5) per
+bank over the whole run (see :mod:`clients.federated`); with ``--participant-epsilon``
+also participant level, Skellam noise in the ring. The evaluation uses only the public
+hold-out set.
+
+Measured on the 2-core development machine (``secagg demo``, defaults, two runs): wall
+time 91-98 s; test AUC federated 0.738-0.739, centralized non-private 0.760,
+centralized DP 0.752-0.761, each bank alone with DP 0.698-0.699 (mean). With
+``--participant-epsilon 10 --update-clip 2`` the federated AUC falls to 0.52: five
+banks cannot hide a whole bank's contribution at a useful accuracy.
 """
 
 from __future__ import annotations

@@ -101,3 +101,38 @@ def test_federated_mode_needs_the_agreed_schema_server_and_key(tmp_path: Path, b
     result = CliRunner().invoke(app, ["train", "--data", str(bank_csv), "--target", "default", "--positive", "yes", "--work-dir", str(tmp_path)])
     assert result.exit_code != 0
     assert "--schema" in result.output and "--server" in result.output
+
+
+def test_plan_round_trips_through_its_file_and_refuses_unknown_keys(tmp_path: Path) -> None:
+    from clients.federated import FederatedError
+
+    plan = FederatedPlan(rounds=3, participant_epsilon=8.0)
+    path = tmp_path / "plan.json"
+    plan.save(path)
+    assert FederatedPlan.load(path) == plan
+    value = json.loads(path.read_text(encoding="utf-8"))
+    value["epsilon"] = 100.0
+    path.write_text(json.dumps(value), encoding="utf-8")
+    with pytest.raises(FederatedError, match="unknown plan keys"):
+        FederatedPlan.load(path)
+
+
+def test_a_round_declares_the_example_event_and_with_participant_dp_also_skellam_over_a_padded_ring() -> None:
+    from dp.accounting import compute_epsilon
+    from dp.ledger import PrivacyUnit
+    from dp.ledger_server import RoundPrivacy
+
+    cohort = {"min_survivors": 4, "max_clients": 5}
+    plain = FederatedPlan()
+    (example,) = [RoundPrivacy.from_dict(item) for item in plain.round_privacy(75, **cohort)]
+    assert example.unit is PrivacyUnit.EXAMPLE and example.event == plain.round_event()
+    # ten rounds of the declared event spend the planned epsilon (calibration tolerance 0.01, dp.accounting.calibration)
+    assert compute_epsilon([plain.round_event()] * plain.rounds, delta=plain.delta) == pytest.approx(3.0, abs=0.01)
+    assert plain.round_dim(75, **cohort) == 75
+
+    private = FederatedPlan(participant_epsilon=10.0, update_clip=2.0)
+    items = [RoundPrivacy.from_dict(item) for item in private.round_privacy(75, **cohort)]
+    assert [item.unit for item in items] == [PrivacyUnit.EXAMPLE, PrivacyUnit.PARTICIPANT]
+    assert private.round_dim(75, **cohort) == 128  # randomized Hadamard pads to the next power of two
+    spent = compute_epsilon([items[1].event] * private.rounds, delta=private.participant_delta)
+    assert spent <= 10.0 and spent == pytest.approx(10.0, rel=0.05)
