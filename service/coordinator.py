@@ -506,11 +506,18 @@ class Coordinator:
     def message_for(self, round_id: str, participant_id: str) -> OutboundMessage | None:
         """The server message ``participant_id`` must answer now, or None (nothing yet / answered)."""
         index = self.member_index(round_id, participant_id)
-        self.advance_if_overdue(round_id)
         with self.database.read() as session:
-            stage, outcome, abort_reason = session.execute(
-                select(RoundRow.stage, RoundRow.outcome, RoundRow.abort_reason).where(RoundRow.id == round_id)
+            stage, outcome, abort_reason, deadline = session.execute(
+                select(RoundRow.stage, RoundRow.outcome, RoundRow.abort_reason, RoundRow.stage_deadline).where(RoundRow.id == round_id)
             ).one()
+        overdue = outcome is None and deadline is not None and self.clock() >= deadline
+        if overdue:
+            self.advance_if_due(round_id)  # the per-request deadline check
+        with self.database.read() as session:
+            if overdue:
+                stage, outcome, abort_reason = session.execute(
+                    select(RoundRow.stage, RoundRow.outcome, RoundRow.abort_reason).where(RoundRow.id == round_id)
+                ).one()
             if outcome == "aborted":
                 raise ServiceProblem(ProblemType.ROUND_ABORTED, "the round aborted", extra={"abort_reason": abort_reason})
             if outcome == "completed":
