@@ -58,7 +58,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from clients.datasets import POSITIVE, TARGET, lending_club_schema, load_lending_club, split_banks
+from clients.datasets import BANK_REGIONS, POSITIVE, TARGET, lending_club_schema, load_lending_club, split_banks
 from clients.federated import (
     LEDGER_FILE,
     MODEL_FILE,
@@ -76,6 +76,8 @@ from clients.tabular import Preprocessor, TabularSchema
 from dp.models import ModelKind, ModelSpec
 from secagg.config import ProtocolMode, minimum_threshold
 
+MIN_BANKS = 3
+"""Below three banks, the sum of two reveals the other's update to each (clients.policy.DEFAULT_MIN_COHORT_SIZE)."""
 READY_TIMEOUT_SECONDS = 180.0
 ROUND_TIMEOUT_SECONDS = 300.0
 DROPOUT_STAGE_DEADLINE_SECONDS = 6.0
@@ -104,6 +106,18 @@ class DemoConfig:
     model: ModelKind = ModelKind.LOGISTIC_REGRESSION
     update_clip: float = 10.0
     participant_epsilon: float | None = None
+
+    def __post_init__(self) -> None:
+        if not MIN_BANKS <= self.banks <= len(BANK_REGIONS):
+            raise DemoError(f"the demo runs {MIN_BANKS} to {len(BANK_REGIONS)} banks, got {self.banks}")
+        if self.rounds < 1:
+            raise DemoError("the demo needs at least one round")
+        threshold = minimum_threshold(ProtocolMode(self.mode), self.banks)
+        if self.dropout and self.banks - 1 < threshold:
+            raise DemoError(
+                f"with {self.banks} banks in {ProtocolMode(self.mode).value} mode the threshold is {threshold}, so a dropout "
+                "would abort the round: use more banks, --mode honest-but-curious or --no-dropout"
+            )
 
     @property
     def dropout_bank(self) -> int:
@@ -529,7 +543,7 @@ def _print_comparison(console: Any, summary: dict[str, Any]) -> None:
 
 
 def demo_command(
-    banks: Annotated[int, typer.Option("--banks", min=1, max=5, help="Number of banks (regions), 1 to 5.")] = 5,
+    banks: Annotated[int, typer.Option("--banks", min=3, max=5, help="Number of banks (regions), 3 to 5.")] = 5,
     rounds: Annotated[int, typer.Option("--rounds", min=1, help="Federated rounds.")] = 10,
     mode: Annotated[ProtocolMode, typer.Option("--mode", help="Secure-aggregation adversary mode.")] = ProtocolMode.ACTIVE,
     dropout: Annotated[bool, typer.Option("--dropout/--no-dropout", help="One bank drops out mid-protocol in one round.")] = True,

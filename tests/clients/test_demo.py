@@ -80,3 +80,11 @@ def test_audit_report_verifies_every_ledger_against_the_server_records(demo: dic
     for bank in ("bank-a", "bank-b", "bank-c"):
         verification = verify_ledger(Path(demo["run_dir"]) / "banks" / bank / LEDGER_FILE)
         assert verification.ok and len(verification.entries) == 2  # the dropped bank spent its round too
+
+
+def test_a_dropout_that_would_fall_below_the_threshold_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    from clients.demo import DemoError
+
+    with pytest.raises(DemoError, match="threshold is 3"):
+        DemoConfig(banks=3, rounds=2, mode=ProtocolMode.ACTIVE, dropout=True, runs_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
