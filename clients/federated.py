@@ -83,6 +83,7 @@ import httpx
 import numpy as np
 
 from clients.errors import ClientError
+from clients.http_simulation import DroppingTransport, SimulatedDropout
 from clients.inputs import ClientInput, RealVectorInput, RingVectorInput
 from clients.policy import ClientPolicy
 from clients.retry import PollSchedule, RetryPolicy
@@ -119,10 +120,6 @@ class FederatedError(ClientError):
 
 class PlanMismatch(FederatedError):
     """The round the server opened does not match the agreed plan (declared privacy, dimension); refused before spending."""
-
-
-class SimulatedDropout(Exception):
-    """A dropout injected by the demo: the bank stops answering in the middle of a round."""
 
 
 # --------------------------------------------------------------------------- the plan
@@ -443,29 +440,6 @@ class ProgressLog:
         return events
 
 
-class _DroppingTransport:
-    """Forwards to the HTTP transport but raises :class:`SimulatedDropout` instead of sending ``drop_at`` or later."""
-
-    def __init__(self, inner: RoundTransport, drop_at: ProtocolRound) -> None:
-        self._inner = inner
-        self._drop_at = int(drop_at.value[1])
-        self.endpoint = inner.endpoint
-
-    def describe_round(self, round_id: str):
-        return self._inner.describe_round(round_id)
-
-    def submit(self, round_id: str, protocol_round: ProtocolRound, payload: bytes):
-        if int(protocol_round.value[1]) >= self._drop_at:
-            raise SimulatedDropout(protocol_round.value)
-        return self._inner.submit(round_id, protocol_round, payload)
-
-    def fetch(self, round_id: str, protocol_round: ProtocolRound):
-        return self._inner.fetch(round_id, protocol_round)
-
-    def fetch_result(self, round_id: str):
-        return self._inner.fetch_result(round_id)
-
-
 def _await_result(transport: RoundTransport, round_id: str, timeout: float) -> RoundResult:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -550,7 +524,7 @@ def _secure_round(
     if declared != privacy:
         raise PlanMismatch(f"round {round_id} declares privacy {declared}, the plan prescribes {privacy}; refusing to spend")
     contribution = prepare(description)
-    transport = context.transport if dropout is None else _DroppingTransport(context.transport, dropout.protocol_round)
+    transport = context.transport if dropout is None else DroppingTransport(context.transport, int(dropout.protocol_round.value[1]))
     contributed = True
     try:
         outcome = run_round(
