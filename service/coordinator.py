@@ -711,6 +711,33 @@ class Coordinator:
         self.metrics.rounds_finished.labels(outcome, reason or "").inc()
         LOGGER.info("round_finished", extra={"round_id": row.id, "outcome": outcome, "reason": reason})
 
+    def close_stage_now(self, round_id: str) -> None:
+        """An operator closes the current stage before its deadline, with whoever answered
+        (the round aborts if fewer than t did), e.g. when the missing banks are known to be down."""
+        finished = False
+        with self._round_lock(round_id):
+            try:
+                with self.database.write() as session:
+                    row = self.database.lock_round(session, round_id)
+                    if row is None:
+                        raise ServiceProblem(ProblemType.ROUND_NOT_FOUND, "no such round")
+                    if row.outcome is not None:
+                        raise ServiceProblem(ProblemType.ROUND_FINISHED, f"the round already {row.outcome}")
+                    server_session = self._session(session, row, self.parameters(round_id))
+                    self._cache.pop(round_id, None)
+                    finished = self._close_stage(session, row, server_session, self.clock())
+                    session.flush()
+                    revision = row.revision
+                if not finished:
+                    self._cache[round_id] = _CachedSession(revision, server_session)
+            except BaseException:
+                self._cache.pop(round_id, None)
+                raise
+        LOGGER.info("stage_closed_by_operator", extra={"round_id": round_id})
+        self._notify(round_id)
+        if finished:
+            self.record_in_ledger(round_id)
+
     def abort(self, round_id: str, detail: str) -> None:
         with self._round_lock(round_id):
             try:

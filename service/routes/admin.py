@@ -99,6 +99,17 @@ async def round_status(round_id: RoundIdPath, coordinator: CoordinatorDep) -> di
 
 
 @router.post(
+    "/rounds/{round_id}/close-stage",
+    response_model=RoundStatus,
+    responses=problem_responses(ProblemType.ROUND_NOT_FOUND, ProblemType.ROUND_FINISHED),
+    summary="Close the current stage now with whoever answered (aborts below the threshold)",
+)
+async def close_stage(round_id: RoundIdPath, coordinator: CoordinatorDep) -> dict:
+    await run_in_threadpool(coordinator.close_stage_now, round_id)
+    return await run_in_threadpool(_status, coordinator, round_id)
+
+
+@router.post(
     "/rounds/{round_id}/abort",
     response_model=RoundStatus,
     responses=problem_responses(ProblemType.ROUND_NOT_FOUND, ProblemType.ROUND_FINISHED),
