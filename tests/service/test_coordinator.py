@@ -305,3 +305,17 @@ def test_racing_different_submissions_of_one_member_leave_exactly_one_accepted(d
             select(SubmissionRow.body_sha256).where(SubmissionRow.round_id == round_.round_id, SubmissionRow.sender == 0)
         ).all()
     assert len(stored) == 1
+
+
+def test_operator_closing_a_stage_below_threshold_aborts_and_a_finished_round_cannot_be_closed(database_url: str) -> None:
+    clock = FakeClock()
+    coordinator = _coordinator(database_url, clock)
+    round_ = Round(coordinator, seed=670, mode="honest-but-curious", threshold=3)
+    round_.send(coordinator, [0, 1])
+    coordinator.close_stage_now(round_.round_id)
+    with coordinator.database.read() as session:
+        row = session.get(RoundRow, round_.round_id)
+        assert (row.outcome, row.abort_reason) == ("aborted", "too-few-participants")
+    with pytest.raises(ServiceProblem) as refused:
+        coordinator.close_stage_now(round_.round_id)
+    assert refused.value.problem is ProblemType.ROUND_FINISHED
