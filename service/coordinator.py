@@ -19,12 +19,19 @@ each recorded sender a zero vector (accepted for the same reasons the real one w
 stage, membership, session id, length, ring), and the persisted sum is handed to the
 session with :meth:`ServerSession.provide_masked_sum` just before R4 closes.
 
+Note that a masked input's *contents* are never replayed: a wrong running sum would go
+unnoticed by replay and yield a wrong result (never a leak). The sum's integrity rests
+on the transaction that adds each input exactly once.
+
 Write discipline: every accepted message commits (submission row, running sum,
-revision) before the 2xx leaves; every stage transition commits the new stage, the
-outbound messages, the history and, at the end, the result or the abort reason in one
-transaction under the round's row lock (see :mod:`service.db`). A process killed at any
-point leaves either the state before or after each such transaction, and the next
-request or the background task picks up from there.
+revision) before the 2xx leaves, and the message that completes a stage commits
+together with the stage's closing: the new stage, the outbound messages, the history
+and, at the end, the result or the abort reason, all in one transaction under the
+round's row lock (see :mod:`service.db`). Stages closed by a deadline or by an operator
+commit the same way in their own transaction. A process killed at any point leaves the
+state before or after each such transaction, and the next request or the background
+task (which also runs once at start-up) picks up from there. After a round finishes,
+its message bodies and relayed messages are deleted; who answered what and when stays.
 """
 
 from __future__ import annotations
