@@ -510,42 +510,43 @@ class Coordinator:
         ring.reduce(total)
         row.masked_sum = total.tobytes()
 
-    def message_for(self, round_id: str, participant_id: str) -> OutboundMessage | None:
-        """The server message ``participant_id`` must answer now, or None (nothing yet / answered)."""
+    def message_for(self, round_id: str, participant_id: str, *, deadline_checked: bool = False) -> tuple[str, OutboundMessage | None]:
+        """The round's current stage and the server message ``participant_id`` must answer in
+        it, or None (nothing yet in R0, or already answered). One read in the usual case."""
         index = self.member_index(round_id, participant_id)
         with self.database.read() as session:
             stage, outcome, abort_reason, deadline = session.execute(
                 select(RoundRow.stage, RoundRow.outcome, RoundRow.abort_reason, RoundRow.stage_deadline).where(RoundRow.id == round_id)
             ).one()
-        overdue = outcome is None and deadline is not None and self.clock() >= deadline
-        if overdue:
-            self.advance_if_due(round_id)  # the per-request deadline check
-        with self.database.read() as session:
-            if overdue:
-                stage, outcome, abort_reason = session.execute(
-                    select(RoundRow.stage, RoundRow.outcome, RoundRow.abort_reason).where(RoundRow.id == round_id)
-                ).one()
-            if outcome == "aborted":
-                raise ServiceProblem(ProblemType.ROUND_ABORTED, "the round aborted", extra={"abort_reason": abort_reason})
-            if outcome == "completed":
-                raise ServiceProblem(ProblemType.ROUND_COMPLETED, "the round has completed; fetch its result")
-            if stage == ServerStage.ADVERTISE_KEYS.value:
-                return None
-            outbound = session.execute(
-                select(OutboundRow.message_type, OutboundRow.body).where(
-                    OutboundRow.round_id == round_id, OutboundRow.stage == stage, OutboundRow.recipient == index
-                )
-            ).one_or_none()
-            if outbound is None:
-                raise ServiceProblem(ProblemType.EXCLUDED, f"you are not among the recipients of {stage}")
-            answered = session.execute(
-                select(SubmissionRow.id).where(
-                    SubmissionRow.round_id == round_id, SubmissionRow.stage == stage, SubmissionRow.sender == index
-                )
-            ).first()
-            if answered is not None:
-                return None
-            return OutboundMessage(stage=stage, message_type=outbound.message_type, body=outbound.body)
+            overdue = outcome is None and deadline is not None and self.clock() >= deadline
+            if not (overdue and not deadline_checked):
+                return stage, self._message_in(session, round_id, index, stage, outcome, abort_reason)
+        self.advance_if_due(round_id)  # the per-request deadline check, then look again
+        return self.message_for(round_id, participant_id, deadline_checked=True)
+
+    @staticmethod
+    def _message_in(
+        session: Session, round_id: str, index: int, stage: str, outcome: str | None, abort_reason: str | None
+    ) -> OutboundMessage | None:
+        if outcome == "aborted":
+            raise ServiceProblem(ProblemType.ROUND_ABORTED, "the round aborted", extra={"abort_reason": abort_reason})
+        if outcome == "completed":
+            raise ServiceProblem(ProblemType.ROUND_COMPLETED, "the round has completed; fetch its result")
+        if stage == ServerStage.ADVERTISE_KEYS.value:
+            return None
+        answered = session.execute(
+            select(SubmissionRow.id).where(SubmissionRow.round_id == round_id, SubmissionRow.stage == stage, SubmissionRow.sender == index)
+        ).first()
+        if answered is not None:
+            return None  # only members expected in this stage can have answered it
+        outbound = session.execute(
+            select(OutboundRow.message_type, OutboundRow.body).where(
+                OutboundRow.round_id == round_id, OutboundRow.stage == stage, OutboundRow.recipient == index
+            )
+        ).one_or_none()
+        if outbound is None:
+            raise ServiceProblem(ProblemType.EXCLUDED, f"you are not among the recipients of {stage}")
+        return OutboundMessage(stage=stage, message_type=outbound.message_type, body=outbound.body)
 
     def current_stage(self, round_id: str) -> str:
         with self.database.read() as session:

@@ -198,13 +198,12 @@ async def my_message(
     give_up = time.monotonic() + wait
     while True:
         changed = watch.event(round_id)  # taken before the check, so no change slips between
-        outbound = await run_in_threadpool(coordinator.message_for, round_id, caller.participant_id)
+        stage, outbound = await run_in_threadpool(coordinator.message_for, round_id, caller.participant_id)
         remaining = give_up - time.monotonic()
         if outbound is not None or remaining <= 0:
             break
         await watch.wait(changed, min(remaining, FALLBACK_RECHECK_SECONDS))
     if outbound is None:
-        stage = await run_in_threadpool(coordinator.current_stage, round_id)
         retry_after = "0" if wait > 0 else str(settings.retry_after_seconds)
         return Response(status_code=204, headers={"Retry-After": retry_after, STAGE_HEADER: stage})
     return Response(

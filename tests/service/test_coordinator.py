@@ -89,7 +89,7 @@ class Round:
 
     def fetch(self, coordinator: Coordinator, indices) -> None:
         for index in indices:
-            outbound = coordinator.message_for(self.round_id, self.parties[index].participant_id)
+            _, outbound = coordinator.message_for(self.round_id, self.parties[index].participant_id)
             assert outbound is not None
             self.pending[index] = encode(self.sessions[index].receive_bytes(outbound.body))
 
