@@ -38,7 +38,6 @@ class ProblemType(Enum):
     PARTICIPANT_NOT_FOUND = ("participant-not-found", 404, "No such participant")
     NOT_FOUND = ("not-found", 404, "Not found")
     METHOD_NOT_ALLOWED = ("method-not-allowed", 405, "Method not allowed")
-    NOT_ACCEPTABLE = ("not-acceptable", 406, "Not acceptable")
     PARTICIPANT_EXISTS = ("participant-exists", 409, "Participant id or key already enrolled")
     EXCLUDED = ("excluded", 409, "Excluded from the round's current stage")
     ROUND_COMPLETED = ("round-completed", 409, "The round has completed")
