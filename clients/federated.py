@@ -110,6 +110,8 @@ PROGRESS_FILE = "progress.jsonl"
 MODEL_FILE = "global-model.npy"
 LEDGER_FILE = "privacy-ledger.jsonl"
 ACCOUNTANT_FILE = "accountant.json"
+DEFAULT_SERVER_TIMEOUT = 30.0
+"""Seconds of consecutive connection failures before a bank gives up on the server."""
 POLL = PollSchedule(initial_interval=0.2, multiplier=1.3, max_interval=1.0, timeout=1800.0)
 """Polls for the next stage: start at 0.2 s, never wait more than 1 s (a consortium of a handful of banks)."""
 
@@ -333,15 +335,26 @@ def predict_logits(spec: ModelSpec, parameters: np.ndarray, features: np.ndarray
 # --------------------------------------------------------------------------- round discovery
 
 
+def _problem_type(response: httpx.Response) -> str:
+    try:
+        value = response.json()
+    except ValueError:
+        return ""
+    problem = value.get("type", "") if isinstance(value, dict) else ""
+    return str(problem).removeprefix("urn:secagg:problem:")
+
+
 class WorkPoller:
     """Finds the next round this bank must join: signed ``GET /v1/work`` (service/API.md section 5)."""
 
-    def __init__(self, base_url: str, *, key_id: str, identity: SigningKey) -> None:
+    def __init__(self, base_url: str, *, key_id: str, identity: SigningKey, unreachable_timeout: float = DEFAULT_SERVER_TIMEOUT) -> None:
         self._base_url = base_url.rstrip("/")
         self._key_id = key_id
         self._identity = identity
         self._client = httpx.Client(timeout=30.0)
         self._source = SystemRandom()
+        self._unreachable_timeout = unreachable_timeout
+        self._unreachable_since: float | None = None
 
     def close(self) -> None:
         self._client.close()
@@ -355,11 +368,24 @@ class WorkPoller:
         )  # fmt: skip
         try:
             response = self._client.get(self._base_url + "/v1/work", headers=headers)
-        except httpx.TransportError:
-            return []
+        except httpx.TransportError as error:
+            return self._unavailable(f"cannot reach {self._base_url}: {type(error).__name__}: {error}")
+        if response.status_code == 401 and _problem_type(response) == "unknown-key":
+            # Not enrolled yet (the administrator enrols the public key after the bank made it): wait, within the same window.
+            return self._unavailable("this bank's key is not enrolled on the server")
+        self._unreachable_since = None
         if response.status_code != 200:
             raise FederatedError(f"GET /v1/work: HTTP {response.status_code}: {response.text[:200]}")
         return list(response.json().get("items", []))
+
+    def _unavailable(self, reason: str) -> list[dict[str, Any]]:
+        """No work for now; give up once the server has been unavailable for ``unreachable_timeout`` seconds."""
+        now = time.monotonic()
+        if self._unreachable_since is None:
+            self._unreachable_since = now
+        if now - self._unreachable_since >= self._unreachable_timeout:
+            raise FederatedError(f"{reason} (for {self._unreachable_timeout:g} s); giving up")
+        return []
 
     def next_round(self, seen: set[str], *, timeout: float) -> str:
         deadline = time.monotonic() + timeout
@@ -398,6 +424,7 @@ class BankJob:
     policy: Path | None = None
     dropout: DropoutInjection | None = None
     round_timeout: float = 600.0
+    server_timeout: float = DEFAULT_SERVER_TIMEOUT
 
     def to_dict(self) -> dict[str, Any]:
         value = {key: (str(item) if isinstance(item, Path) else item) for key, item in asdict(self).items()}
@@ -548,15 +575,11 @@ def _secure_round(
 
 def run_bank(job: BankJob, *, identity: SigningKey | None = None) -> dict[str, Any]:
     """One bank's whole federated run (see the module docstring). Returns its final figures."""
-    import torch
-
     from clients.http_transport import HttpTransport
     from clients.keyfile import load_identity_key
     from dp.budget import BudgetGuard, BudgetPolicy, UnitBudget
     from dp.ledger import PrivacyLedger, PrivacyUnit
-    from dp.training import BankTrainer
 
-    torch.set_num_threads(1)
     job.work_dir.mkdir(parents=True, exist_ok=True)
     progress = ProgressLog(job.work_dir / PROGRESS_FILE)
     plan = FederatedPlan.load(job.plan)
@@ -572,7 +595,7 @@ def run_bank(job: BankJob, *, identity: SigningKey | None = None) -> dict[str, A
     if plan.participant_epsilon is not None:
         budgets[PrivacyUnit.PARTICIPANT] = UnitBudget(plan.participant_epsilon, plan.participant_delta)
     with HttpTransport(job.server, key_id=job.participant_id, identity=key, retry=RetryPolicy(max_attempts=10)) as http:
-        poller = WorkPoller(job.server, key_id=job.participant_id, identity=key)
+        poller = WorkPoller(job.server, key_id=job.participant_id, identity=key, unreachable_timeout=job.server_timeout)
         context = _BankContext(job, plan, key, http, poller, policy, progress)
         try:
             if not schema.is_standardized:
@@ -588,6 +611,11 @@ def run_bank(job: BankJob, *, identity: SigningKey | None = None) -> dict[str, A
                 schema.save(job.work_dir / "schema-standardized.json")
                 progress.write("statistics", round_id=round_id, survivors=len(survivors))
             dataset = Preprocessor(schema).transform(table)
+            import torch  # only now: a bank that cannot reach the server or agree the statistics never loads it
+
+            from dp.training import BankTrainer
+
+            torch.set_num_threads(1)
             spec = plan.model_spec(schema.num_features)
             parameters = spec.parameter_count
             trainer = BankTrainer(spec, plan.dpsgd_config(), accountant_path=job.work_dir / ACCOUNTANT_FILE)

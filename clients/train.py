@@ -153,6 +153,8 @@ def train_command(
     key: Annotated[Path | None, typer.Option("--key", help="This bank's identity key (secagg client keygen).")] = None,
     participant_id: Annotated[str | None, typer.Option("--participant-id", help="This bank's enrolled id.")] = None,
     policy: Annotated[Path | None, typer.Option("--policy", help="Local round policy (JSON or TOML).")] = None,
+    round_timeout: Annotated[float, typer.Option("--round-timeout", min=1, help="Seconds to wait for the server to open each round.")] = 600.0,
+    server_timeout: Annotated[float, typer.Option("--server-timeout", min=0, help="Seconds of connection failures before giving up.")] = 30.0,
     draft: Annotated[Path | None, typer.Option("--draft-schema", help="Write a schema drafted from --data and exit.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object on the last line.")] = False,
 ) -> None:
@@ -187,6 +189,7 @@ def train_command(
             job = BankJob(
                 participant_id=str(participant_id), data=data, target=target, positive=positive or agreed.positive,
                 schema=schema, plan=plan, work_dir=work_dir, server=server, key=key, policy=policy,
+                round_timeout=round_timeout, server_timeout=server_timeout,
             )  # fmt: skip
             result = {"mode": "federated", **run_bank(job)}
     except (TabularError, FederatedError, ClientError, DPError) as error:

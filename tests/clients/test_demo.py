@@ -88,3 +88,21 @@ def test_a_dropout_that_would_fall_below_the_threshold_is_refused_before_anythin
     with pytest.raises(DemoError, match="threshold is 3"):
         DemoConfig(banks=3, rounds=2, mode=ProtocolMode.ACTIVE, dropout=True, runs_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_standardisation_from_the_secure_sum_matches_the_banks_pooled_statistics(demo: dict) -> None:
+    """The means and scales every bank derived from the secure-aggregation round equal what pooling the
+    banks' rows would have given (up to the ring's fixed-point precision) — without pooling them."""
+    from clients.datasets import lending_club_schema
+    from clients.tabular import MomentSums, TabularSchema, moment_sums, read_csv, statistics_from_sums
+
+    run_dir = Path(demo["run_dir"])
+    agreed = lending_club_schema()
+    total = sum(moment_sums(read_csv(run_dir / "banks" / bank / "loans.csv"), agreed).to_vector() for bank in ("bank-a", "bank-b", "bank-c"))
+    names = [column.name for column in agreed.numeric_columns]
+    expected = statistics_from_sums(agreed, MomentSums.from_vector(names, total))
+    for bank in ("bank-a", "bank-b", "bank-c"):
+        derived = TabularSchema.load(run_dir / "banks" / bank / "schema-standardized.json")
+        for column in derived.numeric_columns:
+            assert column.standardization.mean == pytest.approx(expected[column.name].mean, rel=1e-9, abs=1e-9)
+            assert column.standardization.scale == pytest.approx(expected[column.name].scale, rel=1e-6)

@@ -136,3 +136,22 @@ def test_a_round_declares_the_example_event_and_with_participant_dp_also_skellam
     assert private.round_dim(75, **cohort) == 128  # randomized Hadamard pads to the next power of two
     spent = compute_epsilon([items[1].event] * private.rounds, delta=private.participant_delta)
     assert spent <= 10.0 and spent == pytest.approx(10.0, rel=0.05)
+
+
+def test_federated_mode_gives_up_on_an_unreachable_server_with_a_clear_error(tmp_path: Path, bank_csv: Path, short_plan: Path) -> None:
+    from clients.keyfile import generate_key_file
+    from clients.local_server import free_loopback_port
+    from clients.tabular import draft_schema, read_csv
+
+    schema = tmp_path / "schema.json"
+    draft_schema(read_csv(bank_csv), target="default", positive="yes").save(schema)
+    generate_key_file(tmp_path / "bank.key")
+    result = CliRunner().invoke(
+        app,
+        ["train", "--data", str(bank_csv), "--target", "default", "--positive", "yes", "--work-dir", str(tmp_path / "w"),
+         "--schema", str(schema), "--plan", str(short_plan), "--server", f"http://127.0.0.1:{free_loopback_port()}",
+         "--key", str(tmp_path / "bank.key"), "--participant-id", "bank-a", "--server-timeout", "1"],
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "cannot reach" in result.output
+    assert not (tmp_path / "w" / "privacy-ledger.jsonl").exists()  # nothing was spent
