@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.coordinator import Coordinator
+from service.coordinator import MAX_DIM, Coordinator
 from service.db import Database
 from service.ledger import RoundLedger, load_or_create_signing_key
 from service.logs import configure_logging
@@ -31,8 +31,10 @@ from service.watch import RoundWatch
 
 LOGGER = logging.getLogger("secagg.service")
 NONCE_PURGE_EVERY_TICKS = 120
-MAX_DIM = 1 << 26
-"""The largest vector a round may use: 2^26 elements of up to 8 bytes, a 512 MiB upload."""
+MAX_JSON_BODY_BYTES = 4 << 20
+"""Request bodies other than protocol messages (admin JSON) are refused above 4 MiB while
+being read, before authentication: a cohort of 65,536 ids fits; a memory-exhaustion
+attempt by an unauthenticated client does not."""
 
 
 def create_app(settings: ServiceSettings, *, clock: Callable[[], float] | None = None) -> FastAPI:
@@ -82,6 +84,7 @@ def create_app(settings: ServiceSettings, *, clock: Callable[[], float] | None =
         lifespan=lifespan,
     )
     _install_problem_handlers(app)
+    app.add_middleware(JsonBodyLimit, limit=MAX_JSON_BODY_BYTES)
     app.add_middleware(ServerIdentityHeader, server_id=settings.server_id)
 
     from service.routes import admin, audit, operations, participant
@@ -114,6 +117,62 @@ class ServerIdentityHeader:
             await send(message)
 
         await self.app(scope, receive, send_with_header)
+
+
+class JsonBodyLimit:
+    """Refuses request bodies above ``limit`` bytes (413 problem), except message uploads.
+
+    Checked from ``Content-Length`` before anything is read, and while streaming. Message
+    uploads (``POST /v1/rounds/{id}/messages``) are exempt: their route enforces the
+    round's own limit, computed from its dim and bits, the same way.
+    """
+
+    def __init__(self, app: Any, *, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or _is_message_upload(scope):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", ())).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            response = _problem_response(ProblemType.PAYLOAD_TOO_LARGE, f"request bodies are at most {self.limit} bytes")
+            await response(scope, receive, send)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> dict[str, Any]:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                response = _problem_response(ProblemType.PAYLOAD_TOO_LARGE, f"request bodies are at most {self.limit} bytes")
+                await response(scope, receive, send)
+
+
+class _BodyTooLarge(BaseException):
+    """Raised from ``receive`` past the limit. A BaseException so that no handler on the
+    way (FastAPI turns body-reading errors into 422) mistakes it for a parsing error."""
+
+
+def _is_message_upload(scope: dict[str, Any]) -> bool:
+    parts = scope.get("path", "").split("/")
+    return scope.get("method") == "POST" and len(parts) == 5 and parts[:3] == ["", "v1", "rounds"] and parts[4] == "messages"
 
 
 def create_app_from_environment() -> FastAPI:

@@ -93,6 +93,8 @@ DEADLINE_KEY_OF_STAGE: dict[ServerStage, str] = {
 }
 RUNNING_STAGES = tuple(DEADLINE_KEY_OF_STAGE)
 ROUND_ID_BYTES = 16
+MAX_DIM = 1 << 26
+"""The largest vector a round may use: 2^26 elements of up to 8 bytes, a 512 MiB upload."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -213,6 +213,8 @@ CASES: list[tuple[str, str, Callable[[Catalogue], httpx.Response], int, str]] = 
     ("advertised keys for another round", "R0", lambda c: _post(c, "R0", 1, _advertise(c, 1, config_digest=b"\x05" * 32)), 422, "wrong-session"),
     ("result before the round completed", "R2", lambda c: _raw(c, c.member("R2", 1), "GET", c.path("R2", "/result")), 409, "result-not-ready"),
     # --- admin
+    ("unauthenticated admin body above the JSON limit", "R2", lambda c: c.api.http.post("/v1/admin/rounds", content=b"{" + b" " * (5 << 20) + b"}", headers={"Content-Type": "application/json"}), 413, "payload-too-large"),
+    ("chunked admin body above the JSON limit", "R2", lambda c: c.api.http.post("/v1/admin/rounds", content=iter([b"{", b" " * (5 << 20), b"}"]), headers={"Content-Type": "application/json"}), 413, "payload-too-large"),
     ("admin call without a token", "R2", lambda c: c.api.http.get("/v1/admin/participants"), 401, "admin-unauthorized"),
     ("admin call with a wrong token", "R2", lambda c: c.api.admin("POST", f"/v1/admin/rounds/{c.rounds['R2'].round_id}/abort", {"detail": "x"}, token="x" * 40), 401, "admin-unauthorized"),
     ("round with a threshold below the rule", "R2", lambda c: _admin_round(c, threshold=2), 422, "unsafe-round"),
