@@ -28,6 +28,7 @@ class JsonFormatter(logging.Formatter):
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
+            "process": record.process,
             "event": record.getMessage(),
         }
         for name in ALLOWED_FIELDS:

@@ -10,6 +10,7 @@ the round would stall or finish without that member: both fail the test.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -122,6 +123,9 @@ def test_round_with_two_worker_processes_on_postgresql_completes_with_the_exact_
     result, survivors = driver.result(0)
     assert survivors == list(range(N))
     np.testing.assert_array_equal(result, driver.expected_sum(range(N)))
+    entries = [json.loads(line) for line in server.log_tail(10_000_000).splitlines() if line.startswith("{")]
+    started = {entry["process"] for entry in entries if entry["event"] == "server_started"}
+    assert len(started) == workers  # separate processes, one database
     api.close()
 
 
