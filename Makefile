@@ -25,7 +25,7 @@ bench: install
 	$(PY) -m bench
 
 demo: install
-	$(VENV)/bin/secagg simulate --clients 20 --dim 100000 --dropout 0.1
+	$(VENV)/bin/secagg demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
