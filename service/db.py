@@ -228,8 +228,9 @@ class Database:
 
 def _create_engine(url: str, *, immediate: bool, synchronous: str = "FULL") -> Engine:
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
-    engine = create_engine(url, pool_size=8, max_overflow=16, connect_args={"check_same_thread": False, "timeout": 60})
+        # Up to one connection per threadpool thread (anyio runs 40), so no request waits for one.
+        return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=32)
+    engine = create_engine(url, pool_size=8, max_overflow=32, connect_args={"check_same_thread": False, "timeout": 60})
 
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
