@@ -85,6 +85,7 @@ class _RoundData:
     graph: NeighbourMap = field(default_factory=lambda: NeighbourMap(()))
     share_keys: dict[int, ShareKeys] = field(default_factory=dict)
     share_keys_survivors: frozenset[int] = frozenset()
+    self_mask_commitments: dict[int, bytes] = field(default_factory=dict)
     masked_input_senders: set[int] = field(default_factory=set)
     running_sum: np.ndarray | None = None
     survivors: frozenset[int] = frozenset()
@@ -351,6 +352,10 @@ class ServerSession:
                 )
                 for recipient in ordered
             }
+            # Only the commitments are needed from here on; the relayed ciphertexts
+            # (O(n * k) of them) leave with the outbox.
+            data.self_mask_commitments = {sender: data.share_keys[sender].self_mask_commitment for sender in ordered}
+            data.share_keys = {}
             return self._enter(ServerStage.MASKED_INPUT_COLLECTION, responders, outbox)
 
         if self._stage is ServerStage.MASKED_INPUT_COLLECTION:
@@ -394,7 +399,7 @@ class ServerSession:
             data.session_id,
             data.graph,
             data.advertised,
-            data.share_keys,
+            data.self_mask_commitments,
             data.survivors,
             data.dropped,
             data.unmasking_shares,

@@ -24,7 +24,7 @@ from secagg.graph import NeighbourMap
 from secagg.hazmat.keys import AgreementKeyPair
 from secagg.hazmat.prg import SignedSeed
 from secagg.hazmat.shamir import ShamirError, ShamirScheme, int_to_secret, share_from_bytes
-from secagg.messages import AdvertiseKeys, ShareKeys, UnmaskingShares
+from secagg.messages import AdvertiseKeys, UnmaskingShares
 from secagg.protocol import pairwise_mask_sign, pairwise_prg_seed, self_mask_commitment, self_mask_prg_seed
 
 SHAMIR = ShamirScheme()
@@ -44,7 +44,7 @@ def plan_unmasking(
     session_id: bytes,
     graph: NeighbourMap,
     advertised: Mapping[int, AdvertiseKeys],
-    share_keys: Mapping[int, ShareKeys],
+    self_mask_commitments: Mapping[int, bytes],
     survivors: frozenset[int],
     dropped: frozenset[int],
     responses: Mapping[int, UnmaskingShares],
@@ -69,7 +69,7 @@ def plan_unmasking(
             masks.append(SignedSeed(seed, -pairwise_mask_sign(peer, owner)))
     for owner in sorted(survivors):
         seed = _reconstruct(config, owner, self_mask_shares[owner], "self-mask seed")
-        if self_mask_commitment(session_id, owner, seed) != share_keys[owner].self_mask_commitment:
+        if self_mask_commitment(session_id, owner, seed) != self_mask_commitments[owner]:
             raise ProtocolAbort(AbortReason.CORRUPT_SHARE, f"reconstructed self-mask seed of participant {owner} does not match its commitment")
         masks.append(SignedSeed(self_mask_prg_seed(session_id, owner, seed), -1))
     return UnmaskingPlan(masks=tuple(masks), reconstructed_masking_keys=len(dropped), reconstructed_self_masks=len(survivors))
