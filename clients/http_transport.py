@@ -10,6 +10,17 @@ answer and is mapped by its problem ``type`` (RFC 9457), never by its text.
 
 A retried POST is safe: the payload is byte-identical and the server answers
 ``already-accepted`` for a message it already committed (API.md section 5).
+
+Waiting for a stage to close uses long polling: ``GET .../messages/me?wait=S`` (the
+query is part of the signed target) is held by the server until there is something to
+answer or S seconds passed, so a stage change reaches the client within one request
+round trip instead of up to one polling interval. The read timeout of that request is
+S plus a margin. A 204 that comes back with ``Retry-After: 0`` after the server held it
+for at least half the wait is reported as :class:`Pending` with ``long_polled=True``
+(ask again at once); any other 204 (a server that ignores ``wait``, or answers early)
+is an ordinary poll answer, paced by the client's poll schedule, so a misbehaving
+server is never polled in a tight loop. Waiting for the result rides on the same long
+poll: the server answers ``round-completed`` on ``messages/me`` once the result exists.
 """
 
 from __future__ import annotations
@@ -56,6 +67,10 @@ OPEN_STAGES = frozenset(
     {"R0-advertise-keys", "R1-share-keys", "R2-masked-input-collection", "R3-consistency-check", "R4-unmasking"}
 )
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+LONG_POLL_SECONDS = 20.0
+"""How long the server may hold a ``messages/me`` request (the server allows up to 30 s)."""
+LONG_POLL_READ_MARGIN_SECONDS = 10.0
+"""Read timeout of a long poll beyond its wait: the server's last database check and the reply."""
 
 
 def parse_retry_after(value: str | None, *, now: float) -> float | None:
@@ -102,10 +117,14 @@ class HttpTransport:
         wall_clock: Callable[[], float] = time.time,
         source: RandomSource | None = None,
         on_retry: Callable[[int, float, str], None] | None = None,
+        long_poll_seconds: float = LONG_POLL_SECONDS,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"server URL must be http(s)://host[:port], got {base_url!r}")
+        if not 0 <= long_poll_seconds <= 30:
+            raise ValueError(f"long_poll_seconds must be in 0..30 (0 disables long polling), got {long_poll_seconds}")
         self._base_url = base_url.rstrip("/")
         self._key_id = key_id
         self._identity = identity
@@ -116,6 +135,14 @@ class HttpTransport:
         self._wall_clock = wall_clock
         self._source = source if source is not None else SystemRandom()
         self._on_retry = on_retry
+        self._long_poll_seconds = long_poll_seconds
+        self._monotonic = monotonic
+        self._long_poll_timeout = httpx.Timeout(
+            max(timeout.read or 0.0, long_poll_seconds + LONG_POLL_READ_MARGIN_SECONDS),
+            connect=timeout.connect,
+            write=timeout.write,
+            pool=timeout.pool,
+        )
         self.requests_sent = 0
 
     @property
@@ -188,11 +215,18 @@ class HttpTransport:
         self._refuse(response)
 
     def fetch(self, round_id: str, protocol_round: ProtocolRound) -> Delivery:
-        response = self._signed("GET", f"/v1/rounds/{round_id}/messages/me")
+        path = f"/v1/rounds/{round_id}/messages/me"
+        long_poll = self._long_poll_seconds > 0
+        if long_poll:
+            path += f"?wait={self._long_poll_seconds:g}"
+        started = self._monotonic()
+        response = self._signed("GET", path, timeout=self._long_poll_timeout if long_poll else None)
         if response.status_code == 200:
             return Delivered(response.content)
         if response.status_code == 204:
-            return Pending(parse_retry_after(response.headers.get("Retry-After"), now=self._wall_clock()))
+            retry_after = parse_retry_after(response.headers.get("Retry-After"), now=self._wall_clock())
+            held = long_poll and self._monotonic() - started >= self._long_poll_seconds / 2
+            return Pending(retry_after, long_polled=held and retry_after == 0)
         problem_type, _, body = _problem(response)
         if problem_type == "excluded":
             return Excluded()
@@ -223,13 +257,31 @@ class HttpTransport:
             return RoundResult(vector=vector, survivors=survivors)
         problem_type, _, body = _problem(response)
         if problem_type == "result-not-ready":
-            return Pending(parse_retry_after(response.headers.get("Retry-After"), now=self._wall_clock()))
+            not_ready = Pending(parse_retry_after(response.headers.get("Retry-After"), now=self._wall_clock()))
+            if self._long_poll_seconds == 0:
+                return not_ready
+            change = self.fetch(round_id, ProtocolRound.R4)  # held until the round moves (or the wait ends)
+            if isinstance(change, RoundAborted):
+                return change
+            if isinstance(change, RoundCompleted):
+                return Pending(0.0, long_polled=True)  # the result exists now: fetch it at once
+            if isinstance(change, Pending) and change.long_polled:
+                return change
+            return not_ready
         if problem_type == "round-aborted":
             return RoundAborted(str(body.get("abort_reason") or "aborted"))
         self._refuse(response)
 
     # ------------------------------------------------------------- plumbing
-    def _signed(self, method: str, path: str, body: bytes = b"", *, headers: dict[str, str] | None = None) -> httpx.Response:
+    def _signed(
+        self,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: httpx.Timeout | None = None,
+    ) -> httpx.Response:
         def attempt() -> httpx.Response:
             signing_headers = sign_request(
                 self._identity,
@@ -243,7 +295,11 @@ class HttpTransport:
             self.requests_sent += 1
             try:
                 response = self._client.request(
-                    method, self._base_url + path, content=body if body else None, headers={**(headers or {}), **signing_headers}
+                    method,
+                    self._base_url + path,
+                    content=body if body else None,
+                    headers={**(headers or {}), **signing_headers},
+                    timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
                 )
             except httpx.TransportError as exc:
                 raise TransientFailure(f"{method} {path}: {type(exc).__name__}: {exc}") from None

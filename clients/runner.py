@@ -310,7 +310,8 @@ def _await_answer(
                 f"no answer to this client's {protocol_round.value} message within {poll.timeout:g} s; "
                 "the state file is kept: run again to resume"
             )
-        sleep(poll.interval(polls, delivery.retry_after))
+        if not delivery.long_polled:
+            sleep(poll.interval(polls, delivery.retry_after))
         polls += 1
 
 
@@ -335,5 +336,6 @@ def _await_result(
             emit(RoundEvent(EventKind.WAITING, ProtocolRound.R4, "waiting for the result"))
         if clock() >= deadline:
             raise ServerUnavailable(f"no result within {poll.timeout:g} s after this client's last message")
-        sleep(poll.interval(polls, delivery.retry_after))
+        if not delivery.long_polled:
+            sleep(poll.interval(polls, delivery.retry_after))
         polls += 1

@@ -59,9 +59,16 @@ class RoundDescription:
 
 @dataclass(frozen=True, slots=True)
 class Pending:
-    """The server has not closed the stage yet; ask again (after ``retry_after`` seconds if given)."""
+    """The server has not closed the stage yet; ask again (after ``retry_after`` seconds if given).
+
+    ``long_polled`` is True when the server already held the request open for the whole
+    long-poll wait (``service/API.md``, ``?wait=S``) and asked to be called again at once
+    (``Retry-After: 0``): the waiting has been done, the next request goes out without a
+    pause.
+    """
 
     retry_after: float | None = None
+    long_polled: bool = False
 
 
 @dataclass(frozen=True, slots=True)

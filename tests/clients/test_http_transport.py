@@ -188,3 +188,79 @@ def test_result_whose_digest_does_not_match_is_refused() -> None:
     assert result.survivors == (0, 1, 2) and result.vector.tolist() == [0, 1, 2, 3]
     with pytest.raises(ServerRefused, match="does not match"):
         transport.fetch_result(ROUND)
+
+
+def make_long_polling_transport(responses, *, held_seconds: float):
+    """A transport whose server answers ``responses`` in order, each after ``held_seconds`` (on an injected clock)."""
+    seen: list[httpx.Request] = []
+    now = {"t": 0.0}
+    queue = list(responses)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        now["t"] += held_seconds
+        return queue.pop(0)
+
+    transport = HttpTransport(
+        "http://aggregator.test",
+        key_id="bank-a",
+        identity=IDENTITY,
+        client=httpx.Client(transport=httpx.MockTransport(handler)),
+        sleep=lambda seconds: None,
+        wall_clock=lambda: NOW,
+        monotonic=lambda: now["t"],
+        source=DeterministicRandom.from_int(6),
+        long_poll_seconds=20.0,
+    )
+    return transport, seen
+
+
+def test_fetch_long_polls_with_the_wait_in_the_signed_target_and_a_read_timeout_above_it() -> None:
+    transport, seen = make_long_polling_transport([httpx.Response(204, headers={"Retry-After": "0"})], held_seconds=20.0)
+    assert transport.fetch(ROUND, ProtocolRound.R1) == Pending(0.0, long_polled=True)
+    (request,) = seen
+    assert request.url.params["wait"] == "20"
+    target = f"/v1/rounds/{ROUND}/messages/me?wait=20"
+    verify_request(parse_credentials(request.headers), IDENTITY.public_bytes, "GET", target, body_sha256=body_digest(b""))
+    assert request.extensions["timeout"]["read"] > 20
+
+
+@pytest.mark.parametrize(
+    ("held_seconds", "retry_after"),
+    [(0.1, "0"), (20.0, "1")],
+    ids=["answered-early", "server-asks-for-a-pause"],
+)
+def test_a_204_not_held_for_the_wait_or_asking_for_a_pause_is_an_ordinary_poll_answer(held_seconds: float, retry_after: str) -> None:
+    transport, _ = make_long_polling_transport([httpx.Response(204, headers={"Retry-After": retry_after})], held_seconds=held_seconds)
+    delivery = transport.fetch(ROUND, ProtocolRound.R1)
+    assert isinstance(delivery, Pending) and not delivery.long_polled
+
+
+def test_waiting_for_the_result_long_polls_until_the_round_completes_then_asks_again_at_once() -> None:
+    transport, seen = make_long_polling_transport(
+        [problem(409, "result-not-ready"), problem(409, "round-completed")], held_seconds=0.5
+    )
+    assert transport.fetch_result(ROUND) == Pending(0.0, long_polled=True)
+    assert [request.url.path for request in seen] == [f"/v1/rounds/{ROUND}/result", f"/v1/rounds/{ROUND}/messages/me"]
+
+
+def test_waiting_for_the_result_reports_an_abort_seen_by_the_long_poll() -> None:
+    transport, _ = make_long_polling_transport(
+        [problem(409, "result-not-ready"), problem(410, "round-aborted", abort_reason="too-few-participants")], held_seconds=0.5
+    )
+    assert transport.fetch_result(ROUND) == RoundAborted("too-few-participants")
+
+
+def test_long_polling_can_be_disabled_and_then_fetch_sends_no_wait() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(204, headers={"Retry-After": "1"})
+
+    transport = HttpTransport(
+        "http://aggregator.test", key_id="bank-a", identity=IDENTITY,
+        client=httpx.Client(transport=httpx.MockTransport(handler)), long_poll_seconds=0,
+    )  # fmt: skip
+    assert transport.fetch(ROUND, ProtocolRound.R1) == Pending(1.0)
+    assert "wait" not in seen[0].url.params

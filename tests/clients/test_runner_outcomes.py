@@ -88,6 +88,39 @@ def test_waiting_past_the_poll_timeout_keeps_the_state_for_a_later_resume(state_
     assert np.array_equal(outcome.result.vector, server.expected_sum())
 
 
+def test_a_long_polled_pending_answer_is_asked_again_without_sleeping(state_dir: Path) -> None:
+    server = FakeRoundServer()
+    original_fetch = server.fetch
+    held = {"count": 0}
+
+    def fetch_held_twice(round_id, protocol_round):
+        if held["count"] < 2:
+            held["count"] += 1
+            return Pending(0.0, long_polled=True)  # the server held the request for its whole wait
+        return original_fetch(round_id, protocol_round)
+
+    server.fetch = fetch_held_twice
+    sleeps: list[float] = []
+
+    from clients.inputs import RingVectorInput
+    from clients.policy import ClientPolicy
+    from clients.runner import run_round
+
+    outcome = run_round(
+        transport=server,
+        round_id=server.round_id,
+        identity=server.identity,
+        client_input=RingVectorInput(server.inputs[server.member]),
+        policy=ClientPolicy(),
+        state_dir=state_dir,
+        poll=PollSchedule(initial_interval=0.5, max_interval=4.0, timeout=30.0),
+        sleep=sleeps.append,
+    )
+    assert held["count"] == 2
+    assert sleeps == []
+    assert np.array_equal(outcome.result.vector, server.expected_sum())
+
+
 def test_poll_intervals_grow_from_the_server_hint_to_the_maximum() -> None:
     schedule = PollSchedule(initial_interval=0.25, multiplier=2.0, max_interval=3.0)
     assert [schedule.interval(k, None) for k in range(5)] == [0.25, 0.5, 1.0, 2.0, 3.0]
