@@ -216,8 +216,12 @@ def max_client_message_bytes(participants: int, dim: int, bits: int) -> int:
 
 @dataclass(slots=True)
 class _CachedSession:
+    """A round's session as of ``revision``; with the running sum of masked inputs as of the
+    same revision when this process last wrote it (read-only; None: read it from the row)."""
+
     revision: int
     session: ServerSession
+    masked_sum: np.ndarray | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -465,6 +469,8 @@ class Coordinator:
                     if message.sender != sender:
                         raise ServiceProblem(ProblemType.SENDER_MISMATCH, f"the message's sender is {message.sender}, your index is {sender}")
                     server_session = self._session(session, row, parameters)
+                    cached = self._cache.get(round_id)
+                    known_sum = cached.masked_sum if cached is not None and cached.revision == row.revision else None
                     try:
                         server_session.receive(message)
                     except MessageRejected as exc:
@@ -483,7 +489,7 @@ class Coordinator:
                         )
                     )
                     if isinstance(message, MaskedInput):
-                        self._add_to_masked_sum(session, row, server_session.config, message)
+                        known_sum = self._add_to_masked_sum(session, row, server_session.config, message, known_sum)
                     row.revision += 1
                     finished = False
                     closed = server_session.stage_complete
@@ -493,7 +499,7 @@ class Coordinator:
                     session.flush()
                     revision = row.revision
                 if not finished:
-                    self._cache[round_id] = _CachedSession(revision, server_session)
+                    self._cache[round_id] = _CachedSession(revision, server_session, known_sum)
                 if closed:
                     self._notify(round_id)
             except IntegrityError:
@@ -504,13 +510,25 @@ class Coordinator:
                 raise
         return Acceptance(round_id, stage, sender, digest, already_accepted=False), finished
 
-    def _add_to_masked_sum(self, session: Session, row: RoundRow, config: RoundConfig, message: MaskedInput) -> None:
+    def _add_to_masked_sum(
+        self, session: Session, row: RoundRow, config: RoundConfig, message: MaskedInput, known_sum: np.ndarray | None
+    ) -> np.ndarray:
+        """Set the row's running sum to the stored one plus ``message``'s vector; return the new sum (read-only).
+
+        ``known_sum`` is the stored sum as this process last wrote it, valid for the row's
+        current revision (the caller checked); without it the sum is read from the row.
+        The new sum is a fresh array, so ``known_sum`` stays intact if the transaction
+        rolls back (and the cache entry holding it is dropped then anyway).
+        """
         ring = config.ring
-        stored = session.execute(select(RoundRow.masked_sum).where(RoundRow.id == row.id)).scalar_one()
-        total = ring.zeros(config.dim) if stored is None else np.frombuffer(stored, dtype=ring.dtype).copy()
-        np.add(total, message.masked_vector, out=total)
+        if known_sum is None:
+            stored = session.execute(select(RoundRow.masked_sum).where(RoundRow.id == row.id)).scalar_one()
+            known_sum = ring.zeros(config.dim) if stored is None else np.frombuffer(stored, dtype=ring.dtype)
+        total = np.add(known_sum, message.masked_vector, dtype=ring.dtype)
         ring.reduce(total)
+        total.setflags(write=False)
         row.masked_sum = total.tobytes()
+        return total
 
     def message_for(self, round_id: str, participant_id: str, *, deadline_checked: bool = False) -> tuple[str, OutboundMessage | None]:
         """The round's current stage and the server message ``participant_id`` must answer in

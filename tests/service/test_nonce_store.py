@@ -1,0 +1,58 @@
+"""Request nonces on SQLite live in a file of their own: replay refused across processes, no queue behind uploads."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+from service.db import Database, nonce_database_url
+
+
+def test_the_nonce_file_sits_beside_the_main_file() -> None:
+    assert nonce_database_url("sqlite:////srv/secagg/secagg.db") == "sqlite:////srv/secagg/secagg.nonces.db"
+
+
+def test_a_nonce_recorded_by_one_process_is_refused_by_another_on_the_same_database(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'secagg.db'}"
+    first, second = Database(url), Database(url)
+    try:
+        first.create_schema()
+        second.create_schema()
+        assert first.record_nonce("bank-a", "0" * 32, expires_at=2e9)
+        assert not second.record_nonce("bank-a", "0" * 32, expires_at=2e9)
+        assert second.record_nonce("bank-b", "0" * 32, expires_at=2e9)
+    finally:
+        first.dispose()
+        second.dispose()
+
+
+def test_recording_a_nonce_does_not_wait_for_a_write_transaction_on_the_main_file(tmp_path: Path) -> None:
+    database = Database(f"sqlite:///{tmp_path / 'secagg.db'}")
+    database.create_schema()
+    holder = sqlite3.connect(tmp_path / "secagg.db", isolation_level=None)
+    outcome: list[bool] = []
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # what an upload's transaction holds until its commit
+        recorder = threading.Thread(target=lambda: outcome.append(database.record_nonce("bank-a", "1" * 32, expires_at=2e9)))
+        recorder.start()
+        recorder.join(timeout=10)
+        assert outcome == [True], "the nonce insert queued behind the main file's write lock"
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        recorder.join()
+        database.dispose()
+
+
+def test_expired_nonces_are_purged_from_the_nonce_file_and_unexpired_ones_kept(tmp_path: Path) -> None:
+    database = Database(f"sqlite:///{tmp_path / 'secagg.db'}")
+    try:
+        database.create_schema()
+        database.record_nonce("bank-a", "2" * 32, expires_at=100.0)
+        database.record_nonce("bank-a", "3" * 32, expires_at=300.0)
+        database.purge_nonces(now=200.0)
+        assert database.record_nonce("bank-a", "2" * 32, expires_at=400.0)
+        assert not database.record_nonce("bank-a", "3" * 32, expires_at=400.0)
+    finally:
+        database.dispose()
