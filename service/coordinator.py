@@ -14,10 +14,12 @@ same transaction that records the submission (so each accepted input is added ex
 once: the submission's unique key and the sum commit or roll back together). Memory is
 O(dim) per request and per round, storage is O(dim) per round instead of O(n·dim), and
 no individual masked input ever rests on disk (data minimisation: a later leak of the
-database cannot single one out). Replaying R2 needs only who submitted: replay feeds
-each recorded sender a zero vector (accepted for the same reasons the real one was:
-stage, membership, session id, length, ring), and the persisted sum is handed to the
-session with :meth:`ServerSession.provide_masked_sum` just before R4 closes.
+database cannot single one out). The process keeps the sum it last committed beside
+its cached session, valid for the same revision only, so an upload does not read the
+sum back: it writes the new sum once and commits. Replaying R2 needs only who
+submitted: replay feeds each recorded sender a zero vector (accepted for the same
+reasons the real one was: stage, membership, session id, length, ring), and the
+persisted sum is handed to the session with :meth:`ServerSession.provide_masked_sum` just before R4 closes.
 
 Note that a masked input's *contents* are never replayed: a wrong running sum would go
 unnoticed by replay and yield a wrong result (never a leak). The sum's integrity rests
