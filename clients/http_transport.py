@@ -28,7 +28,9 @@ from __future__ import annotations
 import base64
 import binascii
 import email.utils
+import functools
 import hashlib
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -71,6 +73,20 @@ LONG_POLL_SECONDS = 20.0
 """How long the server may hold a ``messages/me`` request (the server allows up to 30 s)."""
 LONG_POLL_READ_MARGIN_SECONDS = 10.0
 """Read timeout of a long poll beyond its wait: the server's last database check and the reply."""
+
+
+@functools.lru_cache(maxsize=8)
+def shared_tls_context(verify: bool | str) -> ssl.SSLContext:
+    """One TLS client context per ``verify`` setting for the whole process.
+
+    Exactly the context httpx would build itself (:func:`httpx.create_ssl_context`:
+    certificate and host name verified against certifi's bundle, or the CA file or
+    directory given), built once instead of once per transport: loading the CA bundle
+    costs ~20 ms of CPU, which a cohort of clients in one process (``secagg simulate
+    --transport http``) paid per client. A CA file changed on disk is read again only
+    by a new process.
+    """
+    return httpx.create_ssl_context(verify=verify)
 
 
 def parse_retry_after(value: str | None, *, now: float) -> float | None:
@@ -129,7 +145,7 @@ class HttpTransport:
         self._key_id = key_id
         self._identity = identity
         self._retry = retry
-        self._client = client if client is not None else httpx.Client(timeout=timeout, verify=verify)
+        self._client = client if client is not None else httpx.Client(timeout=timeout, verify=shared_tls_context(verify))
         self._owns_client = client is None
         self._sleep = sleep
         self._wall_clock = wall_clock

@@ -264,3 +264,23 @@ def test_long_polling_can_be_disabled_and_then_fetch_sends_no_wait() -> None:
     )  # fmt: skip
     assert transport.fetch(ROUND, ProtocolRound.R1) == Pending(1.0)
     assert "wait" not in seen[0].url.params
+
+
+def test_transports_share_one_tls_context_that_verifies_certificates_and_host_names() -> None:
+    import ssl
+
+    from clients.http_transport import shared_tls_context
+
+    context = shared_tls_context(True)
+    assert shared_tls_context(True) is context
+    assert context.verify_mode is ssl.CERT_REQUIRED and context.check_hostname
+    assert context.get_ca_certs() or context.cert_store_stats()["x509_ca"] > 0
+
+
+def test_without_verification_the_tls_context_checks_nothing() -> None:
+    import ssl
+
+    from clients.http_transport import shared_tls_context
+
+    context = shared_tls_context(False)
+    assert context.verify_mode is ssl.CERT_NONE and not context.check_hostname
