@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from secagg.errors import MalformedMessage
 from secagg.hazmat.aead import OVERHEAD_BYTES
@@ -60,7 +60,11 @@ def self_mask_prg_seed(session_id: bytes, owner: int, self_mask_seed: bytes) -> 
 
 
 def pairwise_prg_seed(
-    session_id: bytes, masking_private_key: bytes | X25519PrivateKey, peer_masking_public_key: bytes, first: int, second: int
+    session_id: bytes,
+    masking_private_key: bytes | X25519PrivateKey,
+    peer_masking_public_key: bytes | X25519PublicKey,
+    first: int,
+    second: int,
 ) -> bytes:
     """The AES key expanding PRG(s_uv): HKDF of X25519(s_sk_u, s_pk_v), bound to the session and the pair.
 

@@ -60,13 +60,13 @@ class AgreementKeyPair:
         return f"AgreementKeyPair(public={self.public_bytes.hex()[:16]}…)"
 
 
-def agree(private: bytes | X25519PrivateKey, peer_public_bytes: bytes) -> bytes:
+def agree(private: bytes | X25519PrivateKey, peer_public: bytes | X25519PublicKey) -> bytes:
     """X25519(private, peer public); refuses malformed and small-order public keys.
 
-    ``private`` is raw bytes or an already-loaded key (loading costs as much as the
-    agreement itself, so hot paths pass the loaded key).
+    Either key may be raw bytes or an already-loaded key object (loading costs as much
+    as the agreement itself, so hot paths pass loaded keys).
     """
-    if len(peer_public_bytes) != PUBLIC_KEY_BYTES:
+    if not isinstance(peer_public, X25519PublicKey) and len(peer_public) != PUBLIC_KEY_BYTES:
         raise InvalidPublicKey("X25519 public keys are 32 bytes")
     if isinstance(private, X25519PrivateKey):
         key = private
@@ -75,7 +75,7 @@ def agree(private: bytes | X25519PrivateKey, peer_public_bytes: bytes) -> bytes:
     else:
         raise ValueError("X25519 private keys are 32 bytes")
     try:
-        peer = X25519PublicKey.from_public_bytes(peer_public_bytes)
+        peer = peer_public if isinstance(peer_public, X25519PublicKey) else X25519PublicKey.from_public_bytes(peer_public)
         return key.exchange(peer)
     except ValueError as exc:  # all-zero shared secret: small-order point
         raise InvalidPublicKey("X25519 public key is of small order") from exc

@@ -405,7 +405,8 @@ class ServerSession:
             data.unmasking_shares,
         )
         total = data.running_sum
-        accumulate_masks(total, plan.masks, threads=self._mask_threads)
+        masks = [mask for batch in plan.mask_batches() for mask in batch]
+        accumulate_masks(total, masks, threads=self._mask_threads)
         self._config.ring.reduce(total)
         total.setflags(write=False)
         self._result = total
