@@ -741,6 +741,15 @@ class Coordinator:
         self.metrics.rounds_finished.labels(outcome, reason or "").inc()
         LOGGER.info("round_finished", extra={"round_id": row.id, "outcome": outcome, "reason": reason})
 
+    def _lock_unfinished_round(self, session: Session, round_id: str) -> RoundRow:
+        """The round's row under its lock, refusing an unknown or already finished round."""
+        row = self.database.lock_round(session, round_id)
+        if row is None:
+            raise ServiceProblem(ProblemType.ROUND_NOT_FOUND, "no such round")
+        if row.outcome is not None:
+            raise ServiceProblem(ProblemType.ROUND_FINISHED, f"the round already {row.outcome}")
+        return row
+
     def close_stage_now(self, round_id: str) -> None:
         """An operator closes the current stage before its deadline, with whoever answered
         (the round aborts if fewer than t did), e.g. when the missing banks are known to be down."""
@@ -748,11 +757,7 @@ class Coordinator:
         with self._round_lock(round_id):
             try:
                 with self.database.write() as session:
-                    row = self.database.lock_round(session, round_id)
-                    if row is None:
-                        raise ServiceProblem(ProblemType.ROUND_NOT_FOUND, "no such round")
-                    if row.outcome is not None:
-                        raise ServiceProblem(ProblemType.ROUND_FINISHED, f"the round already {row.outcome}")
+                    row = self._lock_unfinished_round(session, round_id)
                     server_session = self._session(session, row, self.parameters(round_id))
                     self._cache.pop(round_id, None)
                     finished = self._close_stage(session, row, server_session, self.clock())
@@ -772,11 +777,7 @@ class Coordinator:
         with self._round_lock(round_id):
             try:
                 with self.database.write() as session:
-                    row = self.database.lock_round(session, round_id)
-                    if row is None:
-                        raise ServiceProblem(ProblemType.ROUND_NOT_FOUND, "no such round")
-                    if row.outcome is not None:
-                        raise ServiceProblem(ProblemType.ROUND_FINISHED, f"the round already {row.outcome}")
+                    row = self._lock_unfinished_round(session, round_id)
                     self._cache.pop(round_id, None)
                     self._finish(
                         session, row, self.clock(), outcome="aborted", reason=AbortReason.ABORTED_BY_SERVER.value, detail=detail

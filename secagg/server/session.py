@@ -81,6 +81,7 @@ class StageRecord:
 @dataclass(slots=True)
 class _RoundData:
     advertised: dict[int, AdvertiseKeys] = field(default_factory=dict)
+    advertised_public_keys: set[bytes] = field(default_factory=set)
     session_id: bytes | None = None
     graph: NeighbourMap = field(default_factory=lambda: NeighbourMap(()))
     share_keys: dict[int, ShareKeys] = field(default_factory=dict)
@@ -268,10 +269,10 @@ class ServerSession:
         keys = (message.encryption_public_key, message.masking_public_key)
         if not all(is_usable_x25519_public_key(key) for key in keys):
             raise MessageRejected(RejectReason.INVALID_PUBLIC_KEY, "a public key is malformed or of small order")
-        taken = {key for entry in self._data.advertised.values() for key in (entry.encryption_public_key, entry.masking_public_key)}
-        if keys[0] == keys[1] or taken.intersection(keys):
+        if keys[0] == keys[1] or self._data.advertised_public_keys.intersection(keys):
             raise MessageRejected(RejectReason.DUPLICATE_PUBLIC_KEY, "a public key is already in use in this round")
         self._data.advertised[message.sender] = message
+        self._data.advertised_public_keys.update(keys)
 
     def _accept_share_keys(self, message: ShareKeys) -> None:
         expected = self._data.graph[message.sender]
