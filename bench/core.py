@@ -72,7 +72,7 @@ def numpy_add_seconds(dim: int, repeats: int = 50) -> float:
 
 # ------------------------------------------------------------ child processes
 def _simulate_child(params_dict: dict, record_path: str, queue) -> None:
-    from clients.simulation import DropoutRound, SimulationParameters, run_simulation
+    from clients.harness.simulation import DropoutRound, SimulationParameters, run_simulation
     from secagg.config import GraphKind, ProtocolMode
 
     params = SimulationParameters(

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dp.distributed import DistributedDPConfig, decode_aggregate, encode_update
-from dp.noise import gaussian_noise, skellam_noise
+from dp.mechanisms.distributed import DistributedDPConfig, decode_aggregate, encode_update
+from dp.mechanisms.noise import gaussian_noise, skellam_noise
 from secagg.hazmat.randomness import DeterministicRandom, SystemRandom
 
 RESULTS = Path(__file__).resolve().parent / "results"

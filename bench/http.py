@@ -192,8 +192,8 @@ def minimal_http_copy(sizes: list[int]) -> float:
 
 # ------------------------------------------------------------------- suites
 def round_overhead(clients: int, dim: int) -> dict:
-    from clients.http_simulation import run_http_simulation
-    from clients.simulation import SimulationParameters, run_simulation
+    from clients.harness.http_simulation import run_http_simulation
+    from clients.harness.simulation import SimulationParameters, run_simulation
 
     params = SimulationParameters(clients=clients, dim=dim, dropout=0.0)
     started = time.perf_counter()
@@ -220,9 +220,9 @@ def round_overhead(clients: int, dim: int) -> dict:
 
 
 def upload_throughput(clients: int, dim: int) -> dict:
-    from clients.http_simulation import run_http_simulation
-    from clients.simulation import SimulationParameters
-    from clients.transport import ProtocolRound
+    from clients.harness.http_simulation import run_http_simulation
+    from clients.harness.simulation import SimulationParameters
+    from clients.runtime.transport import ProtocolRound
 
     uploads: list[tuple[int, float, float]] = []
     lock = threading.Lock()

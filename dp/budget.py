@@ -1,6 +1,6 @@
 """Privacy budgets, enforced by the data holder before anything is spent.
 
-A party's :class:`BudgetPolicy` names, per :class:`~dp.ledger.PrivacyUnit`, the largest
+A party's :class:`BudgetPolicy` names, per :class:`~dp.audit.privacy_ledger.PrivacyUnit`, the largest
 epsilon at delta (under a named accountant) that the composition of all its spends may
 ever reach. :class:`BudgetGuard` is the only door to the ledger's spends:
 
@@ -54,7 +54,7 @@ from typing import Any
 
 from dp.accounting import AccountantKind, MechanismEvent
 from dp.errors import DPError
-from dp.ledger import LedgerEntry, PrivacyLedger, PrivacyUnit, RefusalReason
+from dp.audit.privacy_ledger import LedgerEntry, PrivacyLedger, PrivacyUnit, RefusalReason
 
 __all__ = ["Authorization", "BudgetExceeded", "BudgetGuard", "BudgetPolicy", "BudgetPolicyError", "UnitBudget"]
 

@@ -3,13 +3,13 @@
 A bank trains the shared model locally on its own customers' rows and sends only the
 model update. Every local step is one application of the Poisson-subsampled Gaussian
 mechanism: each row joins the batch independently with probability q
-(:func:`dp.noise.poisson_subsample`), each row's gradient is clipped to L2 norm C
+(:func:`dp.mechanisms.noise.poisson_subsample`), each row's gradient is clipped to L2 norm C
 (Opacus's per-sample gradients), the clipped gradients are summed and Gaussian noise of
 standard deviation z * C is added, then the sum is divided by the expected batch size
 q * N. The update leaving the bank is therefore already (epsilon, delta)-DP for the
 bank's customers; masking and aggregation are post-processing.
 
-Noise comes from :func:`dp.noise.gaussian_noise` (a CSPRNG and the Holohan-Braghin sum
+Noise comes from :func:`dp.mechanisms.noise.gaussian_noise` (a CSPRNG and the Holohan-Braghin sum
 of four samples), wired in by :class:`CsprngDPOptimizer` in place of Opacus's
 ``_generate_noise``, because Opacus's own ``secure_mode`` needs torchcsprng, which no
 longer installs. Poisson sampling uses the same CSPRNG; torch's generator is never used
@@ -56,7 +56,7 @@ from dp.accounting import (
 )
 from dp.errors import DPError
 from dp.models import ModelKind, ModelSpec
-from dp.noise import gaussian_noise, poisson_subsample
+from dp.mechanisms.noise import gaussian_noise, poisson_subsample
 from secagg.hazmat.randomness import RandomSource, SystemRandom, uniform_floats
 
 _EPSILON_TOLERANCE = 1e-9
@@ -187,7 +187,7 @@ class CsprngDPOptimizer(DPOptimizer):
     """Opacus's :class:`DPOptimizer` with its Gaussian noise drawn from a CSPRNG.
 
     Only :meth:`add_noise` changes: the noise for each parameter is
-    :func:`dp.noise.gaussian_noise` with std ``noise_multiplier * max_grad_norm`` from
+    :func:`dp.mechanisms.noise.gaussian_noise` with std ``noise_multiplier * max_grad_norm`` from
     the injected :class:`RandomSource` (float64, cast to the parameter's dtype).
     Opacus's clipping, accumulation and scaling are used unchanged. The processed-flag
     checks mirror ``DPOptimizer.add_noise`` of Opacus 1.6.

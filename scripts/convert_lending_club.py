@@ -6,7 +6,7 @@ pandas pickles; the package's code is GPL-3.0) holds ``modeldata::lending_club``
 9,857 rows, 23 variables: 22 predictors and the outcome ``Class`` good/bad). This script is the only place
 that pickle is ever read, once, offline, in a throw-away virtual environment; the
 repository ships the result as a plain gzip-compressed CSV, and the loader
-(:mod:`clients.datasets`) parses it with the standard library and numpy only and
+(:mod:`clients.training.datasets`) parses it with the standard library and numpy only and
 verifies its SHA-256 against ``lending_club.provenance.json``.
 
 Run it in a scratch environment (never in the project's own)::
@@ -16,7 +16,7 @@ Run it in a scratch environment (never in the project's own)::
     /tmp/convert-venv/bin/python scripts/convert_lending_club.py --out-dir clients/datasets
 
 It also writes the demo consortium's agreed schema, ``lending_club.schema.json``
-(:func:`clients.tabular.draft_schema` over the published dataset: column kinds, the
+(:func:`clients.training.tabular.draft_schema` over the published dataset: column kinds, the
 categories of each categorical column by frequency, numeric clipping ranges at the
 0.5% and 99.5% quantiles; no means or scales, which the banks compute with secure
 aggregation). The dataset is public, so drafting its schema from all of it reveals
@@ -126,7 +126,7 @@ def convert(out_dir: Path) -> dict[str, object]:
 def write_schema(csv_bytes: bytes, path: Path) -> None:
     """The demo consortium's schema, drafted from the public CSV (see the module docstring)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from clients.tabular import draft_schema, parse_csv
+    from clients.training.tabular import draft_schema, parse_csv
 
     table = parse_csv(csv_bytes, source="lending_club.csv")
     draft_schema(table, target="Class", positive="bad", exclude=SCHEMA_EXCLUDED_COLUMNS).save(path)

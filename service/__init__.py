@@ -6,7 +6,7 @@
 ``settings``                pydantic-settings (``SECAGG_*``), refusing unsafe configurations
 ``db``                      SQLAlchemy tables, SQLite/PostgreSQL engines, the round lock
 ``coordinator``             rounds over the database: accept, close stages, replay, deadlines
-``ledger``                  the seam to the signed server ledger (``dp.ledger_server``)
+``ledger``                  the seam to the signed server ledger (``dp.audit.round_records``)
 ``app``                     ``create_app(settings)``: lifespan, problem handlers, routers
 ``routes``                  admin, participant, audit and operations endpoints
 ``auth``, ``views``,        request authentication, response shaping, problem types,

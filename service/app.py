@@ -80,7 +80,7 @@ def create_app(settings: ServiceSettings, *, clock: Callable[[], float] | None =
         title="secagg aggregation server",
         version="1",
         summary="Secure aggregation (Bonawitz et al. 2017, SecAgg+) between banks, over signed HTTP requests.",
-        description="See service/API.md for the contract. Errors are application/problem+json with a stable type.",
+        description="See docs/API.md for the contract. Errors are application/problem+json with a stable type.",
         lifespan=lifespan,
     )
     _install_problem_handlers(app)

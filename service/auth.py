@@ -1,6 +1,6 @@
 """Authentication dependencies: signed participant requests and the admin bearer token.
 
-Participant requests are checked in the order ``service/API.md`` section 3 gives:
+Participant requests are checked in the order ``docs/API.md`` section 3 gives:
 headers present and well-formed, timestamp within the window, key enrolled and not
 revoked, (body limit, for uploads), signature, nonce never seen. The nonce is recorded
 only once the signature verifies, so an attacker cannot burn a participant's nonces,
@@ -20,7 +20,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.coordinator import Coordinator
 from service.problems import ProblemType, ServiceProblem
-from service.request_signing import (
+from secagg.http_contract import (
     AuthFailure,
     RequestAuthError,
     RequestCredentials,

@@ -893,7 +893,7 @@ class Coordinator:
     @staticmethod
     def survivors_by_stage(row: RoundRow, parameters: StoredParameters) -> dict[str, list[str]]:
         """Participant ids that answered each closed stage. In honest-but-curious mode there
-        is no R3; its entry repeats U3 so that the stages nest (``dp.ledger_server``)."""
+        is no R3; its entry repeats U3 so that the stages nest (``dp.audit.round_records``)."""
         survivors = {
             entry["stage"]: [parameters.cohort_ids[index] for index in entry["responded"]] for entry in json.loads(row.history)
         }

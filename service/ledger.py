@@ -1,6 +1,6 @@
 """The server's round ledger: one signed, hash-chained record per finished round.
 
-The ledger file itself is :class:`dp.ledger_server.ServerLedger` (JSONL chain, Ed25519
+The ledger file itself is :class:`dp.audit.round_records.ServerLedger` (JSONL chain, Ed25519
 signatures, signed head); this module is the service's seam to it. Writing follows an
 outbox pattern, because the ledger is a file and the round's outcome lives in the
 database: the transition that finishes a round commits ``ledger_recorded = false``;
@@ -73,13 +73,13 @@ def validate_privacy_policy(items: Sequence[Mapping[str, Any]]) -> list[dict[str
     """Check each ``{unit, mechanism, parameters}`` item; return them normalised.
 
     With the dp package importable, each item must parse as
-    :class:`dp.ledger_server.RoundPrivacy` (known unit, known mechanism, valid
+    :class:`dp.audit.round_records.RoundPrivacy` (known unit, known mechanism, valid
     parameters) and is normalised through it, so the ledger records exactly what the
     parties' ledgers must match. Raises ``ValueError`` with a specific message.
     """
     normalised: list[dict[str, Any]] = []
     try:
-        from dp.ledger_server import RoundPrivacy
+        from dp.audit.round_records import RoundPrivacy
     except ImportError:
         RoundPrivacy = None  # noqa: N806 - the seam: shape check only
     units: set[str] = set()
@@ -116,7 +116,7 @@ def round_record(
     outcome: str,
     abort_reason: str | None,
 ) -> dict[str, Any]:
-    """The ledger body of one finished round (the fields of ``dp.ledger_server.ServerRoundRecord``)."""
+    """The ledger body of one finished round (the fields of ``dp.audit.round_records.ServerRoundRecord``)."""
     return {
         "round": round_id,
         "cohort": list(cohort),
@@ -149,7 +149,7 @@ class RoundLedger:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            from dp.ledger_server import ServerLedger
+            from dp.audit.round_records import ServerLedger
         except ImportError:
             LOGGER.warning("ledger_unavailable", extra={"event": "ledger_unavailable"})
             return
@@ -161,8 +161,8 @@ class RoundLedger:
     def record(self, body: Mapping[str, Any]) -> bool:
         """Append ``body`` unless the round is already recorded. True iff it is in the ledger now."""
         try:
-            from dp.ledger_chain import LedgerError, LedgerLocked
-            from dp.ledger_server import ServerLedger, ServerRoundRecord
+            from dp.audit.chain import LedgerError, LedgerLocked
+            from dp.audit.round_records import ServerLedger, ServerRoundRecord
         except ImportError as exc:
             raise LedgerUnavailable(str(exc)) from None
         record = ServerRoundRecord.from_dict(body)
@@ -181,7 +181,7 @@ class RoundLedger:
 
     def contains(self, round_id: str) -> bool:
         """True iff the ledger (verified under the server's key) records ``round_id``."""
-        from dp.ledger_server import verify_server_ledger
+        from dp.audit.round_records import verify_server_ledger
 
         if not self.path.exists():
             return False

@@ -1,7 +1,7 @@
 """Request and response schemas of the HTTP API (separate models for each direction).
 
 Requests refuse unknown members (``extra="forbid"``). Protocol messages and vectors are
-never JSON: they travel as ``application/octet-stream`` (see ``service/API.md``).
+never JSON: they travel as ``application/octet-stream`` (see ``docs/API.md``).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class PrivacyItem(_Request):
 
 
 class DpPolicy(_Request):
-    """The round's DP prescription, recorded verbatim in the server ledger (``dp.ledger_server``)."""
+    """The round's DP prescription, recorded verbatim in the server ledger (``dp.audit.round_records``)."""
 
     privacy: Annotated[list[PrivacyItem], Field(max_length=8)] = []
     notes: Annotated[str, StringConstraints(max_length=2000)] | None = None

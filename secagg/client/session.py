@@ -85,7 +85,7 @@ class ClientSession:
     """One client's side of one round of secure aggregation.
 
     ``encoded_input`` is the client's vector already in Z_2^b (container dtype of
-    ``config.ring``); see :mod:`secagg.encoding` and :mod:`dp.distributed`.
+    ``config.ring``); see :mod:`secagg.encoding` and :mod:`dp.mechanisms.distributed`.
     ``source`` defaults to the operating system's CSPRNG.
     """
 

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from clients.inputs import RingVectorInput
-from clients.policy import ClientPolicy
-from clients.runner import RoundOutcome, run_round
+from clients.runtime.inputs import RingVectorInput
+from clients.runtime.policy import ClientPolicy
+from clients.runtime.runner import RoundOutcome, run_round
 from tests.clients.fake_server import FakeRoundServer
 
 

@@ -1,6 +1,6 @@
 """An in-memory server for the client's tests: a real ServerSession, the other members simulated.
 
-:class:`FakeRoundServer` implements :class:`clients.transport.RoundTransport` for one
+:class:`FakeRoundServer` implements :class:`clients.runtime.transport.RoundTransport` for one
 member (the client under test); the other members are real
 :class:`~secagg.client.ClientSession` objects that answer as soon as a stage opens.
 It records every request and every payload the client under test submitted, so tests
@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from clients.errors import ServerRefused
-from clients.transport import (
+from clients.runtime.errors import ServerRefused
+from clients.runtime.transport import (
     Accepted,
     Delivered,
     Delivery,

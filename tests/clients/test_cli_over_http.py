@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from clients.bank import run_bank_round
-from clients.cli import app
-from clients.http_simulation import run_http_simulation
-from clients.local_server import AdminClient, LocalServer
-from clients.retry import PollSchedule
-from clients.simulation import DropoutRound, SimulationParameters
+from clients.runtime.bank import run_bank_round
+from secagg_cli import app
+from clients.harness.http_simulation import run_http_simulation
+from clients.harness.local_server import AdminClient, LocalServer
+from clients.runtime.retry import PollSchedule
+from clients.harness.simulation import DropoutRound, SimulationParameters
 from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import DeterministicRandom
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clients import datasets
-from clients.datasets import (
+from clients.training import datasets
+from clients.training.datasets import (
     BANK_REGIONS,
     DatasetIntegrityError,
     lending_club_schema,
@@ -18,7 +18,7 @@ from clients.datasets import (
     split_banks,
     stratified_holdout,
 )
-from clients.tabular import draft_schema
+from clients.training.tabular import draft_schema
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import pytest
 pytest.importorskip("opacus")
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
-from clients.demo import DemoConfig, run_demo  # noqa: E402
-from clients.federated import LEDGER_FILE, PROGRESS_FILE, ProgressLog  # noqa: E402
+from clients.harness.demo import DemoConfig, run_demo  # noqa: E402
+from clients.training.federated import LEDGER_FILE, PROGRESS_FILE, ProgressLog  # noqa: E402
 from secagg.config import ProtocolMode  # noqa: E402
 
 REQUIRED_KEYS = (
@@ -43,7 +43,7 @@ def test_summary_has_the_documented_figures(demo: dict) -> None:
 
 
 def test_the_dropout_happened_mid_protocol_and_the_round_completed_without_that_bank(demo: dict) -> None:
-    from dp.ledger_server import RoundOutcome, RoundStage, verify_server_ledger
+    from dp.audit.round_records import RoundOutcome, RoundStage, verify_server_ledger
 
     assert demo["dropouts"] == 1
     (dropout,) = demo["dropout_rounds"]
@@ -72,7 +72,7 @@ def test_every_bank_ends_with_the_same_global_model_and_keeps_training_after_the
 
 
 def test_audit_report_verifies_every_ledger_against_the_server_records(demo: dict) -> None:
-    from dp.ledger import verify_ledger
+    from dp.audit.privacy_ledger import verify_ledger
 
     assert demo["audit_ok"], demo["audit_verdict"]
     html = Path(demo["report"]).read_text(encoding="utf-8")
@@ -83,7 +83,7 @@ def test_audit_report_verifies_every_ledger_against_the_server_records(demo: dic
 
 
 def test_a_dropout_that_would_fall_below_the_threshold_is_refused_before_anything_starts(tmp_path: Path) -> None:
-    from clients.demo import DemoError
+    from clients.harness.demo import DemoError
 
     with pytest.raises(DemoError, match="threshold is 3"):
         DemoConfig(banks=3, rounds=2, mode=ProtocolMode.ACTIVE, dropout=True, runs_dir=tmp_path)
@@ -93,8 +93,8 @@ def test_a_dropout_that_would_fall_below_the_threshold_is_refused_before_anythin
 def test_standardisation_from_the_secure_sum_matches_the_banks_pooled_statistics(demo: dict) -> None:
     """The means and scales every bank derived from the secure-aggregation round equal what pooling the
     banks' rows would have given (up to the ring's fixed-point precision) — without pooling them."""
-    from clients.datasets import lending_club_schema
-    from clients.tabular import MomentSums, TabularSchema, moment_sums, read_csv, statistics_from_sums
+    from clients.training.datasets import lending_club_schema
+    from clients.training.tabular import MomentSums, TabularSchema, moment_sums, read_csv, statistics_from_sums
 
     run_dir = Path(demo["run_dir"])
     agreed = lending_club_schema()

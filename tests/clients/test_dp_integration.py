@@ -1,4 +1,4 @@
-"""A bank's distributed-DP ring vector (dp.distributed) goes through the client unchanged and decodes."""
+"""A bank's distributed-DP ring vector (dp.mechanisms.distributed) goes through the client unchanged and decodes."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from clients.bank import client_input_from_vector
-from clients.inputs import RingVectorInput
-from dp.distributed import DistributedDPConfig, Rotation, decode_aggregate, encode_update
+from clients.runtime.bank import client_input_from_vector
+from clients.runtime.inputs import RingVectorInput
+from dp.mechanisms.distributed import DistributedDPConfig, Rotation, decode_aggregate, encode_update
 from secagg.hazmat.randomness import DeterministicRandom
 from tests.clients.conftest import run_against
 from tests.clients.fake_server import FakeRoundServer

@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clients.errors import PolicyViolation, PolicyViolationReason, ResumeRefused
-from clients.http_transport import HttpTransport
-from clients.inputs import RingVectorInput
-from clients.local_server import AdminClient, LocalServer
-from clients.policy import ClientPolicy
-from clients.retry import PollSchedule
-from clients.runner import Outcome, RoundOutcome, run_round
-from clients.transport import ProtocolRound
+from clients.runtime.errors import PolicyViolation, PolicyViolationReason, ResumeRefused
+from clients.runtime.http_transport import HttpTransport
+from clients.runtime.inputs import RingVectorInput
+from clients.harness.local_server import AdminClient, LocalServer
+from clients.runtime.policy import ClientPolicy
+from clients.runtime.retry import PollSchedule
+from clients.runtime.runner import Outcome, RoundOutcome, run_round
+from clients.runtime.transport import ProtocolRound
 from secagg.encoding import Ring
 from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import DeterministicRandom

@@ -7,13 +7,13 @@ import json
 import httpx
 import pytest
 
-from clients.errors import ServerRefused, ServerUnavailable
-from clients.http_transport import HttpTransport, parse_retry_after
-from clients.retry import RetryPolicy
-from clients.transport import Accepted, Delivered, Excluded, Pending, ProtocolRound, RoundAborted, RoundCompleted, StageClosed
+from clients.runtime.errors import ServerRefused, ServerUnavailable
+from clients.runtime.http_transport import HttpTransport, parse_retry_after
+from clients.runtime.retry import RetryPolicy
+from clients.runtime.transport import Accepted, Delivered, Excluded, Pending, ProtocolRound, RoundAborted, RoundCompleted, StageClosed
 from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import DeterministicRandom
-from service.request_signing import body_digest, parse_credentials, verify_request
+from secagg.http_contract import body_digest, parse_credentials, verify_request
 
 IDENTITY = SigningKey.generate(DeterministicRandom.from_int(11))
 ROUND = "ab" * 16
@@ -144,7 +144,7 @@ def test_fetch_outcomes_map_from_status_and_problem_types() -> None:
 
 
 def test_round_description_with_wrong_config_digest_is_refused() -> None:
-    from clients.errors import PolicyViolation, PolicyViolationReason
+    from clients.runtime.errors import PolicyViolation, PolicyViolationReason
     import base64
 
     keys = [SigningKey.generate(DeterministicRandom.from_int(i)).public_bytes for i in range(3)]
@@ -269,7 +269,7 @@ def test_long_polling_can_be_disabled_and_then_fetch_sends_no_wait() -> None:
 def test_transports_share_one_tls_context_that_verifies_certificates_and_host_names() -> None:
     import ssl
 
-    from clients.http_transport import shared_tls_context
+    from clients.runtime.http_transport import shared_tls_context
 
     context = shared_tls_context(True)
     assert shared_tls_context(True) is context
@@ -280,7 +280,7 @@ def test_transports_share_one_tls_context_that_verifies_certificates_and_host_na
 def test_without_verification_the_tls_context_checks_nothing() -> None:
     import ssl
 
-    from clients.http_transport import shared_tls_context
+    from clients.runtime.http_transport import shared_tls_context
 
     context = shared_tls_context(False)
     assert context.verify_mode is ssl.CERT_NONE and not context.check_hostname

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from clients.errors import PolicyFileError, PolicyViolation, PolicyViolationReason
-from clients.policy import ClientPolicy, DPRequirements
+from clients.runtime.errors import PolicyFileError, PolicyViolation, PolicyViolationReason
+from clients.runtime.policy import ClientPolicy, DPRequirements
 from secagg.config import GraphKind, ProtocolMode
 from tests.clients.conftest import run_against
 from tests.clients.fake_server import FakeRoundServer
@@ -53,8 +53,8 @@ def test_policy_violation_refuses_before_anything_is_sent(server_kwargs, policy,
 def test_identity_key_not_in_cohort_is_refused_before_sending(state_dir: Path) -> None:
     server = FakeRoundServer()
     stranger = FakeRoundServer(seed=99).identity
-    from clients.inputs import RingVectorInput
-    from clients.runner import run_round
+    from clients.runtime.inputs import RingVectorInput
+    from clients.runtime.runner import run_round
 
     with pytest.raises(PolicyViolation) as refused:
         run_round(

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clients.errors import ClientRefusedRound, ResumeRefused, ServerRefused, StateFileError
-from clients.inputs import RealVectorInput, RingVectorInput
-from clients.runner import Outcome
-from clients.state import StateStore
-from clients.transport import ProtocolRound
+from clients.runtime.errors import ClientRefusedRound, ResumeRefused, ServerRefused, StateFileError
+from clients.runtime.inputs import RealVectorInput, RingVectorInput
+from clients.runtime.runner import Outcome
+from clients.runtime.state import StateStore
+from clients.runtime.transport import ProtocolRound
 from secagg.config import ProtocolMode
 from tests.clients.conftest import run_against
 from tests.clients.fake_server import FakeRoundServer
@@ -63,9 +63,9 @@ class CrashingTransport:
 def _transport_calls_of_a_full_run(mode: ProtocolMode) -> int:
     server = FakeRoundServer(mode=mode)
     probe = CrashingTransport(server, crash_at=-1, after=False)
-    from clients.inputs import RingVectorInput
-    from clients.policy import ClientPolicy
-    from clients.runner import run_round
+    from clients.runtime.inputs import RingVectorInput
+    from clients.runtime.policy import ClientPolicy
+    from clients.runtime.runner import run_round
     import tempfile
 
     with tempfile.TemporaryDirectory() as directory:
@@ -99,7 +99,7 @@ CALLS_HBC = _transport_calls_of_a_full_run(ProtocolMode.HONEST_BUT_CURIOUS)
 def test_crash_at_any_transport_call_then_resume_sends_identical_messages_and_exact_sum(
     mode: ProtocolMode, crash_at: int, after: bool, state_dir: Path
 ) -> None:
-    from clients.policy import ClientPolicy
+    from clients.runtime.policy import ClientPolicy
 
     server = FakeRoundServer(mode=mode)
     policy = ClientPolicy(required_mode=mode)

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clients.errors import ExcludedFromRound, InputFileError, ResumeRefused, RoundAbortedByServer, ServerUnavailable
-from clients.inputs import RealVectorInput, RingVectorInput, input_from_npy
-from clients.retry import PollSchedule, RetryPolicy
-from clients.transport import Pending, ProtocolRound
+from clients.runtime.errors import ExcludedFromRound, InputFileError, ResumeRefused, RoundAbortedByServer, ServerUnavailable
+from clients.runtime.inputs import RealVectorInput, RingVectorInput, input_from_npy
+from clients.runtime.retry import PollSchedule, RetryPolicy
+from clients.runtime.transport import Pending, ProtocolRound
 from secagg.errors import AbortReason
 from secagg.hazmat.randomness import DeterministicRandom
 from tests.clients.conftest import run_against
@@ -65,9 +65,9 @@ def test_waiting_past_the_poll_timeout_keeps_the_state_for_a_later_resume(state_
     def sleep(seconds: float) -> None:
         now["t"] += seconds
 
-    from clients.inputs import RingVectorInput
-    from clients.policy import ClientPolicy
-    from clients.runner import run_round
+    from clients.runtime.inputs import RingVectorInput
+    from clients.runtime.policy import ClientPolicy
+    from clients.runtime.runner import run_round
 
     with pytest.raises(ServerUnavailable, match="state file is kept"):
         run_round(
@@ -102,9 +102,9 @@ def test_a_long_polled_pending_answer_is_asked_again_without_sleeping(state_dir:
     server.fetch = fetch_held_twice
     sleeps: list[float] = []
 
-    from clients.inputs import RingVectorInput
-    from clients.policy import ClientPolicy
-    from clients.runner import run_round
+    from clients.runtime.inputs import RingVectorInput
+    from clients.runtime.policy import ClientPolicy
+    from clients.runtime.runner import run_round
 
     outcome = run_round(
         transport=server,

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clients.metrics import MetricError, accuracy, roc_auc
-from clients.tabular import (
+from clients.training.metrics import MetricError, accuracy, roc_auc
+from clients.training.tabular import (
     CategoricalColumn,
     ColumnKind,
     MomentSums,

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from clients.cli import app
-from clients.federated import FederatedPlan
-from clients.tabular import TabularSchema
+from secagg_cli import app
+from clients.training.federated import FederatedPlan
+from clients.training.tabular import TabularSchema
 
 pytest.importorskip("opacus")
 pytestmark = pytest.mark.torch
@@ -48,7 +48,7 @@ def last_json_line(output: str) -> dict:
 
 
 def test_local_training_handles_categories_and_missing_values_and_keeps_a_verified_ledger(tmp_path: Path, bank_csv: Path, short_plan: Path) -> None:
-    from dp.ledger import verify_ledger
+    from dp.audit.privacy_ledger import verify_ledger
 
     work = tmp_path / "work"
     result = CliRunner().invoke(
@@ -104,7 +104,7 @@ def test_federated_mode_needs_the_agreed_schema_server_and_key(tmp_path: Path, b
 
 
 def test_plan_round_trips_through_its_file_and_refuses_unknown_keys(tmp_path: Path) -> None:
-    from clients.federated import FederatedError
+    from clients.training.federated import FederatedError
 
     plan = FederatedPlan(rounds=3, participant_epsilon=8.0)
     path = tmp_path / "plan.json"
@@ -119,8 +119,8 @@ def test_plan_round_trips_through_its_file_and_refuses_unknown_keys(tmp_path: Pa
 
 def test_a_round_declares_the_example_event_and_with_participant_dp_also_skellam_over_a_padded_ring() -> None:
     from dp.accounting import compute_epsilon
-    from dp.ledger import PrivacyUnit
-    from dp.ledger_server import RoundPrivacy
+    from dp.audit.privacy_ledger import PrivacyUnit
+    from dp.audit.round_records import RoundPrivacy
 
     cohort = {"min_survivors": 4, "max_clients": 5}
     plain = FederatedPlan()
@@ -139,9 +139,9 @@ def test_a_round_declares_the_example_event_and_with_participant_dp_also_skellam
 
 
 def test_federated_mode_gives_up_on_an_unreachable_server_with_a_clear_error(tmp_path: Path, bank_csv: Path, short_plan: Path) -> None:
-    from clients.keyfile import generate_key_file
-    from clients.local_server import free_loopback_port
-    from clients.tabular import draft_schema, read_csv
+    from clients.runtime.keyfile import generate_key_file
+    from clients.harness.local_server import free_loopback_port
+    from clients.training.tabular import draft_schema, read_csv
 
     schema = tmp_path / "schema.json"
     draft_schema(read_csv(bank_csv), target="default", positive="yes").save(schema)

@@ -13,7 +13,7 @@ import pytest
 from dp.accounting import AccountantKind, SampledGaussian, Skellam, compute_epsilon
 from dp.budget import BudgetExceeded, BudgetGuard, BudgetPolicy, BudgetPolicyError, UnitBudget
 from dp.errors import DPError
-from dp.ledger import EntryKind, PrivacyLedger, PrivacyUnit, RefusalReason, verify_ledger
+from dp.audit.privacy_ledger import EntryKind, PrivacyLedger, PrivacyUnit, RefusalReason, verify_ledger
 from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import DeterministicRandom
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from dp.cli_audit import audit_app
+from dp.audit.cli import audit_app
 from tests.dp.test_report import PARTIES, Scenario, build_scenario, party_key
 
 runner = CliRunner()
@@ -112,7 +112,7 @@ def test_unreadable_key_and_missing_ledger_are_usage_errors(scenario: Scenario, 
 
 def test_cross_check_failure_through_the_cli(scenario: Scenario, tmp_path: Path) -> None:
     truncated = tmp_path / "bank-a.jsonl"
-    from dp.ledger import PrivacyLedger
+    from dp.audit.privacy_ledger import PrivacyLedger
 
     PrivacyLedger.open(truncated, party_id="bank-a", signing_key=party_key("bank-a")).close()
     result = runner.invoke(audit_app, ["verify", str(truncated), "--server-ledger", str(scenario.server)])
@@ -160,7 +160,7 @@ def test_verification_and_report_import_neither_torch_nor_opacus(scenario: Scena
     program = (
         "import sys\n"
         "from typer.testing import CliRunner\n"
-        "from dp.cli_audit import audit_app\n"
+        "from dp.audit.cli import audit_app\n"
         f"result = CliRunner().invoke(audit_app, ['report', {str(scenario.ledgers[0])!r}, '--out', {str(tmp_path / 'r.html')!r}])\n"
         "assert result.exit_code == 0, result.output\n"
         "print(sorted(name for name in ('torch', 'opacus', 'scipy') if name in sys.modules))\n"
@@ -180,8 +180,8 @@ def test_anchor_kept_from_an_earlier_audit_catches_a_roll_back(scenario: Scenari
     anchor.write_bytes((tmp_path / "bank-a.jsonl.head").read_bytes())
     assert runner.invoke(audit_app, ["verify", str(ledger), "--anchor", str(anchor)]).exit_code == 0
 
-    from dp.ledger import PRIVACY_LEDGER_FORMAT
-    from dp.ledger_chain import ChainWriter
+    from dp.audit.privacy_ledger import PRIVACY_LEDGER_FORMAT
+    from dp.audit.chain import ChainWriter
 
     ledger.unlink()
     (tmp_path / "bank-a.jsonl.head").unlink()

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dp.accounting import AccountantKind, SampledGaussian, Skellam, compute_epsilon
-from dp.cli_dp import dp_app
+from dp.cli import dp_app
 
 runner = CliRunner()
 

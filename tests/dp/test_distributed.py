@@ -1,4 +1,4 @@
-"""Participant-level distributed DP in the ring (dp.distributed).
+"""Participant-level distributed DP in the ring (dp.mechanisms.distributed).
 
 Statistical checks use fixed seeds and tolerances of about five standard errors.
 """
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from dp.accounting import AccountantKind, Skellam, compute_epsilon
-from dp.distributed import (
+from dp.mechanisms.distributed import (
     DistributedDPConfig,
     DistributedDPConfigError,
     EncodedUpdate,
@@ -32,7 +32,7 @@ from dp.distributed import (
     walsh_hadamard,
 )
 from dp.errors import DPError
-from dp.noise import PoissonSampler
+from dp.mechanisms.noise import PoissonSampler
 from secagg.hazmat.randomness import DeterministicRandom
 
 SEED = bytes(range(32))

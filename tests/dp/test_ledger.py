@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dp.accounting import AccountantKind, SampledGaussian, Skellam, compute_epsilon
-from dp.ledger import PRIVACY_LEDGER_FORMAT, EntryKind, PrivacyLedger, PrivacyUnit, verify_ledger
-from dp.ledger_chain import (
+from dp.audit.privacy_ledger import PRIVACY_LEDGER_FORMAT, EntryKind, PrivacyLedger, PrivacyUnit, verify_ledger
+from dp.audit.chain import (
     GENESIS_HASH,
     ChainWriter,
     FindingKind,
@@ -89,7 +89,7 @@ def ledger_path(tmp_path: Path, key: SigningKey) -> Path:
 
 
 def test_canonical_json_sorts_keys_escapes_non_ascii_and_uses_shortest_floats() -> None:
-    # Expected bytes follow from the definition in dp.ledger_chain's docstring.
+    # Expected bytes follow from the definition in dp.audit.chain's docstring.
     assert canonical_json({"b": 1, "a": [1.5, "é"], "c": 1e-05}) == b'{"a":[1.5,"\\u00e9"],"b":1,"c":1e-05}'
 
 
@@ -192,7 +192,7 @@ def test_writer_refuses_to_extend_a_tampered_ledger_and_leaves_it_unchanged(ledg
 
 def test_unbounded_spend_is_refused_and_nothing_is_written(tmp_path: Path, key: SigningKey, monkeypatch: pytest.MonkeyPatch) -> None:
     # compute_epsilon returns inf when it cannot certify a finite epsilon; simulate that.
-    monkeypatch.setattr("dp.ledger.compute_epsilon", lambda events, *, delta, accountant: float("inf"))
+    monkeypatch.setattr("dp.audit.privacy_ledger.compute_epsilon", lambda events, *, delta, accountant: float("inf"))
     path = tmp_path / "ledger.jsonl"
     with PrivacyLedger.open(path, party_id=PARTY, signing_key=key) as ledger:
         with pytest.raises(LedgerError, match="unbounded"):

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from dp.accounting import SampledGaussian, Skellam
-from dp.ledger import PrivacyLedger, PrivacyUnit, verify_ledger
-from dp.ledger_chain import FindingKind, canonical_json, head_path
-from dp.ledger_server import (
+from dp.audit.privacy_ledger import PrivacyLedger, PrivacyUnit, verify_ledger
+from dp.audit.chain import FindingKind, canonical_json, head_path
+from dp.audit.round_records import (
     SERVER_LEDGER_FORMAT,
     RoundAlreadyRecorded,
     RoundOutcome,
@@ -284,7 +284,7 @@ def test_workers_sharing_the_ledger_with_short_locks_produce_one_valid_chain(tmp
     import threading
     import time
 
-    from dp.ledger_chain import LedgerLocked
+    from dp.audit.chain import LedgerLocked
 
     path = tmp_path / "server.jsonl"
     errors: list[BaseException] = []

@@ -1,4 +1,4 @@
-"""CSPRNG samplers of dp.noise: Gaussian (Holohan-Braghin sum), Poisson/Skellam tables,
+"""CSPRNG samplers of dp.mechanisms.noise: Gaussian (Holohan-Braghin sum), Poisson/Skellam tables,
 Poisson subsampling.
 
 Statistical tests use fixed seeds (DeterministicRandom) and tolerances of about five
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from dp.errors import DPError
-from dp.noise import (
+from dp.mechanisms.noise import (
     HOLOHAN_BRAGHIN_SUMMANDS,
     NoiseError,
     PoissonSampler,

@@ -17,9 +17,9 @@ import pytest
 
 from dp.accounting import SampledGaussian, Skellam, compute_epsilon
 from dp.budget import BudgetExceeded, BudgetGuard, BudgetPolicy, UnitBudget
-from dp.ledger import PrivacyLedger, PrivacyUnit
-from dp.ledger_server import RoundOutcome, RoundPrivacy, RoundStage, ServerLedger, ServerRoundRecord
-from dp.report import build_report, render_csv, render_html, render_json, run_audit
+from dp.audit.privacy_ledger import PrivacyLedger, PrivacyUnit
+from dp.audit.round_records import RoundOutcome, RoundPrivacy, RoundStage, ServerLedger, ServerRoundRecord
+from dp.audit.report import build_report, render_csv, render_html, render_json, run_audit
 from secagg.config import ProtocolMode
 from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import DeterministicRandom

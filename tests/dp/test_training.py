@@ -13,7 +13,7 @@ import torch  # noqa: E402
 
 from dp.accounting import AccountantKind, SampledGaussian, compute_epsilon, load_accountant  # noqa: E402
 from dp.models import ModelKind, ModelSpec  # noqa: E402
-from dp.noise import gaussian_noise  # noqa: E402
+from dp.mechanisms.noise import gaussian_noise  # noqa: E402
 from dp.training import (  # noqa: E402
     BankTrainer,
     CsprngDPOptimizer,

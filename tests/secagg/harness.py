@@ -1,6 +1,6 @@
 """A test harness that drives real client and server sessions in process.
 
-It is deliberately separate from ``clients/simulation.py`` so that tests can stop
+It is deliberately separate from ``clients/harness/simulation.py`` so that tests can stop
 at any point, tamper with any message and deliver it to any party.
 """
 

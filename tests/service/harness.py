@@ -31,7 +31,7 @@ from secagg.errors import ProtocolAbort
 from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import DeterministicRandom
 from secagg.messages import encode
-from service.request_signing import sign_request
+from secagg.http_contract import sign_request
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_SECONDS = 60.0

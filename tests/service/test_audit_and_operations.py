@@ -75,7 +75,7 @@ def test_auditor_sees_survivors_by_id_and_outcome_but_no_vectors(shared_api: Api
 def test_server_ledger_served_to_the_auditor_verifies_under_the_server_key(
     shared_server: ServerProcess, shared_api: Api, finished_rounds, auditor, tmp_path: Path
 ) -> None:
-    from dp.ledger_server import verify_server_ledger
+    from dp.audit.round_records import verify_server_ledger
 
     ledger = shared_api.signed(auditor, "GET", "/v1/audit/ledger")
     head = shared_api.signed(auditor, "GET", "/v1/audit/ledger/head")

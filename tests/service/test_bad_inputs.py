@@ -30,7 +30,7 @@ from secagg.messages import (
     encode,
 )
 from secagg.protocol import advertise_statement
-from service.request_signing import sign_request
+from secagg.http_contract import sign_request
 from tests.service.harness import Api, Party, RoundDriver, ServerProcess, make_parties
 
 N = 5

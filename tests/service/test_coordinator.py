@@ -213,7 +213,7 @@ def test_deadline_below_threshold_aborts_with_too_few_participants(database_url:
 
 
 def test_round_finished_while_the_ledger_was_unavailable_is_recorded_once_later(database_url: str, tmp_path: Path) -> None:
-    from dp.ledger_server import verify_server_ledger
+    from dp.audit.round_records import verify_server_ledger
 
     clock = FakeClock()
     key = SigningKey.generate(DeterministicRandom.from_int(650))

@@ -8,7 +8,7 @@ import pytest
 
 from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import DeterministicRandom
-from service.request_signing import (
+from secagg.http_contract import (
     AuthFailure,
     RequestAuthError,
     body_digest,

@@ -19,7 +19,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from service.request_signing import sign_request
+from secagg.http_contract import sign_request
 from tests.service.harness import Api, Party, ServerProcess, make_parties
 
 EXAMPLES_PER_OPERATION = 12

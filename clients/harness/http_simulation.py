@@ -1,0 +1,316 @@
+"""``secagg simulate --transport http``: the simulation through a real server subprocess.
+
+The same experiment as :func:`clients.harness.simulation.run_simulation`, with every message
+going over HTTP on loopback: a :class:`~clients.harness.local_server.LocalServer` (``--dev``,
+fresh SQLite file, admin token file), N participants enrolled through the admin API,
+one round created, and N bank clients (:func:`clients.runtime.runner.run_round` over
+:class:`~clients.runtime.http_transport.HttpTransport`, one thread each, signed requests,
+state files in a temporary directory). The dropped clients stop at the chosen round
+(their transport refuses to send that round's message or any later one), so that
+stage closes at its deadline, as it would in production. The result fetched from the
+server is compared with the exact sum of the survivors' inputs.
+
+The report has the in-process simulation's keys plus ``transport: "http"`` and
+wall-clock figures. Per-client times are each client's own computation (encoding
+included, as in process); per-stage server times are the server's stage durations
+from its round history (wall clock, waiting included).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from clients.runtime.errors import ClientError, ClientRefusedRound, ExcludedFromRound, RoundAbortedByServer
+from clients.runtime.http_transport import HttpTransport
+from clients.runtime.inputs import RingVectorInput
+from clients.harness.local_server import AdminClient, LocalServer
+from clients.runtime.policy import ClientPolicy
+from clients.runtime.retry import PollSchedule, RetryPolicy
+from clients.runtime.runner import RoundOutcome, run_round
+from clients.harness.simulation import SimulationParameters, SimulationReport
+from clients.runtime.transport import ProtocolRound, RoundTransport
+from secagg.config import minimum_threshold
+from secagg.encoding import Ring
+from secagg.hazmat.keys import SigningKey
+from secagg.hazmat.randomness import DeterministicRandom, RandomSource, SystemRandom
+
+STAGE_ROUND = {
+    "R0-advertise-keys": "R0",
+    "R1-share-keys": "R1",
+    "R2-masked-input-collection": "R2",
+    "R3-consistency-check": "R3",
+    "R4-unmasking": "R4",
+}
+LONG_DEADLINE_SECONDS = 3600.0
+POLL_SCHEDULE = PollSchedule(initial_interval=0.5, multiplier=1.5, max_interval=3.0, timeout=LONG_DEADLINE_SECONDS)
+"""Polls start at the server's Retry-After (1 s by default) and back off to 3 s."""
+
+
+def dropout_stage_deadline(clients: int, dim: int) -> float:
+    """How long the stage in which clients drop stays open: enough for every honest
+    client on loopback (a few seconds plus time proportional to the bytes uploaded)."""
+    return 4.0 + 2e-7 * clients * dim
+
+
+@dataclass(slots=True)
+class HttpSimulationReport(SimulationReport):
+    transport: str = "http"
+    wall_seconds: float = 0.0
+    server_start_seconds: float = 0.0
+    setup_seconds: float = 0.0
+    round_wall_seconds: float = 0.0
+    dropout_deadline_seconds: float | None = None
+    http_requests_retried: int = 0
+    server_cpu_seconds: float | None = None
+    http_requests: int = 0
+    clients_cpu_seconds: float = 0.0
+
+
+class SimulatedDropout(Exception):
+    """A simulated client that stops answering."""
+
+
+class DroppingTransport:
+    """Forwards to a transport, but never sends a message of ``drop_at`` or a later round."""
+
+    def __init__(self, inner: RoundTransport, drop_at: int) -> None:
+        self._inner = inner
+        self._drop_at = drop_at
+        self.endpoint = inner.endpoint
+
+    def describe_round(self, round_id: str):
+        return self._inner.describe_round(round_id)
+
+    def submit(self, round_id: str, protocol_round: ProtocolRound, payload: bytes):
+        if int(protocol_round.value[1]) >= self._drop_at:
+            raise SimulatedDropout(protocol_round.value)
+        return self._inner.submit(round_id, protocol_round, payload)
+
+    def fetch(self, round_id: str, protocol_round: ProtocolRound):
+        return self._inner.fetch(round_id, protocol_round)
+
+    def fetch_result(self, round_id: str):
+        return self._inner.fetch_result(round_id)
+
+
+class TimedTransport:
+    """Forwards to a transport and reports the wall-clock span of every submission."""
+
+    def __init__(self, inner: RoundTransport, observer: Callable[[ProtocolRound, int, float, float], None]) -> None:
+        self._inner = inner
+        self._observer = observer
+        self.endpoint = inner.endpoint
+
+    def describe_round(self, round_id: str):
+        return self._inner.describe_round(round_id)
+
+    def submit(self, round_id: str, protocol_round: ProtocolRound, payload: bytes):
+        started = time.perf_counter()
+        outcome = self._inner.submit(round_id, protocol_round, payload)
+        self._observer(protocol_round, len(payload), started, time.perf_counter())
+        return outcome
+
+    def fetch(self, round_id: str, protocol_round: ProtocolRound):
+        return self._inner.fetch(round_id, protocol_round)
+
+    def fetch_result(self, round_id: str):
+        return self._inner.fetch_result(round_id)
+
+
+def run_http_simulation(
+    params: SimulationParameters,
+    *,
+    stage_deadline: float | None = None,
+    on_step: Callable[[str], None] | None = None,
+    on_submit: Callable[[ProtocolRound, int, float, float], None] | None = None,
+) -> HttpSimulationReport:
+    """Run one round over HTTP against a fresh local server; verify the sum.
+
+    ``on_submit(round, bytes, started, finished)`` observes every message POST
+    (``perf_counter`` times), for the upload benchmark.
+    """
+    wall_started = time.perf_counter()
+    source: RandomSource = DeterministicRandom.from_int(params.seed) if params.seed is not None else SystemRandom()
+    n = params.clients
+    threshold = params.threshold if params.threshold is not None else minimum_threshold(params.mode, n)
+    identities = [SigningKey.generate(source) for _ in range(n)]
+    names = [f"bank-{index:05d}" for index in range(n)]
+    order = np.argsort(np.frombuffer(source.random_bytes(8 * n), dtype=np.uint64), kind="stable")
+    dropped = frozenset(int(i) for i in order[: params.dropped_count])
+    drop_at = int(params.dropout_round.value[1])
+    input_seeds = [source.random_bytes(32) for _ in range(n)]
+    deadline = (stage_deadline or dropout_stage_deadline(n, params.dim)) if dropped else None
+    deadlines = {name: LONG_DEADLINE_SECONDS for name in ("R0", "R1", "R2", "R3", "R4")}
+    if deadline is not None:
+        for round_number in range(drop_at, 5):
+            deadlines[f"R{round_number}"] = deadline
+
+    def client_input(member: int) -> np.ndarray:
+        ring = Ring(params.bits)
+        vector = np.empty(params.dim, dtype=ring.dtype)
+        DeterministicRandom(input_seeds[member]).fill(vector)
+        return ring.reduce(vector)
+
+    with tempfile.TemporaryDirectory(prefix="secagg-http-sim-") as work:
+        work_dir = Path(work)
+        started = time.perf_counter()
+        local_server = LocalServer(directory=work_dir / "server")
+        with local_server as server:
+            server_start_seconds = time.perf_counter() - started
+            started = time.perf_counter()
+            with AdminClient(server.base_url, server.admin_token) as admin:
+                for name, identity in zip(names, identities):
+                    admin.enroll(name, identity.public_bytes)
+                created = admin.create_round(
+                    {
+                        "cohort": names,
+                        "threshold": threshold,
+                        "mode": params.mode.value,
+                        "graph": params.graph.value,
+                        "degree": params.degree,
+                        "dim": params.dim,
+                        "bits": params.bits,
+                        "deadlines": deadlines,
+                    }
+                )
+                round_id = created["round_id"]
+                setup_seconds = time.perf_counter() - started
+
+                outcomes: dict[int, RoundOutcome] = {}
+                failures: dict[int, str] = {}
+                retries = Counter()
+                requests: dict[int, int] = {}
+                policy = ClientPolicy(required_mode=params.mode, min_cohort_size=2)
+                poll = POLL_SCHEDULE
+
+                def run_client(member: int) -> None:
+                    def count_retry(attempt: int, delay: float, description: str) -> None:
+                        retries[member] += 1
+
+                    with HttpTransport(
+                        server.base_url, key_id=names[member], identity=identities[member],
+                        retry=RetryPolicy(max_attempts=10), on_retry=count_retry,
+                    ) as http:  # fmt: skip
+                        transport: RoundTransport = DroppingTransport(http, drop_at) if member in dropped else http
+                        if on_submit is not None:
+                            transport = TimedTransport(transport, on_submit)
+                        try:
+                            outcomes[member] = run_round(
+                                transport=transport,
+                                round_id=round_id,
+                                identity=identities[member],
+                                client_input=RingVectorInput(client_input(member)),
+                                policy=policy,
+                                state_dir=work_dir / "clients" / names[member],
+                                participant_id=names[member],
+                                poll=poll,
+                                wait_for_result=True,
+                            )
+                        except SimulatedDropout:
+                            failures[member] = "dropped"
+                        except ClientRefusedRound as refusal:
+                            failures[member] = refusal.reason
+                        except ExcludedFromRound:
+                            failures[member] = "excluded"
+                        except RoundAbortedByServer as abort:
+                            failures[member] = f"round-aborted:{abort.reason}"
+                        except ClientError as error:
+                            failures[member] = f"{type(error).__name__}: {error}"
+                        requests[member] = http.requests_sent
+                    if on_step:
+                        on_step("done")
+
+                started = time.perf_counter()
+                server_cpu_before = local_server.cpu_seconds()
+                clients_cpu_before = time.process_time()
+                threads = [threading.Thread(target=run_client, args=(member,), name=names[member]) for member in range(n)]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+                round_wall_seconds = time.perf_counter() - started
+                clients_cpu_seconds = time.process_time() - clients_cpu_before
+                server_cpu_after = local_server.cpu_seconds()
+                server_cpu_seconds = (
+                    server_cpu_after - server_cpu_before if server_cpu_after is not None and server_cpu_before is not None else None
+                )
+                status = admin.round_status(round_id)
+
+    survivors_result = next((o.result for o in outcomes.values() if o.result is not None), None)
+    verified = False
+    survivors: tuple[int, ...] = ()
+    if status.get("outcome") == "completed" and survivors_result is not None:
+        survivors = survivors_result.survivors
+        ring = Ring(params.bits)
+        expected = ring.zeros(params.dim)
+        for member in survivors:
+            np.add(expected, client_input(member), out=expected)
+        ring.reduce(expected)
+        verified = bool(np.array_equal(survivors_result.vector, expected)) and all(
+            np.array_equal(o.result.vector, survivors_result.vector) for o in outcomes.values() if o.result is not None
+        )
+
+    server_round_seconds = _stage_durations(status)
+    client_totals = [sum(o.compute_seconds.values()) for o in outcomes.values()] or [0.0]
+    rounds = sorted({name for o in outcomes.values() for name in o.compute_seconds})
+    vector_bytes = params.dim * params.bits / 8
+    upload = max((o.bytes_sent for o in outcomes.values()), default=0)
+    client_aborts = Counter(reason for reason in failures.values() if reason != "dropped")
+    return HttpSimulationReport(
+        verified=verified,
+        outcome=str(status.get("outcome") or status.get("stage")),
+        abort_reason=status.get("abort_reason"),
+        clients=n,
+        dim=params.dim,
+        bits=params.bits,
+        mode=params.mode.value,
+        graph=params.graph.value,
+        degree=params.degree,
+        threshold=threshold,
+        dropped=len(dropped),
+        dropout_round=params.dropout_round.value,
+        survivors=len(survivors),
+        client_aborts=dict(sorted(client_aborts.items())),
+        client_seconds_median=statistics.median(client_totals),
+        client_seconds_max=max(client_totals),
+        server_seconds=sum(server_round_seconds.values()),
+        server_unmask_seconds=server_round_seconds.get("R4", 0.0),
+        bytes_up_per_client=upload,
+        upload_expansion=upload / vector_bytes if vector_bytes else 0.0,
+        client_round_seconds_median={
+            name: statistics.median(o.compute_seconds.get(name, 0.0) for o in outcomes.values()) for name in rounds
+        },
+        server_round_seconds=server_round_seconds,
+        wall_seconds=time.perf_counter() - wall_started,
+        server_start_seconds=server_start_seconds,
+        setup_seconds=setup_seconds,
+        round_wall_seconds=round_wall_seconds,
+        dropout_deadline_seconds=deadline,
+        http_requests_retried=sum(retries.values()),
+        server_cpu_seconds=server_cpu_seconds,
+        http_requests=sum(requests.values()),
+        clients_cpu_seconds=clients_cpu_seconds,
+    )
+
+
+def _stage_durations(status: dict) -> dict[str, float]:
+    """Wall-clock duration of each closed stage, from the server's round history."""
+    durations: dict[str, float] = {}
+    previous = float(status.get("created_at") or 0.0)
+    for record in status.get("history") or []:
+        closed = record.get("closed_at")
+        name = STAGE_ROUND.get(record.get("stage", ""))
+        if closed is None or name is None:
+            continue
+        durations[name] = float(closed) - previous
+        previous = float(closed)
+    return durations

@@ -1,0 +1,333 @@
+"""``secagg simulate``: N in-process clients and the server through one whole round.
+
+The driver is the reference for how a transport uses the sans-I/O sessions: every
+message really goes through its binary encoding in both directions, clients that
+"drop out" simply stop answering at the chosen round, and the unmasked result is
+compared with the exact sum of the survivors' inputs. Timings are wall-clock
+``perf_counter`` around each party's own computation (encoding included), so the
+figures are what each party would spend, with no network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Annotated
+
+import numpy as np
+import typer
+
+from clients.runtime.errors import ClientError
+from secagg.client import ClientSession
+from secagg.config import GraphKind, ProtocolMode, RoundConfig, minimum_threshold
+from secagg.errors import ProtocolAbort
+from secagg.graph import recommended_harary_degree
+from secagg.hazmat.keys import SigningKey
+from secagg.hazmat.randomness import DeterministicRandom, RandomSource, SystemRandom
+from secagg.messages import encode
+from secagg.server import ServerSession, ServerStage
+
+
+class DropoutRound(str, Enum):
+    """The round in which the dropped clients stop answering."""
+
+    R0 = "R0"
+    R1 = "R1"
+    R2 = "R2"
+    R3 = "R3"
+    R4 = "R4"
+
+
+class SimulationTransport(str, Enum):
+    """How messages travel: function calls, or HTTP to a real server subprocess (clients/harness/http_simulation.py)."""
+
+    IN_PROCESS = "in-process"
+    HTTP = "http"
+
+
+@dataclass(frozen=True, slots=True)
+class SimulationParameters:
+    clients: int
+    dim: int
+    dropout: float = 0.0
+    dropout_round: DropoutRound = DropoutRound.R2
+    graph: GraphKind = GraphKind.FULL
+    degree: int | None = None
+    mode: ProtocolMode = ProtocolMode.ACTIVE
+    bits: int = 32
+    threshold: int | None = None
+    seed: int | None = None
+    mask_threads: int = 1
+
+    @property
+    def dropped_count(self) -> int:
+        return int(round(self.dropout * self.clients))
+
+
+@dataclass(slots=True)
+class SimulationReport:
+    verified: bool
+    outcome: str
+    abort_reason: str | None
+    clients: int
+    dim: int
+    bits: int
+    mode: str
+    graph: str
+    degree: int | None
+    threshold: int
+    dropped: int
+    dropout_round: str
+    survivors: int
+    client_aborts: dict[str, int]
+    client_seconds_median: float
+    client_seconds_max: float
+    server_seconds: float
+    server_unmask_seconds: float
+    bytes_up_per_client: int
+    upload_expansion: float
+    client_round_seconds_median: dict[str, float] = field(default_factory=dict)
+    server_round_seconds: dict[str, float] = field(default_factory=dict)
+
+
+ROUND_OF_SERVER_STAGE = {
+    ServerStage.ADVERTISE_KEYS: "R0",
+    ServerStage.SHARE_KEYS: "R1",
+    ServerStage.MASKED_INPUT_COLLECTION: "R2",
+    ServerStage.CONSISTENCY_CHECK: "R3",
+    ServerStage.UNMASKING: "R4",
+}
+
+
+def run_simulation(
+    params: SimulationParameters,
+    *,
+    on_step: Callable[[str], None] | None = None,
+    recorder: Callable[[bytes | None], None] | None = None,
+    on_config: Callable[[RoundConfig], None] | None = None,
+) -> SimulationReport:
+    """Run one round in process and check the result against the survivors' exact sum.
+
+    ``recorder``, if given, sees every client message the server receives (as bytes)
+    and ``None`` at every stage close, in order: enough to replay the server alone
+    (the server is deterministic), which is how the benchmark measures its memory.
+    """
+    source: RandomSource = DeterministicRandom.from_int(params.seed) if params.seed is not None else SystemRandom()
+    n = params.clients
+    threshold = params.threshold if params.threshold is not None else minimum_threshold(params.mode, n)
+    identities = [SigningKey.generate(source) for _ in range(n)]
+    config = RoundConfig(
+        round_id=source.random_bytes(16),
+        identity_keys=tuple(key.public_bytes for key in identities),
+        threshold=threshold,
+        dim=params.dim,
+        bits=params.bits,
+        mode=params.mode,
+        graph=params.graph,
+        degree=params.degree,
+    )
+    if on_config:
+        on_config(config)
+    ring = config.ring
+    order = np.argsort(np.frombuffer(source.random_bytes(8 * n), dtype=np.uint64), kind="stable")
+    dropped = frozenset(int(i) for i in order[: params.dropped_count])
+    drop_at = int(params.dropout_round.value[1])
+
+    client_seconds: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    server_seconds: dict[str, float] = defaultdict(float)
+    bytes_up: dict[int, int] = defaultdict(int)
+    sessions: dict[int, ClientSession] = {}
+    input_seeds = {member: source.random_bytes(32) for member in range(n)}
+    server = ServerSession(config, mask_threads=params.mask_threads)
+    client_aborts: dict[int, str] = {}
+
+    def client_input(member: int) -> np.ndarray:
+        vector = np.empty(params.dim, dtype=ring.dtype)
+        DeterministicRandom(input_seeds[member]).fill(vector)
+        return ring.reduce(vector)
+
+    def deliver(member: int, payload: bytes, round_name: str) -> None:
+        if recorder:
+            recorder(payload)
+        started = time.perf_counter()
+        server.receive_bytes(payload)
+        server_seconds[round_name] += time.perf_counter() - started
+        bytes_up[member] += len(payload)
+        if on_step:
+            on_step(round_name)
+
+    for member in range(n):
+        vector = client_input(member)
+        started = time.perf_counter()
+        sessions[member] = ClientSession(config, member, identities[member], vector, source=source)
+        payload = encode(sessions[member].start())
+        client_seconds[member]["R0"] += time.perf_counter() - started
+        del vector
+        if not (member in dropped and drop_at == 0):
+            deliver(member, payload, "R0")
+
+    abort_reason: str | None = None
+    try:
+        while server.stage is not ServerStage.COMPLETED:
+            stage_name = ROUND_OF_SERVER_STAGE[server.stage]
+            if recorder:
+                recorder(None)
+            started = time.perf_counter()
+            outbox = server.advance()
+            server_seconds[stage_name] += time.perf_counter() - started
+            if server.stage is ServerStage.COMPLETED:
+                break
+            next_round = ROUND_OF_SERVER_STAGE[server.stage]
+            for member, message in sorted(outbox.items()):
+                payload = encode(message)
+                started = time.perf_counter()
+                try:
+                    reply_bytes = encode(sessions[member].receive_bytes(payload))
+                except ProtocolAbort as refusal:
+                    client_aborts[member] = refusal.reason.value
+                    continue
+                finally:
+                    client_seconds[member][next_round] += time.perf_counter() - started
+                if member in dropped and int(next_round[1]) >= drop_at:
+                    continue
+                deliver(member, reply_bytes, next_round)
+    except ProtocolAbort as exc:
+        abort_reason = exc.reason.value
+
+    verified = False
+    if server.stage is ServerStage.COMPLETED:
+        expected_sum = ring.zeros(params.dim)
+        for member in server.survivors:
+            np.add(expected_sum, client_input(member), out=expected_sum)
+        ring.reduce(expected_sum)
+        verified = bool(np.array_equal(server.result, expected_sum))
+
+    totals = [sum(rounds.values()) for rounds in client_seconds.values()]
+    rounds = sorted({name for per_client in client_seconds.values() for name in per_client})
+    vector_bytes = params.dim * params.bits / 8
+    full_uploaders = [member for member in range(n) if member not in dropped]
+    upload = max((bytes_up[m] for m in full_uploaders), default=0)
+    return SimulationReport(
+        verified=verified,
+        outcome=server.stage.value,
+        abort_reason=abort_reason,
+        clients=n,
+        dim=params.dim,
+        bits=params.bits,
+        mode=params.mode.value,
+        graph=params.graph.value,
+        degree=params.degree,
+        threshold=threshold,
+        dropped=len(dropped),
+        dropout_round=params.dropout_round.value,
+        survivors=len(server.survivors),
+        client_aborts={reason: list(client_aborts.values()).count(reason) for reason in sorted(set(client_aborts.values()))},
+        client_seconds_median=statistics.median(totals),
+        client_seconds_max=max(totals),
+        server_seconds=sum(server_seconds.values()),
+        server_unmask_seconds=server_seconds.get("R4", 0.0),
+        bytes_up_per_client=upload,
+        upload_expansion=upload / vector_bytes if vector_bytes else 0.0,
+        client_round_seconds_median={
+            name: statistics.median(per_client.get(name, 0.0) for per_client in client_seconds.values()) for name in rounds
+        },
+        server_round_seconds=dict(server_seconds),
+    )
+
+
+def simulate_command(
+    clients: Annotated[int, typer.Option("--clients", min=2, help="Number of clients N.")] = 10,
+    dim: Annotated[int, typer.Option("--dim", min=1, help="Vector length D.")] = 1000,
+    dropout: Annotated[float, typer.Option("--dropout", min=0.0, max=1.0, help="Fraction of clients that drop out.")] = 0.0,
+    dropout_round: Annotated[
+        DropoutRound, typer.Option("--dropout-round", help="Round in which the dropped clients stop answering.")
+    ] = DropoutRound.R2,
+    graph: Annotated[GraphKind, typer.Option("--graph", help="Neighbour graph.")] = GraphKind.FULL,
+    degree: Annotated[int | None, typer.Option("--degree", help="Harary degree k (even; default about 2 log2 N).")] = None,
+    mode: Annotated[ProtocolMode, typer.Option("--mode", help="Adversary model.")] = ProtocolMode.ACTIVE,
+    bits: Annotated[int, typer.Option("--bits", min=8, max=64, help="Ring Z_2^b.")] = 32,
+    threshold: Annotated[int | None, typer.Option("--threshold", help="Threshold t (default: the mode's minimum).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Deterministic run (tests only; default: OS CSPRNG).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on the last line.")] = False,
+    transport: Annotated[
+        SimulationTransport, typer.Option("--transport", help="in-process, or http: a real server subprocess on loopback.")
+    ] = SimulationTransport.IN_PROCESS,
+) -> None:
+    """Run N in-process clients and the server through one whole round and verify the sum."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    if graph is GraphKind.HARARY and degree is None:
+        degree = recommended_harary_degree(clients, mode, dropout_rate=min(dropout, 0.99), corrupt_fraction=0.0)
+        if degree is None:
+            errors_console = Console(stderr=True)
+            errors_console.print("no Harary degree below N - 1 tolerates this dropout rate; using the full graph")
+            graph = GraphKind.FULL
+    params = SimulationParameters(
+        clients=clients,
+        dim=dim,
+        dropout=dropout,
+        dropout_round=dropout_round,
+        graph=graph,
+        degree=degree if graph is GraphKind.HARARY else None,
+        mode=mode,
+        bits=bits,
+        threshold=threshold,
+        seed=seed,
+        mask_threads=os.cpu_count() or 1,
+    )
+    errors = Console(stderr=True)
+    long_run = clients * dim >= 10_000_000
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=errors, transient=True, disable=not long_run
+    ) as progress:
+        task = progress.add_task("simulating", total=clients * 5)
+
+        def step(round_name: str) -> None:
+            progress.update(task, advance=1, description=f"round {round_name}")
+
+        try:
+            if transport is SimulationTransport.HTTP:
+                from clients.harness.http_simulation import run_http_simulation
+
+                report = run_http_simulation(params, on_step=step)
+            else:
+                report = run_simulation(params, on_step=step)
+        except ValueError as exc:
+            errors.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(code=2) from None
+        except ClientError as exc:
+            errors.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(code=exc.exit_code) from None
+
+    out = Console(file=sys.stdout, width=100)
+    table = Table(title=f"secagg simulate: N={clients} D={dim} b={bits} {mode.value} {graph.value}")
+    table.add_column("round")
+    table.add_column("client median (s)", justify="right")
+    table.add_column("server (s)", justify="right")
+    for name in ("R0", "R1", "R2", "R3", "R4"):
+        if name in report.client_round_seconds_median or name in report.server_round_seconds:
+            table.add_row(
+                name,
+                f"{report.client_round_seconds_median.get(name, 0.0):.4f}",
+                f"{report.server_round_seconds.get(name, 0.0):.4f}",
+            )
+    table.add_row("total", f"{report.client_seconds_median:.4f}", f"{report.server_seconds:.4f}")
+    out.print(table)
+    verdict = "[green]verified[/green]" if report.verified else f"[red]NOT verified[/red] ({report.outcome}, {report.abort_reason})"
+    out.print(
+        f"{verdict}: {report.survivors} survivors, {report.dropped} dropped at {report.dropout_round}; "
+        f"{report.bytes_up_per_client} bytes up per client (expansion {report.upload_expansion:.4f})"
+    )
+    if as_json:
+        print(json.dumps(asdict(report), sort_keys=True))
+    if not report.verified:
+        raise typer.Exit(code=1)

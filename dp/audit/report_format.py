@@ -1,0 +1,12 @@
+"""The auditor's report formats, apart from :mod:`dp.audit.report` so that the CLI can offer
+them as choices without importing the report machinery at start-up."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class ReportFormat(str, Enum):
+    HTML = "html"
+    JSON = "json"
+    CSV = "csv"
