@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from secagg.rounds import Round
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 GRID = [(10, 100_000), (100, 100_000), (100, 1_000_000), (500, 100_000)]
@@ -79,7 +81,7 @@ def _simulate_child(params_dict: dict, record_path: str, queue) -> None:
         clients=params_dict["clients"],
         dim=params_dict["dim"],
         dropout=params_dict["dropout"],
-        dropout_round=DropoutRound.R2,
+        dropout_round=DropoutRound(Round.MASKED_INPUT_COLLECTION.key),
         graph=GraphKind(params_dict["graph"]),
         degree=params_dict["degree"],
         mode=ProtocolMode.ACTIVE,
@@ -109,20 +111,15 @@ def _server_child(config, record_path: str, queue) -> None:
     baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     server = ServerSession(config, mask_threads=os.cpu_count() or 1)
     seconds: dict[str, float] = {}
-    names = {
-        ServerStage.ADVERTISE_KEYS: "R0",
-        ServerStage.SHARE_KEYS: "R1",
-        ServerStage.MASKED_INPUT_COLLECTION: "R2",
-        ServerStage.CONSISTENCY_CHECK: "R3",
-        ServerStage.UNMASKING: "R4",
-    }
     with open(record_path, "rb") as source:
         while server.stage not in (ServerStage.COMPLETED, ServerStage.ABORTED):
             header = source.read(8)
             if not header:
                 break
             (length,) = struct.unpack("<Q", header)
-            name = names[server.stage]
+            stage_round = server.stage.round
+            assert stage_round is not None
+            name = stage_round.key
             if length == 0:
                 started = time.perf_counter()
                 server.advance()
@@ -144,7 +141,7 @@ def _server_child(config, record_path: str, queue) -> None:
             "aes_bytes_per_second": max(aes_before, aes_after),
             "server_round_seconds": seconds,
             "server_seconds": sum(seconds.values()),
-            "server_unmask_seconds": seconds.get("R4", 0.0),
+            "server_unmask_seconds": seconds.get(Round.UNMASKING.key, 0.0),
             "server_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "server_start_rss_bytes": baseline_rss,
             "server_mask_expansions": expansions,
@@ -204,7 +201,7 @@ def run_case(clients: int, dim: int, dropout: float, graph: str, add_seconds: fl
         "client_round_seconds_median": report["client_round_seconds_median"],
         "client_seconds_median": report["client_seconds_median"],
         "client_r2_floor_seconds": client_floor,
-        "client_r2_ratio_to_aes_limit": report["client_round_seconds_median"].get("R2", 0.0) / client_floor,
+        "client_r2_ratio_to_aes_limit": report["client_round_seconds_median"].get(Round.MASKED_INPUT_COLLECTION.key, 0.0) / client_floor,
         "server_round_seconds": server["server_round_seconds"],
         "server_seconds": server["server_seconds"],
         "server_unmask_seconds": server["server_unmask_seconds"],
@@ -212,7 +209,7 @@ def run_case(clients: int, dim: int, dropout: float, graph: str, add_seconds: fl
         "server_unmask_floor_seconds": expansion_floor,
         "server_unmask_ratio_to_aes_limit": server["server_unmask_seconds"] / expansion_floor if expansion_floor else None,
         "server_total_ratio_to_aes_limit": server["server_seconds"] / expansion_floor if expansion_floor else None,
-        "server_r2_ratio_to_add_limit": server["server_round_seconds"].get("R2", 0.0) / collection_floor,
+        "server_r2_ratio_to_add_limit": server["server_round_seconds"].get(Round.MASKED_INPUT_COLLECTION.key, 0.0) / collection_floor,
         "server_peak_rss_mb": server["server_peak_rss_bytes"] / 2**20,
         "server_extra_rss_mb": (server["server_peak_rss_bytes"] - server["server_start_rss_bytes"]) / 2**20,
         "vector_mb": vector_bytes / 2**20,

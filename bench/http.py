@@ -22,6 +22,8 @@ On a shared 2-core machine absolute seconds are noisy; the ratios are the figure
 
 from __future__ import annotations
 
+from secagg.rounds import Round
+
 import json
 import multiprocessing
 import platform
@@ -222,13 +224,12 @@ def round_overhead(clients: int, dim: int) -> dict:
 def upload_throughput(clients: int, dim: int) -> dict:
     from clients.harness.http_simulation import run_http_simulation
     from clients.harness.simulation import SimulationParameters
-    from clients.runtime.transport import ProtocolRound
-
+    
     uploads: list[tuple[int, float, float]] = []
     lock = threading.Lock()
 
-    def observe(protocol_round: ProtocolRound, size: int, started: float, finished: float) -> None:
-        if protocol_round is ProtocolRound.R2:
+    def observe(protocol_round: Round, size: int, started: float, finished: float) -> None:
+        if protocol_round is Round.MASKED_INPUT_COLLECTION:
             with lock:
                 uploads.append((size, started, finished))
 

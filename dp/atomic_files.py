@@ -1,11 +1,16 @@
-"""Atomic, private files: the key file and the round state file.
+"""Atomic files: the one writer of every file that must survive a crash whole.
 
-A private file is created with mode 0600 from the start (``os.open`` with that mode,
-never ``chmod`` afterwards, so it is never readable by others even briefly), written
-to a temporary file in the same directory, flushed with ``fsync``, and moved into
-place with one atomic operation; the directory is then synced so the rename itself
-survives a power loss. A crash at any point leaves either the old file or the new
-one, never a half-written file.
+Used for identity keys, client round state, accountant state, ledger heads, plans and
+models. A file is written to a temporary file in the same directory, created with its
+final mode from the start (``os.open`` with that mode, never ``chmod`` afterwards, so a
+private file is never readable by others even briefly), flushed with ``fsync``, and
+moved into place with one atomic operation; the directory is then synced so the rename
+itself survives a power loss (POSIX ``rename(2)``). A crash at any point leaves either
+the old file or the new one, never a half-written file.
+
+This lives in ``dp`` because ``dp`` is the lowest layer allowed to touch a disk: the
+protocol core (``secagg``) is pure, and both the bank's client and the server build on
+``dp``.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import stat
 from pathlib import Path
 
 PRIVATE_MODE = 0o600
+PUBLIC_MODE = 0o644
 
 
 class PrivateFileExists(FileExistsError):
@@ -25,37 +31,45 @@ class NotPrivate(PermissionError):
     """A secret file is readable or writable by group or others."""
 
 
-def write_private_file(path: Path, data: bytes, *, overwrite: bool) -> None:
-    """Write ``data`` to ``path`` atomically with mode 0600.
+def write_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int = PRIVATE_MODE, overwrite: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically, created with ``mode`` (0600 unless told otherwise).
 
     With ``overwrite=False`` the file is linked into place with ``os.link``, which
     fails if ``path`` exists, so two concurrent writers cannot both succeed and an
-    existing key is never replaced. With ``overwrite=True`` it is ``os.replace``-d.
+    existing key is never replaced (:class:`PrivateFileExists`). With
+    ``overwrite=True`` it is ``os.replace``-d.
     """
-    directory = path.parent if str(path.parent) else Path(".")
-    temporary = directory / f".{path.name}.{os.getpid()}.{os.urandom(6).hex()}.tmp"
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), PRIVATE_MODE)
+    target = Path(path)
+    directory = target.parent if str(target.parent) else Path(".")
+    temporary = directory / f".{target.name}.{os.getpid()}.{os.urandom(6).hex()}.tmp"
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
     try:
+        os.fchmod(descriptor, mode)  # the umask may have narrowed a public file's mode
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         if overwrite:
-            os.replace(temporary, path)
+            os.replace(temporary, target)
         else:
             try:
-                os.link(temporary, path)
+                os.link(temporary, target)
             except FileExistsError:
-                raise PrivateFileExists(f"{path} already exists") from None
+                raise PrivateFileExists(f"{target} already exists") from None
             os.unlink(temporary)
     finally:
         if temporary.exists():
             temporary.unlink()
-    _sync_directory(directory)
+    sync_directory(directory)
+
+
+def write_private_file(path: Path, data: bytes, *, overwrite: bool) -> None:
+    """:func:`write_atomic` with mode 0600."""
+    write_atomic(path, data, mode=PRIVATE_MODE, overwrite=overwrite)
 
 
 def read_private_file(path: Path) -> bytes:
-    """Read a secret file, refusing one that group or others can access (like OpenSSH)."""
+    """Read a secret file, refusing one that group or others can access (as OpenSSH does)."""
     descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     with os.fdopen(descriptor, "rb") as handle:
         mode = os.fstat(handle.fileno()).st_mode
@@ -70,13 +84,17 @@ def remove_file(path: Path) -> None:
         path.unlink()
     except FileNotFoundError:
         return
-    _sync_directory(path.parent)
+    sync_directory(path.parent)
 
 
-def _sync_directory(directory: Path) -> None:
+def sync_directory(directory: Path) -> None:
+    """Make a rename or an unlink in ``directory`` durable (a no-op where directories cannot be opened)."""
     if os.name != "posix":
         return
-    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
     try:
         os.fsync(descriptor)
     finally:

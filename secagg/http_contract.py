@@ -1,37 +1,48 @@
-"""Signed participant requests: the canonical string, the signer and the verifier.
+"""The HTTP contract of protocol version 1, shared by the server and every client.
 
-Every participant request to the aggregation server carries four headers
-(``docs/API.md``, section "Participant authentication"):
+One module that both sides import (the server in :mod:`service`, the bank's client in
+:mod:`clients`), so that what one side sends and the other checks cannot drift apart.
+It is pure: no FastAPI, no HTTP library, no clock, no randomness (the caller passes
+``now`` and ``nonce``). ``docs/API.md`` is the prose contract; this module is its code.
 
-=========================  ===============================================================
-``X-Secagg-Key-Id``        the participant's enrolled id (e.g. ``bank-a``)
-``X-Secagg-Timestamp``     Unix time in whole seconds, decimal
-``X-Secagg-Nonce``         128 random bits, 32 lowercase hex digits, never reused
-``X-Secagg-Signature``     standard base64 of the Ed25519 signature (RFC 8032) over the
-                           canonical request below
-=========================  ===============================================================
+Three parts:
 
-The canonical request is the UTF-8 encoding of seven lines joined by ``"\\n"``::
+1. **Signed participant requests.** Every participant request carries four headers
+   (``docs/API.md``, section "Participant authentication"):
 
-    secagg-request-v1
-    <METHOD, upper case>
-    <path with query string, exactly as sent, e.g. /v1/rounds/ab12?x=1>
-    <key id>
-    <timestamp>
-    <nonce>
-    <lowercase hex SHA-256 (FIPS 180-4) of the body bytes; of b"" when there is none>
+   =========================  ===============================================================
+   ``X-Secagg-Key-Id``        the participant's enrolled id (e.g. ``bank-a``)
+   ``X-Secagg-Timestamp``     Unix time in whole seconds, decimal
+   ``X-Secagg-Nonce``         128 random bits, 32 lowercase hex digits, never reused
+   ``X-Secagg-Signature``     standard base64 of the Ed25519 signature (RFC 8032) over the
+                              canonical request below
+   =========================  ===============================================================
 
-The first line is a domain separator: the identity key also signs protocol messages
-(R0 key advertisements, R3 consistency checks), whose statements start with other
-labels, so a request signature can never be replayed as a protocol signature or vice
-versa. The signature binds the method, the target, the body and the sender; the
-timestamp bounds its lifetime to the server's clock-skew window and the nonce, which
-the server remembers for that window, makes each signature single-use.
+   The canonical request is the UTF-8 encoding of seven lines joined by ``"\\n"``::
 
-This module is pure (hashlib, base64 and :mod:`secagg.hazmat.keys`): the client
-library imports it, and nothing here reads a clock or draws randomness. The caller
-passes ``now`` and ``nonce`` (use ``secrets.token_hex(16)`` or a
-:class:`~secagg.hazmat.randomness.RandomSource`).
+       secagg-request-v1
+       <METHOD, upper case>
+       <path with query string, exactly as sent, e.g. /v1/rounds/ab12?x=1>
+       <key id>
+       <timestamp>
+       <nonce>
+       <lowercase hex SHA-256 (FIPS 180-4) of the body bytes; of b"" when there is none>
+
+   The first line is a domain separator: the identity key also signs protocol messages
+   (R0 key advertisements, R3 consistency checks), whose statements start with other
+   labels, so a request signature can never be replayed as a protocol signature or vice
+   versa. The signature binds the method, the target, the body and the sender; the
+   timestamp bounds its lifetime to the server's clock-skew window and the nonce, which
+   the server remembers for that window, makes each signature single-use.
+
+2. **Problem types** (RFC 9457): one stable ``type`` URI per cause, with its HTTP
+   status (:class:`ProblemType`). The core's :class:`~secagg.errors.RejectReason`
+   values map one-to-one onto problem types with the same suffix, so a client branches
+   on the same strings whether a refusal came from the HTTP layer or from the protocol.
+
+3. **Body limits**, derived from the message codec (:mod:`secagg.messages`): the largest
+   client message a round admits (:func:`max_client_message_bytes`) and the cap on every
+   other request body.
 """
 
 from __future__ import annotations
@@ -45,7 +56,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 
-from secagg.hazmat.keys import SIGNATURE_BYTES, SigningKey, verify_signature
+from secagg.errors import RejectReason
+from secagg.hazmat.keys import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, SigningKey, verify_signature
+from secagg.hazmat.shamir import SHARE_BYTES
+from secagg.messages import (
+    AdvertiseKeys,
+    ConsistencyCheck,
+    EncryptedShares,
+    RevealedShare,
+    ShareKeys,
+    UnmaskingShares,
+    encode,
+    masked_input_size,
+)
+from secagg.protocol import SHARE_CIPHERTEXT_BYTES
 
 REQUEST_SIGNATURE_LABEL = "secagg-request-v1"
 """Domain separator, the first line of every canonical request."""
@@ -214,3 +238,155 @@ def verify_request(
 def constant_time_equal(left: str, right: str) -> bool:
     """Compare two secrets (e.g. bearer tokens) without a timing oracle."""
     return hmac.compare_digest(left.encode("utf-8"), right.encode("utf-8"))
+
+
+# --------------------------------------------------------------------------- problem types
+
+PROBLEM_TYPE_PREFIX = "urn:secagg:problem:"
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+
+class ProblemType(Enum):
+    """(suffix, HTTP status, title) of every refusal. The suffixes are part of the API."""
+
+    MISSING_CREDENTIALS = ("missing-credentials", 401, "Missing request credentials")
+    MALFORMED_CREDENTIALS = ("malformed-credentials", 401, "Malformed request credentials")
+    STALE_TIMESTAMP = ("stale-timestamp", 401, "Request timestamp outside the clock-skew window")
+    UNKNOWN_KEY = ("unknown-key", 401, "Unknown participant key")
+    REVOKED_KEY = ("revoked-key", 401, "Participant key revoked")
+    BAD_REQUEST_SIGNATURE = ("bad-request-signature", 401, "Request signature does not verify")
+    REPLAYED_NONCE = ("replayed-nonce", 401, "Request nonce already used")
+    ADMIN_UNAUTHORIZED = ("admin-unauthorized", 401, "Admin token missing or wrong")
+    WRONG_ROLE = ("wrong-role", 403, "Endpoint not available to this participant's role")
+    NOT_IN_COHORT = ("not-in-cohort", 403, "Not a member of this round's cohort")
+    SENDER_MISMATCH = ("sender-mismatch", 403, "Message sender is not the authenticated participant")
+    ROUND_NOT_FOUND = ("round-not-found", 404, "No such round")
+    PARTICIPANT_NOT_FOUND = ("participant-not-found", 404, "No such participant")
+    NOT_FOUND = ("not-found", 404, "Not found")
+    METHOD_NOT_ALLOWED = ("method-not-allowed", 405, "Method not allowed")
+    PARTICIPANT_EXISTS = ("participant-exists", 409, "Participant id or key already enrolled")
+    EXCLUDED = ("excluded", 409, "Excluded from the round's current stage")
+    ROUND_COMPLETED = ("round-completed", 409, "The round has completed")
+    RESULT_NOT_READY = ("result-not-ready", 409, "The round has not completed yet")
+    ROUND_FINISHED = ("round-finished", 409, "The round is already over")
+    ROUND_ABORTED = ("round-aborted", 410, "The round aborted")
+    INCOMPLETE_BODY = ("incomplete-body", 400, "Request body ended early")
+    PAYLOAD_TOO_LARGE = ("payload-too-large", 413, "Request body too large")
+    UNSUPPORTED_MEDIA_TYPE = ("unsupported-media-type", 415, "Unsupported media type")
+    VALIDATION_ERROR = ("validation-error", 422, "Request does not match its schema")
+    UNSAFE_ROUND = ("unsafe-round", 422, "Round parameters refused")
+    SERVICE_UNAVAILABLE = ("service-unavailable", 503, "Service unavailable")
+    # The core's RejectReason values (secagg.errors), one each.
+    MALFORMED = ("malformed", 400, "Malformed protocol message")
+    WRONG_STAGE = ("wrong-stage", 409, "Message for another stage")
+    DUPLICATE_SUBMISSION = ("duplicate-submission", 409, "Stage already answered with another message")
+    NOT_IN_ROUND = ("not-in-round", 409, "Not expected in this stage")
+    UNKNOWN_SENDER = ("unknown-sender", 403, "Sender outside the cohort")
+    WRONG_SESSION = ("wrong-session", 422, "Message bound to another round or session")
+    INVALID_SIGNATURE = ("invalid-signature", 422, "Protocol signature does not verify")
+    WRONG_LENGTH = ("wrong-length", 422, "Wrong vector or ciphertext length")
+    NOT_REDUCED = ("not-reduced", 422, "Vector elements outside the ring")
+    WRONG_RECIPIENTS = ("wrong-recipients", 422, "Ciphertexts not addressed to exactly the neighbours")
+    INVALID_PUBLIC_KEY = ("invalid-public-key", 422, "Malformed or small-order public key")
+    DUPLICATE_PUBLIC_KEY = ("duplicate-public-key", 422, "Public key already in use in this round")
+    WRONG_SHARES = ("wrong-shares", 422, "Shares do not cover exactly the right owners")
+
+    @property
+    def suffix(self) -> str:
+        return str(self.value[0])
+
+    @property
+    def status(self) -> int:
+        return int(self.value[1])
+
+    @property
+    def title(self) -> str:
+        return str(self.value[2])
+
+    @property
+    def uri(self) -> str:
+        return PROBLEM_TYPE_PREFIX + self.suffix
+
+
+PROBLEM_OF_REJECT_REASON: dict[RejectReason, ProblemType] = {
+    reason: next(problem for problem in ProblemType if problem.suffix == reason.value) for reason in RejectReason
+}
+"""Every core rejection has a problem type with the same suffix (checked at import)."""
+
+PROBLEM_OF_SUFFIX: dict[str, ProblemType] = {problem.suffix: problem for problem in ProblemType}
+
+TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
+"""Statuses a client retries (with backoff, honouring ``Retry-After``); every other 4xx is an answer."""
+
+
+def problem_body(problem: ProblemType, detail: str, **extra: object) -> dict[str, object]:
+    """The ``application/problem+json`` body of a refusal."""
+    return {"type": problem.uri, "title": problem.title, "status": problem.status, "detail": detail, **extra}
+
+
+def problem_suffix(problem_type_uri: str) -> str | None:
+    """The suffix of a problem ``type`` URI of this API, or None for any other value."""
+    if not problem_type_uri.startswith(PROBLEM_TYPE_PREFIX):
+        return None
+    return problem_type_uri[len(PROBLEM_TYPE_PREFIX) :]
+
+
+# --------------------------------------------------------------------------- body limits
+
+MAX_OTHER_BODY_BYTES = 4 * 1024 * 1024
+"""Every request body other than a protocol message upload (JSON bodies): at most 4 MiB."""
+
+MAX_LONG_POLL_SECONDS = 30.0
+"""The longest the server holds a ``messages/me?wait=S`` or ``result?wait=S`` request."""
+
+
+def _linear_size(build: object, count: int) -> int:
+    """Encoded size of a message with ``count`` list items, from two real encodings.
+
+    Every list in the codec is a u32 count followed by fixed-size items, so the size is
+    affine in ``count``: encoding the message with zero and with one item gives both
+    coefficients without hand-counting any field.
+    """
+    assert callable(build)
+    empty = len(encode(build(0)))
+    return empty + count * (len(encode(build(1))) - empty)
+
+
+def max_client_message_bytes(participants: int, dim: int, bits: int) -> int:
+    """The largest encoding any client message of a round can have: its upload body limit.
+
+    The maximum over the five client messages, each measured with the codec itself:
+    AdvertiseKeys and ConsistencyCheck are fixed; ShareKeys carries at most one share
+    ciphertext per other member; UnmaskingShares at most one revealed share per member
+    (a share of s_sk or of b, never both for one owner); MaskedInput is exact.
+    """
+    digest = bytes(32)
+    advertise = AdvertiseKeys(
+        config_digest=digest,
+        sender=0,
+        encryption_public_key=bytes(PUBLIC_KEY_BYTES),
+        masking_public_key=bytes(PUBLIC_KEY_BYTES),
+        signature=bytes(SIGNATURE_BYTES),
+    )
+    consistency = ConsistencyCheck(session_id=digest, sender=0, signature=bytes(SIGNATURE_BYTES))
+    share_keys = _linear_size(
+        lambda count: ShareKeys(
+            session_id=digest,
+            sender=0,
+            self_mask_commitment=digest,
+            encrypted_shares=tuple(
+                EncryptedShares(sender=0, recipient=1, ciphertext=bytes(SHARE_CIPHERTEXT_BYTES)) for _ in range(count)
+            ),
+        ),
+        participants,
+    )
+    unmasking = _linear_size(
+        lambda count: UnmaskingShares(
+            session_id=digest,
+            sender=0,
+            masking_key_shares=(),
+            self_mask_shares=tuple(RevealedShare(owner=1, share=bytes(SHARE_BYTES)) for _ in range(count)),
+        ),
+        participants,
+    )
+    return max(len(encode(advertise)), len(encode(consistency)), share_keys, unmasking, masked_input_size(dim, bits))

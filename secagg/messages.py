@@ -45,6 +45,7 @@ from secagg.encoding import MAX_BITS, MIN_BITS, Ring
 from secagg.errors import EncodingError, MalformedMessage
 from secagg.hazmat.keys import PUBLIC_KEY_BYTES, SIGNATURE_BYTES
 from secagg.hazmat.shamir import SHARE_BYTES
+from secagg.rounds import Round
 
 MAGIC = b"SAG"
 HEADER_BYTES = len(MAGIC) + 2
@@ -445,6 +446,16 @@ class UnmaskingShares:
 ClientMessage = AdvertiseKeys | ShareKeys | MaskedInput | ConsistencyCheck | UnmaskingShares
 ServerMessage = KeyList | MaskedInputRequest | ConsistencyCheckRequest | UnmaskingRequest
 Message = ClientMessage | ServerMessage
+
+ROUND_OF_CLIENT_MESSAGE: dict[MessageType, Round] = {
+    MessageType.ADVERTISE_KEYS: Round.ADVERTISE_KEYS,
+    MessageType.SHARE_KEYS: Round.SHARE_KEYS,
+    MessageType.MASKED_INPUT: Round.MASKED_INPUT_COLLECTION,
+    MessageType.CONSISTENCY_CHECK: Round.CONSISTENCY_CHECK,
+    MessageType.UNMASKING_SHARES: Round.UNMASKING,
+}
+"""The round each client message answers; the one message-to-round map. Every other
+message type is a server message and is refused where a client message is expected."""
 
 MESSAGE_CLASSES: dict[MessageType, type] = {
     cls.message_type: cls

@@ -20,8 +20,10 @@ from secagg.hazmat.aead import OVERHEAD_BYTES
 from secagg.hazmat.kdf import PROTOCOL_LABEL, KeyPurpose, derive_key
 from secagg.hazmat.keys import PRIVATE_KEY_BYTES, agree
 from secagg.hazmat.shamir import SHARE_BYTES
+from secagg.rounds import Round
 
-ROUND_SHARE_KEYS = "R1"
+ROUND_SHARE_KEYS = Round.SHARE_KEYS.key
+"""The round label in the associated data of the R1 share ciphertexts (part of the wire format)."""
 SHARE_PLAINTEXT_BYTES = 4 + 4 + 2 * SHARE_BYTES
 SHARE_CIPHERTEXT_BYTES = SHARE_PLAINTEXT_BYTES + OVERHEAD_BYTES
 

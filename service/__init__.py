@@ -1,11 +1,13 @@
 """The aggregation server: a thin, durable HTTP shell over the pure protocol core (``secagg``).
 
+The HTTP contract (request signing, problem types, body limits) is shared with the
+clients in :mod:`secagg.http_contract`; ``docs/API.md`` is its prose.
+
 ==========================  ================================================================
-``API.md``                  the HTTP contract the bank client codes against
-``request_signing``         the signed-request scheme (pure; imported by the client too)
 ``settings``                pydantic-settings (``SECAGG_*``), refusing unsafe configurations
 ``db``                      SQLAlchemy tables, SQLite/PostgreSQL engines, the round lock
-``coordinator``             rounds over the database: accept, close stages, replay, deadlines
+``rounds``                  the round engine over the database, one module per job: parameters,
+                            acceptance and the running sum, transitions, replay, background
 ``ledger``                  the seam to the signed server ledger (``dp.audit.round_records``)
 ``app``                     ``create_app(settings)``: lifespan, problem handlers, routers
 ``routes``                  admin, participant, audit and operations endpoints

@@ -1,8 +1,8 @@
 """The FastAPI application factory: ``create_app(settings)``; nothing is built at import time.
 
 The lifespan owns the store: it opens the database (creating the schema), the ledger
-seam and the :class:`~service.coordinator.Coordinator`, closes whatever became due
-while the server was down (:meth:`Coordinator.recover`), and runs the background task
+seam and the :class:`~service.rounds.RoundEngine`, closes whatever became due
+while the server was down (:meth:`RoundEngine.recover`), and runs the background task
 that closes stages at their deadlines and records finished rounds in the ledger.
 """
 
@@ -20,8 +20,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.coordinator import MAX_DIM, Coordinator
+from service.rounds import MAX_DIM, RoundEngine
 from service.db import Database
+from secagg.http_contract import MAX_OTHER_BODY_BYTES, PROBLEM_TYPE_PREFIX
 from service.ledger import RoundLedger, load_or_create_signing_key
 from service.logs import configure_logging
 from service.metrics import ServiceMetrics
@@ -31,10 +32,9 @@ from service.watch import RoundWatch
 
 LOGGER = logging.getLogger("secagg.service")
 NONCE_PURGE_EVERY_TICKS = 120
-MAX_JSON_BODY_BYTES = 4 << 20
+MAX_JSON_BODY_BYTES = MAX_OTHER_BODY_BYTES
 """Request bodies other than protocol messages (admin JSON) are refused above 4 MiB while
-being read, before authentication: a cohort of 65,536 ids fits; a memory-exhaustion
-attempt by an unauthenticated client does not."""
+being read: a cohort of 65,536 ids fits; a memory-exhaustion attempt does not."""
 
 
 def create_app(settings: ServiceSettings, *, clock: Callable[[], float] | None = None) -> FastAPI:
@@ -53,16 +53,16 @@ def create_app(settings: ServiceSettings, *, clock: Callable[[], float] | None =
         metrics = ServiceMetrics.create()
         extra: dict[str, Any] = {"clock": clock} if clock is not None else {}
         watch = RoundWatch(asyncio.get_running_loop())
-        coordinator = Coordinator(
+        engine = RoundEngine(
             database, metrics=metrics, ledger=ledger, max_dim=MAX_DIM, on_round_changed=watch.notify, **extra
         )
         app.state.watch = watch
         app.state.settings = settings
         app.state.admin_token = admin_token
         app.state.metrics = metrics
-        app.state.coordinator = coordinator
-        await run_in_threadpool(coordinator.recover)
-        task = asyncio.create_task(_background(coordinator, settings.deadline_poll_seconds))
+        app.state.engine = engine
+        await run_in_threadpool(engine.recover)
+        task = asyncio.create_task(_background(engine, settings.deadline_poll_seconds))
         LOGGER.info(
             "server_started",
             extra={"database": database.engine.url.get_backend_name(), "ledger_public_key": ledger.public_key.hex()},
@@ -180,15 +180,15 @@ def create_app_from_environment() -> FastAPI:
     return create_app(load_settings())
 
 
-async def _background(coordinator: Coordinator, interval: float) -> None:
+async def _background(engine: RoundEngine, interval: float) -> None:
     ticks = 0
     while True:
         await asyncio.sleep(interval)
         try:
-            await run_in_threadpool(coordinator.tick)
+            await run_in_threadpool(engine.tick)
             ticks += 1
             if ticks % NONCE_PURGE_EVERY_TICKS == 0:
-                await run_in_threadpool(coordinator.database.purge_nonces, coordinator.clock())
+                await run_in_threadpool(engine.database.purge_nonces, engine.clock())
         except asyncio.CancelledError:
             raise
         except Exception:  # the loop must survive a transient database error
@@ -225,7 +225,7 @@ def _install_problem_handlers(app: FastAPI) -> None:
     async def internal_problem(request: Request, exc: Exception) -> JSONResponse:
         LOGGER.error("internal_error", extra={"error": type(exc).__name__, "path": request.url.path}, exc_info=exc)
         return JSONResponse(
-            {"type": "urn:secagg:problem:internal-error", "title": "Internal error", "status": 500, "detail": "see the server log"},
+            {"type": PROBLEM_TYPE_PREFIX + "internal-error", "title": "Internal error", "status": 500, "detail": "see the server log"},
             status_code=500,
             media_type=PROBLEM_CONTENT_TYPE,
         )

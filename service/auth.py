@@ -18,7 +18,7 @@ from fastapi import Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.coordinator import Coordinator
+from service.rounds import RoundEngine
 from service.problems import ProblemType, ServiceProblem
 from secagg.http_contract import (
     AuthFailure,
@@ -59,15 +59,15 @@ class PendingCaller:
     role: ParticipantRole
 
 
-def coordinator_of(request: Request) -> Coordinator:
-    return request.app.state.coordinator
+def engine_of(request: Request) -> RoundEngine:
+    return request.app.state.engine
 
 
 def settings_of(request: Request) -> ServiceSettings:
     return request.app.state.settings
 
 
-CoordinatorDep = Annotated[Coordinator, Depends(coordinator_of)]
+EngineDep = Annotated[RoundEngine, Depends(engine_of)]
 SettingsDep = Annotated[ServiceSettings, Depends(settings_of)]
 
 
@@ -84,14 +84,14 @@ def path_with_query(request: Request) -> str:
     return target + ("?" + query.decode("latin-1") if query else "")
 
 
-def check_credentials(request: Request, coordinator: Coordinator, settings: ServiceSettings) -> PendingCaller:
+def check_credentials(request: Request, engine: RoundEngine, settings: ServiceSettings) -> PendingCaller:
     """Headers, freshness and enrolment (no signature yet)."""
     try:
         credentials = parse_credentials(request.headers)
-        check_freshness(credentials, now=coordinator.clock(), max_skew_seconds=settings.max_clock_skew_seconds)
+        check_freshness(credentials, now=engine.clock(), max_skew_seconds=settings.max_clock_skew_seconds)
     except RequestAuthError as exc:
         raise _auth_problem(request, _PROBLEM_OF_AUTH_FAILURE[exc.failure], exc.detail) from None
-    participant = coordinator.participant(credentials.key_id)
+    participant = engine.participant(credentials.key_id)
     if participant is None:
         raise _auth_problem(request, ProblemType.UNKNOWN_KEY, "no participant is enrolled under this key id")
     if participant.revoked_at is not None:
@@ -100,7 +100,7 @@ def check_credentials(request: Request, coordinator: Coordinator, settings: Serv
 
 
 def complete_authentication(
-    request: Request, coordinator: Coordinator, settings: ServiceSettings, pending: PendingCaller, *, body_sha256: str
+    request: Request, engine: RoundEngine, settings: ServiceSettings, pending: PendingCaller, *, body_sha256: str
 ) -> Caller:
     """Signature, then the single-use nonce."""
     if settings.require_signatures:
@@ -109,8 +109,8 @@ def complete_authentication(
         except RequestAuthError as exc:
             raise _auth_problem(request, _PROBLEM_OF_AUTH_FAILURE[exc.failure], exc.detail) from None
     credentials = pending.credentials
-    expires_at = max(coordinator.clock(), credentials.timestamp) + 2 * settings.max_clock_skew_seconds
-    if not coordinator.database.record_nonce(credentials.key_id, credentials.nonce, expires_at):
+    expires_at = max(engine.clock(), credentials.timestamp) + 2 * settings.max_clock_skew_seconds
+    if not engine.database.record_nonce(credentials.key_id, credentials.nonce, expires_at):
         raise _auth_problem(request, ProblemType.REPLAYED_NONCE, "this nonce was already used")
     return Caller(participant_id=credentials.key_id, role=pending.role)
 
@@ -121,9 +121,9 @@ def require_role(caller: Caller, role: ParticipantRole) -> Caller:
     return caller
 
 
-def _signed_get(request: Request, coordinator: Coordinator, settings: ServiceSettings) -> Caller:
-    pending = check_credentials(request, coordinator, settings)
-    return complete_authentication(request, coordinator, settings, pending, body_sha256=EMPTY_BODY_SHA256)
+def _signed_get(request: Request, engine: RoundEngine, settings: ServiceSettings) -> Caller:
+    pending = check_credentials(request, engine, settings)
+    return complete_authentication(request, engine, settings, pending, body_sha256=EMPTY_BODY_SHA256)
 
 
 async def signing_headers(
@@ -137,7 +137,7 @@ async def signing_headers(
 
 async def signed_request(
     request: Request,
-    coordinator: CoordinatorDep,
+    engine: EngineDep,
     settings: SettingsDep,
     key_id: Annotated[str | None, Header(alias="X-Secagg-Key-Id", description="Participant id.")] = None,
     timestamp: Annotated[str | None, Header(alias="X-Secagg-Timestamp", description="Unix seconds.")] = None,
@@ -145,7 +145,7 @@ async def signed_request(
     signature: Annotated[str | None, Header(alias="X-Secagg-Signature", description="Base64 Ed25519 signature.")] = None,
 ) -> Caller:
     """A signed request without a body (GET); the header parameters are declared for OpenAPI."""
-    return await run_in_threadpool(_signed_get, request, coordinator, settings)
+    return await run_in_threadpool(_signed_get, request, engine, settings)
 
 
 SignedCaller = Annotated[Caller, Depends(signed_request)]

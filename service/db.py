@@ -24,7 +24,7 @@ without the lock and see the last committed state.
 What is stored about a round is what replaying its session needs (the accepted R0,
 R1, R3 and R4 messages in acceptance order, and the order of stage closures), the
 messages the server sent, a running sum of the accepted masked inputs (never the
-individual masked inputs: see :mod:`service.coordinator`) and, at the end, the result.
+individual masked inputs: see :mod:`service.rounds`) and, at the end, the result.
 """
 
 from __future__ import annotations

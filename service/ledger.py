@@ -11,10 +11,10 @@ entry, not two. The writer holds the file's ``flock`` only for the append, so se
 server processes on one host can share the ledger; a process that finds it locked
 retries later.
 
-The dp package imports its accounting module (pure numpy/scipy-free code, no torch).
-If that import fails, recording is postponed (the rounds stay ``ledger_recorded =
-false`` and are recorded by the first process that can), and the policy of a new round
-is checked for shape only.
+The server's ledger key is created once (0600) beside the ledger; its public half is
+written next to it as ``<key file>.pub`` (64 hex digits, the form ``secagg audit
+--server-public-key`` reads), so an auditor or the demo pins it without the private key.
+The dp modules used here are torch-free (``dp.audit``, ``dp.accounting``).
 """
 
 from __future__ import annotations
@@ -25,33 +25,45 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from dp.atomic_files import write_atomic
+from dp.audit.chain import LedgerError, LedgerLocked
+from dp.audit.round_records import RoundPrivacy, ServerLedger, ServerRoundRecord, verify_server_ledger
 from secagg.hazmat.keys import PRIVATE_KEY_BYTES, SigningKey
 from secagg.hazmat.randomness import SystemRandom
+from secagg.rounds import STAGE_NAMES
 
 LOGGER = logging.getLogger("secagg.service.ledger")
 
-STAGE_ORDER = (
-    "R0-advertise-keys",
-    "R1-share-keys",
-    "R2-masked-input-collection",
-    "R3-consistency-check",
-    "R4-unmasking",
-)
-
-
-class LedgerUnavailable(RuntimeError):
-    """The dp ledger code cannot be imported in this process."""
+def public_key_path(key_path: Path) -> Path:
+    """Where the public half of the ledger key at ``key_path`` is exported."""
+    return key_path.with_name(key_path.name + ".pub")
 
 
 def load_or_create_signing_key(path: Path) -> SigningKey:
-    """The server's Ed25519 ledger key: 32 raw bytes or 64 hex digits; created (0600) if absent."""
+    """The server's Ed25519 ledger key: 32 raw bytes or 64 hex digits; created (0600) if absent.
+
+    The public key is (re)written to :func:`public_key_path` whenever it is missing or differs.
+    """
+    key = _load_or_create(path)
+    exported = public_key_path(path)
+    text = key.public_bytes.hex() + "\n"
+    try:
+        current = exported.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError):
+        current = None
+    if current != text:
+        write_atomic(exported, text.encode("ascii"), mode=0o644)
+    return key
+
+
+def _load_or_create(path: Path) -> SigningKey:
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         private = SystemRandom().random_bytes(PRIVATE_KEY_BYTES)
         try:
             descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
-            return load_or_create_signing_key(path)  # another worker created it first
+            return _load_or_create(path)  # another worker created it first
         with os.fdopen(descriptor, "w", encoding="ascii") as handle:
             handle.write(private.hex() + "\n")
             handle.flush()
@@ -72,30 +84,23 @@ def load_or_create_signing_key(path: Path) -> SigningKey:
 def validate_privacy_policy(items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Check each ``{unit, mechanism, parameters}`` item; return them normalised.
 
-    With the dp package importable, each item must parse as
+    Each item must parse as
     :class:`dp.audit.round_records.RoundPrivacy` (known unit, known mechanism, valid
     parameters) and is normalised through it, so the ledger records exactly what the
     parties' ledgers must match. Raises ``ValueError`` with a specific message.
     """
     normalised: list[dict[str, Any]] = []
-    try:
-        from dp.audit.round_records import RoundPrivacy
-    except ImportError:
-        RoundPrivacy = None  # noqa: N806 - the seam: shape check only
     units: set[str] = set()
     for position, item in enumerate(items):
         if not isinstance(item, Mapping) or set(item) != {"unit", "mechanism", "parameters"}:
             raise ValueError(f"dp_policy.privacy[{position}] must have exactly unit, mechanism, parameters")
         if not isinstance(item["parameters"], Mapping):
             raise ValueError(f"dp_policy.privacy[{position}].parameters must be an object")
-        if RoundPrivacy is not None:
-            try:
-                parsed = RoundPrivacy.from_dict(dict(item))
-            except Exception as exc:  # the dp package's validation errors vary by field
-                raise ValueError(f"dp_policy.privacy[{position}]: {exc}") from None
-            normalised_item = parsed.to_dict()
-        else:
-            normalised_item = {"unit": str(item["unit"]), "mechanism": str(item["mechanism"]), "parameters": dict(item["parameters"])}
+        try:
+            parsed = RoundPrivacy.from_dict(dict(item))
+        except Exception as exc:  # the dp package's validation errors vary by field
+            raise ValueError(f"dp_policy.privacy[{position}]: {exc}") from None
+        normalised_item = parsed.to_dict()
         if normalised_item["unit"] in units:
             raise ValueError(f"dp_policy.privacy names the unit {normalised_item['unit']!r} twice")
         units.add(normalised_item["unit"])
@@ -125,7 +130,7 @@ def round_record(
         "dim": dim,
         "bits": bits,
         "privacy": [dict(item) for item in privacy],
-        "survivors": {stage: list(survivors.get(stage, ())) for stage in STAGE_ORDER},
+        "survivors": {stage: list(survivors.get(stage, ())) for stage in STAGE_NAMES},
         "outcome": outcome,
         "abort_reason": abort_reason,
     }
@@ -149,22 +154,12 @@ class RoundLedger:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            from dp.audit.round_records import ServerLedger
-        except ImportError:
-            LOGGER.warning("ledger_unavailable", extra={"event": "ledger_unavailable"})
-            return
-        try:
             ServerLedger.open(self.path, server_id=self.server_id, signing_key=self._signing_key).close()
         except Exception as exc:  # a concurrent worker holding the lock creates it instead
             LOGGER.info("ledger_create_deferred", extra={"event": "ledger_create_deferred", "error": type(exc).__name__})
 
     def record(self, body: Mapping[str, Any]) -> bool:
         """Append ``body`` unless the round is already recorded. True iff it is in the ledger now."""
-        try:
-            from dp.audit.chain import LedgerError, LedgerLocked
-            from dp.audit.round_records import ServerLedger, ServerRoundRecord
-        except ImportError as exc:
-            raise LedgerUnavailable(str(exc)) from None
         record = ServerRoundRecord.from_dict(body)
         try:
             ledger = ServerLedger.open(self.path, server_id=self.server_id, signing_key=self._signing_key)
@@ -181,8 +176,6 @@ class RoundLedger:
 
     def contains(self, round_id: str) -> bool:
         """True iff the ledger (verified under the server's key) records ``round_id``."""
-        from dp.audit.round_records import verify_server_ledger
-
         if not self.path.exists():
             return False
         verification = verify_server_ledger(self.path, public_key=self.public_key)

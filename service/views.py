@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from service.coordinator import Coordinator, StoredParameters
+from service.rounds import RoundEngine, StoredParameters
 from service.db import ParticipantRow, RoundRow
 
 
@@ -23,7 +23,7 @@ def participant_view(row: ParticipantRow) -> dict[str, Any]:
     }
 
 
-def round_status_view(session: Session, coordinator: Coordinator, row: RoundRow) -> dict[str, Any]:
+def round_status_view(session: Session, engine: RoundEngine, row: RoundRow) -> dict[str, Any]:
     parameters = StoredParameters.from_json(row.parameters)
     running = row.outcome is None
     return {
@@ -33,7 +33,7 @@ def round_status_view(session: Session, coordinator: Coordinator, row: RoundRow)
         "stage_deadline": row.stage_deadline,
         "parameters": parameters.public_dict(row),
         "expected": json.loads(row.expected),
-        "responded": coordinator.responded(session, row.id, row.stage) if running else [],
+        "responded": engine.responded(session, row.id, row.stage) if running else [],
         "history": json.loads(row.history),
         "survivors": json.loads(row.survivors) if row.survivors is not None else None,
         "outcome": row.outcome,
@@ -52,7 +52,7 @@ def audit_round_view(row: RoundRow) -> dict[str, Any]:
         "round_id": row.id,
         "parameters": parameters.public_dict(row),
         "stage": row.stage,
-        "survivors": Coordinator.survivors_by_stage(row, parameters),
+        "survivors": RoundEngine.survivors_by_stage(row, parameters),
         "outcome": row.outcome,
         "abort_reason": row.abort_reason,
         "abort_detail": row.abort_detail,

@@ -2,7 +2,7 @@
 
 A participant may ask ``GET /v1/rounds/{id}/messages/me?wait=S`` to be answered as soon
 as there is something for it (or after S seconds). Waiting happens on the event loop,
-never on a worker thread. The coordinator calls :meth:`RoundWatch.notify` (from any
+never on a worker thread. The engine calls :meth:`RoundWatch.notify` (from any
 thread) after it commits a stage transition; every request waiting on that round
 re-checks the database at once. Transitions committed by *another* worker process are
 not notified here, so waiters also re-check every :data:`FALLBACK_RECHECK_SECONDS`.
@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from secagg.http_contract import MAX_LONG_POLL_SECONDS
+
 FALLBACK_RECHECK_SECONDS = 2.0
-MAX_WAIT_SECONDS = 30.0
+MAX_WAIT_SECONDS = MAX_LONG_POLL_SECONDS
 
 
 class RoundWatch:

@@ -76,6 +76,7 @@ from clients.training.federated import (
 from clients.training.metrics import accuracy, roc_auc
 from clients.training.tabular import Preprocessor, TabularSchema
 from dp.models import ModelKind, ModelSpec
+from secagg.rounds import Round
 from secagg.config import ProtocolMode, minimum_threshold
 
 MIN_BANKS = 3
@@ -84,7 +85,7 @@ READY_TIMEOUT_SECONDS = 180.0
 ROUND_TIMEOUT_SECONDS = 300.0
 DROPOUT_STAGE_DEADLINE_SECONDS = 6.0
 """How long the stage where the bank drops out stays open: the honest banks answer within a second on loopback."""
-NORMAL_DEADLINES = {"R0": 300, "R1": 120, "R2": 120, "R3": 120, "R4": 120}
+NORMAL_DEADLINES = {item.key: 300 if item is Round.ADVERTISE_KEYS else 120 for item in Round}
 CENTRALIZED_ITERATIONS = 300
 CENTRALIZED_LEARNING_RATE = 0.01
 CENTRALIZED_L2 = 1e-3
@@ -389,7 +390,7 @@ def run_demo(config: DemoConfig, *, console: Any = None) -> dict[str, Any]:
                         deadlines = dict(NORMAL_DEADLINES)
                         dropping = config.dropout and round_index == config.dropout_round
                         if dropping:
-                            deadlines.update({"R2": DROPOUT_STAGE_DEADLINE_SECONDS, "R3": DROPOUT_STAGE_DEADLINE_SECONDS, "R4": DROPOUT_STAGE_DEADLINE_SECONDS})
+                            deadlines.update({item.key: DROPOUT_STAGE_DEADLINE_SECONDS for item in Round if item.number >= Round.MASKED_INPUT_COLLECTION.number})
                         created = admin.create_round(
                             {**base_round, "dim": round_dim, "bits": plan.ring_bits, "dp_policy": privacy, "deadlines": deadlines}
                         )

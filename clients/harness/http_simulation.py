@@ -18,6 +18,8 @@ from its round history (wall clock, waiting included).
 
 from __future__ import annotations
 
+from secagg.rounds import KEYS, Round
+
 import statistics
 import tempfile
 import threading
@@ -37,19 +39,12 @@ from clients.runtime.policy import ClientPolicy
 from clients.runtime.retry import PollSchedule, RetryPolicy
 from clients.runtime.runner import RoundOutcome, run_round
 from clients.harness.simulation import SimulationParameters, SimulationReport
-from clients.runtime.transport import ProtocolRound, RoundTransport
+from clients.runtime.transport import RoundTransport
 from secagg.config import minimum_threshold
 from secagg.encoding import Ring
 from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import DeterministicRandom, RandomSource, SystemRandom
 
-STAGE_ROUND = {
-    "R0-advertise-keys": "R0",
-    "R1-share-keys": "R1",
-    "R2-masked-input-collection": "R2",
-    "R3-consistency-check": "R3",
-    "R4-unmasking": "R4",
-}
 LONG_DEADLINE_SECONDS = 3600.0
 POLL_SCHEDULE = PollSchedule(initial_interval=0.5, multiplier=1.5, max_interval=3.0, timeout=LONG_DEADLINE_SECONDS)
 """Polls start at the server's Retry-After (1 s by default) and back off to 3 s."""
@@ -90,12 +85,12 @@ class DroppingTransport:
     def describe_round(self, round_id: str):
         return self._inner.describe_round(round_id)
 
-    def submit(self, round_id: str, protocol_round: ProtocolRound, payload: bytes):
-        if int(protocol_round.value[1]) >= self._drop_at:
-            raise SimulatedDropout(protocol_round.value)
+    def submit(self, round_id: str, protocol_round: Round, payload: bytes):
+        if protocol_round.number >= self._drop_at:
+            raise SimulatedDropout(protocol_round.key)
         return self._inner.submit(round_id, protocol_round, payload)
 
-    def fetch(self, round_id: str, protocol_round: ProtocolRound):
+    def fetch(self, round_id: str, protocol_round: Round):
         return self._inner.fetch(round_id, protocol_round)
 
     def fetch_result(self, round_id: str):
@@ -105,7 +100,7 @@ class DroppingTransport:
 class TimedTransport:
     """Forwards to a transport and reports the wall-clock span of every submission."""
 
-    def __init__(self, inner: RoundTransport, observer: Callable[[ProtocolRound, int, float, float], None]) -> None:
+    def __init__(self, inner: RoundTransport, observer: Callable[[Round, int, float, float], None]) -> None:
         self._inner = inner
         self._observer = observer
         self.endpoint = inner.endpoint
@@ -113,13 +108,13 @@ class TimedTransport:
     def describe_round(self, round_id: str):
         return self._inner.describe_round(round_id)
 
-    def submit(self, round_id: str, protocol_round: ProtocolRound, payload: bytes):
+    def submit(self, round_id: str, protocol_round: Round, payload: bytes):
         started = time.perf_counter()
         outcome = self._inner.submit(round_id, protocol_round, payload)
         self._observer(protocol_round, len(payload), started, time.perf_counter())
         return outcome
 
-    def fetch(self, round_id: str, protocol_round: ProtocolRound):
+    def fetch(self, round_id: str, protocol_round: Round):
         return self._inner.fetch(round_id, protocol_round)
 
     def fetch_result(self, round_id: str):
@@ -131,7 +126,7 @@ def run_http_simulation(
     *,
     stage_deadline: float | None = None,
     on_step: Callable[[str], None] | None = None,
-    on_submit: Callable[[ProtocolRound, int, float, float], None] | None = None,
+    on_submit: Callable[[Round, int, float, float], None] | None = None,
 ) -> HttpSimulationReport:
     """Run one round over HTTP against a fresh local server; verify the sum.
 
@@ -146,13 +141,14 @@ def run_http_simulation(
     names = [f"bank-{index:05d}" for index in range(n)]
     order = np.argsort(np.frombuffer(source.random_bytes(8 * n), dtype=np.uint64), kind="stable")
     dropped = frozenset(int(i) for i in order[: params.dropped_count])
-    drop_at = int(params.dropout_round.value[1])
+    drop_at = Round.from_key(params.dropout_round.value).number
     input_seeds = [source.random_bytes(32) for _ in range(n)]
     deadline = (stage_deadline or dropout_stage_deadline(n, params.dim)) if dropped else None
-    deadlines = {name: LONG_DEADLINE_SECONDS for name in ("R0", "R1", "R2", "R3", "R4")}
+    deadlines = {name: LONG_DEADLINE_SECONDS for name in KEYS}
     if deadline is not None:
-        for round_number in range(drop_at, 5):
-            deadlines[f"R{round_number}"] = deadline
+        for later in Round:
+            if later.number >= drop_at:
+                deadlines[later.key] = deadline
 
     def client_input(member: int) -> np.ndarray:
         ring = Ring(params.bits)
@@ -283,7 +279,7 @@ def run_http_simulation(
         client_seconds_median=statistics.median(client_totals),
         client_seconds_max=max(client_totals),
         server_seconds=sum(server_round_seconds.values()),
-        server_unmask_seconds=server_round_seconds.get("R4", 0.0),
+        server_unmask_seconds=server_round_seconds.get(Round.UNMASKING.key, 0.0),
         bytes_up_per_client=upload,
         upload_expansion=upload / vector_bytes if vector_bytes else 0.0,
         client_round_seconds_median={
@@ -302,13 +298,21 @@ def run_http_simulation(
     )
 
 
+def _round_key_of_stage(stage: str) -> str | None:
+    """``"R2"`` for ``"R2-masked-input-collection"``; None for a terminal stage."""
+    try:
+        return Round(stage).key
+    except ValueError:
+        return None
+
+
 def _stage_durations(status: dict) -> dict[str, float]:
     """Wall-clock duration of each closed stage, from the server's round history."""
     durations: dict[str, float] = {}
     previous = float(status.get("created_at") or 0.0)
     for record in status.get("history") or []:
         closed = record.get("closed_at")
-        name = STAGE_ROUND.get(record.get("stage", ""))
+        name = _round_key_of_stage(record.get("stage", ""))
         if closed is None or name is None:
             continue
         durations[name] = float(closed) - previous

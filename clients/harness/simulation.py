@@ -32,17 +32,12 @@ from secagg.graph import recommended_harary_degree
 from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import DeterministicRandom, RandomSource, SystemRandom
 from secagg.messages import encode
+from secagg.rounds import KEYS, Round
 from secagg.server import ServerSession, ServerStage
 
 
-class DropoutRound(str, Enum):
-    """The round in which the dropped clients stop answering."""
-
-    R0 = "R0"
-    R1 = "R1"
-    R2 = "R2"
-    R3 = "R3"
-    R4 = "R4"
+DropoutRound = Enum("DropoutRound", {key: key for key in KEYS}, type=str)  # type: ignore[misc]
+"""The round in which the dropped clients stop answering (a CLI choice: ``R0`` … ``R4``)."""
 
 
 class SimulationTransport(str, Enum):
@@ -57,7 +52,7 @@ class SimulationParameters:
     clients: int
     dim: int
     dropout: float = 0.0
-    dropout_round: DropoutRound = DropoutRound.R2
+    dropout_round: DropoutRound = DropoutRound(Round.MASKED_INPUT_COLLECTION.key)
     graph: GraphKind = GraphKind.FULL
     degree: int | None = None
     mode: ProtocolMode = ProtocolMode.ACTIVE
@@ -97,13 +92,13 @@ class SimulationReport:
     server_round_seconds: dict[str, float] = field(default_factory=dict)
 
 
-ROUND_OF_SERVER_STAGE = {
-    ServerStage.ADVERTISE_KEYS: "R0",
-    ServerStage.SHARE_KEYS: "R1",
-    ServerStage.MASKED_INPUT_COLLECTION: "R2",
-    ServerStage.CONSISTENCY_CHECK: "R3",
-    ServerStage.UNMASKING: "R4",
-}
+
+
+def _round_key(stage: ServerStage) -> str:
+    """The short round name (``"R2"``) of a running server stage."""
+    protocol_round = stage.round
+    assert protocol_round is not None, f"{stage.value} is not a running stage"
+    return protocol_round.key
 
 
 def run_simulation(
@@ -138,7 +133,7 @@ def run_simulation(
     ring = config.ring
     order = np.argsort(np.frombuffer(source.random_bytes(8 * n), dtype=np.uint64), kind="stable")
     dropped = frozenset(int(i) for i in order[: params.dropped_count])
-    drop_at = int(params.dropout_round.value[1])
+    drop_at = Round.from_key(params.dropout_round.value).number
 
     client_seconds: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     server_seconds: dict[str, float] = defaultdict(float)
@@ -168,15 +163,15 @@ def run_simulation(
         started = time.perf_counter()
         sessions[member] = ClientSession(config, member, identities[member], vector, source=source)
         payload = encode(sessions[member].start())
-        client_seconds[member]["R0"] += time.perf_counter() - started
+        client_seconds[member][Round.ADVERTISE_KEYS.key] += time.perf_counter() - started
         del vector
         if not (member in dropped and drop_at == 0):
-            deliver(member, payload, "R0")
+            deliver(member, payload, Round.ADVERTISE_KEYS.key)
 
     abort_reason: str | None = None
     try:
         while server.stage is not ServerStage.COMPLETED:
-            stage_name = ROUND_OF_SERVER_STAGE[server.stage]
+            stage_name = _round_key(server.stage)
             if recorder:
                 recorder(None)
             started = time.perf_counter()
@@ -184,7 +179,7 @@ def run_simulation(
             server_seconds[stage_name] += time.perf_counter() - started
             if server.stage is ServerStage.COMPLETED:
                 break
-            next_round = ROUND_OF_SERVER_STAGE[server.stage]
+            next_round = _round_key(server.stage)
             for member, message in sorted(outbox.items()):
                 payload = encode(message)
                 started = time.perf_counter()
@@ -232,7 +227,7 @@ def run_simulation(
         client_seconds_median=statistics.median(totals),
         client_seconds_max=max(totals),
         server_seconds=sum(server_seconds.values()),
-        server_unmask_seconds=server_seconds.get("R4", 0.0),
+        server_unmask_seconds=server_seconds.get(Round.UNMASKING.key, 0.0),
         bytes_up_per_client=upload,
         upload_expansion=upload / vector_bytes if vector_bytes else 0.0,
         client_round_seconds_median={
@@ -248,7 +243,7 @@ def simulate_command(
     dropout: Annotated[float, typer.Option("--dropout", min=0.0, max=1.0, help="Fraction of clients that drop out.")] = 0.0,
     dropout_round: Annotated[
         DropoutRound, typer.Option("--dropout-round", help="Round in which the dropped clients stop answering.")
-    ] = DropoutRound.R2,
+    ] = DropoutRound(Round.MASKED_INPUT_COLLECTION.key),
     graph: Annotated[GraphKind, typer.Option("--graph", help="Neighbour graph.")] = GraphKind.FULL,
     degree: Annotated[int | None, typer.Option("--degree", help="Harary degree k (even; default about 2 log2 N).")] = None,
     mode: Annotated[ProtocolMode, typer.Option("--mode", help="Adversary model.")] = ProtocolMode.ACTIVE,
@@ -313,7 +308,7 @@ def simulate_command(
     table.add_column("round")
     table.add_column("client median (s)", justify="right")
     table.add_column("server (s)", justify="right")
-    for name in ("R0", "R1", "R2", "R3", "R4"):
+    for name in KEYS:
         if name in report.client_round_seconds_median or name in report.server_round_seconds:
             table.add_row(
                 name,

@@ -106,7 +106,7 @@ def run_command(
     def show(event: RoundEvent) -> None:
         if not interactive:
             return
-        where = f"{event.protocol_round.value} " if event.protocol_round else ""
+        where = f"{event.protocol_round.key} " if event.protocol_round else ""
         style = {EventKind.FINISHED: "green", EventKind.RESUMED: "yellow"}.get(event.kind, "cyan")
         errors.print(f"[{style}]{event.kind.value}[/{style}] {where}{event.detail}", highlight=False)
 

@@ -25,6 +25,8 @@ poll: the server answers ``round-completed`` on ``messages/me`` once the result 
 
 from __future__ import annotations
 
+from secagg.rounds import Round
+
 import base64
 import binascii
 import email.utils
@@ -47,7 +49,6 @@ from clients.runtime.transport import (
     Delivery,
     Excluded,
     Pending,
-    ProtocolRound,
     ResultDelivery,
     RoundAborted,
     RoundCompleted,
@@ -61,16 +62,13 @@ from secagg.encoding import Ring
 from secagg.errors import ConfigurationError
 from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import RandomSource, SystemRandom
-from secagg.http_contract import NONCE_BYTES, sign_request
+from secagg.http_contract import MAX_LONG_POLL_SECONDS, NONCE_BYTES, TRANSIENT_STATUSES, ProblemType, problem_suffix, sign_request
+from secagg.rounds import STAGE_NAMES
 
-PROBLEM_PREFIX = "urn:secagg:problem:"
-TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
-OPEN_STAGES = frozenset(
-    {"R0-advertise-keys", "R1-share-keys", "R2-masked-input-collection", "R3-consistency-check", "R4-unmasking"}
-)
+OPEN_STAGES = frozenset(STAGE_NAMES)
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
-LONG_POLL_SECONDS = 20.0
-"""How long the server may hold a ``messages/me`` request (the server allows up to 30 s)."""
+LONG_POLL_SECONDS = min(20.0, MAX_LONG_POLL_SECONDS)
+"""How long the server may hold a ``messages/me`` request (at most the contract's maximum)."""
 LONG_POLL_READ_MARGIN_SECONDS = 10.0
 """Read timeout of a long poll beyond its wait: the server's last database check and the reply."""
 
@@ -111,8 +109,7 @@ def _problem(response: httpx.Response) -> tuple[str, str, dict[str, Any]]:
         body = {}
     if not isinstance(body, dict):
         body = {}
-    problem_type = str(body.get("type", ""))
-    suffix = problem_type[len(PROBLEM_PREFIX) :] if problem_type.startswith(PROBLEM_PREFIX) else f"http-{response.status_code}"
+    suffix = problem_suffix(str(body.get("type", ""))) or f"http-{response.status_code}"
     return suffix, str(body.get("detail", response.reason_phrase)), body
 
 
@@ -215,22 +212,22 @@ class HttpTransport:
             server_identity=response.headers.get("X-Secagg-Server-Id"),
         )
 
-    def submit(self, round_id: str, protocol_round: ProtocolRound, payload: bytes) -> SubmitOutcome:
+    def submit(self, round_id: str, protocol_round: Round, payload: bytes) -> SubmitOutcome:
         response = self._signed(
             "POST", f"/v1/rounds/{round_id}/messages", payload, headers={"Content-Type": "application/octet-stream"}
         )
         if response.status_code in (200, 202):
             return Accepted(already_accepted=response.json().get("status") == "already-accepted")
         problem_type, _, body = _problem(response)
-        if problem_type == "wrong-stage":
+        if problem_type == ProblemType.WRONG_STAGE.suffix:
             return StageClosed()
-        if problem_type in ("excluded", "not-in-round"):
+        if problem_type in (ProblemType.EXCLUDED.suffix, ProblemType.NOT_IN_ROUND.suffix):
             return Excluded()
-        if problem_type == "round-aborted":
+        if problem_type == ProblemType.ROUND_ABORTED.suffix:
             return RoundAborted(str(body.get("abort_reason") or "aborted"))
         self._refuse(response)
 
-    def fetch(self, round_id: str, protocol_round: ProtocolRound) -> Delivery:
+    def fetch(self, round_id: str, protocol_round: Round) -> Delivery:
         path = f"/v1/rounds/{round_id}/messages/me"
         long_poll = self._long_poll_seconds > 0
         if long_poll:
@@ -244,11 +241,11 @@ class HttpTransport:
             held = long_poll and self._monotonic() - started >= self._long_poll_seconds / 2
             return Pending(retry_after, long_polled=held and retry_after == 0)
         problem_type, _, body = _problem(response)
-        if problem_type == "excluded":
+        if problem_type == ProblemType.EXCLUDED.suffix:
             return Excluded()
-        if problem_type == "round-completed":
+        if problem_type == ProblemType.ROUND_COMPLETED.suffix:
             return RoundCompleted()
-        if problem_type == "round-aborted":
+        if problem_type == ProblemType.ROUND_ABORTED.suffix:
             return RoundAborted(str(body.get("abort_reason") or "aborted"))
         self._refuse(response)
 
@@ -272,11 +269,11 @@ class HttpTransport:
                 raise ServerRefused(200, "unusable-result", f"the result has {vector.size} elements, not {dim}")
             return RoundResult(vector=vector, survivors=survivors)
         problem_type, _, body = _problem(response)
-        if problem_type == "result-not-ready":
+        if problem_type == ProblemType.RESULT_NOT_READY.suffix:
             not_ready = Pending(parse_retry_after(response.headers.get("Retry-After"), now=self._wall_clock()))
             if self._long_poll_seconds == 0:
                 return not_ready
-            change = self.fetch(round_id, ProtocolRound.R4)  # held until the round moves (or the wait ends)
+            change = self.fetch(round_id, Round.UNMASKING)  # held until the round moves (or the wait ends)
             if isinstance(change, RoundAborted):
                 return change
             if isinstance(change, RoundCompleted):
@@ -284,7 +281,7 @@ class HttpTransport:
             if isinstance(change, Pending) and change.long_polled:
                 return change
             return not_ready
-        if problem_type == "round-aborted":
+        if problem_type == ProblemType.ROUND_ABORTED.suffix:
             return RoundAborted(str(body.get("abort_reason") or "aborted"))
         self._refuse(response)
 

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from clients.runtime.errors import KeyFileError
-from dp.atomic_files import NotPrivate, PrivateFileExists, read_private_file, write_private_file
+from dp.atomic_files import PUBLIC_MODE, write_atomic, NotPrivate, PrivateFileExists, read_private_file, write_private_file
 from secagg.hazmat.keys import SigningKey
 
 PUBLIC_KEY_SUFFIX = ".pub"
@@ -89,9 +89,7 @@ def generate_key_file(path: Path, *, passphrase: bytes | None = None, overwrite:
         raise KeyFileError(f"{path} already exists; refusing to overwrite it (use --force to replace it)") from None
     except OSError as exc:
         raise KeyFileError(f"cannot write {path}: {exc.strerror}") from None
-    temporary = public_path.with_name(f".{public_path.name}.tmp")
-    temporary.write_text(public + "\n", encoding="ascii")
-    os.replace(temporary, public_path)
+    write_atomic(public_path, (public + "\n").encode("ascii"), mode=PUBLIC_MODE)
     return GeneratedKey(key_path=path, public_key_path=public_path, public_key_base64=public)
 
 

@@ -19,6 +19,8 @@ Nothing here touches HTTP; see :class:`clients.runtime.transport.RoundTransport`
 
 from __future__ import annotations
 
+from secagg.rounds import Round
+
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,7 +46,6 @@ from clients.runtime.transport import (
     Delivered,
     Excluded,
     Pending,
-    ProtocolRound,
     RoundAborted,
     RoundCompleted,
     RoundResult,
@@ -54,18 +55,9 @@ from secagg.client import ClientSession
 from secagg.errors import AbortReason, EncodingError, ProtocolAbort, SessionAborted
 from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import SEED_BYTES, DeterministicRandom, RandomSource, SystemRandom
-from secagg.messages import MessageType, encode, peek_type
+from secagg.messages import ROUND_OF_CLIENT_MESSAGE, encode, peek_type
 
-ROUND_OF_CLIENT_MESSAGE = {
-    MessageType.ADVERTISE_KEYS: ProtocolRound.R0,
-    MessageType.SHARE_KEYS: ProtocolRound.R1,
-    MessageType.MASKED_INPUT: ProtocolRound.R2,
-    MessageType.CONSISTENCY_CHECK: ProtocolRound.R3,
-    MessageType.UNMASKING_SHARES: ProtocolRound.R4,
-}
-
-
-def protocol_round_of(payload: bytes) -> ProtocolRound:
+def protocol_round_of(payload: bytes) -> Round:
     """The round a client message belongs to (honest-but-curious mode skips R3)."""
     return ROUND_OF_CLIENT_MESSAGE[peek_type(payload)]
 
@@ -84,7 +76,7 @@ class RoundEvent:
     """Progress of the round, for display (no secrets, no vectors)."""
 
     kind: EventKind
-    protocol_round: ProtocolRound | None = None
+    protocol_round: Round | None = None
     detail: str = ""
 
 
@@ -197,7 +189,7 @@ def run_round(
             messages_sent += 1
             bytes_sent += len(outgoing)
         emit(RoundEvent(EventKind.SENT, protocol_round, f"{len(outgoing)} bytes"))
-        if protocol_round is ProtocolRound.R4 and isinstance(submitted, Accepted):
+        if protocol_round is Round.UNMASKING and isinstance(submitted, Accepted):
             store.finish(state, Outcome.COMPLETED.value)
             result = _await_result(transport, round_id, poll, sleep, clock, emit) if wait_for_result else None
             emit(RoundEvent(EventKind.FINISHED, protocol_round, Outcome.COMPLETED.value))
@@ -214,7 +206,7 @@ def run_round(
         if isinstance(delivery, Excluded):
             session.abort(AbortReason.EXCLUDED, "left out by the server")
             store.finish(state, "excluded")
-            raise ExcludedFromRound(f"the server left this client out of the round after its {protocol_round.value} message")
+            raise ExcludedFromRound(f"the server left this client out of the round after its {protocol_round.key} message")
         if isinstance(delivery, RoundCompleted):
             return _finish_closed_round(
                 transport, store, state, position, "completed", poll, sleep, clock, emit, state_path,
@@ -291,7 +283,7 @@ def _replay(session: ClientSession, state: RoundState, first_message: bytes) -> 
 def _await_answer(
     transport: RoundTransport,
     round_id: str,
-    protocol_round: ProtocolRound,
+    protocol_round: Round,
     poll: PollSchedule,
     sleep: Callable[[float], None],
     clock: Callable[[], float],
@@ -307,7 +299,7 @@ def _await_answer(
             emit(RoundEvent(EventKind.WAITING, protocol_round, "waiting for the other participants"))
         if clock() >= deadline:
             raise ServerUnavailable(
-                f"no answer to this client's {protocol_round.value} message within {poll.timeout:g} s; "
+                f"no answer to this client's {protocol_round.key} message within {poll.timeout:g} s; "
                 "the state file is kept: run again to resume"
             )
         if not delivery.long_polled:
@@ -333,7 +325,7 @@ def _await_result(
         if isinstance(delivery, RoundAborted):
             raise RoundAbortedByServer(delivery.reason)
         if polls == 0:
-            emit(RoundEvent(EventKind.WAITING, ProtocolRound.R4, "waiting for the result"))
+            emit(RoundEvent(EventKind.WAITING, Round.UNMASKING, "waiting for the result"))
         if clock() >= deadline:
             raise ServerUnavailable(f"no result within {poll.timeout:g} s after this client's last message")
         if not delivery.long_polled:

@@ -26,16 +26,8 @@ from typing import Protocol
 
 import numpy as np
 from secagg.config import RoundConfig
+from secagg.rounds import Round
 
-
-class ProtocolRound(str, Enum):
-    """The rounds of DESIGN.md section 2, named as everywhere else."""
-
-    R0 = "R0"
-    R1 = "R1"
-    R2 = "R2"
-    R3 = "R3"
-    R4 = "R4"
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,14 +128,14 @@ class RoundTransport(Protocol):
         """The round's parameters and cohort (``GET /v1/rounds/{id}`` over HTTP)."""
         ...
 
-    def submit(self, round_id: str, protocol_round: ProtocolRound, payload: bytes) -> SubmitOutcome:
+    def submit(self, round_id: str, protocol_round: Round, payload: bytes) -> SubmitOutcome:
         """Deliver this client's message for ``protocol_round``; idempotent for identical bytes.
 
         Any other refusal raises :class:`~clients.runtime.errors.ServerRefused`.
         """
         ...
 
-    def fetch(self, round_id: str, protocol_round: ProtocolRound) -> Delivery:
+    def fetch(self, round_id: str, protocol_round: Round) -> Delivery:
         """The server's answer to this client's ``protocol_round`` message, if ready."""
         ...
 

@@ -67,6 +67,8 @@ bank starts from the same model.
 
 from __future__ import annotations
 
+from secagg.rounds import Round
+
 import functools
 import hashlib
 import json
@@ -95,12 +97,14 @@ from clients.training.tabular import (
     read_csv,
     statistics_from_sums,
 )
-from clients.runtime.transport import Pending, ProtocolRound, RoundAborted, RoundDescription, RoundResult, RoundTransport
+from clients.runtime.transport import Pending, RoundAborted, RoundDescription, RoundResult, RoundTransport
 from dp.accounting import SampledGaussian
+from dp.atomic_files import PUBLIC_MODE, write_atomic
 from dp.models import ModelKind, ModelSpec
 from secagg.config import ProtocolMode
 from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import SEED_BYTES, DeterministicRandom, SystemRandom
+from secagg.http_contract import NONCE_BYTES, ProblemType, problem_suffix, sign_request
 
 PLAN_FORMAT = "secagg-federated-plan/1"
 STATISTICS_CLIP = float(1 << 24)
@@ -294,9 +298,7 @@ def rotation_seed(round_id: str) -> bytes:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    temporary.replace(path)
+    write_atomic(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode("utf-8"), mode=PUBLIC_MODE)
 
 
 def statistics_dim(schema: TabularSchema) -> int:
@@ -341,7 +343,7 @@ def _problem_type(response: httpx.Response) -> str:
     except ValueError:
         return ""
     problem = value.get("type", "") if isinstance(value, dict) else ""
-    return str(problem).removeprefix("urn:secagg:problem:")
+    return problem_suffix(str(problem)) or ""
 
 
 class WorkPoller:
@@ -360,8 +362,6 @@ class WorkPoller:
         self._client.close()
 
     def pending(self) -> list[dict[str, Any]]:
-        from secagg.http_contract import NONCE_BYTES, sign_request
-
         headers = sign_request(
             self._identity, "GET", "/v1/work", b"", key_id=self._key_id, now=int(time.time()),
             nonce=self._source.random_bytes(NONCE_BYTES).hex(),
@@ -370,7 +370,7 @@ class WorkPoller:
             response = self._client.get(self._base_url + "/v1/work", headers=headers)
         except httpx.TransportError as error:
             return self._unavailable(f"cannot reach {self._base_url}: {type(error).__name__}: {error}")
-        if response.status_code == 401 and _problem_type(response) == "unknown-key":
+        if response.status_code == 401 and _problem_type(response) == ProblemType.UNKNOWN_KEY.suffix:
             # Not enrolled yet (the administrator enrols the public key after the bank made it): wait, within the same window.
             return self._unavailable("this bank's key is not enrolled on the server")
         self._unreachable_since = None
@@ -405,7 +405,7 @@ class DropoutInjection:
     """Demo only: stop answering in training round ``round_index`` (0-based) from ``protocol_round`` on."""
 
     round_index: int
-    protocol_round: ProtocolRound = ProtocolRound.R2
+    protocol_round: Round = Round.MASKED_INPUT_COLLECTION
 
 
 @dataclass(frozen=True)
@@ -429,7 +429,7 @@ class BankJob:
     def to_dict(self) -> dict[str, Any]:
         value = {key: (str(item) if isinstance(item, Path) else item) for key, item in asdict(self).items()}
         if self.dropout is not None:
-            value["dropout"] = {"round_index": self.dropout.round_index, "protocol_round": self.dropout.protocol_round.value}
+            value["dropout"] = {"round_index": self.dropout.round_index, "protocol_round": self.dropout.protocol_round.key}
         return value
 
     @classmethod
@@ -437,7 +437,7 @@ class BankJob:
         paths = {"data", "schema", "plan", "work_dir", "key", "policy"}
         items = {key: (Path(item) if key in paths and item is not None else item) for key, item in value.items()}
         if items.get("dropout") is not None:
-            items["dropout"] = DropoutInjection(int(items["dropout"]["round_index"]), ProtocolRound(items["dropout"]["protocol_round"]))
+            items["dropout"] = DropoutInjection(int(items["dropout"]["round_index"]), Round.from_key(items["dropout"]["protocol_round"]))
         return cls(**items)
 
 
@@ -551,7 +551,7 @@ def _secure_round(
     if declared != privacy:
         raise PlanMismatch(f"round {round_id} declares privacy {declared}, the plan prescribes {privacy}; refusing to spend")
     contribution = prepare(description)
-    transport = context.transport if dropout is None else DroppingTransport(context.transport, int(dropout.protocol_round.value[1]))
+    transport = context.transport if dropout is None else DroppingTransport(context.transport, dropout.protocol_round.number)
     contributed = True
     try:
         outcome = run_round(

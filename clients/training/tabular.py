@@ -58,6 +58,8 @@ from typing import Any
 
 import numpy as np
 
+from dp.atomic_files import PUBLIC_MODE, write_atomic
+
 SCHEMA_FORMAT = "secagg-tabular-schema/1"
 MISSING_TOKENS = frozenset({"", "na", "nan", "null", "none"})
 DEFAULT_MAX_CATEGORIES = 32
@@ -375,10 +377,7 @@ class TabularSchema:
         return cls(str(value.get("target", "")), str(value.get("positive", "")), tuple(columns))
 
     def save(self, path: Path) -> None:
-        path = Path(path)
-        temporary = path.with_name(f".{path.name}.tmp")
-        temporary.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        temporary.replace(path)
+        write_atomic(path, (json.dumps(self.to_dict(), indent=2) + "\n").encode("utf-8"), mode=PUBLIC_MODE)
 
     @classmethod
     def load(cls, path: Path) -> TabularSchema:

@@ -18,13 +18,13 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 from dp.accounting.epsilon import compute_epsilon, validate_accountant_kind
+from dp.atomic_files import write_atomic
 from dp.accounting.errors import (
     AccountantStateError,
     AccountingError,
@@ -205,33 +205,8 @@ def save_accountant(path: str | os.PathLike[str], accountant: PrivacyAccountant)
     """
     if not isinstance(accountant, PrivacyAccountant):
         raise InvalidParameterError(f"expected a PrivacyAccountant, got {type(accountant).__name__}")
-    target = Path(path)
     payload = (json.dumps(accountant.state_dict(), indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
-    descriptor, temporary_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    temporary = Path(temporary_name)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, STATE_FILE_MODE)
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    _fsync_directory(target.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (POSIX; a no-op where directories cannot be opened)."""
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    write_atomic(path, payload, mode=STATE_FILE_MODE)
 
 
 def load_accountant(path: str | os.PathLike[str]) -> PrivacyAccountant:

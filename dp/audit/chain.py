@@ -65,7 +65,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -74,6 +73,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from dp.atomic_files import sync_directory, write_atomic
 from dp.errors import DPError
 from secagg.hazmat.keys import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, SigningKey, verify_signature
 
@@ -628,29 +628,9 @@ def check_anchor(read: ChainRead, fmt: ChainFormat, anchor: Path) -> list[Findin
 # --------------------------------------------------------------------------- writing
 
 
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def atomic_write(path: Path, content: bytes, *, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``content`` so that a reader sees the old file or the new one,
-    never a mixture, and the new one survives a crash once this returns."""
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(descriptor, mode)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
+    """Replace ``path`` with ``content`` atomically and durably (:func:`dp.atomic_files.write_atomic`)."""
+    write_atomic(path, content, mode=mode)
 
 
 _RECOVERABLE = frozenset({FindingKind.TORN_TAIL, FindingKind.HEAD_BEHIND})
@@ -694,7 +674,7 @@ class ChainWriter:
             writer = cls(path=path, fmt=fmt, owner=owner, signing_key=signing_key, clock=clock, _descriptor=descriptor)
             # Decided under the lock: another writer may have created the ledger since the check above.
             if os.fstat(descriptor).st_size == 0 and not head_path(path).exists():
-                _fsync_directory(path.parent)
+                sync_directory(path.parent)
                 writer._write_head()
                 return writer
             writer._load_existing()

@@ -58,6 +58,7 @@ from dp.audit.chain import (
     read_chain,
     utc_now,
 )
+from secagg.rounds import Round
 from secagg.config import ProtocolMode
 from secagg.hazmat.keys import SigningKey
 
@@ -81,14 +82,8 @@ class RoundAlreadyRecorded(LedgerError):
     """The server ledger already holds a record of this round; nothing was written."""
 
 
-class RoundStage(str, Enum):
-    """Protocol stages whose survivors the server records (values of ``ServerStage``)."""
-
-    ADVERTISE_KEYS = "R0-advertise-keys"
-    SHARE_KEYS = "R1-share-keys"
-    MASKED_INPUT_COLLECTION = "R2-masked-input-collection"
-    CONSISTENCY_CHECK = "R3-consistency-check"
-    UNMASKING = "R4-unmasking"
+RoundStage = Round
+"""The protocol stages whose survivors the server records (:class:`secagg.rounds.Round`)."""
 
 
 class RoundOutcome(str, Enum):

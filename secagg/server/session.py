@@ -42,6 +42,8 @@ from secagg.messages import (
     KeyList,
     MaskedInput,
     MaskedInputRequest,
+    MessageType,
+    ROUND_OF_CLIENT_MESSAGE,
     ServerMessage,
     ShareKeys,
     SignedSurvivors,
@@ -60,13 +62,6 @@ from secagg.server.unmasking import plan_unmasking
 
 Outbox = dict[int, ServerMessage]
 
-_STAGE_OF_MESSAGE: dict[type, ServerStage] = {
-    AdvertiseKeys: ServerStage.ADVERTISE_KEYS,
-    ShareKeys: ServerStage.SHARE_KEYS,
-    MaskedInput: ServerStage.MASKED_INPUT_COLLECTION,
-    ConsistencyCheck: ServerStage.CONSISTENCY_CHECK,
-    UnmaskingShares: ServerStage.UNMASKING,
-}
 
 
 @dataclass(slots=True)
@@ -178,9 +173,11 @@ class ServerSession:
         """Validate and accept one client message, or raise MessageRejected and change nothing."""
         if self._stage is ServerStage.ABORTED:
             raise SessionAborted(self.abort_reason or AbortReason.ABORTED_BY_SERVER)
-        expected_stage = _STAGE_OF_MESSAGE.get(type(message))
-        if expected_stage is None:
+        message_type = getattr(message, "message_type", None)
+        message_round = ROUND_OF_CLIENT_MESSAGE.get(message_type) if isinstance(message_type, MessageType) else None
+        if message_round is None:
             raise MessageRejected(RejectReason.MALFORMED, f"{type(message).__name__} is not a client message")
+        expected_stage = ServerStage(message_round.value)
         if expected_stage is not self._stage:
             raise MessageRejected(
                 RejectReason.WRONG_STAGE, f"{type(message).__name__} received in stage {self._stage.value}"

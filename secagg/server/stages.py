@@ -1,17 +1,27 @@
-"""The server's protocol stages, named as in DESIGN.md section 2."""
+"""The server's protocol stages: the five rounds of :mod:`secagg.rounds` and two terminal states."""
 
 from __future__ import annotations
 
 from enum import Enum
 
+from secagg.rounds import Round
+
 
 class ServerStage(str, Enum):
-    """The round whose client messages the server is collecting."""
+    """The round whose client messages the server is collecting, or how the round ended."""
 
-    ADVERTISE_KEYS = "R0-advertise-keys"
-    SHARE_KEYS = "R1-share-keys"
-    MASKED_INPUT_COLLECTION = "R2-masked-input-collection"
-    CONSISTENCY_CHECK = "R3-consistency-check"
-    UNMASKING = "R4-unmasking"
+    ADVERTISE_KEYS = Round.ADVERTISE_KEYS.value
+    SHARE_KEYS = Round.SHARE_KEYS.value
+    MASKED_INPUT_COLLECTION = Round.MASKED_INPUT_COLLECTION.value
+    CONSISTENCY_CHECK = Round.CONSISTENCY_CHECK.value
+    UNMASKING = Round.UNMASKING.value
     COMPLETED = "completed"
     ABORTED = "aborted"
+
+    @property
+    def round(self) -> Round | None:
+        """The protocol round this stage collects, or None once the round has ended."""
+        return Round(self.value) if self.value in _ROUND_VALUES else None
+
+
+_ROUND_VALUES = frozenset(item.value for item in Round)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Path
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
-from service.auth import AdminCaller, CoordinatorDep
+from service.auth import AdminCaller, EngineDep
 from service.db import RoundRow
 from service.problems import ProblemType, ServiceProblem, problem_responses
 from service.schemas import (
@@ -44,18 +44,18 @@ ParticipantIdPath = Annotated[ParticipantId, Path(description="The participant i
     responses=problem_responses(ProblemType.PARTICIPANT_EXISTS),
     summary="Enrol a participant with its Ed25519 identity key",
 )
-async def enroll_participant(body: ParticipantCreate, coordinator: CoordinatorDep) -> dict:
+async def enroll_participant(body: ParticipantCreate, engine: EngineDep) -> dict:
     try:
         public_key = base64.b64decode(body.public_key, validate=True)
     except (binascii.Error, ValueError):
         raise ServiceProblem(ProblemType.VALIDATION_ERROR, "public_key is not standard base64") from None
-    row = await run_in_threadpool(coordinator.enroll, body.id, public_key, body.role)
+    row = await run_in_threadpool(engine.enroll, body.id, public_key, body.role)
     return participant_view(row)
 
 
 @router.get("/participants", response_model=ParticipantList, summary="List participants")
-async def list_participants(coordinator: CoordinatorDep) -> dict:
-    rows = await run_in_threadpool(coordinator.participants)
+async def list_participants(engine: EngineDep) -> dict:
+    rows = await run_in_threadpool(engine.participants)
     return {"participants": [participant_view(row) for row in rows]}
 
 
@@ -65,8 +65,8 @@ async def list_participants(coordinator: CoordinatorDep) -> dict:
     responses=problem_responses(ProblemType.PARTICIPANT_NOT_FOUND),
     summary="Revoke a participant (its requests are refused from now on)",
 )
-async def revoke_participant(participant_id: ParticipantIdPath, coordinator: CoordinatorDep) -> dict:
-    row = await run_in_threadpool(coordinator.revoke, participant_id)
+async def revoke_participant(participant_id: ParticipantIdPath, engine: EngineDep) -> dict:
+    row = await run_in_threadpool(engine.revoke, participant_id)
     return participant_view(row)
 
 
@@ -77,14 +77,14 @@ async def revoke_participant(participant_id: ParticipantIdPath, coordinator: Coo
     responses=problem_responses(ProblemType.UNSAFE_ROUND),
     summary="Create a round",
 )
-async def create_round(body: RoundCreate, coordinator: CoordinatorDep) -> dict:
-    round_id = await run_in_threadpool(coordinator.create_round, body)
-    return await run_in_threadpool(_status, coordinator, round_id)
+async def create_round(body: RoundCreate, engine: EngineDep) -> dict:
+    round_id = await run_in_threadpool(engine.create_round, body)
+    return await run_in_threadpool(_status, engine, round_id)
 
 
 @router.get("/rounds", response_model=RoundList, summary="List rounds, newest first")
-async def list_rounds(coordinator: CoordinatorDep) -> dict:
-    return await run_in_threadpool(_list, coordinator)
+async def list_rounds(engine: EngineDep) -> dict:
+    return await run_in_threadpool(_list, engine)
 
 
 @router.get(
@@ -93,9 +93,9 @@ async def list_rounds(coordinator: CoordinatorDep) -> dict:
     responses=problem_responses(ProblemType.ROUND_NOT_FOUND),
     summary="A round's stage, responders, history and outcome",
 )
-async def round_status(round_id: RoundIdPath, coordinator: CoordinatorDep) -> dict:
-    await run_in_threadpool(coordinator.advance_if_overdue, round_id)
-    return await run_in_threadpool(_status, coordinator, round_id)
+async def round_status(round_id: RoundIdPath, engine: EngineDep) -> dict:
+    await run_in_threadpool(engine.advance_if_overdue, round_id)
+    return await run_in_threadpool(_status, engine, round_id)
 
 
 @router.post(
@@ -104,9 +104,9 @@ async def round_status(round_id: RoundIdPath, coordinator: CoordinatorDep) -> di
     responses=problem_responses(ProblemType.ROUND_NOT_FOUND, ProblemType.ROUND_FINISHED),
     summary="Close the current stage now with whoever answered (aborts below the threshold)",
 )
-async def close_stage(round_id: RoundIdPath, coordinator: CoordinatorDep) -> dict:
-    await run_in_threadpool(coordinator.close_stage_now, round_id)
-    return await run_in_threadpool(_status, coordinator, round_id)
+async def close_stage(round_id: RoundIdPath, engine: EngineDep) -> dict:
+    await run_in_threadpool(engine.close_stage_now, round_id)
+    return await run_in_threadpool(_status, engine, round_id)
 
 
 @router.post(
@@ -115,18 +115,18 @@ async def close_stage(round_id: RoundIdPath, coordinator: CoordinatorDep) -> dic
     responses=problem_responses(ProblemType.ROUND_NOT_FOUND, ProblemType.ROUND_FINISHED),
     summary="Abort a running round",
 )
-async def abort_round(round_id: RoundIdPath, body: AbortRequest, coordinator: CoordinatorDep) -> dict:
-    await run_in_threadpool(coordinator.abort, round_id, body.detail)
-    return await run_in_threadpool(_status, coordinator, round_id)
+async def abort_round(round_id: RoundIdPath, body: AbortRequest, engine: EngineDep) -> dict:
+    await run_in_threadpool(engine.abort, round_id, body.detail)
+    return await run_in_threadpool(_status, engine, round_id)
 
 
-def _status(coordinator, round_id: str) -> dict:
-    with coordinator.database.read() as session:
-        row = coordinator.round_row(session, round_id)
-        return round_status_view(session, coordinator, row)
+def _status(engine, round_id: str) -> dict:
+    with engine.database.read() as session:
+        row = engine.round_row(session, round_id)
+        return round_status_view(session, engine, row)
 
 
-def _list(coordinator) -> dict:
-    with coordinator.database.read() as session:
+def _list(engine) -> dict:
+    with engine.database.read() as session:
         rows = session.execute(select(RoundRow).order_by(RoundRow.created_at.desc())).scalars().all()
-        return {"rounds": [round_status_view(session, coordinator, row) for row in rows]}
+        return {"rounds": [round_status_view(session, engine, row) for row in rows]}

@@ -7,7 +7,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.auth import CoordinatorDep
+from service.auth import EngineDep
 from service.schemas import Health
 
 router = APIRouter(tags=["operations"])
@@ -24,8 +24,8 @@ async def healthz() -> dict:
     responses={503: {"model": Health, "description": "The database is unreachable."}},
     summary="The database is reachable",
 )
-async def readyz(coordinator: CoordinatorDep) -> Response:
-    ready = await run_in_threadpool(coordinator.database.ping)
+async def readyz(engine: EngineDep) -> Response:
+    ready = await run_in_threadpool(engine.database.ping)
     return JSONResponse({"status": "ok" if ready else "unavailable"}, status_code=200 if ready else 503)
 
 

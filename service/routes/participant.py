@@ -15,7 +15,7 @@ from starlette.requests import ClientDisconnect
 from service.auth import (
     BankCaller,
     PendingCaller,
-    CoordinatorDep,
+    EngineDep,
     SettingsDep,
     check_credentials,
     complete_authentication,
@@ -23,7 +23,7 @@ from service.auth import (
     signed_request,
     signing_headers,
 )
-from service.coordinator import Acceptance, Coordinator
+from service.rounds import Acceptance, RoundEngine
 from service.problems import ProblemType, ServiceProblem, problem_responses
 from service.schemas import MessageAck, ParticipantRole, ResultOut, RoundId, RoundParameters, WorkList
 from service.watch import FALLBACK_RECHECK_SECONDS, MAX_WAIT_SECONDS, RoundWatch
@@ -69,8 +69,8 @@ RoundIdPath = Annotated[RoundId, Path(description="The round id (32 hex digits).
 
 
 @router.get("/work", response_model=WorkList, summary="Running rounds where the caller has something to do")
-async def work(caller: BankCaller, coordinator: CoordinatorDep) -> dict:
-    return {"items": await run_in_threadpool(coordinator.work_for, caller.participant_id)}
+async def work(caller: BankCaller, engine: EngineDep) -> dict:
+    return {"items": await run_in_threadpool(engine.work_for, caller.participant_id)}
 
 
 @router.get(
@@ -79,16 +79,16 @@ async def work(caller: BankCaller, coordinator: CoordinatorDep) -> dict:
     responses=problem_responses(ProblemType.ROUND_NOT_FOUND, ProblemType.NOT_IN_COHORT),
     summary="The round's parameters (to build and check a RoundConfig) and stage",
 )
-async def round_parameters(round_id: RoundIdPath, caller: BankCaller, coordinator: CoordinatorDep) -> dict:
-    return await run_in_threadpool(_parameters, coordinator, round_id, caller.participant_id)
+async def round_parameters(round_id: RoundIdPath, caller: BankCaller, engine: EngineDep) -> dict:
+    return await run_in_threadpool(_parameters, engine, round_id, caller.participant_id)
 
 
-def _parameters(coordinator: Coordinator, round_id: str, participant_id: str) -> dict:
-    coordinator.advance_if_overdue(round_id)
-    coordinator.member_index(round_id, participant_id)
-    with coordinator.database.read() as session:
-        row = coordinator.round_row(session, round_id)
-        return coordinator.parameters(round_id).public_dict(row)
+def _parameters(engine: RoundEngine, round_id: str, participant_id: str) -> dict:
+    engine.advance_if_overdue(round_id)
+    engine.member_index(round_id, participant_id)
+    with engine.database.read() as session:
+        row = engine.round_row(session, round_id)
+        return engine.parameters(round_id).public_dict(row)
 
 
 @router.post(
@@ -109,24 +109,24 @@ def _parameters(coordinator: Coordinator, round_id: str, participant_id: str) ->
         },
     },
 )
-async def post_message(round_id: RoundIdPath, request: Request, coordinator: CoordinatorDep, settings: SettingsDep) -> Response:
+async def post_message(round_id: RoundIdPath, request: Request, engine: EngineDep, settings: SettingsDep) -> Response:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
 
     def before_body() -> tuple[PendingCaller, int]:
-        pending = check_credentials(request, coordinator, settings)
+        pending = check_credentials(request, engine, settings)
         if content_type != OCTET_STREAM:
             raise ServiceProblem(ProblemType.UNSUPPORTED_MEDIA_TYPE, f"messages are {OCTET_STREAM}")
-        return pending, coordinator.max_message_bytes(round_id)
+        return pending, engine.max_message_bytes(round_id)
 
     pending, limit = await run_in_threadpool(before_body)
     body = await _read_limited(request, limit)
 
     def after_body() -> Acceptance:
         digest = hashlib.sha256(body).hexdigest()
-        caller = complete_authentication(request, coordinator, settings, pending, body_sha256=digest)
+        caller = complete_authentication(request, engine, settings, pending, body_sha256=digest)
         require_role(caller, ParticipantRole.BANK)
         try:
-            return coordinator.accept(round_id, caller.participant_id, body, body_sha256=digest)
+            return engine.accept(round_id, caller.participant_id, body, body_sha256=digest)
         except ServiceProblem as problem:
             request.app.state.metrics.messages_rejected.labels(problem.problem.suffix).inc()
             raise
@@ -187,7 +187,7 @@ async def my_message(
     round_id: RoundIdPath,
     request: Request,
     caller: BankCaller,
-    coordinator: CoordinatorDep,
+    engine: EngineDep,
     settings: SettingsDep,
     wait: Annotated[
         float,
@@ -198,7 +198,7 @@ async def my_message(
     give_up = time.monotonic() + wait
     while True:
         changed = watch.event(round_id)  # taken before the check, so no change slips between
-        stage, outbound = await run_in_threadpool(coordinator.message_for, round_id, caller.participant_id)
+        stage, outbound = await run_in_threadpool(engine.message_for, round_id, caller.participant_id)
         remaining = give_up - time.monotonic()
         if outbound is not None or remaining <= 0:
             break
@@ -232,10 +232,10 @@ async def my_message(
     summary="The round's result once completed",
 )
 async def result(
-    round_id: RoundIdPath, request: Request, caller: BankCaller, coordinator: CoordinatorDep, settings: SettingsDep
+    round_id: RoundIdPath, request: Request, caller: BankCaller, engine: EngineDep, settings: SettingsDep
 ) -> Response:
     try:
-        parameters, vector, digest, survivors = await run_in_threadpool(coordinator.result_for, round_id, caller.participant_id)
+        parameters, vector, digest, survivors = await run_in_threadpool(engine.result_for, round_id, caller.participant_id)
     except ServiceProblem as problem:
         if problem.problem is ProblemType.RESULT_NOT_READY:
             problem.headers["Retry-After"] = str(settings.retry_after_seconds)

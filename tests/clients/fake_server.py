@@ -11,6 +11,8 @@ resubmission is ``already-accepted``, a different one ``duplicate-submission``.
 
 from __future__ import annotations
 
+from secagg.rounds import Round
+
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -23,7 +25,6 @@ from clients.runtime.transport import (
     Delivery,
     Excluded,
     Pending,
-    ProtocolRound,
     ResultDelivery,
     RoundAborted,
     RoundCompleted,
@@ -41,11 +42,11 @@ from secagg.messages import encode
 from secagg.server import ServerSession, ServerStage
 
 STAGE_OF_ROUND = {
-    ProtocolRound.R0: ServerStage.ADVERTISE_KEYS,
-    ProtocolRound.R1: ServerStage.SHARE_KEYS,
-    ProtocolRound.R2: ServerStage.MASKED_INPUT_COLLECTION,
-    ProtocolRound.R3: ServerStage.CONSISTENCY_CHECK,
-    ProtocolRound.R4: ServerStage.UNMASKING,
+    Round.ADVERTISE_KEYS: ServerStage.ADVERTISE_KEYS,
+    Round.SHARE_KEYS: ServerStage.SHARE_KEYS,
+    Round.MASKED_INPUT_COLLECTION: ServerStage.MASKED_INPUT_COLLECTION,
+    Round.CONSISTENCY_CHECK: ServerStage.CONSISTENCY_CHECK,
+    Round.UNMASKING: ServerStage.UNMASKING,
 }
 
 
@@ -66,7 +67,7 @@ class FakeRoundServer:
     given_inputs: list[np.ndarray] | None = None
     endpoint: str = "memory://fake"
     calls: list[str] = field(default_factory=list)
-    submissions: dict[ProtocolRound, list[bytes]] = field(default_factory=lambda: defaultdict(list))
+    submissions: dict[Round, list[bytes]] = field(default_factory=lambda: defaultdict(list))
 
     def __post_init__(self) -> None:
         source = DeterministicRandom.from_int(self.seed)
@@ -100,7 +101,7 @@ class FakeRoundServer:
         }
         for client in self.others.values():
             self.server.receive_bytes(encode(client.start()))
-        self.accepted: dict[ProtocolRound, bytes] = {}
+        self.accepted: dict[Round, bytes] = {}
         self.waiting_message: bytes | None = None
         self.tampered_next: bytes | None = None
 
@@ -121,8 +122,8 @@ class FakeRoundServer:
             server_identity="fake-server",
         )
 
-    def submit(self, round_id: str, protocol_round: ProtocolRound, payload: bytes) -> SubmitOutcome:
-        self.calls.append(f"submit {protocol_round.value}")
+    def submit(self, round_id: str, protocol_round: Round, payload: bytes) -> SubmitOutcome:
+        self.calls.append(f"submit {protocol_round.key}")
         self.submissions[protocol_round].append(bytes(payload))
         if protocol_round in self.accepted:
             if self.accepted[protocol_round] == payload:
@@ -143,8 +144,8 @@ class FakeRoundServer:
         self._pump()
         return Accepted()
 
-    def fetch(self, round_id: str, protocol_round: ProtocolRound) -> Delivery:
-        self.calls.append(f"fetch {protocol_round.value}")
+    def fetch(self, round_id: str, protocol_round: Round) -> Delivery:
+        self.calls.append(f"fetch {protocol_round.key}")
         if self.server.stage is ServerStage.ABORTED:
             return RoundAborted(str(self.server.abort_reason.value))
         if self.server.stage is ServerStage.COMPLETED:

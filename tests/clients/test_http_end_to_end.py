@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from secagg.rounds import Round
+
 import threading
 from pathlib import Path
 
@@ -15,7 +17,6 @@ from clients.harness.local_server import AdminClient, LocalServer
 from clients.runtime.policy import ClientPolicy
 from clients.runtime.retry import PollSchedule
 from clients.runtime.runner import Outcome, RoundOutcome, run_round
-from clients.runtime.transport import ProtocolRound
 from secagg.encoding import Ring
 from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import DeterministicRandom
@@ -32,7 +33,7 @@ class SimulatedCrash(Exception):
 class CrashAfterSubmit:
     """Forwards to the HTTP transport; dies right after the server accepted ``round_``'s message."""
 
-    def __init__(self, inner: HttpTransport, round_: ProtocolRound) -> None:
+    def __init__(self, inner: HttpTransport, round_: Round) -> None:
         self.inner = inner
         self.round_ = round_
         self.endpoint = inner.endpoint
@@ -43,7 +44,7 @@ class CrashAfterSubmit:
     def submit(self, round_id, protocol_round, payload):
         outcome = self.inner.submit(round_id, protocol_round, payload)
         if protocol_round is self.round_:
-            raise SimulatedCrash(protocol_round.value)
+            raise SimulatedCrash(protocol_round.key)
         return outcome
 
     def fetch(self, round_id, protocol_round):
@@ -118,9 +119,9 @@ def _run_others_in_threads(cohort: Cohort, state_dir: Path, skip: int) -> tuple[
     return threads, outcomes
 
 
-@pytest.mark.parametrize("crash_after", [ProtocolRound.R1, ProtocolRound.R2], ids=["after-R1", "after-R2"])
-def test_client_crash_and_resume_over_http_gives_the_exact_sum(server, tmp_path: Path, crash_after: ProtocolRound) -> None:
-    cohort = Cohort(server, f"crash-{crash_after.value.lower()}", seed=int(crash_after.value[1]))
+@pytest.mark.parametrize("crash_after", [Round.SHARE_KEYS, Round.MASKED_INPUT_COLLECTION], ids=["after-R1", "after-R2"])
+def test_client_crash_and_resume_over_http_gives_the_exact_sum(server, tmp_path: Path, crash_after: Round) -> None:
+    cohort = Cohort(server, f"crash-{crash_after.key.lower()}", seed=crash_after.number)
     threads, outcomes = _run_others_in_threads(cohort, tmp_path, skip=0)
     with pytest.raises(SimulatedCrash):
         cohort.run(0, tmp_path, transport=lambda http: CrashAfterSubmit(http, crash_after))
@@ -138,7 +139,7 @@ def test_changed_input_after_a_crash_is_refused_over_http(server, tmp_path: Path
     cohort = Cohort(server, "changed", seed=10)
     threads, _ = _run_others_in_threads(cohort, tmp_path, skip=1)
     with pytest.raises(SimulatedCrash):
-        cohort.run(1, tmp_path, transport=lambda http: CrashAfterSubmit(http, ProtocolRound.R1))
+        cohort.run(1, tmp_path, transport=lambda http: CrashAfterSubmit(http, Round.SHARE_KEYS))
     changed = cohort.inputs[1].copy()
     changed[3] += np.uint32(1)
     with pytest.raises(ResumeRefused, match="input changed"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from secagg.rounds import Round
+
 import json
 
 import httpx
@@ -10,7 +12,7 @@ import pytest
 from clients.runtime.errors import ServerRefused, ServerUnavailable
 from clients.runtime.http_transport import HttpTransport, parse_retry_after
 from clients.runtime.retry import RetryPolicy
-from clients.runtime.transport import Accepted, Delivered, Excluded, Pending, ProtocolRound, RoundAborted, RoundCompleted, StageClosed
+from clients.runtime.transport import Accepted, Delivered, Excluded, Pending, RoundAborted, RoundCompleted, StageClosed
 from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import DeterministicRandom
 from secagg.http_contract import body_digest, parse_credentials, verify_request
@@ -56,7 +58,7 @@ def accepted(request: httpx.Request) -> httpx.Response:
 def test_every_request_is_signed_over_method_path_and_body_with_a_fresh_nonce() -> None:
     transport, seen, _ = make_transport([httpx.Response(503), accepted])
     payload = b"SAG\x01\x01" + bytes(100)
-    assert transport.submit(ROUND, ProtocolRound.R0, payload) == Accepted()
+    assert transport.submit(ROUND, Round.ADVERTISE_KEYS, payload) == Accepted()
     assert len(seen) == 2
     nonces = set()
     for request in seen:
@@ -71,7 +73,7 @@ def test_every_request_is_signed_over_method_path_and_body_with_a_fresh_nonce() 
 @pytest.mark.parametrize("status", [429, 502, 503, 504])
 def test_transient_status_is_retried_with_growing_jittered_backoff(status: int) -> None:
     transport, seen, sleeps = make_transport([httpx.Response(status)] * 3 + [accepted])
-    assert transport.submit(ROUND, ProtocolRound.R1, b"x") == Accepted()
+    assert transport.submit(ROUND, Round.SHARE_KEYS, b"x") == Accepted()
     assert len(seen) == 4
     ceilings = [0.1, 0.2, 0.4]
     assert all(ceiling / 2 <= delay <= ceiling for delay, ceiling in zip(sleeps, ceilings))
@@ -79,7 +81,7 @@ def test_transient_status_is_retried_with_growing_jittered_backoff(status: int) 
 
 def test_retry_after_is_honoured_when_longer_than_the_backoff() -> None:
     transport, _, sleeps = make_transport([httpx.Response(429, headers={"Retry-After": "7"}), accepted])
-    transport.submit(ROUND, ProtocolRound.R0, b"x")
+    transport.submit(ROUND, Round.ADVERTISE_KEYS, b"x")
     assert sleeps == [7.0]
 
 
@@ -94,7 +96,7 @@ def test_connect_errors_are_retried_then_reported_as_unavailable() -> None:
 
     transport, seen, sleeps = make_transport([refuse] * 3, max_attempts=3)
     with pytest.raises(ServerUnavailable, match="gave up after 3 attempts"):
-        transport.fetch(ROUND, ProtocolRound.R0)
+        transport.fetch(ROUND, Round.ADVERTISE_KEYS)
     assert len(seen) == 3 and len(sleeps) == 2
 
 
@@ -105,7 +107,7 @@ def test_connect_errors_are_retried_then_reported_as_unavailable() -> None:
 def test_protocol_refusals_are_not_retried(status: int, suffix: str) -> None:
     transport, seen, sleeps = make_transport([problem(status, suffix)])
     with pytest.raises(ServerRefused) as refused:
-        transport.submit(ROUND, ProtocolRound.R2, b"x")
+        transport.submit(ROUND, Round.MASKED_INPUT_COLLECTION, b"x")
     assert refused.value.problem_type == suffix and refused.value.status == status
     assert len(seen) == 1 and sleeps == []
 
@@ -119,10 +121,10 @@ def test_submit_outcomes_map_from_problem_types() -> None:
             problem(410, "round-aborted", abort_reason="too-few-participants"),
         ]
     )
-    assert transport.submit(ROUND, ProtocolRound.R1, b"x") == Accepted(already_accepted=True)
-    assert transport.submit(ROUND, ProtocolRound.R1, b"x") == StageClosed()
-    assert transport.submit(ROUND, ProtocolRound.R1, b"x") == Excluded()
-    assert transport.submit(ROUND, ProtocolRound.R1, b"x") == RoundAborted("too-few-participants")
+    assert transport.submit(ROUND, Round.SHARE_KEYS, b"x") == Accepted(already_accepted=True)
+    assert transport.submit(ROUND, Round.SHARE_KEYS, b"x") == StageClosed()
+    assert transport.submit(ROUND, Round.SHARE_KEYS, b"x") == Excluded()
+    assert transport.submit(ROUND, Round.SHARE_KEYS, b"x") == RoundAborted("too-few-participants")
 
 
 def test_fetch_outcomes_map_from_status_and_problem_types() -> None:
@@ -135,11 +137,11 @@ def test_fetch_outcomes_map_from_status_and_problem_types() -> None:
             problem(410, "round-aborted", abort_reason="aborted-by-server"),
         ]
     )
-    assert transport.fetch(ROUND, ProtocolRound.R0) == Pending(2.0)
-    assert transport.fetch(ROUND, ProtocolRound.R0) == Delivered(b"SAG-message")
-    assert transport.fetch(ROUND, ProtocolRound.R1) == Excluded()
-    assert transport.fetch(ROUND, ProtocolRound.R1) == RoundCompleted()
-    assert transport.fetch(ROUND, ProtocolRound.R1) == RoundAborted("aborted-by-server")
+    assert transport.fetch(ROUND, Round.ADVERTISE_KEYS) == Pending(2.0)
+    assert transport.fetch(ROUND, Round.ADVERTISE_KEYS) == Delivered(b"SAG-message")
+    assert transport.fetch(ROUND, Round.SHARE_KEYS) == Excluded()
+    assert transport.fetch(ROUND, Round.SHARE_KEYS) == RoundCompleted()
+    assert transport.fetch(ROUND, Round.SHARE_KEYS) == RoundAborted("aborted-by-server")
     assert all(request.url.path == f"/v1/rounds/{ROUND}/messages/me" for request in seen)
 
 
@@ -217,7 +219,7 @@ def make_long_polling_transport(responses, *, held_seconds: float):
 
 def test_fetch_long_polls_with_the_wait_in_the_signed_target_and_a_read_timeout_above_it() -> None:
     transport, seen = make_long_polling_transport([httpx.Response(204, headers={"Retry-After": "0"})], held_seconds=20.0)
-    assert transport.fetch(ROUND, ProtocolRound.R1) == Pending(0.0, long_polled=True)
+    assert transport.fetch(ROUND, Round.SHARE_KEYS) == Pending(0.0, long_polled=True)
     (request,) = seen
     assert request.url.params["wait"] == "20"
     target = f"/v1/rounds/{ROUND}/messages/me?wait=20"
@@ -232,7 +234,7 @@ def test_fetch_long_polls_with_the_wait_in_the_signed_target_and_a_read_timeout_
 )
 def test_a_204_not_held_for_the_wait_or_asking_for_a_pause_is_an_ordinary_poll_answer(held_seconds: float, retry_after: str) -> None:
     transport, _ = make_long_polling_transport([httpx.Response(204, headers={"Retry-After": retry_after})], held_seconds=held_seconds)
-    delivery = transport.fetch(ROUND, ProtocolRound.R1)
+    delivery = transport.fetch(ROUND, Round.SHARE_KEYS)
     assert isinstance(delivery, Pending) and not delivery.long_polled
 
 
@@ -262,7 +264,7 @@ def test_long_polling_can_be_disabled_and_then_fetch_sends_no_wait() -> None:
         "http://aggregator.test", key_id="bank-a", identity=IDENTITY,
         client=httpx.Client(transport=httpx.MockTransport(handler)), long_poll_seconds=0,
     )  # fmt: skip
-    assert transport.fetch(ROUND, ProtocolRound.R1) == Pending(1.0)
+    assert transport.fetch(ROUND, Round.SHARE_KEYS) == Pending(1.0)
     assert "wait" not in seen[0].url.params
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from secagg.rounds import Round
+
 import json
 import os
 import stat
@@ -14,7 +16,6 @@ from clients.runtime.errors import ClientRefusedRound, ResumeRefused, ServerRefu
 from clients.runtime.inputs import RealVectorInput, RingVectorInput
 from clients.runtime.runner import Outcome
 from clients.runtime.state import StateStore
-from clients.runtime.transport import ProtocolRound
 from secagg.config import ProtocolMode
 from tests.clients.conftest import run_against
 from tests.clients.fake_server import FakeRoundServer
@@ -83,7 +84,7 @@ def _transport_calls_of_a_full_run(mode: ProtocolMode) -> int:
 
 def _assert_one_message_per_round(server: FakeRoundServer) -> None:
     for protocol_round, payloads in server.submissions.items():
-        assert len(set(payloads)) == 1, f"two different {protocol_round.value} messages were sent"
+        assert len(set(payloads)) == 1, f"two different {protocol_round.key} messages were sent"
 
 
 CALLS_ACTIVE = _transport_calls_of_a_full_run(ProtocolMode.ACTIVE)
@@ -150,7 +151,7 @@ def test_resume_with_changed_input_is_refused_and_sends_nothing(state_dir: Path)
     with pytest.raises(ResumeRefused, match="input changed"):
         run_against(server, state_dir, client_input=RingVectorInput(changed))
     assert dict(server.submissions) == sent_before
-    assert ProtocolRound.R2 in server.submissions
+    assert Round.MASKED_INPUT_COLLECTION in server.submissions
     outcome = run_against(server, state_dir)
     assert np.array_equal(outcome.result.vector, server.expected_sum())
     _assert_one_message_per_round(server)
@@ -216,7 +217,7 @@ def test_core_refusal_of_a_tampered_server_message_is_reported_by_name(state_dir
 
     def tampering_fetch(round_id, protocol_round):
         delivery = original_fetch(round_id, protocol_round)
-        if protocol_round is ProtocolRound.R0 and hasattr(delivery, "payload"):
+        if protocol_round is Round.ADVERTISE_KEYS and hasattr(delivery, "payload"):
             payload = bytearray(delivery.payload)
             payload[-1] ^= 1  # the last entry's signature
             return type(delivery)(bytes(payload))
@@ -226,14 +227,14 @@ def test_core_refusal_of_a_tampered_server_message_is_reported_by_name(state_dir
     with pytest.raises(ClientRefusedRound) as refused:
         run_against(server, state_dir)
     assert refused.value.reason == "invalid-signature"
-    assert ProtocolRound.R1 not in server.submissions
+    assert Round.SHARE_KEYS not in server.submissions
     with pytest.raises(ResumeRefused, match="refused: invalid-signature"):
         run_against(server, state_dir)
 
 
 def test_server_refusing_a_different_resubmission_is_reported_not_retried(state_dir: Path) -> None:
     server = FakeRoundServer()
-    server.accepted[ProtocolRound.R0] = b"some other message"
+    server.accepted[Round.ADVERTISE_KEYS] = b"some other message"
     with pytest.raises(ServerRefused) as refused:
         run_against(server, state_dir)
     assert refused.value.problem_type == "duplicate-submission"

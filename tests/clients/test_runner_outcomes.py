@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from secagg.rounds import Round
+
 import json
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pytest
 from clients.runtime.errors import ExcludedFromRound, InputFileError, ResumeRefused, RoundAbortedByServer, ServerUnavailable
 from clients.runtime.inputs import RealVectorInput, RingVectorInput, input_from_npy
 from clients.runtime.retry import PollSchedule, RetryPolicy
-from clients.runtime.transport import Pending, ProtocolRound
+from clients.runtime.transport import Pending
 from secagg.errors import AbortReason
 from secagg.hazmat.randomness import DeterministicRandom
 from tests.clients.conftest import run_against
@@ -29,7 +31,7 @@ def test_server_abort_while_waiting_is_reported_and_the_round_is_closed_locally(
 
     def submit_then_abort(round_id, protocol_round, payload):
         outcome = original_submit(round_id, protocol_round, payload)
-        if protocol_round is ProtocolRound.R1:
+        if protocol_round is Round.SHARE_KEYS:
             server.server.abort(AbortReason.ABORTED_BY_SERVER, "operator")
         return outcome
 
@@ -37,7 +39,7 @@ def test_server_abort_while_waiting_is_reported_and_the_round_is_closed_locally(
     with pytest.raises(RoundAbortedByServer, match="aborted-by-server"):
         run_against(server, state_dir)
     assert _tombstone(state_dir)["outcome"] == "aborted-by-server: aborted-by-server"
-    assert ProtocolRound.R2 not in server.submissions
+    assert Round.MASKED_INPUT_COLLECTION not in server.submissions
 
 
 def test_client_left_out_of_a_stage_is_reported_as_excluded(state_dir: Path) -> None:
@@ -45,7 +47,7 @@ def test_client_left_out_of_a_stage_is_reported_as_excluded(state_dir: Path) -> 
     original_submit = server.submit
 
     def late_submit(round_id, protocol_round, payload):
-        if protocol_round is ProtocolRound.R1:
+        if protocol_round is Round.SHARE_KEYS:
             server.server.advance()  # the stage closes at its deadline without this client
             server.waiting_message = None
             return original_submit(round_id, protocol_round, payload)

@@ -1,6 +1,6 @@
-"""The coordinator over a real database, in process: crash windows, replay, deadlines, ledger outbox.
+"""The engine over a real database, in process: crash windows, replay, deadlines, ledger outbox.
 
-A "crash" here is dropping a :class:`Coordinator` (with its cached sessions) and
+A "crash" here is dropping a :class:`RoundEngine` (with its cached sessions) and
 building a fresh one over the same database, which is what a restarted or a second
 worker process sees. The HTTP-level SIGKILL tests are in ``test_restart.py``; these
 pin the individual windows deterministically, on SQLite and (when configured)
@@ -20,7 +20,8 @@ from secagg.client import ClientSession
 from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import DeterministicRandom
 from secagg.messages import decode, encode
-from service.coordinator import Coordinator, max_client_message_bytes
+from secagg.http_contract import max_client_message_bytes
+from service.rounds import RoundEngine
 from service.db import Database, OutboundRow, RoundRow, SubmissionRow
 from service.ledger import RoundLedger
 from service.metrics import ServiceMetrics
@@ -46,32 +47,32 @@ _OPEN_DATABASES: list[Database] = []
 
 @pytest.fixture
 def database_url(backend: str, tmp_path: Path):
-    yield database_url_for(backend) or f"sqlite:///{tmp_path / 'coordinator.db'}"
+    yield database_url_for(backend) or f"sqlite:///{tmp_path / 'engine.db'}"
     while _OPEN_DATABASES:
         _OPEN_DATABASES.pop().dispose()
 
 
-def _coordinator(url: str, clock: FakeClock, ledger: RoundLedger | None = None) -> Coordinator:
+def _coordinator(url: str, clock: FakeClock, ledger: RoundLedger | None = None) -> RoundEngine:
     database = Database(url)
     database.create_schema()
     _OPEN_DATABASES.append(database)
-    return Coordinator(database, metrics=ServiceMetrics.create(), ledger=ledger, max_dim=1 << 20, clock=clock)
+    return RoundEngine(database, metrics=ServiceMetrics.create(), ledger=ledger, max_dim=1 << 20, clock=clock)
 
 
 class Round:
-    """Clients of one round, driven straight through a coordinator (no HTTP)."""
+    """Clients of one round, driven straight through a engine (no HTTP)."""
 
-    def __init__(self, coordinator: Coordinator, *, seed: int, mode: str = "active", threshold: int = 4, **extra) -> None:
+    def __init__(self, engine: RoundEngine, *, seed: int, mode: str = "active", threshold: int = 4, **extra) -> None:
         self.parties = make_parties(N, prefix=f"co{seed}", seed=seed)
         for party in self.parties:
-            coordinator.enroll(party.participant_id, party.key.public_bytes, ParticipantRole.BANK)
+            engine.enroll(party.participant_id, party.key.public_bytes, ParticipantRole.BANK)
         request = RoundCreate(
             cohort=[party.participant_id for party in self.parties], threshold=threshold, mode=mode, dim=DIM, **extra
         )
-        self.round_id = coordinator.create_round(request)
-        with coordinator.database.read() as session:
+        self.round_id = engine.create_round(request)
+        with engine.database.read() as session:
             parameters = json.loads(session.get(RoundRow, self.round_id).parameters)
-        from service.coordinator import StoredParameters
+        from service.rounds import StoredParameters
 
         self.config = StoredParameters.from_json(json.dumps(parameters)).config()
         self.sessions = {
@@ -83,18 +84,18 @@ class Round:
         self.pending = {index: encode(session.start()) for index, session in self.sessions.items()}
         self.seed = seed
 
-    def send(self, coordinator: Coordinator, indices) -> None:
+    def send(self, engine: RoundEngine, indices) -> None:
         for index in indices:
-            coordinator.accept(self.round_id, self.parties[index].participant_id, self.pending[index])
+            engine.accept(self.round_id, self.parties[index].participant_id, self.pending[index])
 
-    def fetch(self, coordinator: Coordinator, indices) -> None:
+    def fetch(self, engine: RoundEngine, indices) -> None:
         for index in indices:
-            _, outbound = coordinator.message_for(self.round_id, self.parties[index].participant_id)
+            _, outbound = engine.message_for(self.round_id, self.parties[index].participant_id)
             assert outbound is not None
             self.pending[index] = encode(self.sessions[index].receive_bytes(outbound.body))
 
-    def stage(self, coordinator: Coordinator) -> str:
-        return coordinator.current_stage(self.round_id)
+    def stage(self, engine: RoundEngine) -> str:
+        return engine.current_stage(self.round_id)
 
     def expected_sum(self, survivors) -> np.ndarray:
         total = np.zeros(DIM, dtype=np.uint32)
@@ -102,8 +103,8 @@ class Round:
             total += client_input(index, DIM, 32, self.seed)
         return total
 
-    def result(self, coordinator: Coordinator) -> np.ndarray:
-        _, vector, _, _ = coordinator.result_for(self.round_id, self.parties[0].participant_id)
+    def result(self, engine: RoundEngine) -> np.ndarray:
+        _, vector, _, _ = engine.result_for(self.round_id, self.parties[0].participant_id)
         return np.frombuffer(vector, dtype="<u4")
 
 
@@ -152,14 +153,14 @@ def test_two_processes_alternating_on_one_round_agree_through_replay(database_ur
 
 def test_masked_inputs_are_only_in_the_running_sum_and_message_bodies_are_dropped_at_the_end(database_url: str) -> None:
     clock = FakeClock()
-    coordinator = _coordinator(database_url, clock)
-    round_ = Round(coordinator, seed=620, mode="honest-but-curious", threshold=3)
-    round_.send(coordinator, range(N))
-    round_.fetch(coordinator, range(N))
-    round_.send(coordinator, range(N))
-    round_.fetch(coordinator, range(N))
-    round_.send(coordinator, range(3))
-    with coordinator.database.read() as session:
+    engine = _coordinator(database_url, clock)
+    round_ = Round(engine, seed=620, mode="honest-but-curious", threshold=3)
+    round_.send(engine, range(N))
+    round_.fetch(engine, range(N))
+    round_.send(engine, range(N))
+    round_.fetch(engine, range(N))
+    round_.send(engine, range(3))
+    with engine.database.read() as session:
         bodies = session.execute(
             select(SubmissionRow.body).where(SubmissionRow.round_id == round_.round_id, SubmissionRow.stage == "R2-masked-input-collection")
         ).scalars().all()
@@ -167,11 +168,11 @@ def test_masked_inputs_are_only_in_the_running_sum_and_message_bodies_are_droppe
     assert bodies == [None, None, None]
     masked = [decode(round_.pending[index]).masked_vector for index in range(3)]
     np.testing.assert_array_equal(np.frombuffer(running, dtype="<u4"), masked[0] + masked[1] + masked[2])
-    round_.send(coordinator, range(3, N))
-    round_.fetch(coordinator, range(N))
-    round_.send(coordinator, range(N))
-    assert round_.stage(coordinator) == "completed"
-    with coordinator.database.read() as session:
+    round_.send(engine, range(3, N))
+    round_.fetch(engine, range(N))
+    round_.send(engine, range(N))
+    assert round_.stage(engine) == "completed"
+    with engine.database.read() as session:
         assert session.execute(select(RoundRow.masked_sum).where(RoundRow.id == round_.round_id)).scalar_one() is None
         remaining_bodies = session.execute(
             select(SubmissionRow.body).where(SubmissionRow.round_id == round_.round_id, SubmissionRow.body.is_not(None))
@@ -184,29 +185,29 @@ def test_masked_inputs_are_only_in_the_running_sum_and_message_bodies_are_droppe
 
 def test_deadline_with_threshold_met_closes_the_stage_without_the_silent_members(database_url: str) -> None:
     clock = FakeClock()
-    coordinator = _coordinator(database_url, clock)
-    round_ = Round(coordinator, seed=630, mode="honest-but-curious", threshold=3, deadlines={"R1": 30})
-    round_.send(coordinator, range(N))
-    round_.fetch(coordinator, range(N))
-    round_.send(coordinator, [0, 1, 2])
-    coordinator.tick()
-    assert round_.stage(coordinator) == "R1-share-keys"  # not yet due
+    engine = _coordinator(database_url, clock)
+    round_ = Round(engine, seed=630, mode="honest-but-curious", threshold=3, deadlines={"R1": 30})
+    round_.send(engine, range(N))
+    round_.fetch(engine, range(N))
+    round_.send(engine, [0, 1, 2])
+    engine.tick()
+    assert round_.stage(engine) == "R1-share-keys"  # not yet due
     clock.now += 31
-    coordinator.tick()
-    assert round_.stage(coordinator) == "R2-masked-input-collection"
+    engine.tick()
+    assert round_.stage(engine) == "R2-masked-input-collection"
     with pytest.raises(ServiceProblem) as refused:
-        coordinator.message_for(round_.round_id, round_.parties[4].participant_id)
+        engine.message_for(round_.round_id, round_.parties[4].participant_id)
     assert refused.value.problem is ProblemType.EXCLUDED
 
 
 def test_deadline_below_threshold_aborts_with_too_few_participants(database_url: str) -> None:
     clock = FakeClock()
-    coordinator = _coordinator(database_url, clock)
-    round_ = Round(coordinator, seed=640, mode="honest-but-curious", threshold=3, deadlines={"R0": 10})
-    round_.send(coordinator, [0, 1])
+    engine = _coordinator(database_url, clock)
+    round_ = Round(engine, seed=640, mode="honest-but-curious", threshold=3, deadlines={"R0": 10})
+    round_.send(engine, [0, 1])
     clock.now += 11
-    coordinator.tick()
-    with coordinator.database.read() as session:
+    engine.tick()
+    with engine.database.read() as session:
         row = session.get(RoundRow, round_.round_id)
         assert (row.outcome, row.abort_reason) == ("aborted", "too-few-participants")
         assert json.loads(row.history)[0]["responded"] == [0, 1]
@@ -309,13 +310,13 @@ def test_racing_different_submissions_of_one_member_leave_exactly_one_accepted(d
 
 def test_operator_closing_a_stage_below_threshold_aborts_and_a_finished_round_cannot_be_closed(database_url: str) -> None:
     clock = FakeClock()
-    coordinator = _coordinator(database_url, clock)
-    round_ = Round(coordinator, seed=670, mode="honest-but-curious", threshold=3)
-    round_.send(coordinator, [0, 1])
-    coordinator.close_stage_now(round_.round_id)
-    with coordinator.database.read() as session:
+    engine = _coordinator(database_url, clock)
+    round_ = Round(engine, seed=670, mode="honest-but-curious", threshold=3)
+    round_.send(engine, [0, 1])
+    engine.close_stage_now(round_.round_id)
+    with engine.database.read() as session:
         row = session.get(RoundRow, round_.round_id)
         assert (row.outcome, row.abort_reason) == ("aborted", "too-few-participants")
     with pytest.raises(ServiceProblem) as refused:
-        coordinator.close_stage_now(round_.round_id)
+        engine.close_stage_now(round_.round_id)
     assert refused.value.problem is ProblemType.ROUND_FINISHED

@@ -1,0 +1,330 @@
+"""The server's round engine: the durable shell around :class:`~secagg.server.ServerSession`.
+
+The database is the truth (:mod:`service.db`). One :class:`RoundEngine` per server
+process, safe to use from many threads and many processes, composed of one part per job:
+
+* :mod:`service.rounds.parameters` — a round's fixed parameters and limits;
+* :mod:`service.rounds.acceptance` — accepting a client message and the running sum of
+  the masked inputs;
+* :mod:`service.rounds.transitions` — closing stages (everyone answered, deadline,
+  operator) and finishing rounds;
+* :mod:`service.rounds.replay` — rebuilding a round's session from the database, and
+  the per-process cache of sessions;
+* :mod:`service.rounds.background` — the periodic tick and the server ledger's outbox.
+
+This module holds what is left: enrolment, round creation, and the reads the
+participant and admin routes answer from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from secagg.errors import ConfigurationError
+from secagg.hazmat.keys import PUBLIC_KEY_BYTES
+from secagg.hazmat.randomness import RandomSource, SystemRandom
+from secagg.server import ServerStage
+from service.db import Database, OutboundRow, ParticipantRow, RoundMemberRow, RoundRow, SubmissionRow
+from service.ledger import RoundLedger, validate_privacy_policy
+from service.metrics import ServiceMetrics
+from service.problems import ProblemType, ServiceProblem
+from service.rounds.acceptance import Acceptance, MessageAcceptance
+from service.rounds.background import BackgroundWork, LedgerOutbox, ledger_body, survivors_by_stage
+from service.rounds.context import RoundContext
+from service.rounds.parameters import ROUND_ID_BYTES, StoredParameters
+from service.rounds.transitions import StageTransitions
+from service.schemas import ParticipantRole, RoundCreate
+
+LOGGER = logging.getLogger("secagg.service.rounds")
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMessage:
+    stage: str
+    message_type: str
+    body: bytes
+
+
+class RoundEngine:
+    """Runs rounds over the database; safe to use from many threads and many processes."""
+
+    def __init__(
+        self,
+        database: Database,
+        *,
+        metrics: ServiceMetrics,
+        ledger: RoundLedger | None,
+        max_dim: int,
+        clock: Callable[[], float] = time.time,
+        source: RandomSource | None = None,
+        on_round_changed: Callable[[str], None] | None = None,
+    ) -> None:
+        self.database = database
+        self.metrics = metrics
+        self.ledger = ledger
+        self.max_dim = max_dim
+        self.clock = clock
+        self._source = source if source is not None else SystemRandom()
+        self.context = RoundContext(database, metrics, clock, on_round_changed)
+        self.outbox = LedgerOutbox(self.context, ledger)
+        self.transitions = StageTransitions(self.context, on_finished=self.outbox.record_in_ledger)
+        self.acceptance = MessageAcceptance(self.context, self.transitions, on_finished=self.outbox.record_in_ledger)
+        self.background = BackgroundWork(self.context, self.transitions, self.outbox)
+
+    # ------------------------------------------------------------ participants
+    def enroll(self, participant_id: str, public_key: bytes, role: ParticipantRole) -> ParticipantRow:
+        if len(public_key) != PUBLIC_KEY_BYTES:
+            raise ServiceProblem(ProblemType.VALIDATION_ERROR, "public_key must be 32 bytes (raw Ed25519)")
+        try:
+            with self.database.write() as session:
+                clash = session.execute(
+                    select(ParticipantRow).where((ParticipantRow.id == participant_id) | (ParticipantRow.public_key == public_key))
+                ).first()
+                if clash is not None:
+                    raise ServiceProblem(ProblemType.PARTICIPANT_EXISTS, "this id or public key is already enrolled")
+                row = ParticipantRow(id=participant_id, public_key=public_key, role=role.value, enrolled_at=self.clock(), revoked_at=None)
+                session.add(row)
+        except IntegrityError:
+            raise ServiceProblem(ProblemType.PARTICIPANT_EXISTS, "this id or public key is already enrolled") from None
+        LOGGER.info("participant_enrolled", extra={"participant": participant_id, "role": role.value})
+        return row
+
+    def revoke(self, participant_id: str) -> ParticipantRow:
+        with self.database.write() as session:
+            row = session.get(ParticipantRow, participant_id)
+            if row is None:
+                raise ServiceProblem(ProblemType.PARTICIPANT_NOT_FOUND, f"no participant {participant_id!r}")
+            if row.revoked_at is None:
+                row.revoked_at = self.clock()
+        LOGGER.info("participant_revoked", extra={"participant": participant_id})
+        return row
+
+    def participants(self) -> list[ParticipantRow]:
+        with self.database.read() as session:
+            return list(session.execute(select(ParticipantRow).order_by(ParticipantRow.id)).scalars())
+
+    def participant(self, participant_id: str) -> ParticipantRow | None:
+        with self.database.read() as session:
+            return session.get(ParticipantRow, participant_id)
+
+    # ------------------------------------------------------------------ rounds
+    def create_round(self, request: RoundCreate) -> str:
+        if len(set(request.cohort)) != len(request.cohort):
+            raise ServiceProblem(ProblemType.UNSAFE_ROUND, "the cohort lists a participant twice")
+        if request.dim > self.max_dim:
+            raise ServiceProblem(ProblemType.UNSAFE_ROUND, f"dim above this server's limit of {self.max_dim}")
+        try:
+            privacy = validate_privacy_policy([item.model_dump() for item in request.dp_policy.privacy])
+        except ValueError as exc:
+            raise ServiceProblem(ProblemType.UNSAFE_ROUND, str(exc)) from None
+        dp_policy: dict[str, Any] = {"privacy": privacy}
+        if request.dp_policy.notes is not None:
+            dp_policy["notes"] = request.dp_policy.notes
+        round_id = self._source.random_bytes(ROUND_ID_BYTES).hex()
+        now = self.clock()
+        with self.database.write() as session:
+            rows = {
+                row.id: row
+                for row in session.execute(select(ParticipantRow).where(ParticipantRow.id.in_(request.cohort))).scalars()
+            }
+            for pid in request.cohort:
+                row = rows.get(pid)
+                if row is None:
+                    raise ServiceProblem(ProblemType.UNSAFE_ROUND, f"cohort member {pid!r} is not enrolled")
+                if row.revoked_at is not None:
+                    raise ServiceProblem(ProblemType.UNSAFE_ROUND, f"cohort member {pid!r} is revoked")
+                if row.role != ParticipantRole.BANK.value:
+                    raise ServiceProblem(ProblemType.UNSAFE_ROUND, f"cohort member {pid!r} is not a bank")
+            parameters = StoredParameters(
+                round_id=round_id,
+                cohort_ids=tuple(request.cohort),
+                identity_keys=tuple(rows[pid].public_key for pid in request.cohort),
+                threshold=request.threshold,
+                mode=request.mode,
+                graph=request.graph,
+                degree=request.degree,
+                dim=request.dim,
+                bits=request.bits,
+                deadlines=request.deadlines.model_dump(),
+                dp_policy=dp_policy,
+            )
+            try:
+                parameters.config()
+            except ConfigurationError as exc:
+                raise ServiceProblem(ProblemType.UNSAFE_ROUND, str(exc)) from None
+            session.add(
+                RoundRow(
+                    id=round_id,
+                    created_at=now,
+                    parameters=parameters.to_json(),
+                    stage=ServerStage.ADVERTISE_KEYS.value,
+                    closed_stages=0,
+                    revision=0,
+                    stage_started_at=now,
+                    stage_deadline=now + parameters.deadline_for(ServerStage.ADVERTISE_KEYS),
+                    expected=json.dumps(list(range(len(request.cohort)))),
+                    history="[]",
+                    ledger_recorded=False,
+                )
+            )
+            session.flush()
+            for index, pid in enumerate(request.cohort):
+                session.add(RoundMemberRow(round_id=round_id, index=index, participant_id=pid, public_key=rows[pid].public_key))
+        LOGGER.info("round_created", extra={"round_id": round_id, "count": len(request.cohort)})
+        return round_id
+
+    def round_row(self, session: Session, round_id: str) -> RoundRow:
+        row = session.get(RoundRow, round_id)
+        if row is None:
+            raise ServiceProblem(ProblemType.ROUND_NOT_FOUND, "no such round")
+        return row
+
+    def parameters(self, round_id: str) -> StoredParameters:
+        """The round's fixed parameters (cached in process: they never change once created)."""
+        return self.context.parameters(round_id)
+
+    def member_index(self, round_id: str, participant_id: str) -> int:
+        return self.context.member_index(round_id, participant_id)
+
+    def max_message_bytes(self, round_id: str) -> int:
+        return self.parameters(round_id).max_message_bytes
+
+    def responded(self, session: Session, round_id: str, stage: str) -> list[int]:
+        return sorted(
+            session.execute(
+                select(SubmissionRow.sender).where(SubmissionRow.round_id == round_id, SubmissionRow.stage == stage)
+            ).scalars()
+        )
+
+    # ------------------------------------------------------------------- reads
+    def message_for(self, round_id: str, participant_id: str, *, deadline_checked: bool = False) -> tuple[str, OutboundMessage | None]:
+        """The round's current stage and the server message ``participant_id`` must answer in
+        it, or None (nothing yet in R0, or already answered). One read in the usual case."""
+        index = self.member_index(round_id, participant_id)
+        with self.database.read() as session:
+            stage, outcome, abort_reason, deadline = session.execute(
+                select(RoundRow.stage, RoundRow.outcome, RoundRow.abort_reason, RoundRow.stage_deadline).where(RoundRow.id == round_id)
+            ).one()
+            overdue = outcome is None and deadline is not None and self.clock() >= deadline
+            if not (overdue and not deadline_checked):
+                return stage, self._message_in(session, round_id, index, stage, outcome, abort_reason)
+        self.advance_if_due(round_id)  # the per-request deadline check, then look again
+        return self.message_for(round_id, participant_id, deadline_checked=True)
+
+    @staticmethod
+    def _message_in(
+        session: Session, round_id: str, index: int, stage: str, outcome: str | None, abort_reason: str | None
+    ) -> OutboundMessage | None:
+        if outcome == "aborted":
+            raise ServiceProblem(ProblemType.ROUND_ABORTED, "the round aborted", extra={"abort_reason": abort_reason})
+        if outcome == "completed":
+            raise ServiceProblem(ProblemType.ROUND_COMPLETED, "the round has completed; fetch its result")
+        if stage == ServerStage.ADVERTISE_KEYS.value:
+            return None
+        answered = session.execute(
+            select(SubmissionRow.id).where(SubmissionRow.round_id == round_id, SubmissionRow.stage == stage, SubmissionRow.sender == index)
+        ).first()
+        if answered is not None:
+            return None  # only members expected in this stage can have answered it
+        outbound = session.execute(
+            select(OutboundRow.message_type, OutboundRow.body).where(
+                OutboundRow.round_id == round_id, OutboundRow.stage == stage, OutboundRow.recipient == index
+            )
+        ).one_or_none()
+        if outbound is None:
+            raise ServiceProblem(ProblemType.EXCLUDED, f"you are not among the recipients of {stage}")
+        return OutboundMessage(stage=stage, message_type=outbound.message_type, body=outbound.body)
+
+    def current_stage(self, round_id: str) -> str:
+        with self.database.read() as session:
+            return self.round_row(session, round_id).stage
+
+    def result_for(self, round_id: str, participant_id: str) -> tuple[StoredParameters, bytes, str, list[int]]:
+        self.advance_if_overdue(round_id)
+        with self.database.read() as session:
+            row = self.round_row(session, round_id)
+            self.member_index(round_id, participant_id)
+            if row.outcome == "aborted":
+                raise ServiceProblem(ProblemType.ROUND_ABORTED, "the round aborted", extra={"abort_reason": row.abort_reason})
+            if row.outcome != "completed":
+                raise ServiceProblem(ProblemType.RESULT_NOT_READY, f"the round is in {row.stage}")
+            result = session.execute(select(RoundRow.result).where(RoundRow.id == round_id)).scalar_one()
+            assert result is not None and row.result_sha256 is not None
+            return StoredParameters.from_json(row.parameters), result, row.result_sha256, json.loads(row.survivors or "[]")
+
+    def work_for(self, participant_id: str) -> list[dict[str, Any]]:
+        with self.database.read() as session:
+            memberships = session.execute(
+                select(RoundRow, RoundMemberRow.index)
+                .join(RoundMemberRow, RoundMemberRow.round_id == RoundRow.id)
+                .where(RoundMemberRow.participant_id == participant_id, RoundRow.outcome.is_(None))
+                .order_by(RoundRow.created_at)
+            ).all()
+            items: list[dict[str, Any]] = []
+            for row, index in memberships:
+                answered = session.execute(
+                    select(SubmissionRow.id).where(
+                        SubmissionRow.round_id == row.id, SubmissionRow.stage == row.stage, SubmissionRow.sender == index
+                    )
+                ).first()
+                if answered is not None:
+                    continue
+                if row.stage == ServerStage.ADVERTISE_KEYS.value:
+                    action = "advertise-keys"
+                else:
+                    waiting = session.execute(
+                        select(OutboundRow.recipient).where(
+                            OutboundRow.round_id == row.id, OutboundRow.stage == row.stage, OutboundRow.recipient == index
+                        )
+                    ).first()
+                    if waiting is None:
+                        continue
+                    action = "respond"
+                items.append({"round_id": row.id, "stage": row.stage, "action": action, "stage_deadline": row.stage_deadline})
+            return items
+
+    # ------------------------------------------------------- messages and stages
+    def accept(self, round_id: str, participant_id: str, body: bytes, *, body_sha256: str | None = None) -> Acceptance:
+        """Validate and durably record one client message (:mod:`service.rounds.acceptance`)."""
+        return self.acceptance.accept(round_id, participant_id, body, body_sha256=body_sha256)
+
+    def advance_if_overdue(self, round_id: str) -> None:
+        self.transitions.advance_if_overdue(round_id)
+
+    def advance_if_due(self, round_id: str) -> bool:
+        return self.transitions.advance_if_due(round_id)
+
+    def close_stage_now(self, round_id: str) -> None:
+        self.transitions.close_stage_now(round_id)
+
+    def abort(self, round_id: str, detail: str) -> None:
+        self.transitions.abort(round_id, detail)
+
+    # -------------------------------------------------------------- background
+    def tick(self) -> None:
+        """One pass of the background task: close due stages, record finished rounds in the ledger."""
+        self.background.tick()
+
+    def recover(self) -> None:
+        """At start-up: close whatever became due while the server was down."""
+        self.background.tick()
+
+    def record_in_ledger(self, round_id: str) -> bool:
+        return self.outbox.record_in_ledger(round_id)
+
+    @staticmethod
+    def ledger_body(row: RoundRow) -> dict[str, Any]:
+        return ledger_body(row)
+
+    @staticmethod
+    def survivors_by_stage(row: RoundRow, parameters: StoredParameters) -> dict[str, list[str]]:
+        return survivors_by_stage(row, parameters)

@@ -1,0 +1,133 @@
+"""A round's fixed parameters as the service stores them, and the limits a round must respect.
+
+A round's parameters never change once it is created: the cohort (enrolled ids and their
+identity keys, in protocol order), the threshold, mode, neighbour graph, dimension and
+ring, the per-stage deadlines and the declared DP policy. They are stored as canonical
+JSON in ``rounds.parameters`` and rebuild the core's :class:`~secagg.config.RoundConfig`
+(whose digest the clients sign in R0). The body limit of a round's uploads follows from
+them through the shared contract (:func:`secagg.http_contract.max_client_message_bytes`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from secagg.config import PROTOCOL_VERSION, GraphKind, ProtocolMode, RoundConfig
+from secagg.http_contract import max_client_message_bytes
+from secagg.server import ServerStage
+from service.db import RoundRow
+
+ROUND_ID_BYTES = 16
+"""Round ids: 128 random bits from the server's CSPRNG, in hex."""
+
+MAX_DIM = 1 << 26
+"""The largest vector a round may use: 2^26 elements of up to 8 bytes, a 512 MiB upload."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredParameters:
+    """A round's fixed parameters as stored (canonical JSON in ``rounds.parameters``)."""
+
+    round_id: str
+    cohort_ids: tuple[str, ...]
+    identity_keys: tuple[bytes, ...]
+    threshold: int
+    mode: ProtocolMode
+    graph: GraphKind
+    degree: int | None
+    dim: int
+    bits: int
+    deadlines: dict[str, float]
+    dp_policy: dict[str, Any]
+
+    def config(self) -> RoundConfig:
+        return RoundConfig(
+            round_id=bytes.fromhex(self.round_id),
+            identity_keys=self.identity_keys,
+            threshold=self.threshold,
+            dim=self.dim,
+            bits=self.bits,
+            mode=self.mode,
+            graph=self.graph,
+            degree=self.degree,
+        )
+
+    @property
+    def max_message_bytes(self) -> int:
+        return max_client_message_bytes(len(self.cohort_ids), self.dim, self.bits)
+
+    def index_of(self, participant_id: str) -> int | None:
+        """The participant's protocol index in this round, or None if not in the cohort."""
+        try:
+            return self.cohort_ids.index(participant_id)
+        except ValueError:
+            return None
+
+    def deadline_for(self, stage: ServerStage) -> float:
+        """Seconds a running ``stage`` stays open (keyed ``"R0"`` … ``"R4"`` in the API)."""
+        stage_round = stage.round
+        if stage_round is None:
+            raise ValueError(f"{stage.value} has no deadline")
+        return float(self.deadlines[stage_round.key])
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "round_id": self.round_id,
+                "cohort": [{"id": pid, "public_key": key.hex()} for pid, key in zip(self.cohort_ids, self.identity_keys)],
+                "threshold": self.threshold,
+                "mode": self.mode.value,
+                "graph": self.graph.value,
+                "degree": self.degree,
+                "dim": self.dim,
+                "bits": self.bits,
+                "deadlines": self.deadlines,
+                "dp_policy": self.dp_policy,
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> StoredParameters:
+        raw = json.loads(text)
+        return cls(
+            round_id=raw["round_id"],
+            cohort_ids=tuple(member["id"] for member in raw["cohort"]),
+            identity_keys=tuple(bytes.fromhex(member["public_key"]) for member in raw["cohort"]),
+            threshold=raw["threshold"],
+            mode=ProtocolMode(raw["mode"]),
+            graph=GraphKind(raw["graph"]),
+            degree=raw["degree"],
+            dim=raw["dim"],
+            bits=raw["bits"],
+            deadlines=raw["deadlines"],
+            dp_policy=raw["dp_policy"],
+        )
+
+    def public_dict(self, row: RoundRow) -> dict[str, Any]:
+        """The ``RoundParameters`` response body."""
+        return {
+            "round_id": self.round_id,
+            "protocol_version": PROTOCOL_VERSION,
+            "cohort": [
+                {"index": index, "id": pid, "public_key": base64.b64encode(key).decode("ascii")}
+                for index, (pid, key) in enumerate(zip(self.cohort_ids, self.identity_keys))
+            ],
+            "threshold": self.threshold,
+            "mode": self.mode,
+            "graph": self.graph,
+            "degree": self.degree,
+            "dim": self.dim,
+            "bits": self.bits,
+            "dp_policy": self.dp_policy,
+            "deadlines": self.deadlines,
+            "config_digest": self.config().digest().hex(),
+            "max_message_bytes": self.max_message_bytes,
+            "stage": row.stage,
+            "stage_deadline": row.stage_deadline,
+            "created_at": row.created_at,
+        }

@@ -1,0 +1,218 @@
+"""Closing a round's stages: when everyone answered, at the deadline, or by an operator.
+
+Write discipline: a stage's closing commits in one transaction under the round's row
+lock: the new stage, the outbound messages, the history and, at the end, the result or
+the abort reason. A message that completes a stage commits together with the closing
+(:mod:`service.rounds.acceptance` calls :meth:`StageTransitions.close_stage` inside its
+own transaction); stages closed by a deadline or by an operator commit the same way in
+their own transaction. A process killed at any point leaves the state before or after
+each such transaction, and the next request or the background task (which also runs
+once at start-up) picks up from there. Stages advance when every member expected has
+answered or the deadline passes; with fewer than t answers the round aborts with the
+core's reason.
+
+After a round finishes, its message bodies and relayed messages are deleted (data
+minimisation); who answered which stage, when, and each message's size and SHA-256 stay.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+
+import numpy as np
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from secagg.errors import AbortReason, ProtocolAbort
+from secagg.messages import encode
+from secagg.server import ServerSession, ServerStage
+from service.db import OutboundRow, RoundRow, SubmissionRow
+from service.problems import ProblemType, ServiceProblem
+from service.rounds.context import RoundContext
+
+LOGGER = logging.getLogger("secagg.service.transitions")
+
+
+class StageTransitions:
+    """Advances rounds; ``on_finished(round_id)`` runs after a round's final commit."""
+
+    def __init__(self, context: RoundContext, *, on_finished: Callable[[str], object]) -> None:
+        self.context = context
+        self._on_finished = on_finished
+
+    def advance_if_overdue(self, round_id: str) -> None:
+        """The per-request deadline check: close the stage if its deadline has passed."""
+        with self.context.database.read() as session:
+            found = session.execute(
+                select(RoundRow.outcome, RoundRow.stage_deadline).where(RoundRow.id == round_id)
+            ).one_or_none()
+        overdue = (
+            found is not None and found.outcome is None and found.stage_deadline is not None and self.context.clock() >= found.stage_deadline
+        )
+        if overdue:
+            self.advance_if_due(round_id)
+
+    def advance_if_due(self, round_id: str) -> bool:
+        """Close the round's current stage if everyone expected answered or its deadline passed."""
+        context = self.context
+        finished = False
+        with context.round_lock(round_id):
+            try:
+                with context.database.write() as session:
+                    row = context.database.lock_round(session, round_id)
+                    if row is None or row.outcome is not None:
+                        return False
+                    now = context.clock()
+                    expected = json.loads(row.expected)
+                    answered = session.execute(
+                        select(func.count()).select_from(SubmissionRow).where(
+                            SubmissionRow.round_id == round_id, SubmissionRow.stage == row.stage
+                        )
+                    ).scalar_one()
+                    overdue = row.stage_deadline is not None and now >= row.stage_deadline
+                    if answered < len(expected) and not overdue:
+                        return False
+                    server_session = context.sessions.session(session, row, context.parameters(round_id))
+                    context.sessions.forget(round_id)
+                    finished = self.close_stage(session, row, server_session, now)
+                    session.flush()
+                    revision = row.revision
+                if not finished:
+                    context.sessions.remember(round_id, revision, server_session)
+            except BaseException:
+                context.sessions.forget(round_id)
+                raise
+        context.notify(round_id)
+        if finished:
+            self._on_finished(round_id)
+        return True
+
+    def close_stage(self, session: Session, row: RoundRow, server_session: ServerSession, now: float) -> bool:
+        """Advance the session one stage and persist everything; True iff the round finished."""
+        parameters = self.context.parameters(row.id)
+        metrics = self.context.metrics
+        closing = server_session.stage
+        if closing is ServerStage.UNMASKING:
+            config = server_session.config
+            stored = session.execute(select(RoundRow.masked_sum).where(RoundRow.id == row.id)).scalar_one()
+            total = config.ring.zeros(config.dim) if stored is None else np.frombuffer(stored, dtype=config.ring.dtype).copy()
+            server_session.provide_masked_sum(total)
+        expected = json.loads(row.expected)
+        metrics.stage_duration.labels(closing.value).observe(max(0.0, now - row.stage_started_at))
+        try:
+            outbox = server_session.advance()
+        except ProtocolAbort as exc:
+            self._record_history(row, server_session, now)
+            metrics.dropouts.labels(closing.value).inc(len(expected) - len(server_session.history[-1].responded))
+            self.finish(session, row, now, outcome="aborted", reason=exc.reason.value, detail=exc.detail)
+            row.closed_stages += 1
+            return True
+        self._record_history(row, server_session, now)
+        record = server_session.history[-1]
+        metrics.dropouts.labels(closing.value).inc(len(record.expected) - len(record.responded))
+        row.closed_stages += 1
+        row.session_id = server_session.session_id
+        if closing is ServerStage.MASKED_INPUT_COLLECTION:
+            row.survivors = json.dumps(sorted(server_session.survivors))
+        if server_session.stage is ServerStage.COMPLETED:
+            result = server_session.result
+            row.result = result.tobytes()
+            row.result_sha256 = hashlib.sha256(row.result).hexdigest()
+            self.finish(session, row, now, outcome="completed", reason=None, detail=None)
+            return True
+        opened = server_session.stage
+        for recipient, message in sorted(outbox.items()):
+            session.add(
+                OutboundRow(
+                    round_id=row.id, stage=opened.value, recipient=recipient, message_type=type(message).__name__, body=encode(message)
+                )
+            )
+        row.stage = opened.value
+        row.expected = json.dumps(sorted(server_session.expected_senders))
+        row.stage_started_at = now
+        row.stage_deadline = now + parameters.deadline_for(opened)
+        row.revision += 1
+        LOGGER.info(
+            "stage_closed",
+            extra={"round_id": row.id, "stage": closing.value, "responded": len(record.responded), "expected": len(record.expected)},
+        )
+        return False
+
+    @staticmethod
+    def _record_history(row: RoundRow, server_session: ServerSession, now: float) -> None:
+        history = json.loads(row.history)
+        record = server_session.history[-1]
+        history.append(
+            {"stage": record.stage.value, "expected": sorted(record.expected), "responded": sorted(record.responded), "closed_at": now}
+        )
+        row.history = json.dumps(history)
+
+    def finish(self, session: Session, row: RoundRow, now: float, *, outcome: str, reason: str | None, detail: str | None) -> None:
+        """Record the outcome and drop what a finished round no longer needs (data minimisation):
+        the running sum, the relayed messages and the bodies of the accepted messages
+        (encrypted shares, revealed shares, signatures). Who answered which stage, when,
+        and each message's size and SHA-256 stay, for the audit trail."""
+        session.execute(update(SubmissionRow).where(SubmissionRow.round_id == row.id).values(body=None))
+        session.execute(delete(OutboundRow).where(OutboundRow.round_id == row.id))
+        row.stage = ServerStage.COMPLETED.value if outcome == "completed" else ServerStage.ABORTED.value
+        row.outcome = outcome
+        row.abort_reason = reason
+        row.abort_detail = detail
+        row.finished_at = now
+        row.expected = "[]"
+        row.stage_deadline = None
+        row.masked_sum = None
+        row.ledger_recorded = False
+        row.revision += 1
+        self.context.metrics.rounds_finished.labels(outcome, reason or "").inc()
+        LOGGER.info("round_finished", extra={"round_id": row.id, "outcome": outcome, "reason": reason})
+
+    def _lock_unfinished_round(self, session: Session, round_id: str) -> RoundRow:
+        """The round's row under its lock, refusing an unknown or already finished round."""
+        row = self.context.database.lock_round(session, round_id)
+        if row is None:
+            raise ServiceProblem(ProblemType.ROUND_NOT_FOUND, "no such round")
+        if row.outcome is not None:
+            raise ServiceProblem(ProblemType.ROUND_FINISHED, f"the round already {row.outcome}")
+        return row
+
+    def close_stage_now(self, round_id: str) -> None:
+        """An operator closes the current stage before its deadline, with whoever answered
+        (the round aborts if fewer than t did), e.g. when the missing banks are known to be down."""
+        context = self.context
+        finished = False
+        with context.round_lock(round_id):
+            try:
+                with context.database.write() as session:
+                    row = self._lock_unfinished_round(session, round_id)
+                    server_session = context.sessions.session(session, row, context.parameters(round_id))
+                    context.sessions.forget(round_id)
+                    finished = self.close_stage(session, row, server_session, context.clock())
+                    session.flush()
+                    revision = row.revision
+                if not finished:
+                    context.sessions.remember(round_id, revision, server_session)
+            except BaseException:
+                context.sessions.forget(round_id)
+                raise
+        LOGGER.info("stage_closed_by_operator", extra={"round_id": round_id})
+        context.notify(round_id)
+        if finished:
+            self._on_finished(round_id)
+
+    def abort(self, round_id: str, detail: str) -> None:
+        """An operator aborts a running round (recorded as aborted by the server)."""
+        context = self.context
+        with context.round_lock(round_id):
+            try:
+                with context.database.write() as session:
+                    row = self._lock_unfinished_round(session, round_id)
+                    context.sessions.forget(round_id)
+                    self.finish(session, row, context.clock(), outcome="aborted", reason=AbortReason.ABORTED_BY_SERVER.value, detail=detail)
+            finally:
+                context.sessions.forget(round_id)
+        context.notify(round_id)
+        self._on_finished(round_id)
