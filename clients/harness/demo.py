@@ -8,7 +8,7 @@ What runs (everything on loopback, in a fresh ``runs/<UTC timestamp>/``):
    ever reads.
 2. The server: ``python -m service --dev`` as a subprocess (uvicorn, SQLite and the
    signed round ledger under ``server/data``), :class:`clients.harness.local_server.LocalServer`.
-3. One operating-system process per bank (``python -m clients.training.federated JOB.json``):
+3. One operating-system process per bank (``python -m clients.harness.bank_process JOB.json``):
    each generates its own Ed25519 identity key in its directory (the private key never
    leaves it) and announces the public key; the demo, acting as the consortium's
    administrator, enrols it. Each bank then runs :func:`clients.training.federated.run_bank`,
@@ -61,18 +61,8 @@ import numpy as np
 import typer
 
 from clients.training.datasets import BANK_REGIONS, POSITIVE, TARGET, lending_club_schema, load_lending_club, split_banks
-from clients.training.federated import (
-    LEDGER_FILE,
-    MODEL_FILE,
-    PROGRESS_FILE,
-    BankJob,
-    DropoutInjection,
-    FederatedError,
-    FederatedPlan,
-    ProgressLog,
-    predict_logits,
-    statistics_dim,
-)
+from clients.training.federated import LEDGER_FILE, MODEL_FILE, PROGRESS_FILE, BankJob, ProgressLog
+from clients.training.plan import FederatedError, FederatedPlan, predict_logits, statistics_dim
 from clients.training.metrics import accuracy, roc_auc
 from clients.training.tabular import Preprocessor, TabularSchema
 from dp.models import ModelKind, ModelSpec
@@ -207,7 +197,7 @@ class _Banks:
         for bank_id in self.ids:
             log = open(self.directories[bank_id] / "bank.log", "ab")
             self.processes[bank_id] = subprocess.Popen(
-                [sys.executable, "-m", "clients.training.federated", str(jobs[bank_id])],
+                [sys.executable, "-m", "clients.harness.bank_process", str(jobs[bank_id])],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
             log.close()
@@ -332,7 +322,7 @@ def run_demo(config: DemoConfig, *, console: Any = None) -> dict[str, Any]:
     for index, bank_id in enumerate(bank_ids):
         directories[bank_id].mkdir(parents=True)
         (directories[bank_id] / "loans.csv").write_bytes(split.banks[bank_id].to_csv_bytes())
-        dropout = DropoutInjection(config.dropout_round) if config.dropout and index == config.dropout_bank else None
+        dropout = {"round_index": config.dropout_round, "protocol_round": Round.MASKED_INPUT_COLLECTION.key} if config.dropout and index == config.dropout_bank else None
         job = BankJob(
             participant_id=bank_id,
             data=directories[bank_id] / "loans.csv",
@@ -342,10 +332,9 @@ def run_demo(config: DemoConfig, *, console: Any = None) -> dict[str, Any]:
             plan=consortium / "plan.json",
             work_dir=directories[bank_id],
             key=directories[bank_id] / "identity.key",
-            dropout=dropout,
         )
         jobs[bank_id] = directories[bank_id] / "job.json"
-        jobs[bank_id].write_text(json.dumps(job.to_dict(), indent=2), encoding="utf-8")
+        jobs[bank_id].write_text(json.dumps({**job.to_dict(), "dropout": dropout}, indent=2), encoding="utf-8")
 
     banks = _Banks(bank_ids, directories)
     rows: list[dict[str, Any]] = []
@@ -482,18 +471,18 @@ def _r2_responded(status: dict[str, Any]) -> list[int]:
 
 
 def _write_audit(run_dir: Path, bank_ids: list[str], directories: dict[str, Path], ready: dict[str, dict[str, Any]], server_dir: Path, report_path: Path) -> tuple[bool, str]:
+    from dp.audit.chain import load_public_key
     from dp.audit.report import build_report, render_html, run_audit
-    from service.ledger import load_or_create_signing_key
 
     data_dir = server_dir / "data"
-    key_file = data_dir / "server-ledger.key"
+    key_file = data_dir / "server-ledger.key.pub"
     if not key_file.exists():
-        raise DemoError(f"the server's ledger key {key_file} is missing")
+        raise DemoError(f"the server's ledger public key {key_file} is missing")
     audit = run_audit(
         [directories[bank] / LEDGER_FILE for bank in bank_ids],
         keys_by_party={bank: bytes.fromhex(ready[bank]["public_key"]) for bank in bank_ids},
         server_ledger=data_dir / "server-ledger.jsonl",
-        server_public_key=load_or_create_signing_key(key_file).public_bytes,
+        server_public_key=load_public_key(key_file),
     )
     report = build_report(audit)
     report_path.write_text(render_html(report), encoding="utf-8")

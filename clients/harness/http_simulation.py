@@ -34,6 +34,7 @@ import numpy as np
 from clients.runtime.errors import ClientError, ClientRefusedRound, ExcludedFromRound, RoundAbortedByServer
 from clients.runtime.http_transport import HttpTransport
 from clients.runtime.inputs import RingVectorInput
+from clients.harness.faults import DroppingTransport, SimulatedDropout
 from clients.harness.local_server import AdminClient, LocalServer
 from clients.runtime.policy import ClientPolicy
 from clients.runtime.retry import PollSchedule, RetryPolicy
@@ -68,33 +69,6 @@ class HttpSimulationReport(SimulationReport):
     server_cpu_seconds: float | None = None
     http_requests: int = 0
     clients_cpu_seconds: float = 0.0
-
-
-class SimulatedDropout(Exception):
-    """A simulated client that stops answering."""
-
-
-class DroppingTransport:
-    """Forwards to a transport, but never sends a message of ``drop_at`` or a later round."""
-
-    def __init__(self, inner: RoundTransport, drop_at: int) -> None:
-        self._inner = inner
-        self._drop_at = drop_at
-        self.endpoint = inner.endpoint
-
-    def describe_round(self, round_id: str):
-        return self._inner.describe_round(round_id)
-
-    def submit(self, round_id: str, protocol_round: Round, payload: bytes):
-        if protocol_round.number >= self._drop_at:
-            raise SimulatedDropout(protocol_round.key)
-        return self._inner.submit(round_id, protocol_round, payload)
-
-    def fetch(self, round_id: str, protocol_round: Round):
-        return self._inner.fetch(round_id, protocol_round)
-
-    def fetch_result(self, round_id: str):
-        return self._inner.fetch_result(round_id)
 
 
 class TimedTransport:

@@ -1,10 +1,13 @@
-"""A development server on loopback, run as a real subprocess (simulation, benchmark, tests).
+"""A real aggregation server on loopback, as a subprocess: the one harness for every local run.
 
-:class:`LocalServer` starts ``python -m service --dev`` on a free 127.0.0.1 port with a
-fresh data directory (SQLite file, ledger) and an admin token file (mode 0600) in a
-temporary directory, waits until ``/readyz`` answers, and stops the process it
-started (SIGTERM, then SIGKILL after a grace period) on exit. :class:`AdminClient` is
-the thin bearer-token client of the admin API (``docs/API.md`` section 4).
+Used by the demo, ``secagg simulate --transport http``, the benchmarks and the tests.
+:class:`LocalServer` starts ``python -m service`` on a free 127.0.0.1 port with a data
+directory (SQLite file unless a database URL is given, the server ledger and its key)
+and an admin token file (mode 0600), waits until ``/readyz`` answers, and stops the
+process group it started (SIGTERM, then SIGKILL after a grace period) on exit. A test can
+SIGKILL it at any moment (:meth:`LocalServer.kill`) and start it again on the same data
+and port (:meth:`LocalServer.start`). :class:`AdminClient` is the thin bearer-token
+client of the admin API (``docs/API.md`` section 4).
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import httpx
@@ -28,6 +32,7 @@ from clients.runtime.errors import ServerRefused, ServerUnavailable
 from dp.atomic_files import write_private_file
 
 READY_TIMEOUT_SECONDS = 60.0
+STOP_TIMEOUT_SECONDS = 20.0
 
 
 def free_loopback_port() -> int:
@@ -37,108 +42,147 @@ def free_loopback_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@dataclass(frozen=True, slots=True)
-class ServerHandle:
-    base_url: str
-    admin_token: str
-    data_dir: Path
-    log_path: Path
-
-
 class LocalServer:
-    """``with LocalServer() as server: ...`` — a real server subprocess for one run."""
+    """``with LocalServer() as server: ...`` — a real server subprocess, restartable on the same data.
 
-    def __init__(self, *, directory: Path | None = None, extra_env: dict[str, str] | None = None) -> None:
+    ``dev`` passes ``--dev`` (development mode: unsafe settings allowed); without it the
+    server runs with its production checks, which loopback without TLS passes.
+    ``poll_seconds`` sets how often the server's background task looks for due stages.
+    The ``SECAGG_*`` variables of the calling environment are not passed on, so a run
+    depends only on its arguments; ``extra_env`` adds variables.
+    """
+
+    def __init__(
+        self,
+        *,
+        directory: Path | None = None,
+        database_url: str | None = None,
+        workers: int = 1,
+        poll_seconds: float | None = None,
+        dev: bool = True,
+        extra_arguments: tuple[str, ...] = (),
+        scheme: str = "http",
+        verify: ssl.SSLContext | bool = True,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self._directory = directory
+        self.database_url = database_url
+        self.workers = workers
+        self.poll_seconds = poll_seconds
+        self.dev = dev
+        self.extra_arguments = extra_arguments
+        self.scheme = scheme
+        self.verify = verify
         self._extra_env = dict(extra_env or {})
         self._temporary: tempfile.TemporaryDirectory[str] | None = None
-        self._process: subprocess.Popen[bytes] | None = None
-        self.handle: ServerHandle | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port = free_loopback_port()
+        self.admin_token = secrets.token_urlsafe(32)
+        self.root: Path | None = None
+        self.log_path: Path | None = None
 
-    def __enter__(self) -> ServerHandle:
-        if self._directory is None:
-            self._temporary = tempfile.TemporaryDirectory(prefix="secagg-server-")
-            root = Path(self._temporary.name)
-        else:
-            root = self._directory
-            root.mkdir(parents=True, exist_ok=True)
-        token = secrets.token_urlsafe(32)
-        token_path = root / "admin-token"
-        write_private_file(token_path, token.encode("ascii"), overwrite=True)
-        data_dir = root / "data"
-        log_path = root / "server.log"
-        self.handle = ServerHandle("", token, data_dir, log_path)
-        self.start()
-        return self.handle
+    @property
+    def base_url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
-        """Start (or restart, after :meth:`kill`) the server on a fresh port, same data directory."""
-        assert self.handle is not None
-        root = self.handle.data_dir.parent
-        port = free_loopback_port()
+    @property
+    def data_dir(self) -> Path:
+        assert self.root is not None, "the server was never started"
+        return self.root / "data"
+
+    def __enter__(self) -> LocalServer:
+        return self.start()
+
+    def start(self) -> LocalServer:
+        """Start (or restart, after :meth:`kill`) the server on the same port and data."""
+        if self.root is None:
+            if self._directory is None:
+                self._temporary = tempfile.TemporaryDirectory(prefix="secagg-server-")
+                self.root = Path(self._temporary.name)
+            else:
+                self.root = self._directory
+                self.root.mkdir(parents=True, exist_ok=True)
+            write_private_file(self.root / "admin-token", self.admin_token.encode("ascii"), overwrite=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         command = [
             sys.executable, "-m", "service",
-            "--host", "127.0.0.1", "--port", str(port),
-            "--data-dir", str(self.handle.data_dir),
-            "--admin-token-file", str(root / "admin-token"),
-            "--dev",
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--data-dir", str(self.data_dir),
+            "--admin-token-file", str(self.root / "admin-token"),
+            "--workers", str(self.workers),
         ]  # fmt: skip
-        log = open(self.handle.log_path, "ab")
-        environment = {**os.environ, **self._extra_env}
-        self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment, start_new_session=True)
+        if self.database_url:
+            command += ["--database-url", self.database_url]
+        if self.dev:
+            command.append("--dev")
+        command += list(self.extra_arguments)
+        environment = {key: value for key, value in os.environ.items() if not key.startswith("SECAGG_")}
+        environment["PYTHONUNBUFFERED"] = "1"
+        if self.poll_seconds is not None:
+            environment["SECAGG_DEADLINE_POLL_SECONDS"] = str(self.poll_seconds)
+        environment.update(self._extra_env)
+        self.log_path = self.root / f"server-{time.time_ns() // 1_000_000}.log"
+        log = open(self.log_path, "wb")  # noqa: SIM115 - owned by the subprocess until it exits
+        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment, start_new_session=True)
         log.close()
-        base_url = f"http://127.0.0.1:{port}"
-        self.handle = ServerHandle(base_url, self.handle.admin_token, self.handle.data_dir, self.handle.log_path)
-        self._wait_ready(base_url)
+        self._wait_ready()
+        return self
 
-    def _wait_ready(self, base_url: str) -> None:
-        assert self._process is not None and self.handle is not None
+    def _wait_ready(self) -> None:
+        assert self.process is not None
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-        with httpx.Client(timeout=2.0) as probe:
+        with httpx.Client(timeout=2.0, verify=self.verify) as probe:
             while time.monotonic() < deadline:
-                if self._process.poll() is not None:
-                    raise ServerUnavailable(f"the server exited with code {self._process.returncode}:\n{self.log_tail()}")
+                if self.process.poll() is not None:
+                    raise ServerUnavailable(f"the server exited with code {self.process.returncode}:\n{self.log_tail()}")
                 try:
-                    if probe.get(base_url + "/readyz").status_code == 200:
+                    if probe.get(self.base_url + "/readyz").status_code == 200:
                         return
                 except httpx.TransportError:
                     pass
-                time.sleep(0.1)
-        self.stop()
+                time.sleep(0.05)
+        self.kill()
         raise ServerUnavailable(f"the server was not ready within {READY_TIMEOUT_SECONDS:g} s:\n{self.log_tail()}")
 
-    def log_tail(self, lines: int = 30) -> str:
-        if self.handle is None or not self.handle.log_path.exists():
+    def log_tail(self, characters: int = 4000) -> str:
+        if self.log_path is None or not self.log_path.exists():
             return ""
-        return "\n".join(self.handle.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return self.log_path.read_text(errors="replace")[-characters:]
 
     def cpu_seconds(self) -> float | None:
-        """User plus system CPU time of the server process so far (Linux ``/proc``; None elsewhere)."""
-        if self._process is None:
+        """User plus system CPU time of the server's main process so far (Linux ``/proc``; None elsewhere)."""
+        if self.process is None:
             return None
         try:
-            fields = Path(f"/proc/{self._process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             return None
         ticks = os.sysconf("SC_CLK_TCK")
         return (int(fields[11]) + int(fields[12])) / ticks
 
     def kill(self) -> None:
-        """SIGKILL the server process (crash tests); :meth:`start` brings it back on the same data."""
-        if self._process is not None and self._process.poll() is None:
-            self._process.send_signal(signal.SIGKILL)
-            self._process.wait(timeout=10)
+        """SIGKILL the whole process group (workers included): no shutdown hook runs."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
+        self.process = None
+
+    def restart_after_kill(self) -> None:
+        self.kill()
+        self.start()
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.send_signal(signal.SIGTERM)
+        """SIGTERM the process group, then SIGKILL after a grace period."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
             try:
-                self._process.wait(timeout=15)
+                self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
             except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(timeout=10)
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
+        self.process = None
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None) -> None:
         self.stop()
         if self._temporary is not None:
             self._temporary.cleanup()

@@ -73,7 +73,8 @@ def train_locally(
     import torch
 
     from clients.training.datasets import stratified_holdout
-    from clients.training.federated import ACCOUNTANT_FILE, LEDGER_FILE, FederatedPlan, predict_logits
+    from clients.training.federated import ACCOUNTANT_FILE, LEDGER_FILE
+    from clients.training.plan import FederatedPlan, predict_logits
     from clients.runtime.keyfile import generate_key_file, load_identity_key
     from clients.training.metrics import roc_auc
     from clients.training.tabular import (
@@ -160,7 +161,8 @@ def train_command(
 ) -> None:
     """Train on this bank's own tabular data: alone (--local) or in the consortium's federated rounds."""
     from clients.runtime.errors import ClientError
-    from clients.training.federated import BankJob, FederatedError, FederatedPlan, run_bank
+    from clients.training.federated import BankJob, run_bank
+    from clients.training.plan import FederatedError, FederatedPlan
     from clients.training.tabular import TabularError, TabularSchema, draft_schema, read_csv
     from dp.errors import DPError
 

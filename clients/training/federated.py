@@ -33,48 +33,15 @@ bank then runs :func:`run_bank` (``secagg train``, and every bank process of
       model is ``global + server_learning_rate * mean``. Every bank computes the same
       global model from the same public result, so no one distributes it.
 
-Privacy units and parameters (DESIGN.md section 3):
-
-* **Example level** (a bank's customers): DP-SGD with Poisson sampling rate ``q``,
-  per-example clipping ``max_grad_norm``, Gaussian noise ``z * max_grad_norm`` from a
-  CSPRNG, ``ceil(local_epochs / q)`` steps per round; ``z`` is calibrated so that the
-  ``plan.rounds`` rounds together spend ``target_epsilon`` at ``delta`` (RDP
-  accountant; default epsilon 3 at delta 1e-5). Every bank uses the same q, steps and
-  z, so the round declares one ``SampledGaussian`` event that every bank charges; the
-  server records it and the auditor cross-checks every contributor's ledger against
-  it (:func:`dp.audit.round_records.cross_check`). A bank that drops out of a round has
-  still spent that round (spend before use: conservative).
-* **Participant level** (a bank's whole contribution), only if the plan sets
-  ``participant_epsilon``: the clipped update is rotated, scaled, conditionally rounded
-  and Skellam-noised in the ring (:mod:`dp.mechanisms.distributed`; Agarwal, Kairouz, Liu 2021)
-  so that the sum of the worst case of t survivors spends ``participant_epsilon`` at
-  ``participant_delta`` over the planned rounds; the rotation seed is public, derived
-  from the round id (:func:`rotation_seed`). The round then declares both events and
-  every bank charges both. Off by default: with five banks the noise that protects a
-  whole bank's contribution is of the order of the update itself and costs most of the
-  model's accuracy (measured in ``secagg demo --participant-epsilon``).
-
-Default plan (chosen by measurement on the demo's data, see the closing note of issue
-5): logistic regression, sample rate 0.05, one local epoch (20 DP-SGD steps) per round,
-learning rate 1.0, per-example clip 1.0, ten rounds; ``update_clip`` 10 only bounds the
-ring encoding (the measured update norms are 0.6 to 2.5, so it never binds) and is not a
-privacy parameter when participant-level DP is off.
-
-Global model initialisation: ``dp.training.initial_parameters`` drawn from
-``DeterministicRandom(plan.initial_model_seed)``, a public seed in the plan, so every
-bank starts from the same model.
+The plan, its privacy units and its defaults are described in :mod:`clients.training.plan`.
 """
 
 from __future__ import annotations
 
-from secagg.rounds import Round
 
-import functools
 import hashlib
 import json
-import math
 import os
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -84,8 +51,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from clients.runtime.errors import ClientError
-from clients.harness.http_simulation import DroppingTransport, SimulatedDropout
+from clients.runtime.errors import ServerUnavailable
 from clients.runtime.inputs import ClientInput, RealVectorInput, RingVectorInput
 from clients.runtime.policy import ClientPolicy
 from clients.runtime.retry import PollSchedule, RetryPolicy
@@ -97,19 +63,21 @@ from clients.training.tabular import (
     read_csv,
     statistics_from_sums,
 )
+from clients.training.plan import (
+    STATISTICS_CLIP,
+    FederatedError,
+    FederatedPlan,
+    PlanMismatch,
+    apply_mean_update,
+    clip_l2,
+    rotation_seed,
+    statistics_dim,
+)
 from clients.runtime.transport import Pending, RoundAborted, RoundDescription, RoundResult, RoundTransport
-from dp.accounting import SampledGaussian
-from dp.atomic_files import PUBLIC_MODE, write_atomic
-from dp.models import ModelKind, ModelSpec
-from secagg.config import ProtocolMode
 from secagg.hazmat.keys import SigningKey
-from secagg.hazmat.randomness import SEED_BYTES, DeterministicRandom, SystemRandom
+from secagg.hazmat.randomness import SystemRandom
 from secagg.http_contract import NONCE_BYTES, ProblemType, problem_suffix, sign_request
 
-PLAN_FORMAT = "secagg-federated-plan/1"
-STATISTICS_CLIP = float(1 << 24)
-"""Bound on every coordinate of a statistics vector (row counts and sums of values in [0, 1]): 16.7 million rows per bank."""
-STATISTICS_BITS = 64
 PROGRESS_FILE = "progress.jsonl"
 MODEL_FILE = "global-model.npy"
 LEDGER_FILE = "privacy-ledger.jsonl"
@@ -118,223 +86,6 @@ DEFAULT_SERVER_TIMEOUT = 30.0
 """Seconds of consecutive connection failures before a bank gives up on the server."""
 POLL = PollSchedule(initial_interval=0.2, multiplier=1.3, max_interval=1.0, timeout=1800.0)
 """Polls for the next stage: start at 0.2 s, never wait more than 1 s (a consortium of a handful of banks)."""
-
-
-class FederatedError(ClientError):
-    """Base error of the federated training loop."""
-
-
-class PlanMismatch(FederatedError):
-    """The round the server opened does not match the agreed plan (declared privacy, dimension); refused before spending."""
-
-
-# --------------------------------------------------------------------------- the plan
-
-
-@dataclass(frozen=True)
-class FederatedPlan:
-    """What the consortium agreed about training (a JSON file shared by every bank)."""
-
-    rounds: int = 10
-    model: ModelKind = ModelKind.LOGISTIC_REGRESSION
-    hidden_units: int = 32
-    target_epsilon: float = 3.0
-    delta: float = 1e-5
-    sample_rate: float = 0.05
-    local_epochs: int = 1
-    learning_rate: float = 1.0
-    max_grad_norm: float = 1.0
-    update_clip: float = 10.0
-    server_learning_rate: float = 1.0
-    ring_bits: int = 32
-    mode: ProtocolMode = ProtocolMode.ACTIVE
-    initial_model_seed: str = hashlib.sha256(b"secagg/federated/initial-model/v1").hexdigest()
-    participant_epsilon: float | None = None
-    participant_delta: float = 1e-5
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "model", ModelKind(self.model))
-        object.__setattr__(self, "mode", ProtocolMode(self.mode))
-        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
-            raise FederatedError(f"rounds must be a positive integer, got {self.rounds!r}")
-        for name in ("target_epsilon", "learning_rate", "max_grad_norm", "update_clip", "server_learning_rate"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise FederatedError(f"{name} must be a positive number, got {value!r}")
-        if not 0 < self.delta < 1 or not 0 < self.sample_rate <= 1:
-            raise FederatedError("need 0 < delta < 1 and 0 < sample_rate <= 1")
-        if len(bytes.fromhex(self.initial_model_seed)) != SEED_BYTES:
-            raise FederatedError(f"initial_model_seed must be {SEED_BYTES} bytes in hex")
-        epsilon = self.participant_epsilon
-        if epsilon is not None and not (isinstance(epsilon, (int, float)) and math.isfinite(epsilon) and epsilon > 0):
-            raise FederatedError(f"participant_epsilon must be a positive number or null, got {epsilon!r}")
-        if not 0 < self.participant_delta < 1:
-            raise FederatedError("need 0 < participant_delta < 1")
-
-    def model_spec(self, num_features: int) -> ModelSpec:
-        return ModelSpec(self.model, num_features, self.hidden_units)
-
-    @property
-    def local_steps(self) -> int:
-        return math.ceil(self.local_epochs / self.sample_rate)
-
-    def dpsgd_config(self):
-        """The example-level DP-SGD configuration of every bank (torch imported here only)."""
-        from dp.training import DPSGDConfig, EpsilonTarget
-
-        return DPSGDConfig(
-            max_grad_norm=self.max_grad_norm,
-            sample_rate=self.sample_rate,
-            local_steps=self.local_steps,
-            learning_rate=self.learning_rate,
-            noise=EpsilonTarget(self.target_epsilon, self.rounds),
-            delta=self.delta,
-        )
-
-    def round_event(self) -> SampledGaussian:
-        """The example-level event of one round, calibrated without torch (same function as dp.training)."""
-        from dp.accounting import noise_multiplier_for_epsilon
-
-        z = float(
-            noise_multiplier_for_epsilon(
-                target_epsilon=self.target_epsilon,
-                delta=self.delta,
-                sample_rate=self.sample_rate,
-                steps=self.rounds * self.local_steps,
-            )
-        )
-        return SampledGaussian(noise_multiplier=z, sample_rate=self.sample_rate, steps=self.local_steps)
-
-    def distributed_config(self, parameters: int, *, min_survivors: int, max_clients: int):
-        """The participant-level Skellam configuration for a cohort (``None`` without participant-level DP).
-
-        Clip ``update_clip``, randomized Hadamard rotation, scale so that the clipped norm
-        spans :data:`PARTICIPANT_SCALED_CLIP` integer units, aggregate variance calibrated
-        so that ``rounds`` releases with only ``min_survivors`` survivors spend
-        ``participant_epsilon`` at ``participant_delta`` (Agarwal, Kairouz, Liu 2021).
-        """
-        if self.participant_epsilon is None:
-            return None
-        return _distributed_config(self, parameters, min_survivors, max_clients)
-
-    def round_dim(self, parameters: int, *, min_survivors: int, max_clients: int) -> int:
-        """The round's vector length: the parameter count, or its padded length when rotating."""
-        config = self.distributed_config(parameters, min_survivors=min_survivors, max_clients=max_clients)
-        return parameters if config is None else config.padded_dimension
-
-    def round_privacy(self, parameters: int, *, min_survivors: int, max_clients: int) -> list[dict[str, Any]]:
-        """The ``dp_policy.privacy`` a training round declares (and the server records): the
-        example-level DP-SGD event, and the participant-level Skellam event if planned."""
-        from dp.audit.privacy_ledger import PrivacyUnit
-        from dp.audit.round_records import RoundPrivacy
-
-        items = [RoundPrivacy(PrivacyUnit.EXAMPLE, self.round_event())]
-        config = self.distributed_config(parameters, min_survivors=min_survivors, max_clients=max_clients)
-        if config is not None:
-            items.append(RoundPrivacy(PrivacyUnit.PARTICIPANT, config.accounting_event(rounds=1)))
-        return [item.to_dict() for item in items]
-
-    def initial_model(self, num_features: int) -> np.ndarray:
-        from dp.training import initial_parameters
-
-        return initial_parameters(self.model_spec(num_features), DeterministicRandom(bytes.fromhex(self.initial_model_seed)))
-
-    def to_dict(self) -> dict[str, Any]:
-        value = asdict(self)
-        value["model"] = self.model.value
-        value["mode"] = self.mode.value
-        return {"format": PLAN_FORMAT, **value}
-
-    @classmethod
-    def from_dict(cls, value: Mapping[str, Any]) -> FederatedPlan:
-        if value.get("format") != PLAN_FORMAT:
-            raise FederatedError(f"not a {PLAN_FORMAT} plan")
-        known = {name for name in cls.__dataclass_fields__}
-        unknown = set(value) - known - {"format"}
-        if unknown:
-            raise FederatedError(f"unknown plan keys {sorted(unknown)}")
-        try:
-            return cls(**{key: item for key, item in value.items() if key != "format"})
-        except (TypeError, ValueError) as exc:
-            raise FederatedError(f"invalid plan: {exc}") from None
-
-    def save(self, path: Path) -> None:
-        _write_json(Path(path), self.to_dict())
-
-    @classmethod
-    def load(cls, path: Path) -> FederatedPlan:
-        try:
-            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise FederatedError(f"cannot read plan {path}: {exc}") from None
-
-
-PARTICIPANT_SCALED_CLIP = float(1 << 14)
-"""scale * update_clip for participant-level noise: 16,384 integer units, so rounding adds
-about sqrt(d') / 16,384 of the clip norm (KLS 2021 section 4.2) while 2^31 leaves ample headroom."""
-
-
-@functools.lru_cache(maxsize=16)
-def _distributed_config(plan: FederatedPlan, parameters: int, min_survivors: int, max_clients: int):
-    from dp.mechanisms.distributed import DistributedDPConfig
-
-    assert plan.participant_epsilon is not None
-    return DistributedDPConfig.for_target_epsilon(
-        target_epsilon=plan.participant_epsilon,
-        delta=plan.participant_delta,
-        rounds=plan.rounds,
-        dimension=parameters,
-        clip_norm=plan.update_clip,
-        scale=PARTICIPANT_SCALED_CLIP / plan.update_clip,
-        min_survivors=min_survivors,
-        max_clients=max_clients,
-        ring_bits=plan.ring_bits,
-    )
-
-
-def rotation_seed(round_id: str) -> bytes:
-    """The round's public rotation seed: SHA-256 of a label and the round id (every party derives it)."""
-    return hashlib.sha256(b"secagg/federated/rotation-seed/v1\x00" + bytes.fromhex(round_id)).digest()
-
-
-def _write_json(path: Path, value: Any) -> None:
-    write_atomic(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode("utf-8"), mode=PUBLIC_MODE)
-
-
-def statistics_dim(schema: TabularSchema) -> int:
-    """Length of the statistics round's vector."""
-    return 3 * len(schema.numeric_columns)
-
-
-def apply_mean_update(global_model: np.ndarray, mean_update: np.ndarray, plan: FederatedPlan) -> np.ndarray:
-    return (global_model.astype(np.float64) + plan.server_learning_rate * mean_update).astype(np.float32)
-
-
-def clip_l2(vector: np.ndarray, bound: float) -> np.ndarray:
-    norm = float(np.linalg.norm(vector))
-    return vector if norm <= bound else vector * (bound / norm)
-
-
-def predict_logits(spec: ModelSpec, parameters: np.ndarray, features: np.ndarray) -> np.ndarray:
-    """The model's logits in numpy, parameters in PyTorch's ``parameters()`` order (see :mod:`dp.models`)."""
-    x = np.asarray(features, dtype=np.float64)
-    p = np.asarray(parameters, dtype=np.float64)
-    offset = 0
-    layers = []
-    for fan_in, fan_out in spec.layer_shapes:
-        weight = p[offset : offset + fan_in * fan_out].reshape(fan_out, fan_in)
-        offset += fan_in * fan_out
-        bias = p[offset : offset + fan_out]
-        offset += fan_out
-        layers.append((weight, bias))
-    for index, (weight, bias) in enumerate(layers):
-        x = x @ weight.T + bias
-        if index < len(layers) - 1:
-            x = np.maximum(x, 0.0)
-    return x[:, 0]
-
-
-# --------------------------------------------------------------------------- round discovery
 
 
 def _problem_type(response: httpx.Response) -> str:
@@ -401,14 +152,6 @@ class WorkPoller:
 
 
 @dataclass(frozen=True)
-class DropoutInjection:
-    """Demo only: stop answering in training round ``round_index`` (0-based) from ``protocol_round`` on."""
-
-    round_index: int
-    protocol_round: Round = Round.MASKED_INPUT_COLLECTION
-
-
-@dataclass(frozen=True)
 class BankJob:
     """Everything a bank process needs: its own data, the agreed files, its key and server."""
 
@@ -422,22 +165,16 @@ class BankJob:
     server: str | None = None
     key: Path | None = None
     policy: Path | None = None
-    dropout: DropoutInjection | None = None
     round_timeout: float = 600.0
     server_timeout: float = DEFAULT_SERVER_TIMEOUT
 
     def to_dict(self) -> dict[str, Any]:
-        value = {key: (str(item) if isinstance(item, Path) else item) for key, item in asdict(self).items()}
-        if self.dropout is not None:
-            value["dropout"] = {"round_index": self.dropout.round_index, "protocol_round": self.dropout.protocol_round.key}
-        return value
+        return {key: (str(item) if isinstance(item, Path) else item) for key, item in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, value: Mapping[str, Any]) -> BankJob:
         paths = {"data", "schema", "plan", "work_dir", "key", "policy"}
         items = {key: (Path(item) if key in paths and item is not None else item) for key, item in value.items()}
-        if items.get("dropout") is not None:
-            items["dropout"] = DropoutInjection(int(items["dropout"]["round_index"]), Round.from_key(items["dropout"]["protocol_round"]))
         return cls(**items)
 
 
@@ -529,7 +266,6 @@ def _secure_round(
     *,
     expected: Callable[[RoundDescription], tuple[int, list[dict[str, Any]]]],
     prepare: Callable[[RoundDescription], Contribution],
-    dropout: DropoutInjection | None,
 ) -> tuple[str, np.ndarray, tuple[int, ...], bool]:
     """Join the next round the server opens and contribute what ``prepare`` returns.
 
@@ -551,7 +287,7 @@ def _secure_round(
     if declared != privacy:
         raise PlanMismatch(f"round {round_id} declares privacy {declared}, the plan prescribes {privacy}; refusing to spend")
     contribution = prepare(description)
-    transport = context.transport if dropout is None else DroppingTransport(context.transport, dropout.protocol_round.number)
+    transport = context.transport
     contributed = True
     try:
         outcome = run_round(
@@ -565,16 +301,27 @@ def _secure_round(
             poll=POLL,
         )
         result = outcome.result if outcome.result is not None else _await_result(context.transport, round_id, context.job.round_timeout)
-    except SimulatedDropout as dropped:
+    except ServerUnavailable as lost:
+        # This bank could not finish its part (its network went away); the round goes on
+        # with the others if at least t remain, and its public result is fetched as usual.
         contributed = False
-        context.progress.write("dropped-out", round_id=round_id, protocol_round=str(dropped))
+        context.progress.write("dropped-out", round_id=round_id, reason=str(lost))
         result = _await_result(context.transport, round_id, context.job.round_timeout)
     survivors = tuple(result.survivors)
     return round_id, contribution.decode(result.vector, len(survivors)), survivors, contributed
 
 
-def run_bank(job: BankJob, *, identity: SigningKey | None = None) -> dict[str, Any]:
-    """One bank's whole federated run (see the module docstring). Returns its final figures."""
+def run_bank(
+    job: BankJob,
+    *,
+    identity: SigningKey | None = None,
+    wrap_transport: Callable[[RoundTransport], RoundTransport] | None = None,
+) -> dict[str, Any]:
+    """One bank's whole federated run (see the module docstring). Returns its final figures.
+
+    ``wrap_transport`` wraps the HTTP transport before the rounds use it (the demo and
+    the tests inject faults this way, :mod:`clients.harness.faults`).
+    """
     from clients.runtime.http_transport import HttpTransport
     from clients.runtime.keyfile import load_identity_key
     from dp.budget import BudgetGuard, BudgetPolicy, UnitBudget
@@ -596,7 +343,8 @@ def run_bank(job: BankJob, *, identity: SigningKey | None = None) -> dict[str, A
         budgets[PrivacyUnit.PARTICIPANT] = UnitBudget(plan.participant_epsilon, plan.participant_delta)
     with HttpTransport(job.server, key_id=job.participant_id, identity=key, retry=RetryPolicy(max_attempts=10)) as http:
         poller = WorkPoller(job.server, key_id=job.participant_id, identity=key, unreachable_timeout=job.server_timeout)
-        context = _BankContext(job, plan, key, http, poller, policy, progress)
+        transport: RoundTransport = http if wrap_transport is None else wrap_transport(http)
+        context = _BankContext(job, plan, key, transport, poller, policy, progress)
         try:
             if not schema.is_standardized:
                 sums = moment_sums(table, schema)
@@ -604,7 +352,6 @@ def run_bank(job: BankJob, *, identity: SigningKey | None = None) -> dict[str, A
                     context,
                     expected=lambda description: (statistics_dim(schema), []),
                     prepare=lambda description: real_contribution(sums.to_vector(), clip=STATISTICS_CLIP, config=description.config),
-                    dropout=None,
                 )
                 names = [column.name for column in schema.numeric_columns]
                 schema = schema.with_statistics(statistics_from_sums(schema, MomentSums.from_vector(names, total)))
@@ -644,8 +391,7 @@ def run_bank(job: BankJob, *, identity: SigningKey | None = None) -> dict[str, A
 
                 for round_index in range(plan.rounds):
                     started = time.monotonic()
-                    dropout = job.dropout if job.dropout is not None and job.dropout.round_index == round_index else None
-                    round_id, total, survivors, contributed = _secure_round(context, expected=expected, prepare=train, dropout=dropout)
+                    round_id, total, survivors, contributed = _secure_round(context, expected=expected, prepare=train)
                     global_model = apply_mean_update(global_model, total / len(survivors), plan)
                     np.save(job.work_dir / MODEL_FILE, global_model, allow_pickle=False)
                     progress.write(
@@ -670,26 +416,3 @@ def run_bank(job: BankJob, *, identity: SigningKey | None = None) -> dict[str, A
             poller.close()
     progress.write("finished", **final)
     return final
-
-
-def bank_process_main(argv: list[str]) -> int:
-    """``python -m clients.training.federated JOB.json``: one bank process of the demo (key generated here, never leaves)."""
-    from clients.runtime.keyfile import generate_key_file, load_identity_key
-
-    job = BankJob.from_dict(json.loads(Path(argv[0]).read_text(encoding="utf-8")))
-    progress = ProgressLog(job.work_dir / PROGRESS_FILE)
-    try:
-        assert job.key is not None
-        if not job.key.exists():
-            generate_key_file(job.key)
-        identity = load_identity_key(job.key)
-        progress.write("ready", participant_id=job.participant_id, public_key=identity.public_bytes.hex())
-        run_bank(job, identity=identity)
-    except Exception as error:  # reported to the operator, then the process fails
-        progress.write("failed", error=f"{type(error).__name__}: {error}")
-        raise
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(bank_process_main(sys.argv[1:]))

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from secagg_cli import app
-from clients.training.federated import FederatedPlan
+from clients.training.plan import FederatedPlan
 from clients.training.tabular import TabularSchema
 
 pytest.importorskip("opacus")
@@ -104,7 +104,7 @@ def test_federated_mode_needs_the_agreed_schema_server_and_key(tmp_path: Path, b
 
 
 def test_plan_round_trips_through_its_file_and_refuses_unknown_keys(tmp_path: Path) -> None:
-    from clients.training.federated import FederatedError
+    from clients.training.plan import FederatedError
 
     plan = FederatedPlan(rounds=3, participant_epsilon=8.0)
     path = tmp_path / "plan.json"

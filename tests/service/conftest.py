@@ -51,7 +51,7 @@ def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     started: list[ServerProcess] = []
 
     def start(backend: str = "sqlite", *, workers: int = 1) -> ServerProcess:
-        server = ServerProcess(data_dir=tmp_path_factory.mktemp("server"), database_url=database_url_for(backend), workers=workers)
+        server = ServerProcess(directory=tmp_path_factory.mktemp("server"), database_url=database_url_for(backend), workers=workers, poll_seconds=0.1, dev=False)
         started.append(server)
         return server.start()
 
@@ -63,7 +63,7 @@ def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
 @pytest.fixture(scope="module")
 def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One SQLite server for tests that only need independent rounds."""
-    server = ServerProcess(data_dir=tmp_path_factory.mktemp("shared-server")).start()
+    server = ServerProcess(directory=tmp_path_factory.mktemp("shared-server"), poll_seconds=0.1, dev=False).start()
     yield server
     server.kill()
 

@@ -1,7 +1,8 @@
 """Test harness for the service: a real server subprocess and signed-request helpers.
 
-The server runs as ``python -m service`` under uvicorn on a free loopback port, so a
-test can SIGKILL it at any moment and start it again on the same database. Clients
+The server is :class:`clients.harness.local_server.LocalServer` (``python -m service``
+under uvicorn on a free loopback port), so a test can SIGKILL it at any moment and start
+it again on the same database. Clients
 are the core's :class:`~secagg.client.ClientSession` objects driven over HTTP with a
 small signed-request helper (the bank client library is tested separately).
 """
@@ -9,22 +10,16 @@ small signed-request helper (the bank client library is tested separately).
 from __future__ import annotations
 
 import base64
-import os
 import secrets
-import signal
-import socket
-import ssl
-import subprocess
-import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import numpy as np
 
+from clients.harness.local_server import LocalServer
 from secagg.client import ClientSession
 from secagg.config import GraphKind, ProtocolMode, RoundConfig
 from secagg.errors import ProtocolAbort
@@ -33,95 +28,8 @@ from secagg.hazmat.randomness import DeterministicRandom
 from secagg.messages import encode
 from secagg.http_contract import sign_request
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-STARTUP_TIMEOUT_SECONDS = 60.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@dataclass
-class ServerProcess:
-    """One ``python -m service`` subprocess; restartable on the same database."""
-
-    data_dir: Path
-    database_url: str | None = None
-    workers: int = 1
-    poll_seconds: float = 0.1
-    port: int = field(default_factory=free_port)
-    admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
-    process: subprocess.Popen[bytes] | None = None
-    log_path: Path | None = None
-    extra_arguments: tuple[str, ...] = ()
-    scheme: str = "http"
-    verify: ssl.SSLContext | bool = True
-
-    @property
-    def base_url(self) -> str:
-        return f"{self.scheme}://127.0.0.1:{self.port}"
-
-    def start(self) -> "ServerProcess":
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        token_file = self.data_dir / "admin-token.txt"
-        token_file.write_text(self.admin_token + "\n")
-        arguments = [
-            sys.executable, "-m", "service",
-            "--host", "127.0.0.1", "--port", str(self.port),
-            "--data-dir", str(self.data_dir),
-            "--admin-token-file", str(token_file),
-            "--workers", str(self.workers),
-        ]  # fmt: skip
-        if self.database_url:
-            arguments += ["--database-url", self.database_url]
-        arguments += list(self.extra_arguments)
-        environment = {
-            key: value for key, value in os.environ.items() if not key.startswith("SECAGG_")
-        } | {"SECAGG_DEADLINE_POLL_SECONDS": str(self.poll_seconds), "PYTHONUNBUFFERED": "1"}
-        self.log_path = self.data_dir / f"server-{int(time.time() * 1000)}.log"
-        log = open(self.log_path, "wb")  # noqa: SIM115 - owned by the subprocess until it exits
-        self.process = subprocess.Popen(arguments, cwd=REPO_ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}: {self.log_tail()}")
-            try:
-                if httpx.get(f"{self.base_url}/readyz", timeout=1.0, verify=self.verify).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.kill()
-        raise RuntimeError(f"server did not become ready: {self.log_tail()}")
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group (uvicorn's workers included): no cleanup runs."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
-        self.process = None
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=20)
-        self.process = None
-
-    def restart_after_kill(self) -> None:
-        self.kill()
-        self.start()
-
-    def log_tail(self, characters: int = 4000) -> str:
-        if self.log_path is None or not self.log_path.exists():
-            return ""
-        return self.log_path.read_text(errors="replace")[-characters:]
+ServerProcess = LocalServer
+"""The service tests run the same server harness as the demo and the simulations."""
 
 
 @dataclass(frozen=True)

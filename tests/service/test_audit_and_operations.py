@@ -207,7 +207,9 @@ def test_server_serves_https_with_the_given_certificate(tmp_path: Path) -> None:
     cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     server = ServerProcess(
-        data_dir=tmp_path / "data",
+        directory=tmp_path / "server",
+        poll_seconds=0.1,
+        dev=False,
         extra_arguments=("--tls-cert", str(cert_path), "--tls-key", str(key_path)),
         scheme="https",
         verify=ssl.create_default_context(cafile=str(cert_path)),

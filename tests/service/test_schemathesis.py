@@ -27,7 +27,7 @@ EXAMPLES_PER_OPERATION = 12
 
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = ServerProcess(data_dir=tmp_path_factory.mktemp("fuzz-server")).start()
+    server = ServerProcess(directory=tmp_path_factory.mktemp("fuzz-server"), poll_seconds=0.1, dev=False).start()
     yield server
     server.kill()
 
