@@ -201,7 +201,8 @@ def run_case(clients: int, dim: int, dropout: float, graph: str, add_seconds: fl
         "client_round_seconds_median": report["client_round_seconds_median"],
         "client_seconds_median": report["client_seconds_median"],
         "client_r2_floor_seconds": client_floor,
-        "client_r2_ratio_to_aes_limit": report["client_round_seconds_median"].get(Round.MASKED_INPUT_COLLECTION.key, 0.0) / client_floor,
+        "client_r2_ratio_to_aes_limit": report["client_round_seconds_median"].get(Round.MASKED_INPUT_COLLECTION.key, 0.0)
+        / client_floor,
         "server_round_seconds": server["server_round_seconds"],
         "server_seconds": server["server_seconds"],
         "server_unmask_seconds": server["server_unmask_seconds"],
@@ -209,7 +210,8 @@ def run_case(clients: int, dim: int, dropout: float, graph: str, add_seconds: fl
         "server_unmask_floor_seconds": expansion_floor,
         "server_unmask_ratio_to_aes_limit": server["server_unmask_seconds"] / expansion_floor if expansion_floor else None,
         "server_total_ratio_to_aes_limit": server["server_seconds"] / expansion_floor if expansion_floor else None,
-        "server_r2_ratio_to_add_limit": server["server_round_seconds"].get(Round.MASKED_INPUT_COLLECTION.key, 0.0) / collection_floor,
+        "server_r2_ratio_to_add_limit": server["server_round_seconds"].get(Round.MASKED_INPUT_COLLECTION.key, 0.0)
+        / collection_floor,
         "server_peak_rss_mb": server["server_peak_rss_bytes"] / 2**20,
         "server_extra_rss_mb": (server["server_peak_rss_bytes"] - server["server_start_rss_bytes"]) / 2**20,
         "vector_mb": vector_bytes / 2**20,
@@ -286,7 +288,8 @@ def run(argv: list[str] | None = None) -> None:
                     graph == "harary"
                     and previous is not None
                     and _harary_degree(clients, dropout) is None
-                    and (previous["clients"], previous["dim"], previous["dropout"], previous["graph"]) == (clients, dim, dropout, "full")
+                    and (previous["clients"], previous["dim"], previous["dropout"], previous["graph"])
+                    == (clients, dim, dropout, "full")
                 ):
                     result = {**previous, "graph_requested": "harary"}
                 else:

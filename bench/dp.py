@@ -92,9 +92,7 @@ def _participant_noise() -> list[dict[str, object]]:
     seed = os.urandom(32)
     encode = _median_seconds(lambda: encode_update(update, config, rotation_seed=seed, source=system))
     encoded = encode_update(update, config, rotation_seed=seed, source=system).values
-    decode = _median_seconds(
-        lambda: decode_aggregate(encoded, config, rotation_seed=seed, survivors=config.min_survivors)
-    )
+    decode = _median_seconds(lambda: decode_aggregate(encoded, config, rotation_seed=seed, survivors=config.min_survivors))
     for label, seconds in (
         ("bank: clip + rotate + round + noise + ring (os.urandom)", encode),
         ("server: ring sum -> unscale + unrotate", decode),
@@ -123,9 +121,18 @@ def _gaussian_sampler() -> list[dict[str, object]]:
     variants = [
         ("numpy default generator (baseline, not a CSPRNG)", baseline),
         ("torch.normal default generator (Opacus without secure_mode; not a CSPRNG)", torch_default),
-        ("CSPRNG os.urandom, Box-Muller, 1 sample (no float hardening)", _median_seconds(lambda: gaussian_noise(system, count, std=1.0, summands=1))),
-        ("CSPRNG os.urandom, Box-Muller, sum of 4 (Holohan-Braghin)", _median_seconds(lambda: gaussian_noise(system, count, std=1.0))),
-        ("CSPRNG AES-256-CTR, Box-Muller, sum of 4 (Holohan-Braghin)", _median_seconds(lambda: gaussian_noise(aes, count, std=1.0))),
+        (
+            "CSPRNG os.urandom, Box-Muller, 1 sample (no float hardening)",
+            _median_seconds(lambda: gaussian_noise(system, count, std=1.0, summands=1)),
+        ),
+        (
+            "CSPRNG os.urandom, Box-Muller, sum of 4 (Holohan-Braghin)",
+            _median_seconds(lambda: gaussian_noise(system, count, std=1.0)),
+        ),
+        (
+            "CSPRNG AES-256-CTR, Box-Muller, sum of 4 (Holohan-Braghin)",
+            _median_seconds(lambda: gaussian_noise(aes, count, std=1.0)),
+        ),
     ]
     return [
         {

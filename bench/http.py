@@ -22,8 +22,6 @@ On a shared 2-core machine absolute seconds are noisy; the ratios are the figure
 
 from __future__ import annotations
 
-from secagg.rounds import Round
-
 import json
 import multiprocessing
 import platform
@@ -33,6 +31,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+from secagg.rounds import Round
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -128,7 +128,7 @@ def _minimal_http_server(port_queue) -> None:
     class Sink(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def do_POST(self) -> None:  # noqa: N802 - the stdlib's naming
+        def do_POST(self) -> None:
             remaining = int(self.headers["Content-Length"])
             while remaining:
                 remaining -= len(self.rfile.read(min(remaining, 1 << 20)))
@@ -224,7 +224,7 @@ def round_overhead(clients: int, dim: int) -> dict:
 def upload_throughput(clients: int, dim: int) -> dict:
     from clients.harness.http_simulation import run_http_simulation
     from clients.harness.simulation import SimulationParameters
-    
+
     uploads: list[tuple[int, float, float]] = []
     lock = threading.Lock()
 

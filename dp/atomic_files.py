@@ -74,7 +74,9 @@ def read_private_file(path: Path) -> bytes:
     with os.fdopen(descriptor, "rb") as handle:
         mode = os.fstat(handle.fileno()).st_mode
         if os.name == "posix" and stat.S_IMODE(mode) & 0o077:
-            raise NotPrivate(f"{path} has mode {stat.S_IMODE(mode):04o}; it must not be accessible by group or others (chmod 600)")
+            raise NotPrivate(
+                f"{path} has mode {stat.S_IMODE(mode):04o}; it must not be accessible by group or others (chmod 600)"
+            )
         return handle.read()
 
 

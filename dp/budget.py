@@ -53,8 +53,8 @@ from types import MappingProxyType
 from typing import Any
 
 from dp.accounting import AccountantKind, MechanismEvent
-from dp.errors import DPError
 from dp.audit.privacy_ledger import LedgerEntry, PrivacyLedger, PrivacyUnit, RefusalReason
+from dp.errors import DPError
 
 __all__ = ["Authorization", "BudgetExceeded", "BudgetGuard", "BudgetPolicy", "BudgetPolicyError", "UnitBudget"]
 
@@ -67,7 +67,9 @@ class BudgetExceeded(DPError):
     """A contribution was refused because it would take a unit over its budget. Nothing
     was spent; the ledger records the refusal."""
 
-    def __init__(self, *, unit: PrivacyUnit, round_id: str, spent: float, would_reach: float, budget: float, delta: float) -> None:
+    def __init__(
+        self, *, unit: PrivacyUnit, round_id: str, spent: float, would_reach: float, budget: float, delta: float
+    ) -> None:
         self.unit = unit
         self.round_id = round_id
         self.spent = spent
@@ -115,7 +117,9 @@ class BudgetPolicy:
     def __post_init__(self) -> None:
         if not self.budgets:
             raise BudgetPolicyError("a policy must budget at least one unit")
-        object.__setattr__(self, "budgets", MappingProxyType({PrivacyUnit(unit): budget for unit, budget in self.budgets.items()}))
+        object.__setattr__(
+            self, "budgets", MappingProxyType({PrivacyUnit(unit): budget for unit, budget in self.budgets.items()})
+        )
         if self.party_id is not None and (not isinstance(self.party_id, str) or not self.party_id):
             raise BudgetPolicyError("party must be a non-empty string")
 
@@ -126,7 +130,7 @@ class BudgetPolicy:
             raise BudgetPolicyError(f"the policy sets no budget for {unit.value}-level privacy; refusing to spend it") from None
 
     @classmethod
-    def from_dict(cls, value: Mapping[str, Any]) -> "BudgetPolicy":
+    def from_dict(cls, value: Mapping[str, Any]) -> BudgetPolicy:
         if not isinstance(value, Mapping):
             raise BudgetPolicyError("a policy is an object with 'budgets' and optionally 'party'")
         unknown = set(value) - {"party", "budgets"}
@@ -153,7 +157,7 @@ class BudgetPolicy:
         return cls(budgets=budgets, party_id=value.get("party"))
 
     @classmethod
-    def load(cls, path: Path | str) -> "BudgetPolicy":
+    def load(cls, path: Path | str) -> BudgetPolicy:
         """Read a JSON policy, or a TOML one if the file name ends in ``.toml``."""
         path = Path(path)
         try:

@@ -47,27 +47,17 @@ _SKELLAM_HELP = (
     "(or exactly 1). Skellam is accounted with RDP only (Agarwal, Kairouz, Liu 2021, Corollary 3.6)."
 )
 
-MechanismOption = Annotated[
-    MechanismKind, typer.Option("--mechanism", help="Noise mechanism: gaussian (DP-SGD) or skellam.")
-]
+MechanismOption = Annotated[MechanismKind, typer.Option("--mechanism", help="Noise mechanism: gaussian (DP-SGD) or skellam.")]
 AccountantOption = Annotated[
     AccountantKind,
     typer.Option("--accountant", help="rdp (Gaussian and Skellam) or prv (Gaussian only; tighter)."),
 ]
 StepsOption = Annotated[int, typer.Option("--steps", help="Number of steps (Gaussian) or rounds (Skellam).")]
 DeltaOption = Annotated[float, typer.Option("--delta", help="Target delta, 0 < delta < 1.")]
-SampleRateOption = Annotated[
-    float | None, typer.Option("--sample-rate", help="Poisson sampling rate q, 0 < q <= 1 (Gaussian).")
-]
-L1Option = Annotated[
-    float | None, typer.Option("--l1-sensitivity", help="Skellam: L1 sensitivity in integer units.")
-]
-L2Option = Annotated[
-    float | None, typer.Option("--l2-sensitivity", help="Skellam: L2 sensitivity in integer units.")
-]
-JsonOption = Annotated[
-    bool, typer.Option("--json", help="Print one JSON object (the last line of stdout) instead of text.")
-]
+SampleRateOption = Annotated[float | None, typer.Option("--sample-rate", help="Poisson sampling rate q, 0 < q <= 1 (Gaussian).")]
+L1Option = Annotated[float | None, typer.Option("--l1-sensitivity", help="Skellam: L1 sensitivity in integer units.")]
+L2Option = Annotated[float | None, typer.Option("--l2-sensitivity", help="Skellam: L2 sensitivity in integer units.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object (the last line of stdout) instead of text.")]
 
 
 def _fail(error: AccountingError) -> typer.Exit:
@@ -93,9 +83,7 @@ def _refuse_options(mechanism: MechanismKind, **given: object) -> None:
 
 def _skellam_sample_rate(sample_rate: float | None) -> None:
     if sample_rate is not None and sample_rate != 1.0:
-        raise InvalidParameterError(
-            "the skellam mechanism is accounted without subsampling: omit --sample-rate or give 1"
-        )
+        raise InvalidParameterError("the skellam mechanism is accounted without subsampling: omit --sample-rate or give 1")
 
 
 def _event_from_options(
@@ -137,10 +125,7 @@ def _event_fields(event: MechanismEvent) -> dict[str, Any]:
 
 def _describe(event: MechanismEvent) -> str:
     if isinstance(event, SampledGaussian):
-        return (
-            f"gaussian: noise multiplier {event.noise_multiplier:g}, sample rate {event.sample_rate:g}, "
-            f"{event.steps} steps"
-        )
+        return f"gaussian: noise multiplier {event.noise_multiplier:g}, sample rate {event.sample_rate:g}, {event.steps} steps"
     return (
         f"skellam: variance {event.variance:g} (noise multiplier "
         f"{math.sqrt(event.variance) / event.l2_sensitivity:g}), L1 sensitivity {event.l1_sensitivity:g}, "
@@ -233,9 +218,7 @@ def noise_for_command(
                 accountant=accountant,
                 tolerance=tolerance,
             )
-            event: MechanismEvent = SampledGaussian(
-                noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps
-            )
+            event: MechanismEvent = SampledGaussian(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps)
         else:
             _skellam_sample_rate(sample_rate)
             if accountant is not AccountantKind.RDP:

@@ -55,8 +55,8 @@ from dp.accounting import (
     save_accountant,
 )
 from dp.errors import DPError
-from dp.models import ModelKind, ModelSpec
 from dp.mechanisms.noise import gaussian_noise, poisson_subsample
+from dp.models import ModelKind, ModelSpec
 from secagg.hazmat.randomness import RandomSource, SystemRandom, uniform_floats
 
 _EPSILON_TOLERANCE = 1e-9

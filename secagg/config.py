@@ -100,8 +100,7 @@ class RoundConfig:
         rule = minimum_threshold(self.mode, n)
         if not isinstance(self.threshold, int) or not rule <= self.threshold <= n:
             raise ConfigurationError(
-                f"threshold {self.threshold} is unsafe for {n} participants in {self.mode.value} mode: "
-                f"it must be in {rule}..{n}"
+                f"threshold {self.threshold} is unsafe for {n} participants in {self.mode.value} mode: it must be in {rule}..{n}"
             )
         if self.graph is GraphKind.FULL:
             if self.degree is not None:

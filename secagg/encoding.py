@@ -116,15 +116,13 @@ class FixedPointEncoding:
             )
 
     @classmethod
-    def with_max_precision(cls, ring: Ring, clip: float, max_summands: int) -> "FixedPointEncoding":
+    def with_max_precision(cls, ring: Ring, clip: float, max_summands: int) -> FixedPointEncoding:
         """The largest power-of-two scale for which ``max_summands`` inputs cannot wrap."""
         if not (math.isfinite(clip) and clip > 0) or max_summands < 1:
             raise EncodingError("clip must be positive and finite, max_summands at least 1")
         headroom = ((1 << (ring.bits - 1)) - 1) // max_summands - 2
         if headroom < 1:
-            raise RingOverflowError(
-                f"{max_summands} inputs cannot be summed in Z_2^{ring.bits} at any precision"
-            )
+            raise RingOverflowError(f"{max_summands} inputs cannot be summed in Z_2^{ring.bits} at any precision")
         ratio = headroom / clip
         if not math.isfinite(ratio):
             raise EncodingError(f"clip {clip!r} is too small for a floating-point scale")

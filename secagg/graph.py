@@ -23,6 +23,7 @@ from secagg.config import GraphKind, ProtocolMode, RoundConfig, minimum_threshol
 from secagg.hazmat import prg
 from secagg.hazmat.kdf import KeyPurpose, derive_key
 
+
 class NeighbourMap(Mapping[int, frozenset[int]]):
     """Each member's neighbours (excluding itself), as a read-only mapping.
 
@@ -80,9 +81,7 @@ def harary_neighbours(members: list[int], degree: int, session_id: bytes) -> Nei
     half = degree // 2
     adjacency: dict[int, frozenset[int]] = {}
     for position, member in enumerate(cycle):
-        adjacency[member] = frozenset(
-            cycle[(position + offset) % size] for offset in range(-half, half + 1) if offset != 0
-        )
+        adjacency[member] = frozenset(cycle[(position + offset) % size] for offset in range(-half, half + 1) if offset != 0)
     return NeighbourMap(members, adjacency)
 
 
@@ -138,7 +137,11 @@ def _binomial_upper_tail(trials: int, probability: float, at_least: int) -> floa
     log_p = math.log(probability)
     log_q = math.log1p(-probability)
     log_terms = [
-        math.lgamma(trials + 1) - math.lgamma(count + 1) - math.lgamma(trials - count + 1) + count * log_p + (trials - count) * log_q
+        math.lgamma(trials + 1)
+        - math.lgamma(count + 1)
+        - math.lgamma(trials - count + 1)
+        + count * log_p
+        + (trials - count) * log_q
         for count in range(at_least, trials + 1)
     ]
     peak = max(log_terms)

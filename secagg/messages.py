@@ -185,7 +185,7 @@ class AdvertiseKeys:
         writer.fixed(self.signature, SIGNATURE_BYTES, "signature")
 
     @classmethod
-    def _read(cls, reader: _Reader) -> "AdvertiseKeys":
+    def _read(cls, reader: _Reader) -> AdvertiseKeys:
         return cls(
             config_digest=reader.fixed(DIGEST_BYTES, "config digest"),
             sender=reader.u32("sender"),
@@ -210,7 +210,7 @@ class KeyList:
             entry._write(writer)
 
     @classmethod
-    def _read(cls, reader: _Reader) -> "KeyList":
+    def _read(cls, reader: _Reader) -> KeyList:
         digest = reader.fixed(DIGEST_BYTES, "config digest")
         count = reader.count("entry count")
         return cls(config_digest=digest, entries=tuple(AdvertiseKeys._read(reader) for _ in range(count)))
@@ -251,7 +251,7 @@ class ShareKeys:
             writer.blob(item.ciphertext, "ciphertext")
 
     @classmethod
-    def _read(cls, reader: _Reader) -> "ShareKeys":
+    def _read(cls, reader: _Reader) -> ShareKeys:
         session = reader.fixed(SESSION_ID_BYTES, "session id")
         sender = reader.u32("sender")
         commitment = reader.fixed(DIGEST_BYTES, "self-mask commitment")
@@ -285,7 +285,7 @@ class MaskedInputRequest:
             writer.blob(item.ciphertext, "ciphertext")
 
     @classmethod
-    def _read(cls, reader: _Reader) -> "MaskedInputRequest":
+    def _read(cls, reader: _Reader) -> MaskedInputRequest:
         session = reader.fixed(SESSION_ID_BYTES, "session id")
         recipient = reader.u32("recipient")
         survivors = reader.ids("survivors")
@@ -313,7 +313,7 @@ class MaskedInput:
         writer.vector(self.masked_vector, self.bits)
 
     @classmethod
-    def _read(cls, reader: _Reader) -> "MaskedInput":
+    def _read(cls, reader: _Reader) -> MaskedInput:
         session = reader.fixed(SESSION_ID_BYTES, "session id")
         sender = reader.u32("sender")
         vector, bits = reader.vector()
@@ -333,7 +333,7 @@ class ConsistencyCheckRequest:
         writer.ids(self.survivors, "survivors")
 
     @classmethod
-    def _read(cls, reader: _Reader) -> "ConsistencyCheckRequest":
+    def _read(cls, reader: _Reader) -> ConsistencyCheckRequest:
         return cls(session_id=reader.fixed(SESSION_ID_BYTES, "session id"), survivors=reader.ids("survivors"))
 
 
@@ -352,7 +352,7 @@ class ConsistencyCheck:
         writer.fixed(self.signature, SIGNATURE_BYTES, "signature")
 
     @classmethod
-    def _read(cls, reader: _Reader) -> "ConsistencyCheck":
+    def _read(cls, reader: _Reader) -> ConsistencyCheck:
         return cls(
             session_id=reader.fixed(SESSION_ID_BYTES, "session id"),
             sender=reader.u32("sender"),
@@ -388,7 +388,7 @@ class UnmaskingRequest:
             writer.fixed(item.signature, SIGNATURE_BYTES, "signature")
 
     @classmethod
-    def _read(cls, reader: _Reader) -> "UnmaskingRequest":
+    def _read(cls, reader: _Reader) -> UnmaskingRequest:
         session = reader.fixed(SESSION_ID_BYTES, "session id")
         survivors = reader.ids("survivors")
         dropped = reader.ids("dropped")
@@ -431,7 +431,7 @@ class UnmaskingShares:
                 writer.fixed(item.share, SHARE_BYTES, "share")
 
     @classmethod
-    def _read(cls, reader: _Reader) -> "UnmaskingShares":
+    def _read(cls, reader: _Reader) -> UnmaskingShares:
         session = reader.fixed(SESSION_ID_BYTES, "session id")
         sender = reader.u32("sender")
         groups = []

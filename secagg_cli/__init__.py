@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import typer
 
-from clients.runtime.cli import client_app
 from clients.harness.demo import demo_command
 from clients.harness.simulation import simulate_command
+from clients.runtime.cli import client_app
 from clients.training.cli import train_command
 from dp.audit.cli import audit_app
 from dp.cli import dp_app

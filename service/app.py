@@ -20,13 +20,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.rounds import MAX_DIM, RoundEngine
-from service.db import Database
 from secagg.http_contract import MAX_OTHER_BODY_BYTES, PROBLEM_TYPE_PREFIX
+from service.db import Database
 from service.ledger import RoundLedger, load_or_create_signing_key
 from service.logs import configure_logging
 from service.metrics import ServiceMetrics
 from service.problems import PROBLEM_CONTENT_TYPE, Problem, ProblemType, ServiceProblem, problem_body
+from service.rounds import MAX_DIM, RoundEngine
 from service.settings import ServiceSettings, load_settings
 from service.watch import RoundWatch
 
@@ -53,9 +53,7 @@ def create_app(settings: ServiceSettings, *, clock: Callable[[], float] | None =
         metrics = ServiceMetrics.create()
         extra: dict[str, Any] = {"clock": clock} if clock is not None else {}
         watch = RoundWatch(asyncio.get_running_loop())
-        engine = RoundEngine(
-            database, metrics=metrics, ledger=ledger, max_dim=MAX_DIM, on_round_changed=watch.notify, **extra
-        )
+        engine = RoundEngine(database, metrics=metrics, ledger=ledger, max_dim=MAX_DIM, on_round_changed=watch.notify, **extra)
         app.state.watch = watch
         app.state.settings = settings
         app.state.admin_token = admin_token
@@ -209,7 +207,11 @@ def _install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_problem(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
-            {"loc": [str(part) for part in error.get("loc", ())], "msg": str(error.get("msg", "")), "type": str(error.get("type", ""))}
+            {
+                "loc": [str(part) for part in error.get("loc", ())],
+                "msg": str(error.get("msg", "")),
+                "type": str(error.get("type", "")),
+            }
             for error in exc.errors()
         ]
         return _problem_response(ProblemType.VALIDATION_ERROR, "the request does not match its schema", errors=errors)
@@ -225,7 +227,12 @@ def _install_problem_handlers(app: FastAPI) -> None:
     async def internal_problem(request: Request, exc: Exception) -> JSONResponse:
         LOGGER.error("internal_error", extra={"error": type(exc).__name__, "path": request.url.path}, exc_info=exc)
         return JSONResponse(
-            {"type": PROBLEM_TYPE_PREFIX + "internal-error", "title": "Internal error", "status": 500, "detail": "see the server log"},
+            {
+                "type": PROBLEM_TYPE_PREFIX + "internal-error",
+                "title": "Internal error",
+                "status": 500,
+                "detail": "see the server log",
+            },
             status_code=500,
             media_type=PROBLEM_CONTENT_TYPE,
         )

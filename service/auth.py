@@ -18,8 +18,6 @@ from fastapi import Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.rounds import RoundEngine
-from service.problems import ProblemType, ServiceProblem
 from secagg.http_contract import (
     AuthFailure,
     RequestAuthError,
@@ -29,6 +27,8 @@ from secagg.http_contract import (
     parse_credentials,
     verify_request,
 )
+from service.problems import ProblemType, ServiceProblem
+from service.rounds import RoundEngine
 from service.schemas import ParticipantRole
 from service.settings import ServiceSettings
 
@@ -105,7 +105,9 @@ def complete_authentication(
     """Signature, then the single-use nonce."""
     if settings.require_signatures:
         try:
-            verify_request(pending.credentials, pending.public_key, request.method, path_with_query(request), body_sha256=body_sha256)
+            verify_request(
+                pending.credentials, pending.public_key, request.method, path_with_query(request), body_sha256=body_sha256
+            )
         except RequestAuthError as exc:
             raise _auth_problem(request, _PROBLEM_OF_AUTH_FAILURE[exc.failure], exc.detail) from None
     credentials = pending.credentials
@@ -165,9 +167,7 @@ AuditorCaller = Annotated[Caller, Depends(auditor_caller)]
 _bearer = HTTPBearer(auto_error=False, description="The admin token from --admin-token-file.")
 
 
-async def admin_caller(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> None:
+async def admin_caller(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
     expected = request.app.state.admin_token.get_secret_value()
     presented = credentials.credentials if credentials is not None and credentials.scheme.lower() == "bearer" else ""
     if not constant_time_equal(presented, expected):

@@ -34,6 +34,7 @@ from secagg.rounds import STAGE_NAMES
 
 LOGGER = logging.getLogger("secagg.service.ledger")
 
+
 def public_key_path(key_path: Path) -> Path:
     """Where the public half of the ledger key at ``key_path`` is exported."""
     return key_path.with_name(key_path.name + ".pub")

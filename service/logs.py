@@ -15,9 +15,30 @@ from typing import Any
 
 ALLOWED_FIELDS = frozenset(
     {
-        "event", "round_id", "stage", "sender", "participant", "role", "problem", "reason", "status", "size",
-        "responded", "expected", "outcome", "duration_seconds", "error", "method", "path", "workers", "database",
-        "host", "port", "closed_stages", "count", "ledger_public_key",
+        "event",
+        "round_id",
+        "stage",
+        "sender",
+        "participant",
+        "role",
+        "problem",
+        "reason",
+        "status",
+        "size",
+        "responded",
+        "expected",
+        "outcome",
+        "duration_seconds",
+        "error",
+        "method",
+        "path",
+        "workers",
+        "database",
+        "host",
+        "port",
+        "closed_stages",
+        "count",
+        "ledger_public_key",
     }
 )
 

@@ -27,22 +27,35 @@ class ServiceMetrics:
     auth_failures: Counter
 
     @classmethod
-    def create(cls) -> "ServiceMetrics":
+    def create(cls) -> ServiceMetrics:
         registry = CollectorRegistry(auto_describe=True)
         return cls(
             registry=registry,
             rounds_finished=Counter(
-                "secagg_rounds_finished", "Rounds that finished, by outcome and abort reason.", ["outcome", "reason"], registry=registry
+                "secagg_rounds_finished",
+                "Rounds that finished, by outcome and abort reason.",
+                ["outcome", "reason"],
+                registry=registry,
             ),
             stage_duration=Histogram(
-                "secagg_stage_duration_seconds", "Time from a stage opening to its closing.", ["stage"],
-                buckets=STAGE_DURATION_BUCKETS, registry=registry,
+                "secagg_stage_duration_seconds",
+                "Time from a stage opening to its closing.",
+                ["stage"],
+                buckets=STAGE_DURATION_BUCKETS,
+                registry=registry,
             ),
             dropouts=Counter(
-                "secagg_dropouts", "Participants expected in a stage that did not answer before it closed.", ["stage"], registry=registry
+                "secagg_dropouts",
+                "Participants expected in a stage that did not answer before it closed.",
+                ["stage"],
+                registry=registry,
             ),
             bytes_in=Counter("secagg_message_bytes_in", "Bytes of accepted client messages.", ["stage"], registry=registry),
             messages_accepted=Counter("secagg_messages_accepted", "Accepted client messages.", ["stage"], registry=registry),
-            messages_rejected=Counter("secagg_messages_rejected", "Refused client messages, by problem type.", ["problem"], registry=registry),
-            auth_failures=Counter("secagg_auth_failures", "Refused credentials, by problem type.", ["problem"], registry=registry),
+            messages_rejected=Counter(
+                "secagg_messages_rejected", "Refused client messages, by problem type.", ["problem"], registry=registry
+            ),
+            auth_failures=Counter(
+                "secagg_auth_failures", "Refused credentials, by problem type.", ["problem"], registry=registry
+            ),
         )

@@ -33,6 +33,7 @@ __all__ = [
     "problem_responses",
 ]
 
+
 class ServiceProblem(Exception):
     """A refusal with a stable problem type; rendered by the app's exception handler."""
 

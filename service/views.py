@@ -8,8 +8,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from service.rounds import RoundEngine, StoredParameters
 from service.db import ParticipantRow, RoundRow
+from service.rounds import RoundEngine, StoredParameters
 
 
 def participant_view(row: ParticipantRow) -> dict[str, Any]:

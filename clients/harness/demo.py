@@ -53,7 +53,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -62,12 +62,12 @@ import typer
 
 from clients.training.datasets import BANK_REGIONS, POSITIVE, TARGET, lending_club_schema, load_lending_club, split_banks
 from clients.training.federated import LEDGER_FILE, MODEL_FILE, PROGRESS_FILE, BankJob, ProgressLog
-from clients.training.plan import FederatedError, FederatedPlan, predict_logits, statistics_dim
 from clients.training.metrics import accuracy, roc_auc
+from clients.training.plan import FederatedError, FederatedPlan, predict_logits, statistics_dim
 from clients.training.tabular import Preprocessor, TabularSchema
 from dp.models import ModelKind, ModelSpec
-from secagg.rounds import Round
 from secagg.config import ProtocolMode, minimum_threshold
+from secagg.rounds import Round
 
 MIN_BANKS = 3
 """Below three banks, the sum of two reveals the other's update to each (clients.runtime.policy.DEFAULT_MIN_COHORT_SIZE)."""
@@ -154,7 +154,9 @@ def train_centralized(spec: ModelSpec, start: np.ndarray, features: np.ndarray, 
     return flatten_parameters(model)
 
 
-def train_dp_alone(plan: FederatedPlan, spec: ModelSpec, start: np.ndarray, features: np.ndarray, labels: np.ndarray, accountant: Path) -> np.ndarray:
+def train_dp_alone(
+    plan: FederatedPlan, spec: ModelSpec, start: np.ndarray, features: np.ndarray, labels: np.ndarray, accountant: Path
+) -> np.ndarray:
     """DP-SGD on one party's rows with the plan's parameters, all epochs of the run in one go, same target epsilon."""
     from dp.training import BankTrainer, DPSGDConfig, EpsilonTarget
 
@@ -174,7 +176,7 @@ def train_dp_alone(plan: FederatedPlan, spec: ModelSpec, start: np.ndarray, feat
 
 
 def _fresh_run_dir(runs_dir: Path) -> Path:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     for suffix in [""] + [f"-{index}" for index in range(1, 100)]:
         candidate = runs_dir / f"{stamp}{suffix}"
         try:
@@ -195,7 +197,7 @@ class _Banks:
 
     def start(self, jobs: dict[str, Path]) -> None:
         for bank_id in self.ids:
-            log = open(self.directories[bank_id] / "bank.log", "ab")
+            log = open(self.directories[bank_id] / "bank.log", "ab")  # noqa: SIM115 - owned by the subprocess until it exits
             self.processes[bank_id] = subprocess.Popen(
                 [sys.executable, "-m", "clients.harness.bank_process", str(jobs[bank_id])],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -212,7 +214,9 @@ class _Banks:
                 raise DemoError(f"{bank_id} failed: {failed[-1]['error']} (see {self.directories[bank_id] / 'bank.log'})")
             process = self.processes.get(bank_id)
             finished = any(event["event"] == "finished" for event in self.events(bank_id))
-            if process is not None and process.poll() not in (None, 0) or (process is not None and process.poll() == 0 and not finished):
+            if (process is not None and process.poll() not in (None, 0)) or (
+                process is not None and process.poll() == 0 and not finished
+            ):
                 raise DemoError(f"{bank_id} exited with code {process.returncode} (see {self.directories[bank_id] / 'bank.log'})")
 
     def wait_for(self, predicate, *, what: str, timeout: float) -> dict[str, dict[str, Any]]:
@@ -277,7 +281,8 @@ def _round_table(rows: list[dict[str, Any]], bank_ids: list[str], title: str):
     for row in rows:
         table.add_row(
             str(row["round"]),
-            f"{row['survivors']}/{len(bank_ids)}" + (" ↓" + ",".join(bank.removeprefix("bank-") for bank in row["dropouts"]) if row["dropouts"] else ""),
+            f"{row['survivors']}/{len(bank_ids)}"
+            + (" ↓" + ",".join(bank.removeprefix("bank-") for bank in row["dropouts"]) if row["dropouts"] else ""),
             f"{row['auc']:.4f}",
             f"{row['accuracy']:.4f}",
             *[f"{row['epsilon'][bank]:.2f}" for bank in bank_ids],
@@ -322,7 +327,11 @@ def run_demo(config: DemoConfig, *, console: Any = None) -> dict[str, Any]:
     for index, bank_id in enumerate(bank_ids):
         directories[bank_id].mkdir(parents=True)
         (directories[bank_id] / "loans.csv").write_bytes(split.banks[bank_id].to_csv_bytes())
-        dropout = {"round_index": config.dropout_round, "protocol_round": Round.MASKED_INPUT_COLLECTION.key} if config.dropout and index == config.dropout_bank else None
+        dropout = (
+            {"round_index": config.dropout_round, "protocol_round": Round.MASKED_INPUT_COLLECTION.key}
+            if config.dropout and index == config.dropout_bank
+            else None
+        )
         job = BankJob(
             participant_id=bank_id,
             data=directories[bank_id] / "loans.csv",
@@ -352,7 +361,13 @@ def run_demo(config: DemoConfig, *, console: Any = None) -> dict[str, Any]:
             with AdminClient(server.base_url, server.admin_token) as admin:
                 for bank_id in bank_ids:
                     admin.enroll(bank_id, bytes.fromhex(ready[bank_id]["public_key"]))
-                base_round = {"cohort": bank_ids, "threshold": threshold, "mode": plan.mode.value, "graph": "full", "degree": None}
+                base_round = {
+                    "cohort": bank_ids,
+                    "threshold": threshold,
+                    "mode": plan.mode.value,
+                    "graph": "full",
+                    "degree": None,
+                }
                 total_rounds = 0
                 if not schema.is_standardized:
                     created = admin.create_round(
@@ -379,14 +394,22 @@ def run_demo(config: DemoConfig, *, console: Any = None) -> dict[str, Any]:
                         deadlines = dict(NORMAL_DEADLINES)
                         dropping = config.dropout and round_index == config.dropout_round
                         if dropping:
-                            deadlines.update({item.key: DROPOUT_STAGE_DEADLINE_SECONDS for item in Round if item.number >= Round.MASKED_INPUT_COLLECTION.number})
+                            deadlines.update(
+                                {
+                                    item.key: DROPOUT_STAGE_DEADLINE_SECONDS
+                                    for item in Round
+                                    if item.number >= Round.MASKED_INPUT_COLLECTION.number
+                                }
+                            )
                         created = admin.create_round(
                             {**base_round, "dim": round_dim, "bits": plan.ring_bits, "dp_policy": privacy, "deadlines": deadlines}
                         )
                         round_id = created["round_id"]
                         status = _wait_round_finished(admin, round_id, ROUND_TIMEOUT_SECONDS)
                         if status["outcome"] != "completed":
-                            raise DemoError(f"round {round_index + 1} aborted: {status.get('abort_reason')} {status.get('abort_detail')}")
+                            raise DemoError(
+                                f"round {round_index + 1} aborted: {status.get('abort_reason')} {status.get('abort_detail')}"
+                            )
                         reports = banks.wait_for(
                             lambda event, rid=round_id: event["event"] == "round" and event["round_id"] == rid,
                             what=f"round {round_index + 1}", timeout=ROUND_TIMEOUT_SECONDS,
@@ -412,7 +435,9 @@ def run_demo(config: DemoConfig, *, console: Any = None) -> dict[str, Any]:
                         )
                         live.update(_round_table(rows, bank_ids, "federated rounds"))
                 console.print()
-                finals = banks.wait_for(lambda event: event["event"] == "finished", what="final reports", timeout=ROUND_TIMEOUT_SECONDS)
+                finals = banks.wait_for(
+                    lambda event: event["event"] == "finished", what="final reports", timeout=ROUND_TIMEOUT_SECONDS
+                )
                 server_ledger = server.data_dir / "server-ledger.jsonl"
                 _wait_ledger(server_ledger, total_rounds, timeout=60.0)
                 history = {row["round_id"]: admin.round_status(row["round_id"]) for row in rows}
@@ -425,7 +450,11 @@ def run_demo(config: DemoConfig, *, console: Any = None) -> dict[str, Any]:
     baselines = _baselines(plan, spec, preprocessor, split, test, run_dir)
     final_model = np.load(directories[bank_ids[0]] / MODEL_FILE, allow_pickle=False)
     auc_federated, accuracy_federated = evaluate(spec, final_model, test.features, test.labels)
-    dropouts = [{"round": row["round"], "round_id": row["round_id"], "banks": row["dropouts"], "survivors": row["survivors"]} for row in rows if row["dropouts"]]
+    dropouts = [
+        {"round": row["round"], "round_id": row["round_id"], "banks": row["dropouts"], "survivors": row["survivors"]}
+        for row in rows
+        if row["dropouts"]
+    ]
     summary = {
         "rounds": plan.rounds,
         "banks": bank_ids,
@@ -470,7 +499,14 @@ def _r2_responded(status: dict[str, Any]) -> list[int]:
     return []
 
 
-def _write_audit(run_dir: Path, bank_ids: list[str], directories: dict[str, Path], ready: dict[str, dict[str, Any]], server_dir: Path, report_path: Path) -> tuple[bool, str]:
+def _write_audit(
+    run_dir: Path,
+    bank_ids: list[str],
+    directories: dict[str, Path],
+    ready: dict[str, dict[str, Any]],
+    server_dir: Path,
+    report_path: Path,
+) -> tuple[bool, str]:
     from dp.audit.chain import load_public_key
     from dp.audit.report import build_report, render_html, run_audit
 
@@ -489,7 +525,9 @@ def _write_audit(run_dir: Path, bank_ids: list[str], directories: dict[str, Path
     return audit.ok, str(report.to_dict().get("verdict", ""))
 
 
-def _baselines(plan: FederatedPlan, spec: ModelSpec, preprocessor: Preprocessor, split: Any, test: Any, run_dir: Path) -> dict[str, Any]:
+def _baselines(
+    plan: FederatedPlan, spec: ModelSpec, preprocessor: Preprocessor, split: Any, test: Any, run_dir: Path
+) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
@@ -502,7 +540,12 @@ def _baselines(plan: FederatedPlan, spec: ModelSpec, preprocessor: Preprocessor,
     centralized = train_centralized(spec, start, pooled_x, pooled_y)
     centralized_dp = train_dp_alone(plan, spec, start, pooled_x, pooled_y, work / "centralized-dp-accountant.json")
     local = {
-        bank: evaluate(spec, train_dp_alone(plan, spec, start, data.features, data.labels, work / f"{bank}-accountant.json"), test.features, test.labels)[0]
+        bank: evaluate(
+            spec,
+            train_dp_alone(plan, spec, start, data.features, data.labels, work / f"{bank}-accountant.json"),
+            test.features,
+            test.labels,
+        )[0]
         for bank, data in datasets.items()
     }
     return {
@@ -520,18 +563,32 @@ def _print_comparison(console: Any, summary: dict[str, Any]) -> None:
     table.add_column("test AUC", justify="right")
     table.add_column("privacy")
     epsilon = max(summary["epsilon_per_bank"].values())
-    table.add_row("federated (secure aggregation + DP-SGD)", f"{summary['auc_federated']:.4f}", f"ε ≤ {epsilon:.2f} per bank, δ = {summary['delta']:g}")
+    table.add_row(
+        "federated (secure aggregation + DP-SGD)",
+        f"{summary['auc_federated']:.4f}",
+        f"ε ≤ {epsilon:.2f} per bank, δ = {summary['delta']:g}",
+    )
     participant = [value for value in summary["participant_epsilon_per_bank"].values() if value is not None]
     if participant:
-        table.add_row("  + participant-level Skellam in the ring", "", f"ε ≤ {max(participant):.2f} per bank's whole contribution, δ = {summary['participant_delta']:g}")
+        table.add_row(
+            "  + participant-level Skellam in the ring",
+            "",
+            f"ε ≤ {max(participant):.2f} per bank's whole contribution, δ = {summary['participant_delta']:g}",
+        )
     table.add_row("centralized, pooled data, non-private", f"{summary['auc_centralized']:.4f}", "none (raw data pooled)")
-    table.add_row("centralized, pooled data, DP-SGD", f"{summary['auc_centralized_dp']:.4f}", f"ε ≤ {summary['target_epsilon']:g} (raw data pooled)")
+    table.add_row(
+        "centralized, pooled data, DP-SGD",
+        f"{summary['auc_centralized_dp']:.4f}",
+        f"ε ≤ {summary['target_epsilon']:g} (raw data pooled)",
+    )
     table.add_row("each bank alone, DP-SGD (mean)", f"{summary['auc_local_mean']:.4f}", f"ε ≤ {summary['target_epsilon']:g}")
     console.print(table)
     console.print(
         f"dropouts: {summary['dropouts']} (recovered); audit: {'verified' if summary['audit_ok'] else 'FAILED'} — {summary['audit_verdict']}"
     )
-    console.print(f"summary: {summary['run_dir']}/summary.json   report: {summary['report']}   wall time {summary['wall_seconds']:.0f} s")
+    console.print(
+        f"summary: {summary['run_dir']}/summary.json   report: {summary['report']}   wall time {summary['wall_seconds']:.0f} s"
+    )
 
 
 def demo_command(
@@ -545,12 +602,18 @@ def demo_command(
     local_epochs: Annotated[int, typer.Option("--local-epochs", min=1, help="Local DP-SGD epochs per round.")] = 1,
     learning_rate: Annotated[float, typer.Option("--learning-rate", help="Local DP-SGD learning rate.")] = 1.0,
     model: Annotated[ModelKind, typer.Option("--model", help="Shared model.")] = ModelKind.LOGISTIC_REGRESSION,
-    update_clip: Annotated[float, typer.Option("--update-clip", help="L2 bound on each bank's model update before encoding.")] = 10.0,
+    update_clip: Annotated[
+        float, typer.Option("--update-clip", help="L2 bound on each bank's model update before encoding.")
+    ] = 10.0,
     participant_epsilon: Annotated[
         float | None,
-        typer.Option("--participant-epsilon", help="Also add participant-level Skellam noise in the ring for this epsilon over the run."),
+        typer.Option(
+            "--participant-epsilon", help="Also add participant-level Skellam noise in the ring for this epsilon over the run."
+        ),
     ] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the summary's main figures as one JSON line at the end.")] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the summary's main figures as one JSON line at the end.")
+    ] = False,
 ) -> None:
     """Five banks train a credit-default model through the real server, with DP and secure aggregation."""
     try:
@@ -564,5 +627,16 @@ def demo_command(
         typer.echo(f"secagg demo: {error}", err=True)
         raise typer.Exit(code=1) from None
     if json_output:
-        keys = ("rounds", "auc_federated", "auc_centralized", "auc_centralized_dp", "auc_local_mean", "epsilon_per_bank", "delta", "dropouts", "report", "wall_seconds")
+        keys = (
+            "rounds",
+            "auc_federated",
+            "auc_centralized",
+            "auc_centralized_dp",
+            "auc_local_mean",
+            "epsilon_per_bank",
+            "delta",
+            "dropouts",
+            "report",
+            "wall_seconds",
+        )
         typer.echo(json.dumps({key: summary[key] for key in keys}, sort_keys=True))

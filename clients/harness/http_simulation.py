@@ -18,8 +18,6 @@ from its round history (wall clock, waiting included).
 
 from __future__ import annotations
 
-from secagg.rounds import KEYS, Round
-
 import statistics
 import tempfile
 import threading
@@ -31,20 +29,21 @@ from pathlib import Path
 
 import numpy as np
 
+from clients.harness.faults import DroppingTransport, SimulatedDropout
+from clients.harness.local_server import AdminClient, LocalServer
+from clients.harness.simulation import SimulationParameters, SimulationReport
 from clients.runtime.errors import ClientError, ClientRefusedRound, ExcludedFromRound, RoundAbortedByServer
 from clients.runtime.http_transport import HttpTransport
 from clients.runtime.inputs import RingVectorInput
-from clients.harness.faults import DroppingTransport, SimulatedDropout
-from clients.harness.local_server import AdminClient, LocalServer
 from clients.runtime.policy import ClientPolicy
 from clients.runtime.retry import PollSchedule, RetryPolicy
 from clients.runtime.runner import RoundOutcome, run_round
-from clients.harness.simulation import SimulationParameters, SimulationReport
 from clients.runtime.transport import RoundTransport
 from secagg.config import minimum_threshold
 from secagg.encoding import Ring
 from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import DeterministicRandom, RandomSource, SystemRandom
+from secagg.rounds import KEYS, Round
 
 LONG_DEADLINE_SECONDS = 3600.0
 POLL_SCHEDULE = PollSchedule(initial_interval=0.5, multiplier=1.5, max_interval=3.0, timeout=LONG_DEADLINE_SECONDS)
@@ -118,7 +117,7 @@ def run_http_simulation(
     drop_at = Round.from_key(params.dropout_round.value).number
     input_seeds = [source.random_bytes(32) for _ in range(n)]
     deadline = (stage_deadline or dropout_stage_deadline(n, params.dim)) if dropped else None
-    deadlines = {name: LONG_DEADLINE_SECONDS for name in KEYS}
+    deadlines = dict.fromkeys(KEYS, LONG_DEADLINE_SECONDS)
     if deadline is not None:
         for later in Round:
             if later.number >= drop_at:
@@ -138,7 +137,7 @@ def run_http_simulation(
             server_start_seconds = time.perf_counter() - started
             started = time.perf_counter()
             with AdminClient(server.base_url, server.admin_token) as admin:
-                for name, identity in zip(names, identities):
+                for name, identity in zip(names, identities, strict=True):
                     admin.enroll(name, identity.public_bytes)
                 created = admin.create_round(
                     {
@@ -211,7 +210,9 @@ def run_http_simulation(
                 clients_cpu_seconds = time.process_time() - clients_cpu_before
                 server_cpu_after = local_server.cpu_seconds()
                 server_cpu_seconds = (
-                    server_cpu_after - server_cpu_before if server_cpu_after is not None and server_cpu_before is not None else None
+                    server_cpu_after - server_cpu_before
+                    if server_cpu_after is not None and server_cpu_before is not None
+                    else None
                 )
                 status = admin.round_status(round_id)
 

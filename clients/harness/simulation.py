@@ -35,9 +35,9 @@ from secagg.messages import encode
 from secagg.rounds import KEYS, Round
 from secagg.server import ServerSession, ServerStage
 
-
 DropoutRound = Enum("DropoutRound", {key: key for key in KEYS}, type=str)  # type: ignore[misc]
 """The round in which the dropped clients stop answering (a CLI choice: ``R0`` … ``R4``)."""
+DEFAULT_DROPOUT_ROUND = DropoutRound(Round.MASKED_INPUT_COLLECTION.key)
 
 
 class SimulationTransport(str, Enum):
@@ -52,7 +52,7 @@ class SimulationParameters:
     clients: int
     dim: int
     dropout: float = 0.0
-    dropout_round: DropoutRound = DropoutRound(Round.MASKED_INPUT_COLLECTION.key)
+    dropout_round: DropoutRound = DEFAULT_DROPOUT_ROUND
     graph: GraphKind = GraphKind.FULL
     degree: int | None = None
     mode: ProtocolMode = ProtocolMode.ACTIVE
@@ -63,7 +63,7 @@ class SimulationParameters:
 
     @property
     def dropped_count(self) -> int:
-        return int(round(self.dropout * self.clients))
+        return round(self.dropout * self.clients)
 
 
 @dataclass(slots=True)
@@ -90,8 +90,6 @@ class SimulationReport:
     upload_expansion: float
     client_round_seconds_median: dict[str, float] = field(default_factory=dict)
     server_round_seconds: dict[str, float] = field(default_factory=dict)
-
-
 
 
 def _round_key(stage: ServerStage) -> str:
@@ -243,7 +241,7 @@ def simulate_command(
     dropout: Annotated[float, typer.Option("--dropout", min=0.0, max=1.0, help="Fraction of clients that drop out.")] = 0.0,
     dropout_round: Annotated[
         DropoutRound, typer.Option("--dropout-round", help="Round in which the dropped clients stop answering.")
-    ] = DropoutRound(Round.MASKED_INPUT_COLLECTION.key),
+    ] = DEFAULT_DROPOUT_ROUND,
     graph: Annotated[GraphKind, typer.Option("--graph", help="Neighbour graph.")] = GraphKind.FULL,
     degree: Annotated[int | None, typer.Option("--degree", help="Harary degree k (even; default about 2 log2 N).")] = None,
     mode: Annotated[ProtocolMode, typer.Option("--mode", help="Adversary model.")] = ProtocolMode.ACTIVE,
@@ -317,7 +315,9 @@ def simulate_command(
             )
     table.add_row("total", f"{report.client_seconds_median:.4f}", f"{report.server_seconds:.4f}")
     out.print(table)
-    verdict = "[green]verified[/green]" if report.verified else f"[red]NOT verified[/red] ({report.outcome}, {report.abort_reason})"
+    verdict = (
+        "[green]verified[/green]" if report.verified else f"[red]NOT verified[/red] ({report.outcome}, {report.abort_reason})"
+    )
     out.print(
         f"{verdict}: {report.survivors} survivors, {report.dropped} dropped at {report.dropout_round}; "
         f"{report.bytes_up_per_client} bytes up per client (expansion {report.upload_expansion:.4f})"

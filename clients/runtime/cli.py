@@ -13,6 +13,7 @@ Progress goes to stderr with rich when stderr is a terminal, and nowhere otherwi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -68,18 +69,30 @@ def run_command(
     server: Annotated[str, typer.Option("--server", help="Server base URL, e.g. https://aggregator.example:8443.")],
     key: Annotated[Path, typer.Option("--key", help="Identity key file (from `secagg client keygen`).")],
     round_id: Annotated[str, typer.Option("--round", help="Round id (32 hex digits).")],
-    input_path: Annotated[Path, typer.Option("--input", help="The update: a 1-D .npy vector (unsigned = ring vector; float = needs --clip).")],
+    input_path: Annotated[
+        Path, typer.Option("--input", help="The update: a 1-D .npy vector (unsigned = ring vector; float = needs --clip).")
+    ],
     participant_id: Annotated[
         str, typer.Option("--participant-id", help="This bank's enrolled participant id (the request key id).")
     ],
     policy_path: Annotated[Path | None, typer.Option("--policy", help="Local policy file (.json or .toml).")] = None,
-    state_dir: Annotated[Path, typer.Option("--state-dir", help="Directory of round state files (secrets; mode 0700).")] = DEFAULT_STATE_DIR,
+    state_dir: Annotated[
+        Path, typer.Option("--state-dir", help="Directory of round state files (secrets; mode 0700).")
+    ] = DEFAULT_STATE_DIR,
     clip: Annotated[float | None, typer.Option("--clip", help="For float inputs: the bound |x| <= clip.")] = None,
-    scale: Annotated[float | None, typer.Option("--scale", help="For float inputs: fixed-point scale (default: finest safe).")] = None,
+    scale: Annotated[
+        float | None, typer.Option("--scale", help="For float inputs: fixed-point scale (default: finest safe).")
+    ] = None,
     passphrase_file: Annotated[Path | None, typer.Option("--passphrase-file", help="Passphrase of the key file.")] = None,
-    passphrase_env: Annotated[str | None, typer.Option("--passphrase-env", help="Environment variable holding the passphrase.")] = None,
-    ca_bundle: Annotated[Path | None, typer.Option("--ca-bundle", help="CA bundle to verify the server's TLS certificate.")] = None,
-    timeout: Annotated[float, typer.Option("--timeout", min=1.0, help="Give up waiting for any one stage after this many seconds.")] = 3600.0,
+    passphrase_env: Annotated[
+        str | None, typer.Option("--passphrase-env", help="Environment variable holding the passphrase.")
+    ] = None,
+    ca_bundle: Annotated[
+        Path | None, typer.Option("--ca-bundle", help="CA bundle to verify the server's TLS certificate.")
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=1.0, help="Give up waiting for any one stage after this many seconds.")
+    ] = 3600.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
 ) -> None:
     """Run (or resume) this bank's side of one round over HTTP.
@@ -119,25 +132,27 @@ def run_command(
         identity = load_identity_key(key, passphrase=passphrase)
         policy = ClientPolicy.load(policy_path) if policy_path is not None else ClientPolicy()
         client_input = input_from_npy(input_path, clip=clip, scale=scale)
-        with HttpTransport(
-            server,
-            key_id=participant_id,
-            identity=identity,
-            verify=str(ca_bundle) if ca_bundle is not None else True,
-            on_retry=show_retry,
-        ) as transport:
-            with errors.status("running the round", spinner="dots") if interactive else _nothing():
-                outcome = run_round(
-                    transport=transport,
-                    round_id=round_id,
-                    identity=identity,
-                    client_input=client_input,
-                    policy=policy,
-                    state_dir=state_dir,
-                    participant_id=participant_id,
-                    poll=PollSchedule(timeout=timeout),
-                    on_event=show,
-                )
+        with (
+            HttpTransport(
+                server,
+                key_id=participant_id,
+                identity=identity,
+                verify=str(ca_bundle) if ca_bundle is not None else True,
+                on_retry=show_retry,
+            ) as transport,
+            errors.status("running the round", spinner="dots") if interactive else contextlib.nullcontext(),
+        ):
+            outcome = run_round(
+                transport=transport,
+                round_id=round_id,
+                identity=identity,
+                client_input=client_input,
+                policy=policy,
+                state_dir=state_dir,
+                participant_id=participant_id,
+                poll=PollSchedule(timeout=timeout),
+                on_event=show,
+            )
     except ClientError as error:
         raise _fail(error) from None
     except ValueError as error:
@@ -156,11 +171,3 @@ def run_command(
         print(json.dumps(summary, sort_keys=True))
     elif interactive:
         errors.print(f"[green]{outcome.outcome.value}[/green]: round {outcome.round_id}", highlight=False)
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc_info: object) -> None:
-        return None

@@ -25,8 +25,6 @@ poll: the server answers ``round-completed`` on ``messages/me`` once the result 
 
 from __future__ import annotations
 
-from secagg.rounds import Round
-
 import base64
 import binascii
 import email.utils
@@ -63,7 +61,7 @@ from secagg.errors import ConfigurationError
 from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import RandomSource, SystemRandom
 from secagg.http_contract import MAX_LONG_POLL_SECONDS, NONCE_BYTES, TRANSIENT_STATUSES, ProblemType, problem_suffix, sign_request
-from secagg.rounds import STAGE_NAMES
+from secagg.rounds import STAGE_NAMES, Round
 
 OPEN_STAGES = frozenset(STAGE_NAMES)
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
@@ -166,7 +164,7 @@ class HttpTransport:
         if self._owns_client:
             self._client.close()
 
-    def __enter__(self) -> "HttpTransport":
+    def __enter__(self) -> HttpTransport:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -64,7 +64,9 @@ class RingVectorInput:
         if self.vector.size != config.dim:
             raise InputFileError(f"the input has {self.vector.size} elements, the round's dim is {config.dim}")
         if self.vector.dtype != ring.dtype.newbyteorder("="):
-            raise InputFileError(f"the input has dtype {self.vector.dtype}; a {ring.bits}-bit ring needs {ring.dtype.newbyteorder('=')}")
+            raise InputFileError(
+                f"the input has dtype {self.vector.dtype}; a {ring.bits}-bit ring needs {ring.dtype.newbyteorder('=')}"
+            )
         if not ring.is_reduced(self.vector):
             raise InputFileError(f"the input has elements outside Z_2^{ring.bits}")
         return self.vector

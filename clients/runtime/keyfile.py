@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from clients.runtime.errors import KeyFileError
-from dp.atomic_files import PUBLIC_MODE, write_atomic, NotPrivate, PrivateFileExists, read_private_file, write_private_file
+from dp.atomic_files import PUBLIC_MODE, NotPrivate, PrivateFileExists, read_private_file, write_atomic, write_private_file
 from secagg.hazmat.keys import SigningKey
 
 PUBLIC_KEY_SUFFIX = ".pub"

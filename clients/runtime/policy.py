@@ -76,7 +76,9 @@ class DPRequirements:
     def __post_init__(self) -> None:
         for name in ("min_noise_multiplier", "max_epsilon_per_round", "accounting_delta"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0
+            ):
                 raise PolicyFileError(f"dp.{name} must be a positive finite number, got {value!r}")
         if self.accounting_delta >= 1:
             raise PolicyFileError("dp.accounting_delta must be below 1")
@@ -85,9 +87,7 @@ class DPRequirements:
 
     @property
     def constrains_anything(self) -> bool:
-        return self.required or any(
-            value is not None for value in (self.min_noise_multiplier, self.max_epsilon_per_round)
-        )
+        return self.required or any(value is not None for value in (self.min_noise_multiplier, self.max_epsilon_per_round))
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +107,9 @@ class ClientPolicy:
         if isinstance(self.min_cohort_size, bool) or not isinstance(self.min_cohort_size, int) or self.min_cohort_size < 2:
             raise PolicyFileError("min_cohort_size must be an integer of at least 2")
         fraction = self.min_threshold_fraction
-        if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1):
+        if fraction is not None and (
+            isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1
+        ):
             raise PolicyFileError("min_threshold_fraction must be in (0, 1]")
         try:
             object.__setattr__(self, "required_mode", ProtocolMode(self.required_mode))
@@ -126,7 +128,7 @@ class ClientPolicy:
             raise PolicyFileError("server_identity must be a non-empty string")
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, object]) -> "ClientPolicy":
+    def from_mapping(cls, data: Mapping[str, object]) -> ClientPolicy:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -145,7 +147,7 @@ class ClientPolicy:
         return cls(**values, dp=DPRequirements(**dp_values))  # type: ignore[arg-type]
 
     @classmethod
-    def load(cls, path: Path) -> "ClientPolicy":
+    def load(cls, path: Path) -> ClientPolicy:
         """Read a ``.json`` or ``.toml`` policy file."""
         try:
             raw = path.read_bytes()
@@ -180,7 +182,10 @@ class ClientPolicy:
         if n < self.min_cohort_size:
             refuse(PolicyViolationReason.COHORT_TOO_SMALL, f"cohort of {n}, the policy requires at least {self.min_cohort_size}")
         if config.mode is not self.required_mode:
-            refuse(PolicyViolationReason.MODE_NOT_ALLOWED, f"round mode {config.mode.value}, the policy requires {self.required_mode.value}")
+            refuse(
+                PolicyViolationReason.MODE_NOT_ALLOWED,
+                f"round mode {config.mode.value}, the policy requires {self.required_mode.value}",
+            )
         required_threshold = minimum_threshold(config.mode, n)
         if self.min_threshold_fraction is not None:
             required_threshold = max(required_threshold, math.ceil(self.min_threshold_fraction * n))
@@ -260,7 +265,9 @@ def _own_position(round_description: RoundDescription, own_key: bytes, claimed_i
     if claimed_id is not None:
         members = round_description.member_ids or ()
         if claimed_id not in members:
-            raise PolicyViolation(PolicyViolationReason.NOT_IN_COHORT, f"participant id {claimed_id!r} is not in the round's cohort")
+            raise PolicyViolation(
+                PolicyViolationReason.NOT_IN_COHORT, f"participant id {claimed_id!r} is not in the round's cohort"
+            )
         if members.index(claimed_id) != positions[0]:
             raise PolicyViolation(
                 PolicyViolationReason.WRONG_POSITION,

@@ -19,8 +19,6 @@ Nothing here touches HTTP; see :class:`clients.runtime.transport.RoundTransport`
 
 from __future__ import annotations
 
-from secagg.rounds import Round
-
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,6 +54,8 @@ from secagg.errors import AbortReason, EncodingError, ProtocolAbort, SessionAbor
 from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import SEED_BYTES, DeterministicRandom, RandomSource, SystemRandom
 from secagg.messages import ROUND_OF_CLIENT_MESSAGE, encode, peek_type
+from secagg.rounds import Round
+
 
 def protocol_round_of(payload: bytes) -> Round:
     """The round a client message belongs to (honest-but-curious mode skips R3)."""
@@ -196,8 +196,10 @@ def run_round(
             return RoundOutcome(
                 round_id, position, Outcome.COMPLETED, resumed, messages_sent, bytes_sent, state_path, result, compute_seconds
             )
-        delivery = submitted if isinstance(submitted, (Excluded, RoundAborted)) else _await_answer(
-            transport, round_id, protocol_round, poll, sleep, clock, emit
+        delivery = (
+            submitted
+            if isinstance(submitted, (Excluded, RoundAborted))
+            else _await_answer(transport, round_id, protocol_round, poll, sleep, clock, emit)
         )
         if isinstance(delivery, RoundAborted):
             session.abort()

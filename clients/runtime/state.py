@@ -102,7 +102,7 @@ class RoundState:
         return json.dumps(document, indent=1, sort_keys=True).encode("utf-8")
 
     @classmethod
-    def from_json(cls, data: bytes, origin: Path) -> "RoundState":
+    def from_json(cls, data: bytes, origin: Path) -> RoundState:
         try:
             document = json.loads(data)
             if document.get("format") != STATE_FORMAT:
@@ -188,9 +188,7 @@ def require_resumable(
 ) -> None:
     """Refuse to resume a finished round, or one whose server, position, parameters or input changed."""
     if state.status is RoundStatus.FINISHED:
-        raise ResumeRefused(
-            f"round {state.round_id} already finished for this identity ({state.outcome}); it is never run twice"
-        )
+        raise ResumeRefused(f"round {state.round_id} already finished for this identity ({state.outcome}); it is never run twice")
     if state.input_sha256 != input_sha256:
         raise ResumeRefused(
             f"the input changed since round {state.round_id} started (SHA-256 {input_sha256.hex()[:16]}..., "

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+
 from secagg.config import RoundConfig
 from secagg.rounds import Round
-
 
 
 @dataclass(frozen=True, slots=True)

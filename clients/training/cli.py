@@ -72,11 +72,11 @@ def train_locally(
     """``--local``: prepare, split, DP-train for the plan's rounds with a signed ledger; nothing is sent."""
     import torch
 
+    from clients.runtime.keyfile import generate_key_file, load_identity_key
     from clients.training.datasets import stratified_holdout
     from clients.training.federated import ACCOUNTANT_FILE, LEDGER_FILE
-    from clients.training.plan import FederatedPlan, predict_logits
-    from clients.runtime.keyfile import generate_key_file, load_identity_key
     from clients.training.metrics import roc_auc
+    from clients.training.plan import FederatedPlan, predict_logits
     from clients.training.tabular import (
         Preprocessor,
         TabularError,
@@ -86,8 +86,8 @@ def train_locally(
         read_csv,
         statistics_from_sums,
     )
-    from dp.budget import BudgetGuard, BudgetPolicy, UnitBudget
     from dp.audit.privacy_ledger import PrivacyLedger, PrivacyUnit
+    from dp.budget import BudgetGuard, BudgetPolicy, UnitBudget
     from dp.training import BankTrainer
 
     torch.set_num_threads(1)
@@ -148,14 +148,20 @@ def train_command(
     work_dir: Annotated[Path, typer.Option("--work-dir", help="Where the model, ledger, accountant and round states go.")],
     positive: Annotated[str | None, typer.Option("--positive", help=PositiveHelp)] = None,
     schema: Annotated[Path | None, typer.Option("--schema", help="The consortium's agreed schema (JSON).")] = None,
-    plan: Annotated[Path | None, typer.Option("--plan", help="The consortium's training plan (JSON); defaults if absent.")] = None,
+    plan: Annotated[
+        Path | None, typer.Option("--plan", help="The consortium's training plan (JSON); defaults if absent.")
+    ] = None,
     local: Annotated[bool, typer.Option("--local", help="Train on this file only; send nothing.")] = False,
     server: Annotated[str | None, typer.Option("--server", help="Aggregation server URL.")] = None,
     key: Annotated[Path | None, typer.Option("--key", help="This bank's identity key (secagg client keygen).")] = None,
     participant_id: Annotated[str | None, typer.Option("--participant-id", help="This bank's enrolled id.")] = None,
     policy: Annotated[Path | None, typer.Option("--policy", help="Local round policy (JSON or TOML).")] = None,
-    round_timeout: Annotated[float, typer.Option("--round-timeout", min=1, help="Seconds to wait for the server to open each round.")] = 600.0,
-    server_timeout: Annotated[float, typer.Option("--server-timeout", min=0, help="Seconds of connection failures before giving up.")] = 30.0,
+    round_timeout: Annotated[
+        float, typer.Option("--round-timeout", min=1, help="Seconds to wait for the server to open each round.")
+    ] = 600.0,
+    server_timeout: Annotated[
+        float, typer.Option("--server-timeout", min=0, help="Seconds of connection failures before giving up.")
+    ] = 30.0,
     draft: Annotated[Path | None, typer.Option("--draft-schema", help="Write a schema drafted from --data and exit.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object on the last line.")] = False,
 ) -> None:
@@ -179,7 +185,16 @@ def train_command(
                 key_path=key, participant_id=participant_id or "local",
             )  # fmt: skip
         else:
-            missing = [name for name, value in (("--schema", schema), ("--server", server), ("--key", key), ("--participant-id", participant_id)) if value is None]
+            missing = [
+                name
+                for name, value in (
+                    ("--schema", schema),
+                    ("--server", server),
+                    ("--key", key),
+                    ("--participant-id", participant_id),
+                )
+                if value is None
+            ]
             if missing:
                 raise typer.BadParameter(f"a federated run needs {', '.join(missing)} (or use --local)")
             assert schema is not None

@@ -38,7 +38,6 @@ The plan, its privacy units and its defaults are described in :mod:`clients.trai
 
 from __future__ import annotations
 
-
 import hashlib
 import json
 import os
@@ -55,14 +54,7 @@ from clients.runtime.errors import ServerUnavailable
 from clients.runtime.inputs import ClientInput, RealVectorInput, RingVectorInput
 from clients.runtime.policy import ClientPolicy
 from clients.runtime.retry import PollSchedule, RetryPolicy
-from clients.training.tabular import (
-    MomentSums,
-    Preprocessor,
-    TabularSchema,
-    moment_sums,
-    read_csv,
-    statistics_from_sums,
-)
+from clients.runtime.transport import Pending, RoundAborted, RoundDescription, RoundResult, RoundTransport
 from clients.training.plan import (
     STATISTICS_CLIP,
     FederatedError,
@@ -73,7 +65,14 @@ from clients.training.plan import (
     rotation_seed,
     statistics_dim,
 )
-from clients.runtime.transport import Pending, RoundAborted, RoundDescription, RoundResult, RoundTransport
+from clients.training.tabular import (
+    MomentSums,
+    Preprocessor,
+    TabularSchema,
+    moment_sums,
+    read_csv,
+    statistics_from_sums,
+)
 from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import SystemRandom
 from secagg.http_contract import NONCE_BYTES, ProblemType, problem_suffix, sign_request
@@ -100,7 +99,9 @@ def _problem_type(response: httpx.Response) -> str:
 class WorkPoller:
     """Finds the next round this bank must join: signed ``GET /v1/work`` (docs/API.md section 5)."""
 
-    def __init__(self, base_url: str, *, key_id: str, identity: SigningKey, unreachable_timeout: float = DEFAULT_SERVER_TIMEOUT) -> None:
+    def __init__(
+        self, base_url: str, *, key_id: str, identity: SigningKey, unreachable_timeout: float = DEFAULT_SERVER_TIMEOUT
+    ) -> None:
         self._base_url = base_url.rstrip("/")
         self._key_id = key_id
         self._identity = identity
@@ -300,7 +301,11 @@ def _secure_round(
             participant_id=context.job.participant_id,
             poll=POLL,
         )
-        result = outcome.result if outcome.result is not None else _await_result(context.transport, round_id, context.job.round_timeout)
+        result = (
+            outcome.result
+            if outcome.result is not None
+            else _await_result(context.transport, round_id, context.job.round_timeout)
+        )
     except ServerUnavailable as lost:
         # This bank could not finish its part (its network went away); the round goes on
         # with the others if at least t remain, and its public result is fetched as usual.
@@ -324,15 +329,17 @@ def run_bank(
     """
     from clients.runtime.http_transport import HttpTransport
     from clients.runtime.keyfile import load_identity_key
-    from dp.budget import BudgetGuard, BudgetPolicy, UnitBudget
     from dp.audit.privacy_ledger import PrivacyLedger, PrivacyUnit
+    from dp.budget import BudgetGuard, BudgetPolicy, UnitBudget
 
     job.work_dir.mkdir(parents=True, exist_ok=True)
     progress = ProgressLog(job.work_dir / PROGRESS_FILE)
     plan = FederatedPlan.load(job.plan)
     schema = TabularSchema.load(job.schema)
     if schema.target != job.target or schema.positive != job.positive:
-        raise FederatedError(f"the agreed schema predicts {schema.target} == {schema.positive!r}, not {job.target} == {job.positive!r}")
+        raise FederatedError(
+            f"the agreed schema predicts {schema.target} == {schema.positive!r}, not {job.target} == {job.positive!r}"
+        )
     table = read_csv(job.data)
     if job.server is None or job.key is None:
         raise FederatedError("a federated run needs --server and --key")
@@ -351,7 +358,9 @@ def run_bank(
                 round_id, total, survivors, _ = _secure_round(
                     context,
                     expected=lambda description: (statistics_dim(schema), []),
-                    prepare=lambda description: real_contribution(sums.to_vector(), clip=STATISTICS_CLIP, config=description.config),
+                    prepare=lambda description: real_contribution(
+                        sums.to_vector(), clip=STATISTICS_CLIP, config=description.config
+                    ),
                 )
                 names = [column.name for column in schema.numeric_columns]
                 schema = schema.with_statistics(statistics_from_sums(schema, MomentSums.from_vector(names, total)))

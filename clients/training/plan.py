@@ -195,7 +195,7 @@ class FederatedPlan:
     def from_dict(cls, value: Mapping[str, Any]) -> FederatedPlan:
         if value.get("format") != PLAN_FORMAT:
             raise FederatedError(f"not a {PLAN_FORMAT} plan")
-        known = {name for name in cls.__dataclass_fields__}
+        known = set(cls.__dataclass_fields__)
         unknown = set(value) - known - {"format"}
         if unknown:
             raise FederatedError(f"unknown plan keys {sorted(unknown)}")
@@ -281,5 +281,3 @@ def predict_logits(spec: ModelSpec, parameters: np.ndarray, features: np.ndarray
 
 
 # --------------------------------------------------------------------------- round discovery
-
-

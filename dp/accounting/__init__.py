@@ -18,8 +18,8 @@ Layout: :mod:`~dp.accounting.events` (typed events), :mod:`~dp.accounting.rdp` a
 from __future__ import annotations
 
 from dp.accounting.accountant import (
-    PRVAccountant,
     PrivacyAccountant,
+    PRVAccountant,
     RDPAccountant,
     load_accountant,
     make_accountant,

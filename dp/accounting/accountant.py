@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from dp.accounting.epsilon import compute_epsilon, validate_accountant_kind
-from dp.atomic_files import write_atomic
 from dp.accounting.errors import (
     AccountantStateError,
     AccountingError,
@@ -33,6 +32,7 @@ from dp.accounting.errors import (
 )
 from dp.accounting.events import AccountantKind, MechanismEvent, SampledGaussian, Skellam, event_from_dict
 from dp.accounting.rdp import rdp_epsilon
+from dp.atomic_files import write_atomic
 
 STATE_FORMAT = "secagg.dp.accountant"
 """Value of the ``"format"`` field of every saved accountant state."""
@@ -128,9 +128,7 @@ class PrivacyAccountant(ABC):
         missing = sorted(_STATE_FIELDS - set(state))
         unexpected = sorted(set(state) - _STATE_FIELDS)
         if missing or unexpected:
-            raise AccountantStateError(
-                f"accountant state has missing fields {missing} and unexpected fields {unexpected}"
-            )
+            raise AccountantStateError(f"accountant state has missing fields {missing} and unexpected fields {unexpected}")
         if state["format"] != STATE_FORMAT:
             raise AccountantStateError(f"not an accountant state: format {state['format']!r}")
         if isinstance(state["version"], bool) or state["version"] != STATE_VERSION:

@@ -45,9 +45,7 @@ def _validate_tolerance(tolerance: object) -> float:
     return float(tolerance)
 
 
-def _least_noise_multiplier(
-    epsilon_at: Callable[[float], float], *, target_epsilon: float, tolerance: float
-) -> float:
+def _least_noise_multiplier(epsilon_at: Callable[[float], float], *, target_epsilon: float, tolerance: float) -> float:
     """Smallest z (to within ``tolerance`` in epsilon) with epsilon_at(z) <= target.
 
     A noise level at which the analysis cannot certify any epsilon

@@ -92,9 +92,7 @@ def _check_keys(data: Mapping[str, Any], expected: frozenset[str], what: str) ->
     missing = sorted(expected - keys)
     unexpected = sorted(keys - expected)
     if missing or unexpected:
-        raise InvalidParameterError(
-            f"{what} has missing fields {missing} and unexpected fields {unexpected}"
-        )
+        raise InvalidParameterError(f"{what} has missing fields {missing} and unexpected fields {unexpected}")
 
 
 @dataclass(frozen=True)
@@ -163,9 +161,7 @@ class Skellam:
     steps: int
     mechanism: ClassVar[MechanismKind] = MechanismKind.SKELLAM
 
-    _FIELDS: ClassVar[frozenset[str]] = frozenset(
-        {"mechanism", "l1_sensitivity", "l2_sensitivity", "variance", "steps"}
-    )
+    _FIELDS: ClassVar[frozenset[str]] = frozenset({"mechanism", "l1_sensitivity", "l2_sensitivity", "variance", "steps"})
 
     def __post_init__(self) -> None:
         l1 = _positive_finite_float("l1_sensitivity", self.l1_sensitivity)
@@ -235,7 +231,5 @@ def validate_events(events: object) -> tuple[MechanismEvent, ...]:
         raise InvalidParameterError("events must be a sequence of mechanism events") from error
     for index, event in enumerate(as_tuple):
         if not isinstance(event, (SampledGaussian, Skellam)):
-            raise InvalidParameterError(
-                f"event {index} is a {type(event).__name__}, not SampledGaussian or Skellam"
-            )
+            raise InvalidParameterError(f"event {index} is a {type(event).__name__}, not SampledGaussian or Skellam")
     return as_tuple

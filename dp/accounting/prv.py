@@ -202,9 +202,7 @@ def _compose_two(left: npt.NDArray[np.float64], right: npt.NDArray[np.float64], 
     return full[start : start + grid.size]
 
 
-def _epsilon_for_delta(
-    points: npt.NDArray[np.float64], pmf: npt.NDArray[np.float64], delta: float
-) -> float:
+def _epsilon_for_delta(points: npt.NDArray[np.float64], pmf: npt.NDArray[np.float64], delta: float) -> float:
     """The smallest eps with delta(eps) = sum_{t_j > eps} p_j (1 - e^{eps - t_j}) <= delta.
 
     With tail sums D1_i = sum_{j>=i} p_j and D2_i = sum_{j>=i} p_j e^{-t_j}, delta(eps) =

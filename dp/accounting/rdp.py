@@ -68,9 +68,7 @@ def _log_a_integer_order(sample_rate: float, sigma: float, order: int) -> float:
     A_alpha = sum_{i=0}^{alpha} C(alpha, i) q^i (1-q)^(alpha-i) exp((i^2 - i) / (2 sigma^2)).
     """
     indices = np.arange(order + 1, dtype=np.float64)
-    log_binomials = np.array(
-        [math.lgamma(order + 1) - math.lgamma(i + 1) - math.lgamma(order - i + 1) for i in range(order + 1)]
-    )
+    log_binomials = np.array([math.lgamma(order + 1) - math.lgamma(i + 1) - math.lgamma(order - i + 1) for i in range(order + 1)])
     log_terms = (
         log_binomials
         + indices * math.log(sample_rate)
@@ -89,9 +87,7 @@ def _log_abs_binomial_and_sign(
     so the sign is (-1)^max(0, i - ceil(alpha)).
     """
     log_gamma_order = math.lgamma(order + 1.0)
-    log_abs = np.array(
-        [log_gamma_order - math.lgamma(i + 1.0) - math.lgamma(order - i + 1.0) for i in indices.tolist()]
-    )
+    log_abs = np.array([log_gamma_order - math.lgamma(i + 1.0) - math.lgamma(order - i + 1.0) for i in indices.tolist()])
     negative_factors = np.maximum(0, indices - math.ceil(order))
     signs = np.where(negative_factors % 2 == 0, 1.0, -1.0)
     return log_abs, signs
@@ -214,9 +210,7 @@ def orders_for(events: Sequence[MechanismEvent]) -> tuple[float, ...]:
 def event_rdp(event: MechanismEvent, orders: Sequence[float]) -> npt.NDArray[np.float64]:
     """RDP of all ``event.steps`` steps of one event, at each order (composition adds)."""
     if isinstance(event, SampledGaussian):
-        per_step = sampled_gaussian_rdp(
-            sample_rate=event.sample_rate, noise_multiplier=event.noise_multiplier, orders=orders
-        )
+        per_step = sampled_gaussian_rdp(sample_rate=event.sample_rate, noise_multiplier=event.noise_multiplier, orders=orders)
     elif isinstance(event, Skellam):
         per_step = skellam_rdp(
             l1_sensitivity=event.l1_sensitivity,
@@ -229,9 +223,7 @@ def event_rdp(event: MechanismEvent, orders: Sequence[float]) -> npt.NDArray[np.
     return per_step * event.steps
 
 
-def epsilon_from_rdp(
-    *, orders: Sequence[float], rdp: npt.ArrayLike, delta: float
-) -> tuple[float, float]:
+def epsilon_from_rdp(*, orders: Sequence[float], rdp: npt.ArrayLike, delta: float) -> tuple[float, float]:
     """(epsilon, optimal order) from an RDP curve, by Balle et al. 2020, Theorem 21.
 
     Orders with an infinite or undefined conversion are skipped; if none is finite the

@@ -95,7 +95,7 @@ class LedgerError(DPError):
 class LedgerCorrupted(LedgerError):
     """A writer refused to append to a ledger that does not verify under its own key."""
 
-    def __init__(self, path: Path, findings: tuple["Finding", ...]) -> None:
+    def __init__(self, path: Path, findings: tuple[Finding, ...]) -> None:
         self.path = path
         self.findings = findings
         summary = "; ".join(str(finding) for finding in findings[:5])
@@ -305,9 +305,7 @@ def _finite_float(text: str) -> float:
 
 
 def _parse_object(text: str) -> JsonObject:
-    value = json.loads(
-        text, object_pairs_hook=_reject_duplicate_keys, parse_constant=_reject_constant, parse_float=_finite_float
-    )
+    value = json.loads(text, object_pairs_hook=_reject_duplicate_keys, parse_constant=_reject_constant, parse_float=_finite_float)
     if not isinstance(value, dict):
         raise ValueError("not a JSON object")
     return value
@@ -387,10 +385,16 @@ def read_chain(path: Path, fmt: ChainFormat, *, public_key: bytes | None = None)
 
         if raw != canonical_json(entry):
             findings.append(
-                Finding(FindingKind.NON_CANONICAL_LINE, position, "the line is not the canonical encoding of its content: it was re-formatted or edited")
+                Finding(
+                    FindingKind.NON_CANONICAL_LINE,
+                    position,
+                    "the line is not the canonical encoding of its content: it was re-formatted or edited",
+                )
             )
         if entry["format"] != fmt.name:
-            findings.append(Finding(FindingKind.UNSUPPORTED_FORMAT, position, f"format {entry['format']!r}, expected {fmt.name!r}"))
+            findings.append(
+                Finding(FindingKind.UNSUPPORTED_FORMAT, position, f"format {entry['format']!r}, expected {fmt.name!r}")
+            )
         if entry["index"] != position:
             findings.append(
                 Finding(
@@ -402,12 +406,18 @@ def read_chain(path: Path, fmt: ChainFormat, *, public_key: bytes | None = None)
         recomputed = entry_hash(entry)
         if recomputed != entry["hash"]:
             findings.append(
-                Finding(FindingKind.HASH_MISMATCH, position, "the entry's content does not match its recorded hash: it was modified")
+                Finding(
+                    FindingKind.HASH_MISMATCH, position, "the entry's content does not match its recorded hash: it was modified"
+                )
             )
         if previous_hash is not None and entry["previous_hash"] != previous_hash:
             expected = "the genesis value (64 zeros)" if position == 0 else f"entry {position - 1}'s hash"
             findings.append(
-                Finding(FindingKind.BROKEN_CHAIN, position, f"previous_hash is not {expected}: an entry before it was removed, added, reordered or rewritten")
+                Finding(
+                    FindingKind.BROKEN_CHAIN,
+                    position,
+                    f"previous_hash is not {expected}: an entry before it was removed, added, reordered or rewritten",
+                )
             )
         previous_hash = entry["hash"]
 
@@ -417,12 +427,18 @@ def read_chain(path: Path, fmt: ChainFormat, *, public_key: bytes | None = None)
             owner, declared_key = entry_owner, entry_key
         else:
             if entry_owner != owner:
-                findings.append(Finding(FindingKind.OWNER_CHANGED, position, f"{fmt.owner_field} {entry_owner!r}, entry 0 says {owner!r}"))
+                findings.append(
+                    Finding(FindingKind.OWNER_CHANGED, position, f"{fmt.owner_field} {entry_owner!r}, entry 0 says {owner!r}")
+                )
             if entry_key != declared_key:
                 findings.append(Finding(FindingKind.KEY_CHANGED, position, "declares a different public key than entry 0"))
         if public_key is not None and entry_key != public_key and not wrong_key_reported:
             findings.append(
-                Finding(FindingKind.WRONG_KEY, position, f"declares key {entry_key.hex()[:16]}…, the pinned key is {public_key.hex()[:16]}…")
+                Finding(
+                    FindingKind.WRONG_KEY,
+                    position,
+                    f"declares key {entry_key.hex()[:16]}…, the pinned key is {public_key.hex()[:16]}…",
+                )
             )
             wrong_key_reported = True
         verifying_key = public_key if public_key is not None else entry_key if declared_key is None else declared_key
@@ -434,15 +450,21 @@ def read_chain(path: Path, fmt: ChainFormat, *, public_key: bytes | None = None)
         try:
             moment = parse_time(entry["time"])
         except ValueError:
-            findings.append(Finding(FindingKind.MALFORMED_LINE, position, f"time {entry['time']!r} is not YYYY-MM-DDTHH:MM:SS.ffffffZ"))
+            findings.append(
+                Finding(FindingKind.MALFORMED_LINE, position, f"time {entry['time']!r} is not YYYY-MM-DDTHH:MM:SS.ffffffZ")
+            )
         else:
             if previous_time is not None and moment < previous_time:
-                findings.append(Finding(FindingKind.TIME_REVERSED, position, f"time {entry['time']} is before the previous entry's"))
+                findings.append(
+                    Finding(FindingKind.TIME_REVERSED, position, f"time {entry['time']} is before the previous entry's")
+                )
             previous_time = moment
 
     if torn:
         findings.append(
-            Finding(FindingKind.TORN_TAIL, None, f"{torn} bytes after the last complete line (an interrupted write; not an entry)")
+            Finding(
+                FindingKind.TORN_TAIL, None, f"{torn} bytes after the last complete line (an interrupted write; not an entry)"
+            )
         )
 
     head, head_findings = _check_head(path, fmt, entries, public_key if public_key is not None else declared_key, owner)
@@ -524,7 +546,9 @@ def _check_head(
         findings.append(Finding(FindingKind.HEAD_BAD_SIGNATURE, None, f"{location.name} is not signed by the ledger's key"))
         return head, findings
     if owner is not None and head.owner != owner:
-        findings.append(Finding(FindingKind.HEAD_BAD_SIGNATURE, None, f"{location.name} names {head.owner!r}, the ledger {owner!r}"))
+        findings.append(
+            Finding(FindingKind.HEAD_BAD_SIGNATURE, None, f"{location.name} names {head.owner!r}, the ledger {owner!r}")
+        )
         return head, findings
     count = len(entries)
     if count < head.entries:
@@ -657,14 +681,16 @@ class ChainWriter:
     _size: int = 0
 
     @classmethod
-    def open(cls, path: Path, fmt: ChainFormat, *, owner: str, signing_key: SigningKey, clock: Clock = utc_now) -> "ChainWriter":
+    def open(cls, path: Path, fmt: ChainFormat, *, owner: str, signing_key: SigningKey, clock: Clock = utc_now) -> ChainWriter:
         import fcntl
 
         if not owner:
             raise LedgerError(f"{fmt.owner_field} must be a non-empty string")
         path = Path(path)
         if not path.exists() and head_path(path).exists():
-            raise LedgerError(f"{path} is missing but its signed head {head_path(path).name} exists: the ledger was deleted or moved")
+            raise LedgerError(
+                f"{path} is missing but its signed head {head_path(path).name} exists: the ledger was deleted or moved"
+            )
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             try:
@@ -764,7 +790,7 @@ class ChainWriter:
             os.close(self._descriptor)
             self._descriptor = -1
 
-    def __enter__(self) -> "ChainWriter":
+    def __enter__(self) -> ChainWriter:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None) -> None:

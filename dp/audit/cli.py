@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from dp.errors import DPError
 from dp.audit.chain import LedgerError, atomic_write, load_public_key
 from dp.audit.report_format import ReportFormat
+from dp.errors import DPError
 
 if TYPE_CHECKING:
     from dp.audit.report import Audit
@@ -46,7 +46,9 @@ PublicKeys = Annotated[
 ]
 ServerLedgerPath = Annotated[
     Path | None,
-    typer.Option("--server-ledger", help="The server's signed round ledger, to cross-check against.", exists=True, dir_okay=False),
+    typer.Option(
+        "--server-ledger", help="The server's signed round ledger, to cross-check against.", exists=True, dir_okay=False
+    ),
 ]
 Anchors = Annotated[
     list[Path] | None,
@@ -94,7 +96,7 @@ def _audit(
     server_ledger: Path | None,
     server_public_key: Path | None,
     anchors: list[Path] | None,
-) -> "Audit":
+) -> Audit:
     from dp.audit.report import run_audit
 
     by_path, by_party = _keys(ledgers, public_key)
@@ -150,7 +152,9 @@ def verify_command(
             for finding in audit.server.findings:
                 typer.echo(f"     {finding}")
             for cross in audit.cross_findings:
-                typer.echo(f"FAIL cross-check {cross.party}, round {cross.round_id}: {cross.finding.kind.value}: {cross.finding.detail}")
+                typer.echo(
+                    f"FAIL cross-check {cross.party}, round {cross.round_id}: {cross.finding.kind.value}: {cross.finding.detail}"
+                )
             if audit.parties_without_ledger:
                 typer.echo(f"note: no ledger given for {', '.join(audit.parties_without_ledger)}")
     if not audit.ok:
@@ -161,7 +165,9 @@ def verify_command(
 def report_command(
     ledgers: LedgerPaths,
     out: Annotated[Path, typer.Option("--out", help="Where to write the report.", dir_okay=False, writable=True)],
-    report_format: Annotated[ReportFormat, typer.Option("--format", help="The report's format.", case_sensitive=False)] = ReportFormat.HTML,
+    report_format: Annotated[
+        ReportFormat, typer.Option("--format", help="The report's format.", case_sensitive=False)
+    ] = ReportFormat.HTML,
     public_key: PublicKeys = None,
     server_ledger: ServerLedgerPath = None,
     server_public_key: ServerPublicKey = None,

@@ -78,11 +78,11 @@ from dp.audit.chain import (
 from secagg.hazmat.keys import SigningKey
 
 __all__ = [
+    "PRIVACY_LEDGER_FORMAT",
     "EntryKind",
     "EpsilonTolerance",
     "LedgerEntry",
     "LedgerVerification",
-    "PRIVACY_LEDGER_FORMAT",
     "PrivacyLedger",
     "PrivacyUnit",
     "RecomputedEpsilon",
@@ -185,7 +185,7 @@ class LedgerEntry:
     signature: str
 
     @classmethod
-    def from_json(cls, entry: Mapping[str, Any]) -> "LedgerEntry":
+    def from_json(cls, entry: Mapping[str, Any]) -> LedgerEntry:
         """Build from a line whose envelope :func:`dp.audit.chain.read_chain` accepted;
         raises ``ValueError`` naming the first field that is not valid."""
         round_id = entry["round"]
@@ -361,7 +361,9 @@ class _Composition:
             self._merge(steps, extra)
         return [dataclasses.replace(prototype, steps=total) for prototype, total in steps.values()]
 
-    def epsilon(self, unit: PrivacyUnit, *, delta: float, accountant: AccountantKind, extra: MechanismEvent | None = None) -> float:
+    def epsilon(
+        self, unit: PrivacyUnit, *, delta: float, accountant: AccountantKind, extra: MechanismEvent | None = None
+    ) -> float:
         if not self._events[unit] and extra is None:
             return 0.0
         key = (unit, len(self._events[unit]), delta, accountant)
@@ -400,14 +402,18 @@ def _recompute(
             before = composition.epsilon(entry.unit, **arguments)
             with_event = composition.epsilon(entry.unit, extra=event, **arguments)
         except Exception as exc:  # an accountant that cannot evaluate these parameters
-            findings.append(Finding(FindingKind.MALFORMED_ENTRY, position, f"epsilon cannot be computed: {type(exc).__name__}: {exc}"))
+            findings.append(
+                Finding(FindingKind.MALFORMED_ENTRY, position, f"epsilon cannot be computed: {type(exc).__name__}: {exc}")
+            )
             continue
         if entry.kind is EntryKind.SPEND:
             cumulative, increment = with_event, with_event - before
             composition.add(entry.unit, event, known=(entry.delta, entry.accountant, with_event))
         else:
             cumulative, increment = before, 0.0
-        recomputed.append(RecomputedEpsilon(position=position, increment=increment, cumulative=cumulative, would_reach=with_event))
+        recomputed.append(
+            RecomputedEpsilon(position=position, increment=increment, cumulative=cumulative, would_reach=with_event)
+        )
         if not tolerance.matches(entry.epsilon_increment, increment):
             findings.append(
                 Finding(
@@ -428,12 +434,18 @@ def _recompute(
         if not (math.isinf(claimed_reach) and math.isinf(with_event)) and not tolerance.matches(claimed_reach, with_event):
             findings.append(
                 Finding(
-                    FindingKind.EPSILON_REFUSAL_MISMATCH if entry.kind is EntryKind.REFUSAL else FindingKind.EPSILON_CUMULATIVE_MISMATCH,
+                    FindingKind.EPSILON_REFUSAL_MISMATCH
+                    if entry.kind is EntryKind.REFUSAL
+                    else FindingKind.EPSILON_CUMULATIVE_MISMATCH,
                     position,
                     f"claims epsilon_would_reach {entry.epsilon_would_reach!r}, recomputed {with_event!r}",
                 )
             )
-        if entry.kind is EntryKind.SPEND and entry.budget_epsilon is not None and tolerance.exceeds(cumulative, entry.budget_epsilon):
+        if (
+            entry.kind is EntryKind.SPEND
+            and entry.budget_epsilon is not None
+            and tolerance.exceeds(cumulative, entry.budget_epsilon)
+        ):
             findings.append(
                 Finding(
                     FindingKind.OVER_BUDGET,
@@ -473,7 +485,7 @@ def verify_ledger(
     recomputed, epsilon_findings, _ = _recompute(parsed, tolerance)
     findings = sorted(
         [*read.findings, *anchor_findings, *parse_findings, *epsilon_findings],
-        key=lambda finding: (finding.index if finding.index is not None else -1),
+        key=lambda finding: finding.index if finding.index is not None else -1,
     )
     return LedgerVerification(
         path=path,
@@ -502,7 +514,7 @@ class PrivacyLedger:
         self._composition = composition
 
     @classmethod
-    def open(cls, path: Path | str, *, party_id: str, signing_key: SigningKey, clock: Clock = utc_now) -> "PrivacyLedger":
+    def open(cls, path: Path | str, *, party_id: str, signing_key: SigningKey, clock: Clock = utc_now) -> PrivacyLedger:
         writer = ChainWriter.open(Path(path), PRIVACY_LEDGER_FORMAT, owner=party_id, signing_key=signing_key, clock=clock)
         try:
             read = read_chain(writer.path, PRIVACY_LEDGER_FORMAT, public_key=signing_key.public_bytes)
@@ -535,7 +547,9 @@ class PrivacyLedger:
         """Epsilon at ``delta`` of the composition of every spend of ``unit`` so far."""
         return self._composition.epsilon(unit, delta=delta, accountant=accountant)
 
-    def epsilon_with(self, unit: PrivacyUnit, event: MechanismEvent, *, delta: float, accountant: AccountantKind = AccountantKind.RDP) -> float:
+    def epsilon_with(
+        self, unit: PrivacyUnit, event: MechanismEvent, *, delta: float, accountant: AccountantKind = AccountantKind.RDP
+    ) -> float:
         """Epsilon at ``delta`` the unit would reach if ``event`` were spent next."""
         return self._composition.epsilon(unit, delta=delta, accountant=accountant, extra=event)
 
@@ -639,7 +653,7 @@ class PrivacyLedger:
     def close(self) -> None:
         self._writer.close()
 
-    def __enter__(self) -> "PrivacyLedger":
+    def __enter__(self) -> PrivacyLedger:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None) -> None:

@@ -37,8 +37,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from dp.audit.privacy_ledger import PRIVACY_LEDGER_FORMAT, EntryKind, LedgerEntry, LedgerVerification, PrivacyUnit, verify_ledger
 from dp.audit.chain import Finding, LedgerError, anchor_identity, declared_owner, format_time, utc_now
+from dp.audit.privacy_ledger import PRIVACY_LEDGER_FORMAT, EntryKind, LedgerEntry, LedgerVerification, PrivacyUnit, verify_ledger
+from dp.audit.report_format import ReportFormat
 from dp.audit.round_records import (
     SERVER_LEDGER_FORMAT,
     CrossCheckFinding,
@@ -48,7 +49,6 @@ from dp.audit.round_records import (
     parties_without_ledger,
     verify_server_ledger,
 )
-from dp.audit.report_format import ReportFormat
 
 __all__ = [
     "Audit",
@@ -341,7 +341,9 @@ def _rows_for(ledger: LedgerVerification) -> list[EntryRow]:
 def _summaries_for(ledger: LedgerVerification) -> list[UnitSummary]:
     summaries = []
     for unit in PrivacyUnit:
-        of_unit = [(position, entry) for position, entry in zip(ledger.positions, ledger.entries, strict=True) if entry.unit is unit]
+        of_unit = [
+            (position, entry) for position, entry in zip(ledger.positions, ledger.entries, strict=True) if entry.unit is unit
+        ]
         if not of_unit:
             continue
         entries: list[LedgerEntry] = [entry for _, entry in of_unit]
@@ -540,38 +542,102 @@ def render_csv(report: AuditReport) -> str:
 
     emit(record="verdict", status="ok" if report.ok else "failed", detail=report.verdict)
     for ledger in report.audit.ledgers:
-        emit(record="ledger", ledger=str(ledger.path), party=ledger.party, status="ok" if ledger.ok else "failed",
-             detail=f"{len(ledger.entries)} entries; key {'pinned' if ledger.key_pinned else 'declared, not pinned'}")
+        emit(
+            record="ledger",
+            ledger=str(ledger.path),
+            party=ledger.party,
+            status="ok" if ledger.ok else "failed",
+            detail=f"{len(ledger.entries)} entries; key {'pinned' if ledger.key_pinned else 'declared, not pinned'}",
+        )
         for finding in ledger.findings:
-            emit(record="finding", ledger=str(ledger.path), party=ledger.party, index=finding.index,
-                 status="failed", finding=finding.kind.value, detail=finding.detail)
+            emit(
+                record="finding",
+                ledger=str(ledger.path),
+                party=ledger.party,
+                index=finding.index,
+                status="failed",
+                finding=finding.kind.value,
+                detail=finding.detail,
+            )
     server = report.audit.server
     if server is not None:
-        emit(record="server-ledger", ledger=str(server.path), party=server.server, status="ok" if server.ok else "failed",
-             detail=f"{len(server.entries)} rounds")
+        emit(
+            record="server-ledger",
+            ledger=str(server.path),
+            party=server.server,
+            status="ok" if server.ok else "failed",
+            detail=f"{len(server.entries)} rounds",
+        )
         for finding in server.findings:
-            emit(record="finding", ledger=str(server.path), party=server.server, index=finding.index,
-                 status="failed", finding=finding.kind.value, detail=finding.detail)
+            emit(
+                record="finding",
+                ledger=str(server.path),
+                party=server.server,
+                index=finding.index,
+                status="failed",
+                finding=finding.kind.value,
+                detail=finding.detail,
+            )
     for cross in report.audit.cross_findings:
-        emit(record="cross-check", party=cross.party, round=cross.round_id, index=cross.finding.index,
-             status="failed", finding=cross.finding.kind.value, detail=cross.finding.detail)
+        emit(
+            record="cross-check",
+            party=cross.party,
+            round=cross.round_id,
+            index=cross.finding.index,
+            status="failed",
+            finding=cross.finding.kind.value,
+            detail=cross.finding.detail,
+        )
     for summary in report.summaries:
-        emit(record="summary", party=summary.party, unit=summary.unit.value, epsilon_cumulative=summary.epsilon,
-             delta=summary.delta, accountant=summary.accountant, budget_epsilon=summary.budget_epsilon,
-             status="ok" if summary.ledger_ok else "failed",
-             detail=f"{summary.spends} spends, {summary.refusals} refusals" + ("; over budget" if summary.over_budget else ""))
+        emit(
+            record="summary",
+            party=summary.party,
+            unit=summary.unit.value,
+            epsilon_cumulative=summary.epsilon,
+            delta=summary.delta,
+            accountant=summary.accountant,
+            budget_epsilon=summary.budget_epsilon,
+            status="ok" if summary.ledger_ok else "failed",
+            detail=f"{summary.spends} spends, {summary.refusals} refusals" + ("; over budget" if summary.over_budget else ""),
+        )
     for row in report.entries:
-        emit(record="entry", ledger=row.ledger, party=row.party, index=row.index, time=row.time, round=row.round_id,
-             unit=row.unit.value, kind=row.kind.value, mechanism=row.mechanism,
-             parameters=json.dumps(dict(row.parameters), sort_keys=True), delta=row.delta, accountant=row.accountant,
-             epsilon_increment_claimed=row.claimed_increment, epsilon_cumulative_claimed=row.claimed_cumulative,
-             epsilon_increment=row.epsilon_increment, epsilon_cumulative=row.epsilon_cumulative,
-             budget_epsilon=row.budget_epsilon, status="failed" if row.findings else "ok", finding=" ".join(row.findings))
+        emit(
+            record="entry",
+            ledger=row.ledger,
+            party=row.party,
+            index=row.index,
+            time=row.time,
+            round=row.round_id,
+            unit=row.unit.value,
+            kind=row.kind.value,
+            mechanism=row.mechanism,
+            parameters=json.dumps(dict(row.parameters), sort_keys=True),
+            delta=row.delta,
+            accountant=row.accountant,
+            epsilon_increment_claimed=row.claimed_increment,
+            epsilon_cumulative_claimed=row.claimed_cumulative,
+            epsilon_increment=row.epsilon_increment,
+            epsilon_cumulative=row.epsilon_cumulative,
+            budget_epsilon=row.budget_epsilon,
+            status="failed" if row.findings else "ok",
+            finding=" ".join(row.findings),
+        )
     for round_row in report.rounds:
-        emit(record="round", index=round_row.index, time=round_row.time, round=round_row.round_id,
-             cohort_size=round_row.cohort_size, threshold=round_row.threshold, mode=round_row.mode, dim=round_row.dim,
-             bits=round_row.bits, outcome=round_row.outcome, abort_reason=round_row.abort_reason,
-             detail="; ".join(round_row.privacy), **dict(round_row.survivors))
+        emit(
+            record="round",
+            index=round_row.index,
+            time=round_row.time,
+            round=round_row.round_id,
+            cohort_size=round_row.cohort_size,
+            threshold=round_row.threshold,
+            mode=round_row.mode,
+            dim=round_row.dim,
+            bits=round_row.bits,
+            outcome=round_row.outcome,
+            abort_reason=round_row.abort_reason,
+            detail="; ".join(round_row.privacy),
+            **dict(round_row.survivors),
+        )
     for note in report.notes:
         emit(record="note", detail=note)
     return buffer.getvalue()
@@ -687,9 +753,7 @@ def _e(value: Any) -> str:
 
 def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, raw_cells: bool = False) -> str:
     head = "".join(f"<th>{_e(header)}</th>" for header in headers)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{cell if raw_cells else _e(cell)}</td>" for cell in row) + "</tr>" for row in rows
-    )
+    body = "".join("<tr>" + "".join(f"<td>{cell if raw_cells else _e(cell)}</td>" for cell in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -713,7 +777,7 @@ def render_html(report: AuditReport) -> str:
     audit = report.audit
     parts: list[str] = []
     parts.append(
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\">"
         "<title>secagg privacy audit</title>"
         f"<style>{_STYLE}</style></head><body>"
@@ -738,7 +802,11 @@ def render_html(report: AuditReport) -> str:
     ledger_rows = []
     for ledger in audit.ledgers:
         findings = "<br>".join(_e(str(finding)) for finding in ledger.findings) or "none"
-        key = "–" if ledger.public_key is None else f"{ledger.public_key[:16]}… ({'pinned' if ledger.key_pinned else 'declared by the ledger, not pinned'})"
+        key = (
+            "–"
+            if ledger.public_key is None
+            else f"{ledger.public_key[:16]}… ({'pinned' if ledger.key_pinned else 'declared by the ledger, not pinned'})"
+        )
         ledger_rows.append(
             [
                 _e(ledger.path.name),
@@ -753,7 +821,11 @@ def render_html(report: AuditReport) -> str:
     if audit.server is not None:
         server = audit.server
         findings = "<br>".join(_e(str(finding)) for finding in server.findings) or "none"
-        key = "–" if server.public_key is None else f"{server.public_key[:16]}… ({'pinned' if server.key_pinned else 'declared, not pinned'})"
+        key = (
+            "–"
+            if server.public_key is None
+            else f"{server.public_key[:16]}… ({'pinned' if server.key_pinned else 'declared, not pinned'})"
+        )
         ledger_rows.append(
             [
                 _e(server.path.name) + " (server)",
@@ -765,7 +837,11 @@ def render_html(report: AuditReport) -> str:
                 findings,
             ]
         )
-    parts.append(_table(["file", "party", "entries", "signed head covers", "signing key", "status", "findings"], ledger_rows, raw_cells=True))
+    parts.append(
+        _table(
+            ["file", "party", "entries", "signed head covers", "signing key", "status", "findings"], ledger_rows, raw_cells=True
+        )
+    )
     parts.append(
         '<p class="small">A ledger verifies when every entry is intact (SHA-256 hash chain), signed by the party\'s '
         "Ed25519 key, in sequence, not truncated (signed head file), and every epsilon it claims matches the "
@@ -787,7 +863,9 @@ def render_html(report: AuditReport) -> str:
                 )
             )
         else:
-            parts.append("<p>Every party whose masked input the server accepted charges that round in its ledger with the parameters the server recorded.</p>")
+            parts.append(
+                "<p>Every party whose masked input the server accepted charges that round in its ledger with the parameters the server recorded.</p>"
+            )
 
     parts.append("<h2>Where each party stands</h2>")
     parts.append(
@@ -818,7 +896,9 @@ def render_html(report: AuditReport) -> str:
             parts.append(f"<p>No {_e(UNIT_LABELS[unit])} spends recorded.</p>")
         else:
             alt = f"cumulative {unit.value}-level epsilon per party per round"
-            parts.append(f'<figure><img alt="{_e(alt)}" src="{uri}"><figcaption>{_e(UNIT_LABELS[unit]).capitalize()}; crosses mark refused rounds.</figcaption></figure>')
+            parts.append(
+                f'<figure><img alt="{_e(alt)}" src="{uri}"><figcaption>{_e(UNIT_LABELS[unit]).capitalize()}; crosses mark refused rounds.</figcaption></figure>'
+            )
 
     if report.rounds:
         parts.append("<h2>Rounds as the server recorded them</h2>")
@@ -828,7 +908,19 @@ def render_html(report: AuditReport) -> str:
         stages = [stage.value for stage in RoundStage]
         parts.append(
             _table(
-                ["round", "time", "cohort", "threshold", "mode", "dim", "bits", *stages, "outcome", "abort reason", "DP parameters"],
+                [
+                    "round",
+                    "time",
+                    "cohort",
+                    "threshold",
+                    "mode",
+                    "dim",
+                    "bits",
+                    *stages,
+                    "outcome",
+                    "abort reason",
+                    "DP parameters",
+                ],
                 [
                     [
                         r.round_id,
@@ -851,8 +943,23 @@ def render_html(report: AuditReport) -> str:
     parts.append("<h2>Every ledger entry: mechanisms and parameters</h2>")
     parts.append(
         _table(
-            ["party", "#", "time", "round", "unit", "kind", "mechanism", "parameters", "delta", "accountant",
-             "epsilon increment", "cumulative epsilon", "claimed cumulative", "budget", "findings"],
+            [
+                "party",
+                "#",
+                "time",
+                "round",
+                "unit",
+                "kind",
+                "mechanism",
+                "parameters",
+                "delta",
+                "accountant",
+                "epsilon increment",
+                "cumulative epsilon",
+                "claimed cumulative",
+                "budget",
+                "findings",
+            ],
             [
                 [
                     r.party,

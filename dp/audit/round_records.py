@@ -44,7 +44,6 @@ from types import MappingProxyType, TracebackType
 from typing import Any
 
 from dp.accounting import MechanismEvent, MechanismKind, event_from_dict
-from dp.audit.privacy_ledger import EntryKind, LedgerVerification, PrivacyUnit
 from dp.audit.chain import (
     ChainFormat,
     ChainWriter,
@@ -58,17 +57,18 @@ from dp.audit.chain import (
     read_chain,
     utc_now,
 )
-from secagg.rounds import Round
+from dp.audit.privacy_ledger import EntryKind, LedgerVerification, PrivacyUnit
 from secagg.config import ProtocolMode
 from secagg.hazmat.keys import SigningKey
+from secagg.rounds import Round
 
 __all__ = [
+    "SERVER_LEDGER_FORMAT",
     "CrossCheckFinding",
     "RoundAlreadyRecorded",
     "RoundOutcome",
     "RoundPrivacy",
     "RoundStage",
-    "SERVER_LEDGER_FORMAT",
     "ServerLedger",
     "ServerLedgerEntry",
     "ServerLedgerVerification",
@@ -113,7 +113,7 @@ class RoundPrivacy:
         return {"unit": self.unit.value, "mechanism": self.event.mechanism.value, "parameters": self.event.to_dict()}
 
     @classmethod
-    def from_dict(cls, value: Mapping[str, Any]) -> "RoundPrivacy":
+    def from_dict(cls, value: Mapping[str, Any]) -> RoundPrivacy:
         if not isinstance(value, Mapping) or set(value) != {"unit", "mechanism", "parameters"}:
             raise ValueError("a privacy item has exactly the fields unit, mechanism, parameters")
         unit = PrivacyUnit(value["unit"])
@@ -197,7 +197,7 @@ class ServerRoundRecord:
         }
 
     @classmethod
-    def from_dict(cls, value: Mapping[str, Any]) -> "ServerRoundRecord":
+    def from_dict(cls, value: Mapping[str, Any]) -> ServerRoundRecord:
         """Inverse of :meth:`to_dict`; raises ``ValueError`` on anything else."""
         try:
             cohort = value["cohort"]
@@ -300,7 +300,7 @@ class ServerLedger:
         self._rounds = {entry["round"] for entry in writer.entries}
 
     @classmethod
-    def open(cls, path: Path | str, *, server_id: str, signing_key: SigningKey, clock: Clock = utc_now) -> "ServerLedger":
+    def open(cls, path: Path | str, *, server_id: str, signing_key: SigningKey, clock: Clock = utc_now) -> ServerLedger:
         writer = ChainWriter.open(Path(path), SERVER_LEDGER_FORMAT, owner=server_id, signing_key=signing_key, clock=clock)
         return cls(writer)
 
@@ -319,7 +319,7 @@ class ServerLedger:
     def close(self) -> None:
         self._writer.close()
 
-    def __enter__(self) -> "ServerLedger":
+    def __enter__(self) -> ServerLedger:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None) -> None:

@@ -179,15 +179,11 @@ class DistributedDPConfig:
         _positive_int("dimension", self.dimension)
         object.__setattr__(self, "clip_norm", _positive_finite("clip_norm", self.clip_norm))
         object.__setattr__(self, "scale", _positive_finite("scale", self.scale))
-        object.__setattr__(
-            self, "aggregate_variance", _positive_finite("aggregate_variance", self.aggregate_variance)
-        )
+        object.__setattr__(self, "aggregate_variance", _positive_finite("aggregate_variance", self.aggregate_variance))
         _positive_int("min_survivors", self.min_survivors)
         _positive_int("max_clients", self.max_clients)
         if self.min_survivors > self.max_clients:
-            raise DistributedDPConfigError(
-                f"min_survivors ({self.min_survivors}) exceeds max_clients ({self.max_clients})"
-            )
+            raise DistributedDPConfigError(f"min_survivors ({self.min_survivors}) exceeds max_clients ({self.max_clients})")
         if isinstance(self.ring_bits, bool) or not isinstance(self.ring_bits, int) or not MIN_BITS <= self.ring_bits <= MAX_BITS:
             raise DistributedDPConfigError(f"ring_bits must be an integer in [{MIN_BITS}, {MAX_BITS}], got {self.ring_bits!r}")
         if not isinstance(self.rotation, Rotation):

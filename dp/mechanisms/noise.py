@@ -136,9 +136,7 @@ def standard_normal(source: RandomSource, count: int) -> np.ndarray:
     return samples[:count]
 
 
-def gaussian_noise(
-    source: RandomSource, count: int, *, std: float, summands: int = HOLOHAN_BRAGHIN_SUMMANDS
-) -> np.ndarray:
+def gaussian_noise(source: RandomSource, count: int, *, std: float, summands: int = HOLOHAN_BRAGHIN_SUMMANDS) -> np.ndarray:
     """``count`` samples of N(0, std^2), each the normalised sum of ``summands`` draws.
 
     Returns ``std * (Z_1 + ... + Z_m) / sqrt(m)`` with Z_i independent standard normals
@@ -236,7 +234,7 @@ class PoissonSampler:
         """``(value, count)`` pairs; value is returned with probability count / 2^63 (exact)."""
         upper = [int(x) for x in self.thresholds] + [_TABLE_TOTAL]
         lower = [0] + upper[:-1]
-        return [(self.offset + k, hi - lo) for k, (lo, hi) in enumerate(zip(lower, upper))]
+        return [(self.offset + k, hi - lo) for k, (lo, hi) in enumerate(zip(lower, upper, strict=True))]
 
     def sample(self, source: RandomSource, count: int) -> np.ndarray:
         """``count`` independent Poisson(mean) samples as int64 (vectorised)."""

@@ -33,7 +33,7 @@ class RoundKeys:
     masking: AgreementKeyPair
 
 
-def advertise_keys(context: ClientContext) -> tuple["AwaitingKeyList", AdvertiseKeys]:
+def advertise_keys(context: ClientContext) -> tuple[AwaitingKeyList, AdvertiseKeys]:
     """Generate and sign the round keys; the first message of the round."""
     keys = RoundKeys(
         encryption=AgreementKeyPair.generate(context.source),
@@ -90,8 +90,6 @@ class AwaitingKeyList:
         require(len(set(public_keys)) == len(public_keys), AbortReason.DUPLICATE_PUBLIC_KEY, "a public key appears twice")
 
         advertised = {entry.sender: entry for entry in message.entries}
-        session = derive_session_id(
-            digest, [(e.sender, e.encryption_public_key, e.masking_public_key) for e in message.entries]
-        )
+        session = derive_session_id(digest, [(e.sender, e.encryption_public_key, e.masking_public_key) for e in message.entries])
         graph = neighbours(config, advertised, session)
         return share_keys(context, self.keys, advertised, session, graph)

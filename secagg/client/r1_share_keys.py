@@ -47,11 +47,11 @@ SHAMIR = ShamirScheme()
 
 def share_keys(
     context: ClientContext,
-    keys: "RoundKeys",
+    keys: RoundKeys,
     advertised: Mapping[int, AdvertiseKeys],
     session_id: bytes,
     graph: NeighbourMap,
-) -> tuple["AwaitingMaskedInputRequest", ShareKeys]:
+) -> tuple[AwaitingMaskedInputRequest, ShareKeys]:
     """Share b_u and s_sk with the neighbourhood and encrypt each neighbour's shares."""
     config = context.config
     me = context.participant_id
@@ -103,7 +103,7 @@ class AwaitingMaskedInputRequest:
     """Sent ShareKeys; expects U2 and the ciphertexts addressed to this client."""
 
     stage: ClassVar[ClientStage] = ClientStage.SHARE_KEYS
-    keys: "RoundKeys"
+    keys: RoundKeys
     advertised: dict[int, AdvertiseKeys]
     session_id: bytes
     graph: NeighbourMap

@@ -23,7 +23,14 @@ from secagg.config import ProtocolMode
 from secagg.errors import AbortReason
 from secagg.graph import NeighbourMap
 from secagg.hazmat.prg import SignedSeed, accumulate_masks
-from secagg.messages import AdvertiseKeys, ConsistencyCheck, ConsistencyCheckRequest, MaskedInput, UnmaskingRequest, UnmaskingShares
+from secagg.messages import (
+    AdvertiseKeys,
+    ConsistencyCheck,
+    ConsistencyCheckRequest,
+    MaskedInput,
+    UnmaskingRequest,
+    UnmaskingShares,
+)
 from secagg.protocol import SharePair, pairwise_mask_sign, pairwise_prg_seed, self_mask_prg_seed, survivors_statement
 
 if TYPE_CHECKING:
@@ -32,7 +39,7 @@ if TYPE_CHECKING:
     from secagg.client.r4_unmasking import Completed
 
 
-def masked_input(context: ClientContext, state: "AwaitingSurvivors", self_mask_seed: bytes) -> MaskedInput:
+def masked_input(context: ClientContext, state: AwaitingSurvivors, self_mask_seed: bytes) -> MaskedInput:
     """y_u for this client's input, masked with its self-mask and its pairwise masks in U2."""
     me = context.participant_id
     masks = [SignedSeed(self_mask_prg_seed(state.session_id, me, self_mask_seed), 1)]
@@ -53,7 +60,7 @@ class AwaitingSurvivors:
     """Sent MaskedInput; expects U3 (a consistency check in active mode, else the unmasking request)."""
 
     stage: ClassVar[ClientStage] = ClientStage.MASKED_INPUT_COLLECTION
-    keys: "RoundKeys"
+    keys: RoundKeys
     advertised: dict[int, AdvertiseKeys]
     session_id: bytes
     graph: NeighbourMap
@@ -62,7 +69,7 @@ class AwaitingSurvivors:
 
     def on_consistency_check_request(
         self, context: ClientContext, message: ConsistencyCheckRequest
-    ) -> tuple["AwaitingUnmaskingRequest", ConsistencyCheck]:
+    ) -> tuple[AwaitingUnmaskingRequest, ConsistencyCheck]:
         from secagg.client.r3_consistency_check import AwaitingUnmaskingRequest
 
         require(
@@ -71,18 +78,14 @@ class AwaitingSurvivors:
             "consistency check requested in honest-but-curious mode",
         )
         require(message.session_id == self.session_id, AbortReason.WRONG_SESSION, "message is for another session")
-        survivors = check_id_list(
-            message.survivors, "U3", within=self.share_keys_survivors, minimum=context.config.threshold
-        )
+        survivors = check_id_list(message.survivors, "U3", within=self.share_keys_survivors, minimum=context.config.threshold)
         me = context.participant_id
         require(me in survivors, AbortReason.PREMATURE_UNMASK_REQUEST, "U3 omits this client: its masked input was not accepted")
         signature = context.identity_key.sign(survivors_statement(self.session_id, me, survivors))
         state = AwaitingUnmaskingRequest(survivors_state=self, signed_survivors=survivors)
         return state, ConsistencyCheck(session_id=self.session_id, sender=me, signature=signature)
 
-    def on_unmasking_request(
-        self, context: ClientContext, message: UnmaskingRequest
-    ) -> tuple["Completed", UnmaskingShares]:
+    def on_unmasking_request(self, context: ClientContext, message: UnmaskingRequest) -> tuple[Completed, UnmaskingShares]:
         from secagg.client.r4_unmasking import unmasking_shares
 
         require(

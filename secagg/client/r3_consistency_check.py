@@ -30,9 +30,7 @@ class AwaitingUnmaskingRequest:
     survivors_state: AwaitingSurvivors
     signed_survivors: frozenset[int]
 
-    def on_unmasking_request(
-        self, context: ClientContext, message: UnmaskingRequest
-    ) -> tuple["Completed", UnmaskingShares]:
+    def on_unmasking_request(self, context: ClientContext, message: UnmaskingRequest) -> tuple[Completed, UnmaskingShares]:
         from secagg.client.r4_unmasking import unmasking_shares
 
         return unmasking_shares(context, self.survivors_state, message, signed_survivors=self.signed_survivors)

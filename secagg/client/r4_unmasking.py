@@ -51,7 +51,9 @@ def unmasking_shares(
     survivor_list = message.survivors
     dropped_list = message.dropped
     require(len(set(survivor_list)) == len(survivor_list), AbortReason.DUPLICATE_PARTICIPANT, "U3 lists a participant twice")
-    require(len(set(dropped_list)) == len(dropped_list), AbortReason.DUPLICATE_PARTICIPANT, "dropped list names a participant twice")
+    require(
+        len(set(dropped_list)) == len(dropped_list), AbortReason.DUPLICATE_PARTICIPANT, "dropped list names a participant twice"
+    )
     overlap = set(survivor_list) & set(dropped_list)
     require(not overlap, AbortReason.ALIVE_DEAD_OVERLAP, f"{len(overlap)} participant(s) listed as both alive and dropped")
     survivors = check_id_list(survivor_list, "U3", within=state.share_keys_survivors, minimum=config.threshold)
@@ -82,7 +84,9 @@ def unmasking_shares(
         for item in message.signatures:
             require(
                 verify_signature(
-                    config.identity_keys[item.signer], item.signature, survivors_statement(state.session_id, item.signer, survivors)
+                    config.identity_keys[item.signer],
+                    item.signature,
+                    survivors_statement(state.session_id, item.signer, survivors),
                 ),
                 AbortReason.INVALID_SIGNATURE,
                 f"consistency signature of participant {item.signer} is invalid",

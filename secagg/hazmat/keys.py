@@ -40,12 +40,12 @@ class AgreementKeyPair:
             object.__setattr__(self, "private_key", X25519PrivateKey.from_private_bytes(self.private_bytes))
 
     @classmethod
-    def generate(cls, source: RandomSource) -> "AgreementKeyPair":
+    def generate(cls, source: RandomSource) -> AgreementKeyPair:
         private = X25519PrivateKey.from_private_bytes(source.random_bytes(PRIVATE_KEY_BYTES))
         return cls.from_private_bytes(_raw_private(private))
 
     @classmethod
-    def from_private_bytes(cls, private_bytes: bytes) -> "AgreementKeyPair":
+    def from_private_bytes(cls, private_bytes: bytes) -> AgreementKeyPair:
         if len(private_bytes) != PRIVATE_KEY_BYTES:
             raise ValueError("X25519 private keys are 32 bytes")
         private = X25519PrivateKey.from_private_bytes(private_bytes)
@@ -95,11 +95,11 @@ class SigningKey:
     public_bytes: bytes
 
     @classmethod
-    def generate(cls, source: RandomSource) -> "SigningKey":
+    def generate(cls, source: RandomSource) -> SigningKey:
         return cls.from_private_bytes(source.random_bytes(PRIVATE_KEY_BYTES))
 
     @classmethod
-    def from_private_bytes(cls, private_bytes: bytes) -> "SigningKey":
+    def from_private_bytes(cls, private_bytes: bytes) -> SigningKey:
         if len(private_bytes) != PRIVATE_KEY_BYTES:
             raise ValueError("Ed25519 private keys are 32 bytes")
         private = Ed25519PrivateKey.from_private_bytes(private_bytes)

@@ -78,7 +78,7 @@ class DeterministicRandom:
         self._encryptor = Cipher(algorithms.AES(seed), modes.CTR(b"\x00" * 16)).encryptor()
 
     @classmethod
-    def from_int(cls, seed: int) -> "DeterministicRandom":
+    def from_int(cls, seed: int) -> DeterministicRandom:
         """Expand a small integer test seed to 256 bits (tests and ``--seed`` only)."""
         return cls(seed.to_bytes(SEED_BYTES, "big", signed=False))
 

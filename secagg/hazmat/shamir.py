@@ -49,9 +49,7 @@ class ShamirScheme:
     """
 
     prime: int = FIELD_PRIME
-    _lagrange_cache: dict[tuple[int, ...], Mapping[int, int]] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
+    _lagrange_cache: dict[tuple[int, ...], Mapping[int, int]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.prime < 3:
@@ -99,7 +97,7 @@ class ShamirScheme:
         p = self.prime
         xs = [x_coordinate(pid) for pid in key]
         coefficients: dict[int, int] = {}
-        for pid, x_i in zip(key, xs):
+        for pid, x_i in zip(key, xs, strict=True):
             numerator = 1
             denominator = 1
             for x_j in xs:

@@ -34,6 +34,7 @@ from secagg.hazmat.keys import verify_signature
 from secagg.hazmat.prg import accumulate_masks
 from secagg.hazmat.shamir import FIELD_PRIME, SHARE_BYTES
 from secagg.messages import (
+    ROUND_OF_CLIENT_MESSAGE,
     AdvertiseKeys,
     ClientMessage,
     ConsistencyCheck,
@@ -43,7 +44,6 @@ from secagg.messages import (
     MaskedInput,
     MaskedInputRequest,
     MessageType,
-    ROUND_OF_CLIENT_MESSAGE,
     ServerMessage,
     ShareKeys,
     SignedSurvivors,
@@ -61,7 +61,6 @@ from secagg.server.stages import ServerStage
 from secagg.server.unmasking import plan_unmasking
 
 Outbox = dict[int, ServerMessage]
-
 
 
 @dataclass(slots=True)
@@ -179,9 +178,7 @@ class ServerSession:
             raise MessageRejected(RejectReason.MALFORMED, f"{type(message).__name__} is not a client message")
         expected_stage = ServerStage(message_round.value)
         if expected_stage is not self._stage:
-            raise MessageRejected(
-                RejectReason.WRONG_STAGE, f"{type(message).__name__} received in stage {self._stage.value}"
-            )
+            raise MessageRejected(RejectReason.WRONG_STAGE, f"{type(message).__name__} received in stage {self._stage.value}")
         sender = message.sender
         if sender not in self._config.participant_ids:
             raise MessageRejected(RejectReason.UNKNOWN_SENDER, f"participant {sender} is not in the cohort")
@@ -258,9 +255,7 @@ class ServerSession:
     def _accept_advertise_keys(self, message: AdvertiseKeys) -> None:
         if message.config_digest != self._digest:
             raise MessageRejected(RejectReason.WRONG_SESSION, "keys advertised for another round")
-        statement = advertise_statement(
-            self._digest, message.sender, message.encryption_public_key, message.masking_public_key
-        )
+        statement = advertise_statement(self._digest, message.sender, message.encryption_public_key, message.masking_public_key)
         if not verify_signature(self._config.identity_keys[message.sender], message.signature, statement):
             raise MessageRejected(RejectReason.INVALID_SIGNATURE, "advertised keys are not signed by the sender's identity key")
         keys = (message.encryption_public_key, message.masking_public_key)
@@ -284,7 +279,9 @@ class ServerSession:
         ring = self._config.ring
         vector = message.masked_vector
         if message.bits != ring.bits:
-            raise MessageRejected(RejectReason.WRONG_LENGTH, f"masked input is in Z_2^{message.bits}, the round uses Z_2^{ring.bits}")
+            raise MessageRejected(
+                RejectReason.WRONG_LENGTH, f"masked input is in Z_2^{message.bits}, the round uses Z_2^{ring.bits}"
+            )
         if vector.ndim != 1 or vector.size != self._config.dim or vector.dtype != ring.dtype.newbyteorder("="):
             raise MessageRejected(RejectReason.WRONG_LENGTH, f"masked input must have {self._config.dim} elements")
         if not ring.is_reduced(vector):
@@ -332,7 +329,7 @@ class ServerSession:
             )
             data.graph = neighbours(self._config, data.advertised, data.session_id)
             key_list = KeyList(config_digest=self._digest, entries=tuple(data.advertised.values()))
-            return self._enter(ServerStage.SHARE_KEYS, responders, {member: key_list for member in responders})
+            return self._enter(ServerStage.SHARE_KEYS, responders, dict.fromkeys(responders, key_list))
 
         session = data.session_id
         assert session is not None
@@ -362,7 +359,7 @@ class ServerSession:
             ordered = tuple(sorted(responders))
             if self._config.mode is ProtocolMode.ACTIVE:
                 request = ConsistencyCheckRequest(session_id=session, survivors=ordered)
-                return self._enter(ServerStage.CONSISTENCY_CHECK, responders, {member: request for member in ordered})
+                return self._enter(ServerStage.CONSISTENCY_CHECK, responders, dict.fromkeys(ordered, request))
             return self._request_unmasking(responders, signatures=())
 
         if self._stage is ServerStage.CONSISTENCY_CHECK:
@@ -382,7 +379,7 @@ class ServerSession:
             signatures=signatures,
         )
         data.unmasking_expected = recipients
-        return self._enter(ServerStage.UNMASKING, recipients, {member: request for member in sorted(recipients)})
+        return self._enter(ServerStage.UNMASKING, recipients, dict.fromkeys(sorted(recipients), request))
 
     def _unmask(self) -> Outbox:
         data = self._data

@@ -93,13 +93,17 @@ def plan_unmasking(
     for owner in sorted(dropped):
         key_pair = AgreementKeyPair.from_private_bytes(_reconstruct(config, owner, masking_key_shares[owner], "masking key"))
         if key_pair.public_bytes != advertised[owner].masking_public_key:
-            raise ProtocolAbort(AbortReason.CORRUPT_SHARE, f"reconstructed masking key of participant {owner} does not match its public key")
+            raise ProtocolAbort(
+                AbortReason.CORRUPT_SHARE, f"reconstructed masking key of participant {owner} does not match its public key"
+            )
         dropped_keys[owner] = key_pair
     seeds: dict[int, bytes] = {}
     for owner in sorted(survivors):
         seed = _reconstruct(config, owner, self_mask_shares[owner], "self-mask seed")
         if self_mask_commitment(session_id, owner, seed) != self_mask_commitments[owner]:
-            raise ProtocolAbort(AbortReason.CORRUPT_SHARE, f"reconstructed self-mask seed of participant {owner} does not match its commitment")
+            raise ProtocolAbort(
+                AbortReason.CORRUPT_SHARE, f"reconstructed self-mask seed of participant {owner} does not match its commitment"
+            )
         seeds[owner] = seed
     try:
         peer_keys = {peer: X25519PublicKey.from_public_bytes(advertised[peer].masking_public_key) for peer in survivors}

@@ -85,7 +85,9 @@ class MessageAcceptance:
         if not acceptance.already_accepted:
             self.context.metrics.messages_accepted.labels(stage.value).inc()
             self.context.metrics.bytes_in.labels(stage.value).inc(len(body))
-            LOGGER.info("message_accepted", extra={"round_id": round_id, "stage": stage.value, "sender": sender, "size": len(body)})
+            LOGGER.info(
+                "message_accepted", extra={"round_id": round_id, "stage": stage.value, "sender": sender, "size": len(body)}
+            )
         if finished:
             self._on_finished(round_id)
         return acceptance
@@ -113,9 +115,13 @@ class MessageAcceptance:
                     if previous is not None:
                         if previous == digest:
                             return Acceptance(round_id, stage, sender, digest, already_accepted=True), False
-                        raise ServiceProblem(ProblemType.DUPLICATE_SUBMISSION, f"you already answered {stage.value} with another message")
+                        raise ServiceProblem(
+                            ProblemType.DUPLICATE_SUBMISSION, f"you already answered {stage.value} with another message"
+                        )
                     if row.outcome == "aborted":
-                        raise ServiceProblem(ProblemType.ROUND_ABORTED, "the round aborted", extra={"abort_reason": row.abort_reason})
+                        raise ServiceProblem(
+                            ProblemType.ROUND_ABORTED, "the round aborted", extra={"abort_reason": row.abort_reason}
+                        )
                     if row.outcome == "completed":
                         raise ServiceProblem(ProblemType.WRONG_STAGE, "the round has completed")
                     try:
@@ -123,7 +129,9 @@ class MessageAcceptance:
                     except MalformedMessage as exc:
                         raise ServiceProblem(ProblemType.MALFORMED, str(exc)) from None
                     if message.sender != sender:
-                        raise ServiceProblem(ProblemType.SENDER_MISMATCH, f"the message's sender is {message.sender}, your index is {sender}")
+                        raise ServiceProblem(
+                            ProblemType.SENDER_MISMATCH, f"the message's sender is {message.sender}, your index is {sender}"
+                        )
                     server_session = context.sessions.session(session, row, parameters)
                     known_sum = context.sessions.masked_sum(round_id, row.revision)
                     try:

@@ -79,7 +79,9 @@ def ledger_body(row: RoundRow) -> dict[str, Any]:
 def survivors_by_stage(row: RoundRow, parameters: StoredParameters) -> dict[str, list[str]]:
     """Participant ids that answered each closed stage. In honest-but-curious mode there
     is no R3; its entry repeats U3 so that the stages nest (``dp.audit.round_records``)."""
-    survivors = {entry["stage"]: [parameters.cohort_ids[index] for index in entry["responded"]] for entry in json.loads(row.history)}
+    survivors = {
+        entry["stage"]: [parameters.cohort_ids[index] for index in entry["responded"]] for entry in json.loads(row.history)
+    }
     r2, r3 = ServerStage.MASKED_INPUT_COLLECTION.value, ServerStage.CONSISTENCY_CHECK.value
     if parameters.mode is ProtocolMode.HONEST_BUT_CURIOUS and r2 in survivors:
         survivors[r3] = list(survivors[r2])
@@ -106,12 +108,16 @@ class BackgroundWork:
                     due.append(round_id)
                     continue
                 answered = session.execute(
-                    select(func.count()).select_from(SubmissionRow).where(SubmissionRow.round_id == round_id, SubmissionRow.stage == stage)
+                    select(func.count())
+                    .select_from(SubmissionRow)
+                    .where(SubmissionRow.round_id == round_id, SubmissionRow.stage == stage)
                 ).scalar_one()
                 if answered >= len(json.loads(expected)):
                     due.append(round_id)
             unrecorded = list(
-                session.execute(select(RoundRow.id).where(RoundRow.outcome.is_not(None), RoundRow.ledger_recorded.is_(False))).scalars()
+                session.execute(
+                    select(RoundRow.id).where(RoundRow.outcome.is_not(None), RoundRow.ledger_recorded.is_(False))
+                ).scalars()
             )
         for round_id in due:
             self.transitions.advance_if_due(round_id)

@@ -87,11 +87,15 @@ class RoundEngine:
         try:
             with self.database.write() as session:
                 clash = session.execute(
-                    select(ParticipantRow).where((ParticipantRow.id == participant_id) | (ParticipantRow.public_key == public_key))
+                    select(ParticipantRow).where(
+                        (ParticipantRow.id == participant_id) | (ParticipantRow.public_key == public_key)
+                    )
                 ).first()
                 if clash is not None:
                     raise ServiceProblem(ProblemType.PARTICIPANT_EXISTS, "this id or public key is already enrolled")
-                row = ParticipantRow(id=participant_id, public_key=public_key, role=role.value, enrolled_at=self.clock(), revoked_at=None)
+                row = ParticipantRow(
+                    id=participant_id, public_key=public_key, role=role.value, enrolled_at=self.clock(), revoked_at=None
+                )
                 session.add(row)
         except IntegrityError:
             raise ServiceProblem(ProblemType.PARTICIPANT_EXISTS, "this id or public key is already enrolled") from None
@@ -206,13 +210,17 @@ class RoundEngine:
         )
 
     # ------------------------------------------------------------------- reads
-    def message_for(self, round_id: str, participant_id: str, *, deadline_checked: bool = False) -> tuple[str, OutboundMessage | None]:
+    def message_for(
+        self, round_id: str, participant_id: str, *, deadline_checked: bool = False
+    ) -> tuple[str, OutboundMessage | None]:
         """The round's current stage and the server message ``participant_id`` must answer in
         it, or None (nothing yet in R0, or already answered). One read in the usual case."""
         index = self.member_index(round_id, participant_id)
         with self.database.read() as session:
             stage, outcome, abort_reason, deadline = session.execute(
-                select(RoundRow.stage, RoundRow.outcome, RoundRow.abort_reason, RoundRow.stage_deadline).where(RoundRow.id == round_id)
+                select(RoundRow.stage, RoundRow.outcome, RoundRow.abort_reason, RoundRow.stage_deadline).where(
+                    RoundRow.id == round_id
+                )
             ).one()
             overdue = outcome is None and deadline is not None and self.clock() >= deadline
             if not (overdue and not deadline_checked):
@@ -231,7 +239,9 @@ class RoundEngine:
         if stage == ServerStage.ADVERTISE_KEYS.value:
             return None
         answered = session.execute(
-            select(SubmissionRow.id).where(SubmissionRow.round_id == round_id, SubmissionRow.stage == stage, SubmissionRow.sender == index)
+            select(SubmissionRow.id).where(
+                SubmissionRow.round_id == round_id, SubmissionRow.stage == stage, SubmissionRow.sender == index
+            )
         ).first()
         if answered is not None:
             return None  # only members expected in this stage can have answered it

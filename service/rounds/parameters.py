@@ -77,7 +77,9 @@ class StoredParameters:
         return json.dumps(
             {
                 "round_id": self.round_id,
-                "cohort": [{"id": pid, "public_key": key.hex()} for pid, key in zip(self.cohort_ids, self.identity_keys)],
+                "cohort": [
+                    {"id": pid, "public_key": key.hex()} for pid, key in zip(self.cohort_ids, self.identity_keys, strict=True)
+                ],
                 "threshold": self.threshold,
                 "mode": self.mode.value,
                 "graph": self.graph.value,
@@ -115,7 +117,7 @@ class StoredParameters:
             "protocol_version": PROTOCOL_VERSION,
             "cohort": [
                 {"index": index, "id": pid, "public_key": base64.b64encode(key).decode("ascii")}
-                for index, (pid, key) in enumerate(zip(self.cohort_ids, self.identity_keys))
+                for index, (pid, key) in enumerate(zip(self.cohort_ids, self.identity_keys, strict=True))
             ],
             "threshold": self.threshold,
             "mode": self.mode,

@@ -73,7 +73,10 @@ def replay(session: Session, row: RoundRow, parameters: StoredParameters) -> Ser
     server_session = ServerSession(config, sum_masked_inputs=False)
     by_stage: dict[str, list[SubmissionRow]] = {}
     for submission in session.execute(
-        select(SubmissionRow).options(undefer(SubmissionRow.body)).where(SubmissionRow.round_id == row.id).order_by(SubmissionRow.id)
+        select(SubmissionRow)
+        .options(undefer(SubmissionRow.body))
+        .where(SubmissionRow.round_id == row.id)
+        .order_by(SubmissionRow.id)
     ).scalars():
         by_stage.setdefault(submission.stage, []).append(submission)
     placeholder = config.ring.zeros(config.dim)

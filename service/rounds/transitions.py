@@ -50,7 +50,10 @@ class StageTransitions:
                 select(RoundRow.outcome, RoundRow.stage_deadline).where(RoundRow.id == round_id)
             ).one_or_none()
         overdue = (
-            found is not None and found.outcome is None and found.stage_deadline is not None and self.context.clock() >= found.stage_deadline
+            found is not None
+            and found.outcome is None
+            and found.stage_deadline is not None
+            and self.context.clock() >= found.stage_deadline
         )
         if overdue:
             self.advance_if_due(round_id)
@@ -68,9 +71,9 @@ class StageTransitions:
                     now = context.clock()
                     expected = json.loads(row.expected)
                     answered = session.execute(
-                        select(func.count()).select_from(SubmissionRow).where(
-                            SubmissionRow.round_id == round_id, SubmissionRow.stage == row.stage
-                        )
+                        select(func.count())
+                        .select_from(SubmissionRow)
+                        .where(SubmissionRow.round_id == round_id, SubmissionRow.stage == row.stage)
                     ).scalar_one()
                     overdue = row.stage_deadline is not None and now >= row.stage_deadline
                     if answered < len(expected) and not overdue:
@@ -127,7 +130,11 @@ class StageTransitions:
         for recipient, message in sorted(outbox.items()):
             session.add(
                 OutboundRow(
-                    round_id=row.id, stage=opened.value, recipient=recipient, message_type=type(message).__name__, body=encode(message)
+                    round_id=row.id,
+                    stage=opened.value,
+                    recipient=recipient,
+                    message_type=type(message).__name__,
+                    body=encode(message),
                 )
             )
         row.stage = opened.value
@@ -137,7 +144,12 @@ class StageTransitions:
         row.revision += 1
         LOGGER.info(
             "stage_closed",
-            extra={"round_id": row.id, "stage": closing.value, "responded": len(record.responded), "expected": len(record.expected)},
+            extra={
+                "round_id": row.id,
+                "stage": closing.value,
+                "responded": len(record.responded),
+                "expected": len(record.expected),
+            },
         )
         return False
 
@@ -146,11 +158,18 @@ class StageTransitions:
         history = json.loads(row.history)
         record = server_session.history[-1]
         history.append(
-            {"stage": record.stage.value, "expected": sorted(record.expected), "responded": sorted(record.responded), "closed_at": now}
+            {
+                "stage": record.stage.value,
+                "expected": sorted(record.expected),
+                "responded": sorted(record.responded),
+                "closed_at": now,
+            }
         )
         row.history = json.dumps(history)
 
-    def finish(self, session: Session, row: RoundRow, now: float, *, outcome: str, reason: str | None, detail: str | None) -> None:
+    def finish(
+        self, session: Session, row: RoundRow, now: float, *, outcome: str, reason: str | None, detail: str | None
+    ) -> None:
         """Record the outcome and drop what a finished round no longer needs (data minimisation):
         the running sum, the relayed messages and the bodies of the accepted messages
         (encrypted shares, revealed shares, signatures). Who answered which stage, when,
@@ -211,7 +230,14 @@ class StageTransitions:
                 with context.database.write() as session:
                     row = self._lock_unfinished_round(session, round_id)
                     context.sessions.forget(round_id)
-                    self.finish(session, row, context.clock(), outcome="aborted", reason=AbortReason.ABORTED_BY_SERVER.value, detail=detail)
+                    self.finish(
+                        session,
+                        row,
+                        context.clock(),
+                        outcome="aborted",
+                        reason=AbortReason.ABORTED_BY_SERVER.value,
+                        detail=detail,
+                    )
             finally:
                 context.sessions.forget(round_id)
         context.notify(round_id)

@@ -48,7 +48,12 @@ async def audit_round(round_id: RoundIdPath, caller: AuditorCaller, engine: Engi
 @router.get(
     "/ledger",
     response_class=Response,
-    responses={200: {"description": "The server ledger, byte for byte.", "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}},
+    responses={
+        200: {
+            "description": "The server ledger, byte for byte.",
+            "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+        }
+    },
     summary="The server's signed, hash-chained round ledger (JSONL)",
 )
 async def audit_ledger(request: Request, caller: AuditorCaller, engine: EngineDep) -> Response:

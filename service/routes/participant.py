@@ -14,8 +14,8 @@ from starlette.requests import ClientDisconnect
 
 from service.auth import (
     BankCaller,
-    PendingCaller,
     EngineDep,
+    PendingCaller,
     SettingsDep,
     check_credentials,
     complete_authentication,
@@ -23,8 +23,8 @@ from service.auth import (
     signed_request,
     signing_headers,
 )
-from service.rounds import Acceptance, RoundEngine
 from service.problems import ProblemType, ServiceProblem, problem_responses
+from service.rounds import Acceptance, RoundEngine
 from service.schemas import MessageAck, ParticipantRole, ResultOut, RoundId, RoundParameters, WorkList
 from service.watch import FALLBACK_RECHECK_SECONDS, MAX_WAIT_SECONDS, RoundWatch
 
@@ -169,8 +169,7 @@ async def _read_limited(request: Request, limit: int) -> bytes:
             "content": {OCTET_STREAM: {"schema": {"type": "string", "format": "binary"}}},
         },
         204: {
-            "description": "Nothing to answer yet (R0, or already answered) within the wait; "
-            "see Retry-After and X-Secagg-Stage."
+            "description": "Nothing to answer yet (R0, or already answered) within the wait; see Retry-After and X-Secagg-Stage."
         },
         **problem_responses(
             ProblemType.ROUND_NOT_FOUND,

@@ -10,7 +10,9 @@ from clients.runtime.runner import RoundOutcome, run_round
 from tests.clients.fake_server import FakeRoundServer
 
 
-def run_against(server: FakeRoundServer, state_dir: Path, *, policy: ClientPolicy | None = None, client_input=None, **kwargs) -> RoundOutcome:
+def run_against(
+    server: FakeRoundServer, state_dir: Path, *, policy: ClientPolicy | None = None, client_input=None, **kwargs
+) -> RoundOutcome:
     """Run the client under test against the in-memory server, never sleeping."""
     return run_round(
         transport=server,

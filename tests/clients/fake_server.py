@@ -11,8 +11,6 @@ resubmission is ``already-accepted``, a different one ``duplicate-submission``.
 
 from __future__ import annotations
 
-from secagg.rounds import Round
-
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -39,6 +37,7 @@ from secagg.errors import MessageRejected, ProtocolAbort
 from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import DeterministicRandom
 from secagg.messages import encode
+from secagg.rounds import Round
 from secagg.server import ServerSession, ServerStage
 
 STAGE_OF_ROUND = {
@@ -94,7 +93,11 @@ class FakeRoundServer:
         self.server = ServerSession(self.config)
         self.others = {
             index: ClientSession(
-                self.config, index, self.identities[index], self.inputs[index], source=DeterministicRandom.from_int(self.seed * 100 + index)
+                self.config,
+                index,
+                self.identities[index],
+                self.inputs[index],
+                source=DeterministicRandom.from_int(self.seed * 100 + index),
             )
             for index in range(self.n)
             if index != self.member

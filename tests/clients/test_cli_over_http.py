@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from clients.runtime.bank import run_bank_round
-from secagg_cli import app
 from clients.harness.http_simulation import run_http_simulation
 from clients.harness.local_server import AdminClient, LocalServer
-from clients.runtime.retry import PollSchedule
 from clients.harness.simulation import DropoutRound, SimulationParameters
+from clients.runtime.bank import run_bank_round
+from clients.runtime.retry import PollSchedule
 from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import DeterministicRandom
+from secagg_cli import app
 
 DIM = 32
 
@@ -38,7 +38,7 @@ def test_cli_keygen_then_run_completes_the_round_and_prints_a_summary(server, tm
     names = ["cli-bank", "cli-other-0", "cli-other-1", "cli-other-2"]
     with AdminClient(server.base_url, server.admin_token) as admin:
         admin.enroll(names[0], cli_public_key)
-        for name, key in zip(names[1:], others):
+        for name, key in zip(names[1:], others, strict=True):
             admin.enroll(name, key.public_bytes)
         round_id = admin.create_round(
             {"cohort": names, "threshold": 3, "mode": "active", "graph": "full", "degree": None, "dim": DIM, "bits": 32}
@@ -78,25 +78,47 @@ def test_cli_run_refused_by_policy_exits_3_and_sends_nothing(server, tmp_path: P
     keys = [SigningKey.generate(DeterministicRandom.from_int(40 + i)) for i in range(3)]
     names = [f"policy-cli-{i}" for i in range(3)]
     with AdminClient(server.base_url, server.admin_token) as admin:
-        for name, key in zip(names, keys):
+        for name, key in zip(names, keys, strict=True):
             admin.enroll(name, key.public_bytes)
         round_id = admin.create_round(
-            {"cohort": names, "threshold": 2, "mode": "honest-but-curious", "graph": "full", "degree": None, "dim": DIM, "bits": 32}
+            {
+                "cohort": names,
+                "threshold": 2,
+                "mode": "honest-but-curious",
+                "graph": "full",
+                "degree": None,
+                "dim": DIM,
+                "bits": 32,
+            }
         )["round_id"]
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
     key_path = tmp_path / "bank.key"
-    pem = Ed25519PrivateKey.from_private_bytes(keys[0].private_bytes).private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    pem = Ed25519PrivateKey.from_private_bytes(keys[0].private_bytes).private_bytes(
+        Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()
+    )
     key_path.write_bytes(pem)
     key_path.chmod(0o600)
     np.save(tmp_path / "update.npy", np.zeros(DIM, dtype=np.uint32))
     result = CliRunner().invoke(
         app,
         [
-            "client", "run", "--server", server.base_url, "--key", str(key_path), "--round", round_id,
-            "--input", str(tmp_path / "update.npy"), "--participant-id", names[0], "--state-dir", str(tmp_path / "state"),
-        ],  # fmt: skip
+            "client",
+            "run",
+            "--server",
+            server.base_url,
+            "--key",
+            str(key_path),
+            "--round",
+            round_id,
+            "--input",
+            str(tmp_path / "update.npy"),
+            "--participant-id",
+            names[0],
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
     )
     assert result.exit_code == 3, result.output
     assert "mode-not-allowed" in result.output

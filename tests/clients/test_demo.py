@@ -98,7 +98,10 @@ def test_standardisation_from_the_secure_sum_matches_the_banks_pooled_statistics
 
     run_dir = Path(demo["run_dir"])
     agreed = lending_club_schema()
-    total = sum(moment_sums(read_csv(run_dir / "banks" / bank / "loans.csv"), agreed).to_vector() for bank in ("bank-a", "bank-b", "bank-c"))
+    total = sum(
+        moment_sums(read_csv(run_dir / "banks" / bank / "loans.csv"), agreed).to_vector()
+        for bank in ("bank-a", "bank-b", "bank-c")
+    )
     names = [column.name for column in agreed.numeric_columns]
     expected = statistics_from_sums(agreed, MomentSums.from_vector(names, total))
     for bank in ("bank-a", "bank-b", "bank-c"):

@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-from secagg.rounds import Round
-
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from clients.harness.local_server import AdminClient, LocalServer
 from clients.runtime.errors import PolicyViolation, PolicyViolationReason, ResumeRefused
 from clients.runtime.http_transport import HttpTransport
 from clients.runtime.inputs import RingVectorInput
-from clients.harness.local_server import AdminClient, LocalServer
 from clients.runtime.policy import ClientPolicy
 from clients.runtime.retry import PollSchedule
 from clients.runtime.runner import Outcome, RoundOutcome, run_round
 from secagg.encoding import Ring
 from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import DeterministicRandom
+from secagg.rounds import Round
 
 N = 5
 DIM = 64
@@ -73,7 +72,7 @@ class Cohort:
             source.fill(vector)
             self.inputs.append(vector)
         with AdminClient(server.base_url, server.admin_token) as admin:
-            for name, identity in zip(self.names, self.identities):
+            for name, identity in zip(self.names, self.identities, strict=True):
                 admin.enroll(name, identity.public_bytes)
             created = admin.create_round(
                 {"cohort": self.names, "threshold": 4, "mode": "active", "graph": "full", "degree": None, "dim": DIM, "bits": 32}

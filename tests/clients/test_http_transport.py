@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from secagg.rounds import Round
-
 import json
 
 import httpx
@@ -16,6 +14,7 @@ from clients.runtime.transport import Accepted, Delivered, Excluded, Pending, Ro
 from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import DeterministicRandom
 from secagg.http_contract import body_digest, parse_credentials, verify_request
+from secagg.rounds import Round
 
 IDENTITY = SigningKey.generate(DeterministicRandom.from_int(11))
 ROUND = "ab" * 16
@@ -64,7 +63,9 @@ def test_every_request_is_signed_over_method_path_and_body_with_a_fresh_nonce() 
     for request in seen:
         credentials = parse_credentials(request.headers)
         assert credentials.key_id == "bank-a" and credentials.timestamp == int(NOW)
-        verify_request(credentials, IDENTITY.public_bytes, "POST", f"/v1/rounds/{ROUND}/messages", body_sha256=body_digest(request.content))
+        verify_request(
+            credentials, IDENTITY.public_bytes, "POST", f"/v1/rounds/{ROUND}/messages", body_sha256=body_digest(request.content)
+        )
         assert request.headers["Content-Type"] == "application/octet-stream"
         nonces.add(credentials.nonce)
     assert len(nonces) == 2, "a retry must use a fresh nonce"
@@ -76,7 +77,7 @@ def test_transient_status_is_retried_with_growing_jittered_backoff(status: int) 
     assert transport.submit(ROUND, Round.SHARE_KEYS, b"x") == Accepted()
     assert len(seen) == 4
     ceilings = [0.1, 0.2, 0.4]
-    assert all(ceiling / 2 <= delay <= ceiling for delay, ceiling in zip(sleeps, ceilings))
+    assert all(ceiling / 2 <= delay <= ceiling for delay, ceiling in zip(sleeps, ceilings, strict=True))
 
 
 def test_retry_after_is_honoured_when_longer_than_the_backoff() -> None:
@@ -102,7 +103,13 @@ def test_connect_errors_are_retried_then_reported_as_unavailable() -> None:
 
 @pytest.mark.parametrize(
     ("status", "suffix"),
-    [(401, "bad-request-signature"), (403, "not-in-cohort"), (422, "wrong-length"), (409, "duplicate-submission"), (400, "malformed")],
+    [
+        (401, "bad-request-signature"),
+        (403, "not-in-cohort"),
+        (422, "wrong-length"),
+        (409, "duplicate-submission"),
+        (400, "malformed"),
+    ],
 )
 def test_protocol_refusals_are_not_retried(status: int, suffix: str) -> None:
     transport, seen, sleeps = make_transport([problem(status, suffix)])
@@ -146,8 +153,9 @@ def test_fetch_outcomes_map_from_status_and_problem_types() -> None:
 
 
 def test_round_description_with_wrong_config_digest_is_refused() -> None:
-    from clients.runtime.errors import PolicyViolation, PolicyViolationReason
     import base64
+
+    from clients.runtime.errors import PolicyViolation, PolicyViolationReason
 
     keys = [SigningKey.generate(DeterministicRandom.from_int(i)).public_bytes for i in range(3)]
     body = {
@@ -183,7 +191,9 @@ def test_result_whose_digest_does_not_match_is_refused() -> None:
 
     content = np.arange(4, dtype="<u4").tobytes()
     headers = {"X-Secagg-Dim": "4", "X-Secagg-Bits": "32", "X-Secagg-Survivors": "0,1,2"}
-    good = httpx.Response(200, content=content, headers={**headers, "X-Secagg-Result-Sha256": hashlib.sha256(content).hexdigest()})
+    good = httpx.Response(
+        200, content=content, headers={**headers, "X-Secagg-Result-Sha256": hashlib.sha256(content).hexdigest()}
+    )
     bad = httpx.Response(200, content=content, headers={**headers, "X-Secagg-Result-Sha256": "00" * 32})
     transport, _, _ = make_transport([good, bad])
     result = transport.fetch_result(ROUND)
@@ -232,8 +242,12 @@ def test_fetch_long_polls_with_the_wait_in_the_signed_target_and_a_read_timeout_
     [(0.1, "0"), (20.0, "1")],
     ids=["answered-early", "server-asks-for-a-pause"],
 )
-def test_a_204_not_held_for_the_wait_or_asking_for_a_pause_is_an_ordinary_poll_answer(held_seconds: float, retry_after: str) -> None:
-    transport, _ = make_long_polling_transport([httpx.Response(204, headers={"Retry-After": retry_after})], held_seconds=held_seconds)
+def test_a_204_not_held_for_the_wait_or_asking_for_a_pause_is_an_ordinary_poll_answer(
+    held_seconds: float, retry_after: str
+) -> None:
+    transport, _ = make_long_polling_transport(
+        [httpx.Response(204, headers={"Retry-After": retry_after})], held_seconds=held_seconds
+    )
     delivery = transport.fetch(ROUND, Round.SHARE_KEYS)
     assert isinstance(delivery, Pending) and not delivery.long_polled
 

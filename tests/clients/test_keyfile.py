@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from secagg_cli import app
 from clients.runtime.errors import KeyFileError
 from clients.runtime.keyfile import generate_key_file, load_identity_key, read_passphrase
+from secagg_cli import app
 
 
 def test_generated_key_file_has_mode_0600_and_public_key_matches(tmp_path: Path) -> None:

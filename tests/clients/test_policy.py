@@ -18,7 +18,13 @@ SKELLAM_PARTICIPANT_LEVEL = {
         {
             "unit": "participant",
             "mechanism": "skellam",
-            "parameters": {"mechanism": "skellam", "l1_sensitivity": 400.0, "l2_sensitivity": 20.0, "variance": 400.0, "steps": 1},
+            "parameters": {
+                "mechanism": "skellam",
+                "l1_sensitivity": 400.0,
+                "l2_sensitivity": 20.0,
+                "variance": 400.0,
+                "steps": 1,
+            },
         }
     ]
 }
@@ -31,14 +37,30 @@ SKELLAM_PARTICIPANT_LEVEL = {
         ({"n": 5}, ClientPolicy(min_cohort_size=6), PolicyViolationReason.COHORT_TOO_SMALL),
         ({"n": 6, "threshold": 5}, ClientPolicy(min_threshold_fraction=0.9), PolicyViolationReason.THRESHOLD_TOO_LOW),
         ({"mode": ProtocolMode.HONEST_BUT_CURIOUS}, ClientPolicy(), PolicyViolationReason.MODE_NOT_ALLOWED),
-        ({"n": 8, "graph": GraphKind.HARARY, "degree": 6}, ClientPolicy(allowed_graphs=frozenset({GraphKind.FULL})), PolicyViolationReason.GRAPH_NOT_ALLOWED),
+        (
+            {"n": 8, "graph": GraphKind.HARARY, "degree": 6},
+            ClientPolicy(allowed_graphs=frozenset({GraphKind.FULL})),
+            PolicyViolationReason.GRAPH_NOT_ALLOWED,
+        ),
         ({"dim": 32}, ClientPolicy(max_dim=31), PolicyViolationReason.DIM_TOO_LARGE),
         ({"bits": 16}, ClientPolicy(allowed_bits=frozenset({32, 64})), PolicyViolationReason.BITS_NOT_ALLOWED),
         ({}, ClientPolicy(server_identity="the-real-aggregator"), PolicyViolationReason.SERVER_IDENTITY_MISMATCH),
         ({}, ClientPolicy(dp=DPRequirements(required=True)), PolicyViolationReason.DP_POLICY_REQUIRED),
-        ({"dp_policy": SKELLAM_PARTICIPANT_LEVEL}, ClientPolicy(dp=DPRequirements(min_noise_multiplier=1.5)), PolicyViolationReason.DP_NOISE_TOO_LOW),
-        ({"dp_policy": SKELLAM_PARTICIPANT_LEVEL}, ClientPolicy(dp=DPRequirements(max_epsilon_per_round=0.5)), PolicyViolationReason.DP_EPSILON_TOO_HIGH),
-        ({"dp_policy": {"privacy": [{"unit": "participant", "mechanism": "skellam", "parameters": {}}]}}, ClientPolicy(), PolicyViolationReason.DP_POLICY_MALFORMED),
+        (
+            {"dp_policy": SKELLAM_PARTICIPANT_LEVEL},
+            ClientPolicy(dp=DPRequirements(min_noise_multiplier=1.5)),
+            PolicyViolationReason.DP_NOISE_TOO_LOW,
+        ),
+        (
+            {"dp_policy": SKELLAM_PARTICIPANT_LEVEL},
+            ClientPolicy(dp=DPRequirements(max_epsilon_per_round=0.5)),
+            PolicyViolationReason.DP_EPSILON_TOO_HIGH,
+        ),
+        (
+            {"dp_policy": {"privacy": [{"unit": "participant", "mechanism": "skellam", "parameters": {}}]}},
+            ClientPolicy(),
+            PolicyViolationReason.DP_POLICY_MALFORMED,
+        ),
     ],
 )
 def test_policy_violation_refuses_before_anything_is_sent(server_kwargs, policy, reason, state_dir: Path) -> None:

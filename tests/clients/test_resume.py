@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from secagg.rounds import Round
-
 import json
 import os
 import stat
@@ -17,6 +15,7 @@ from clients.runtime.inputs import RealVectorInput, RingVectorInput
 from clients.runtime.runner import Outcome
 from clients.runtime.state import StateStore
 from secagg.config import ProtocolMode
+from secagg.rounds import Round
 from tests.clients.conftest import run_against
 from tests.clients.fake_server import FakeRoundServer
 
@@ -64,10 +63,11 @@ class CrashingTransport:
 def _transport_calls_of_a_full_run(mode: ProtocolMode) -> int:
     server = FakeRoundServer(mode=mode)
     probe = CrashingTransport(server, crash_at=-1, after=False)
+    import tempfile
+
     from clients.runtime.inputs import RingVectorInput
     from clients.runtime.policy import ClientPolicy
     from clients.runtime.runner import run_round
-    import tempfile
 
     with tempfile.TemporaryDirectory() as directory:
         run_round(
@@ -145,7 +145,7 @@ def test_resume_with_changed_input_is_refused_and_sends_nothing(state_dir: Path)
     server = FakeRoundServer()
     with pytest.raises(SimulatedCrash):
         run_against(CrashingTransport(server, crash_at=5, after=True), state_dir)
-    sent_before = dict((k, list(v)) for k, v in server.submissions.items())
+    sent_before = {k: list(v) for k, v in server.submissions.items()}
     changed = server.inputs[server.member].copy()
     changed[0] ^= 1
     with pytest.raises(ResumeRefused, match="input changed"):

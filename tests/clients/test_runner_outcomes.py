@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from secagg.rounds import Round
-
 import json
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from clients.runtime.retry import PollSchedule, RetryPolicy
 from clients.runtime.transport import Pending
 from secagg.errors import AbortReason
 from secagg.hazmat.randomness import DeterministicRandom
+from secagg.rounds import Round
 from tests.clients.conftest import run_against
 from tests.clients.fake_server import FakeRoundServer
 

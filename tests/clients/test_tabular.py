@@ -66,9 +66,7 @@ def standardized(schema: TabularSchema) -> TabularSchema:
 
 
 def test_unseen_and_missing_categories_get_their_own_features_and_the_layout_is_fixed() -> None:
-    schema = standardized(
-        TabularSchema("default", "yes", (CategoricalColumn("region", ("north", "south")),))
-    )
+    schema = standardized(TabularSchema("default", "yes", (CategoricalColumn("region", ("north", "south")),)))
     data = parse_csv(b"region,default\nnorth,no\nwest,yes\n,no\nsouth,yes\n")
     dataset = Preprocessor(schema).transform(data)
     assert dataset.feature_names == ("region=north", "region=south", "region=__other__", "region=__missing__")

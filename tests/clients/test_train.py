@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from secagg_cli import app
 from clients.training.plan import FederatedPlan
 from clients.training.tabular import TabularSchema
+from secagg_cli import app
 
 pytest.importorskip("opacus")
 pytestmark = pytest.mark.torch
@@ -47,7 +47,9 @@ def last_json_line(output: str) -> dict:
     return json.loads(output.strip().splitlines()[-1])
 
 
-def test_local_training_handles_categories_and_missing_values_and_keeps_a_verified_ledger(tmp_path: Path, bank_csv: Path, short_plan: Path) -> None:
+def test_local_training_handles_categories_and_missing_values_and_keeps_a_verified_ledger(
+    tmp_path: Path, bank_csv: Path, short_plan: Path
+) -> None:
     from dp.audit.privacy_ledger import verify_ledger
 
     work = tmp_path / "work"
@@ -81,7 +83,9 @@ def test_a_second_run_past_the_planned_budget_is_refused(tmp_path: Path, bank_cs
 
 
 def test_a_text_target_without_positive_is_refused_with_the_values(tmp_path: Path, bank_csv: Path) -> None:
-    result = CliRunner().invoke(app, ["train", "--data", str(bank_csv), "--target", "default", "--work-dir", str(tmp_path), "--local"])
+    result = CliRunner().invoke(
+        app, ["train", "--data", str(bank_csv), "--target", "default", "--work-dir", str(tmp_path), "--local"]
+    )
     assert result.exit_code == 1
     assert "--positive" in result.output and "no, yes" in result.output
 
@@ -89,7 +93,20 @@ def test_a_text_target_without_positive_is_refused_with_the_values(tmp_path: Pat
 def test_draft_schema_is_written_for_review_and_nothing_is_trained(tmp_path: Path, bank_csv: Path) -> None:
     draft = tmp_path / "draft.json"
     result = CliRunner().invoke(
-        app, ["train", "--data", str(bank_csv), "--target", "default", "--positive", "yes", "--work-dir", str(tmp_path / "w"), "--draft-schema", str(draft)]
+        app,
+        [
+            "train",
+            "--data",
+            str(bank_csv),
+            "--target",
+            "default",
+            "--positive",
+            "yes",
+            "--work-dir",
+            str(tmp_path / "w"),
+            "--draft-schema",
+            str(draft),
+        ],
     )
     assert result.exit_code == 0, result.output
     schema = TabularSchema.load(draft)
@@ -98,7 +115,9 @@ def test_draft_schema_is_written_for_review_and_nothing_is_trained(tmp_path: Pat
 
 
 def test_federated_mode_needs_the_agreed_schema_server_and_key(tmp_path: Path, bank_csv: Path) -> None:
-    result = CliRunner().invoke(app, ["train", "--data", str(bank_csv), "--target", "default", "--positive", "yes", "--work-dir", str(tmp_path)])
+    result = CliRunner().invoke(
+        app, ["train", "--data", str(bank_csv), "--target", "default", "--positive", "yes", "--work-dir", str(tmp_path)]
+    )
     assert result.exit_code != 0
     assert "--schema" in result.output and "--server" in result.output
 
@@ -138,9 +157,11 @@ def test_a_round_declares_the_example_event_and_with_participant_dp_also_skellam
     assert spent <= 10.0 and spent == pytest.approx(10.0, rel=0.05)
 
 
-def test_federated_mode_gives_up_on_an_unreachable_server_with_a_clear_error(tmp_path: Path, bank_csv: Path, short_plan: Path) -> None:
-    from clients.runtime.keyfile import generate_key_file
+def test_federated_mode_gives_up_on_an_unreachable_server_with_a_clear_error(
+    tmp_path: Path, bank_csv: Path, short_plan: Path
+) -> None:
     from clients.harness.local_server import free_loopback_port
+    from clients.runtime.keyfile import generate_key_file
     from clients.training.tabular import draft_schema, read_csv
 
     schema = tmp_path / "schema.json"

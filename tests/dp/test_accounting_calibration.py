@@ -84,9 +84,7 @@ def test_noise_multiplier_search_refuses_invalid_input(changes) -> None:
 @pytest.mark.parametrize(("target", "steps"), [(1.0, 1), (4.0, 50)])
 def test_skellam_variance_meets_the_target_within_tolerance(target, steps) -> None:
     l1, l2 = 256.0, 16.0
-    variance = skellam_variance_for_epsilon(
-        target_epsilon=target, delta=DELTA, l1_sensitivity=l1, l2_sensitivity=l2, steps=steps
-    )
+    variance = skellam_variance_for_epsilon(target_epsilon=target, delta=DELTA, l1_sensitivity=l1, l2_sensitivity=l2, steps=steps)
     event = Skellam(l1_sensitivity=l1, l2_sensitivity=l2, variance=variance, steps=steps)
     assert target - 0.01 <= compute_epsilon([event], delta=DELTA) <= target
 

@@ -96,9 +96,7 @@ def test_heterogeneous_prv_composition_equals_the_concatenated_history() -> None
     third = SampledGaussian(noise_multiplier=1.0, sample_rate=0.1, steps=20)
     merged = SampledGaussian(noise_multiplier=1.0, sample_rate=0.1, steps=50)
     heterogeneous = compute_epsilon([first, second, third], delta=DELTA, accountant=AccountantKind.PRV)
-    assert heterogeneous == pytest.approx(
-        compute_epsilon([merged, second], delta=DELTA, accountant=AccountantKind.PRV), rel=1e-9
-    )
+    assert heterogeneous == pytest.approx(compute_epsilon([merged, second], delta=DELTA, accountant=AccountantKind.PRV), rel=1e-9)
     assert heterogeneous == pytest.approx(
         compute_epsilon([second, third, first], delta=DELTA, accountant=AccountantKind.PRV), rel=1e-9
     )

@@ -7,6 +7,7 @@ with its own order grid).
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -42,7 +43,7 @@ def test_default_orders_are_opacus_default_alphas() -> None:
     assert DEFAULT_RDP_ORDERS[0] == pytest.approx(1.1)
     assert DEFAULT_RDP_ORDERS[98] == pytest.approx(10.9)
     assert DEFAULT_RDP_ORDERS[99:] == tuple(float(order) for order in range(12, 64))
-    assert INTEGER_RDP_ORDERS == tuple(float(order) for order in [*range(2, 11), *range(12, 64)])
+    assert tuple(float(order) for order in [*range(2, 11), *range(12, 64)]) == INTEGER_RDP_ORDERS
 
 
 def test_full_batch_gaussian_rdp_is_the_closed_form_alpha_over_two_z_squared() -> None:
@@ -73,9 +74,7 @@ def test_fractional_order_series_meets_the_integer_order_sum(sample_rate, noise_
     two different formulas for the same continuous function of alpha."""
     near = [integer_order - 1e-7, integer_order + 1e-7]
     fractional = sampled_gaussian_rdp(sample_rate=sample_rate, noise_multiplier=noise_multiplier, orders=near)
-    exact = sampled_gaussian_rdp(
-        sample_rate=sample_rate, noise_multiplier=noise_multiplier, orders=[float(integer_order)]
-    )[0]
+    exact = sampled_gaussian_rdp(sample_rate=sample_rate, noise_multiplier=noise_multiplier, orders=[float(integer_order)])[0]
     np.testing.assert_allclose(fractional, [exact, exact], rtol=1e-5)
 
 
@@ -89,10 +88,12 @@ def test_subsampled_rdp_lies_below_the_full_batch_rdp() -> None:
 @pytest.mark.parametrize("accountant", list(AccountantKind))
 def test_epsilon_grows_with_steps(accountant) -> None:
     epsilons = [
-        compute_epsilon([SampledGaussian(noise_multiplier=1.0, sample_rate=0.05, steps=steps)], delta=DELTA, accountant=accountant)
+        compute_epsilon(
+            [SampledGaussian(noise_multiplier=1.0, sample_rate=0.05, steps=steps)], delta=DELTA, accountant=accountant
+        )
         for steps in (1, 10, 100, 400)
     ]
-    assert all(earlier < later for earlier, later in zip(epsilons, epsilons[1:]))
+    assert all(earlier < later for earlier, later in itertools.pairwise(epsilons))
 
 
 @pytest.mark.parametrize("accountant", list(AccountantKind))
@@ -101,19 +102,17 @@ def test_epsilon_falls_as_noise_grows(accountant) -> None:
         compute_epsilon([SampledGaussian(noise_multiplier=z, sample_rate=0.05, steps=50)], delta=DELTA, accountant=accountant)
         for z in (0.6, 0.9, 1.5, 4.0)
     ]
-    assert all(earlier > later for earlier, later in zip(epsilons, epsilons[1:]))
+    assert all(earlier > later for earlier, later in itertools.pairwise(epsilons))
 
 
 def test_skellam_epsilon_grows_with_rounds_and_falls_with_variance() -> None:
     def epsilon(variance: float, steps: int) -> float:
-        return compute_epsilon(
-            [Skellam(l1_sensitivity=100.0, l2_sensitivity=10.0, variance=variance, steps=steps)], delta=DELTA
-        )
+        return compute_epsilon([Skellam(l1_sensitivity=100.0, l2_sensitivity=10.0, variance=variance, steps=steps)], delta=DELTA)
 
     by_rounds = [epsilon(2500.0, steps) for steps in (1, 5, 25, 125)]
     by_variance = [epsilon(variance, 10) for variance in (400.0, 1600.0, 6400.0, 25600.0)]
-    assert all(earlier < later for earlier, later in zip(by_rounds, by_rounds[1:]))
-    assert all(earlier > later for earlier, later in zip(by_variance, by_variance[1:]))
+    assert all(earlier < later for earlier, later in itertools.pairwise(by_rounds))
+    assert all(earlier > later for earlier, later in itertools.pairwise(by_variance))
 
 
 def test_skellam_rdp_is_the_gaussian_rdp_plus_a_vanishing_discretisation_term() -> None:
@@ -122,9 +121,7 @@ def test_skellam_rdp_is_the_gaussian_rdp_plus_a_vanishing_discretisation_term() 
     surcharges = []
     for variance in (1e2, 1e4, 1e6):
         skellam = skellam_rdp(l1_sensitivity=l1, l2_sensitivity=l2, variance=variance)
-        gaussian = sampled_gaussian_rdp(
-            sample_rate=1.0, noise_multiplier=math.sqrt(variance) / l2, orders=INTEGER_RDP_ORDERS
-        )
+        gaussian = sampled_gaussian_rdp(sample_rate=1.0, noise_multiplier=math.sqrt(variance) / l2, orders=INTEGER_RDP_ORDERS)
         np.testing.assert_allclose(gaussian, orders * l2**2 / (2 * variance), rtol=1e-14)
         surcharge = skellam - gaussian
         assert np.all(surcharge > 0)
@@ -141,12 +138,8 @@ def test_skellam_epsilon_approaches_the_gaussian_epsilon_as_variance_grows(steps
     gaps = []
     for noise_multiplier in (0.5, 2.0, 8.0, 32.0):
         variance = (noise_multiplier * l2) ** 2
-        skellam = compute_epsilon(
-            [Skellam(l1_sensitivity=l1, l2_sensitivity=l2, variance=variance, steps=steps)], delta=DELTA
-        )
-        gaussian = rdp_epsilon(
-            [SampledGaussian(noise_multiplier=noise_multiplier, sample_rate=1.0, steps=steps)], delta=DELTA
-        )[0]
+        skellam = compute_epsilon([Skellam(l1_sensitivity=l1, l2_sensitivity=l2, variance=variance, steps=steps)], delta=DELTA)
+        gaussian = rdp_epsilon([SampledGaussian(noise_multiplier=noise_multiplier, sample_rate=1.0, steps=steps)], delta=DELTA)[0]
         assert skellam >= gaussian
         gaps.append((skellam - gaussian) / gaussian)
     assert gaps == sorted(gaps, reverse=True)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from dp.accounting import AccountantKind, SampledGaussian, Skellam, compute_epsilon
+from dp.audit.privacy_ledger import EntryKind, PrivacyLedger, PrivacyUnit, RefusalReason, verify_ledger
 from dp.budget import BudgetExceeded, BudgetGuard, BudgetPolicy, BudgetPolicyError, UnitBudget
 from dp.errors import DPError
-from dp.audit.privacy_ledger import EntryKind, PrivacyLedger, PrivacyUnit, RefusalReason, verify_ledger
 from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import DeterministicRandom
 
@@ -34,7 +34,7 @@ def key() -> SigningKey:
 
 
 @pytest.fixture
-def ledger(tmp_path: Path, key: SigningKey):  # noqa: ANN201 - a generator fixture
+def ledger(tmp_path: Path, key: SigningKey):
     with PrivacyLedger.open(tmp_path / "bank-a.jsonl", party_id=PARTY, signing_key=key, clock=fixed_clock()) as opened:
         yield opened
 
@@ -54,7 +54,9 @@ def test_charges_within_budget_are_spent_and_composed(ledger: PrivacyLedger) -> 
     assert entries[-1].budget_epsilon == pytest.approx(budget_for_rounds(3.5))
 
 
-def test_contribution_over_budget_is_refused_before_spending_and_the_refusal_is_recorded(ledger: PrivacyLedger, key: SigningKey) -> None:
+def test_contribution_over_budget_is_refused_before_spending_and_the_refusal_is_recorded(
+    ledger: PrivacyLedger, key: SigningKey
+) -> None:
     budget = budget_for_rounds(2.5)
     guard = BudgetGuard(BudgetPolicy({PrivacyUnit.EXAMPLE: UnitBudget(max_epsilon=budget, delta=DELTA)}), ledger)
     for number in range(2):

@@ -91,8 +91,15 @@ def test_verify_pins_keys_per_party(scenario: Scenario, key_files: dict[str, Pat
 def test_swapped_party_keys_fail(scenario: Scenario, key_files: dict[str, Path]) -> None:
     result = runner.invoke(
         audit_app,
-        ["verify", str(scenario.ledgers[0]), str(scenario.ledgers[1]),
-         "--public-key", f"bank-a={key_files['bank-b']}", "--public-key", f"bank-b={key_files['bank-a']}"],
+        [
+            "verify",
+            str(scenario.ledgers[0]),
+            str(scenario.ledgers[1]),
+            "--public-key",
+            f"bank-a={key_files['bank-b']}",
+            "--public-key",
+            f"bank-b={key_files['bank-a']}",
+        ],
     )
     assert result.exit_code == 1 and result.output.count("wrong-key") == 2
 
@@ -125,7 +132,16 @@ def test_report_writes_each_format_and_prints_the_verdict(scenario: Scenario, tm
     out = tmp_path / f"report.{report_format}"
     result = runner.invoke(
         audit_app,
-        ["report", *map(str, scenario.ledgers), "--server-ledger", str(scenario.server), "--out", str(out), "--format", report_format],
+        [
+            "report",
+            *map(str, scenario.ledgers),
+            "--server-ledger",
+            str(scenario.server),
+            "--out",
+            str(out),
+            "--format",
+            report_format,
+        ],
     )
     assert result.exit_code == 0, result.output
     verdict = result.output.splitlines()[0]
@@ -180,8 +196,8 @@ def test_anchor_kept_from_an_earlier_audit_catches_a_roll_back(scenario: Scenari
     anchor.write_bytes((tmp_path / "bank-a.jsonl.head").read_bytes())
     assert runner.invoke(audit_app, ["verify", str(ledger), "--anchor", str(anchor)]).exit_code == 0
 
-    from dp.audit.privacy_ledger import PRIVACY_LEDGER_FORMAT
     from dp.audit.chain import ChainWriter
+    from dp.audit.privacy_ledger import PRIVACY_LEDGER_FORMAT
 
     ledger.unlink()
     (tmp_path / "bank-a.jsonl.head").unlink()

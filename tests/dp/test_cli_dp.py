@@ -53,12 +53,24 @@ def test_epsilon_text_output_names_epsilon_delta_and_accountant() -> None:
 
 def test_skellam_epsilon_with_variance_matches_the_library() -> None:
     result = _json_result(
-        ["epsilon", "--mechanism", "skellam", "--l1-sensitivity", "300", "--l2-sensitivity", "20",
-         "--variance", "40000", "--steps", "10", "--delta", "1e-5", "--json"]
+        [
+            "epsilon",
+            "--mechanism",
+            "skellam",
+            "--l1-sensitivity",
+            "300",
+            "--l2-sensitivity",
+            "20",
+            "--variance",
+            "40000",
+            "--steps",
+            "10",
+            "--delta",
+            "1e-5",
+            "--json",
+        ]
     )
-    expected = compute_epsilon(
-        [Skellam(l1_sensitivity=300.0, l2_sensitivity=20.0, variance=40000.0, steps=10)], delta=1e-5
-    )
+    expected = compute_epsilon([Skellam(l1_sensitivity=300.0, l2_sensitivity=20.0, variance=40000.0, steps=10)], delta=1e-5)
     assert result["epsilon"] == pytest.approx(expected, rel=1e-12)
     assert result["mechanism"] == "skellam"
     assert result["variance"] == 40000.0
@@ -67,22 +79,60 @@ def test_skellam_epsilon_with_variance_matches_the_library() -> None:
 
 def test_skellam_noise_multiplier_means_variance_z_times_l2_squared_and_l1_defaults_to_l2_squared() -> None:
     by_multiplier = _json_result(
-        ["epsilon", "--mechanism", "skellam", "--l2-sensitivity", "20", "--noise-multiplier", "10",
-         "--steps", "10", "--delta", "1e-5", "--json"]
+        [
+            "epsilon",
+            "--mechanism",
+            "skellam",
+            "--l2-sensitivity",
+            "20",
+            "--noise-multiplier",
+            "10",
+            "--steps",
+            "10",
+            "--delta",
+            "1e-5",
+            "--json",
+        ]
     )
     assert by_multiplier["variance"] == pytest.approx(40000.0)
     assert by_multiplier["l1_sensitivity"] == 400.0
     by_variance = _json_result(
-        ["epsilon", "--mechanism", "skellam", "--l1-sensitivity", "400", "--l2-sensitivity", "20",
-         "--variance", "40000", "--steps", "10", "--delta", "1e-5", "--json"]
+        [
+            "epsilon",
+            "--mechanism",
+            "skellam",
+            "--l1-sensitivity",
+            "400",
+            "--l2-sensitivity",
+            "20",
+            "--variance",
+            "40000",
+            "--steps",
+            "10",
+            "--delta",
+            "1e-5",
+            "--json",
+        ]
     )
     assert by_multiplier["epsilon"] == pytest.approx(by_variance["epsilon"], rel=1e-12)
 
 
 def test_noise_for_inverts_the_pinned_value() -> None:
     result = _json_result(
-        ["noise-for", "--target-epsilon", "7.9", "--sample-rate", "0.1", "--steps", "100", "--delta", "1e-5",
-         "--tolerance", "0.001", "--json"]
+        [
+            "noise-for",
+            "--target-epsilon",
+            "7.9",
+            "--sample-rate",
+            "0.1",
+            "--steps",
+            "100",
+            "--delta",
+            "1e-5",
+            "--tolerance",
+            "0.001",
+            "--json",
+        ]
     )
     assert result["noise_multiplier"] == pytest.approx(1.0, abs=2e-3)
     assert 7.9 - 0.001 <= result["epsilon"] <= 7.9
@@ -91,8 +141,20 @@ def test_noise_for_inverts_the_pinned_value() -> None:
 
 def test_noise_for_with_prv_gives_a_noise_multiplier_meeting_the_target() -> None:
     result = _json_result(
-        ["noise-for", "--target-epsilon", "7.057", "--sample-rate", "0.1", "--steps", "100", "--delta", "1e-5",
-         "--accountant", "prv", "--json"]
+        [
+            "noise-for",
+            "--target-epsilon",
+            "7.057",
+            "--sample-rate",
+            "0.1",
+            "--steps",
+            "100",
+            "--delta",
+            "1e-5",
+            "--accountant",
+            "prv",
+            "--json",
+        ]
     )
     event = SampledGaussian(noise_multiplier=result["noise_multiplier"], sample_rate=0.1, steps=100)
     assert compute_epsilon([event], delta=1e-5, accountant=AccountantKind.PRV) <= 7.057
@@ -101,8 +163,20 @@ def test_noise_for_with_prv_gives_a_noise_multiplier_meeting_the_target() -> Non
 
 def test_noise_for_skellam_gives_a_variance_meeting_the_target() -> None:
     result = _json_result(
-        ["noise-for", "--mechanism", "skellam", "--target-epsilon", "2", "--l2-sensitivity", "16",
-         "--steps", "20", "--delta", "1e-5", "--json"]
+        [
+            "noise-for",
+            "--mechanism",
+            "skellam",
+            "--target-epsilon",
+            "2",
+            "--l2-sensitivity",
+            "16",
+            "--steps",
+            "20",
+            "--delta",
+            "1e-5",
+            "--json",
+        ]
     )
     event = Skellam(l1_sensitivity=256.0, l2_sensitivity=16.0, variance=result["variance"], steps=20)
     assert 2.0 - 0.01 <= compute_epsilon([event], delta=1e-5) <= 2.0
@@ -118,23 +192,117 @@ def test_noise_for_skellam_gives_a_variance_meeting_the_target() -> None:
         (["epsilon", "--noise-multiplier", "1", "--sample-rate", "0.1", "--steps", "10", "--delta", "1"], "delta"),
         (["epsilon", "--noise-multiplier", "1", "--sample-rate", "0.1", "--steps", "10", "--delta", "nan"], "delta"),
         (["epsilon", "--sample-rate", "0.1", "--steps", "10", "--delta", "1e-5"], "--noise-multiplier"),
-        (["epsilon", "--noise-multiplier", "1", "--sample-rate", "0.1", "--steps", "10", "--delta", "1e-5",
-          "--variance", "100"], "--variance"),
+        (
+            [
+                "epsilon",
+                "--noise-multiplier",
+                "1",
+                "--sample-rate",
+                "0.1",
+                "--steps",
+                "10",
+                "--delta",
+                "1e-5",
+                "--variance",
+                "100",
+            ],
+            "--variance",
+        ),
         (["epsilon", "--mechanism", "skellam", "--variance", "100", "--steps", "10", "--delta", "1e-5"], "--l2-sensitivity"),
         (["epsilon", "--mechanism", "skellam", "--l2-sensitivity", "4", "--steps", "10", "--delta", "1e-5"], "exactly one"),
-        (["epsilon", "--mechanism", "skellam", "--l2-sensitivity", "4", "--variance", "100",
-          "--noise-multiplier", "2", "--steps", "10", "--delta", "1e-5"], "exactly one"),
-        (["epsilon", "--mechanism", "skellam", "--l2-sensitivity", "4", "--l1-sensitivity", "2",
-          "--variance", "100", "--steps", "10", "--delta", "1e-5"], "l1_sensitivity"),
-        (["epsilon", "--mechanism", "skellam", "--l2-sensitivity", "4", "--variance", "100",
-          "--sample-rate", "0.5", "--steps", "10", "--delta", "1e-5"], "subsampling"),
-        (["epsilon", "--mechanism", "skellam", "--l2-sensitivity", "4", "--variance", "100",
-          "--steps", "10", "--delta", "1e-5", "--accountant", "prv"], "skellam"),
+        (
+            [
+                "epsilon",
+                "--mechanism",
+                "skellam",
+                "--l2-sensitivity",
+                "4",
+                "--variance",
+                "100",
+                "--noise-multiplier",
+                "2",
+                "--steps",
+                "10",
+                "--delta",
+                "1e-5",
+            ],
+            "exactly one",
+        ),
+        (
+            [
+                "epsilon",
+                "--mechanism",
+                "skellam",
+                "--l2-sensitivity",
+                "4",
+                "--l1-sensitivity",
+                "2",
+                "--variance",
+                "100",
+                "--steps",
+                "10",
+                "--delta",
+                "1e-5",
+            ],
+            "l1_sensitivity",
+        ),
+        (
+            [
+                "epsilon",
+                "--mechanism",
+                "skellam",
+                "--l2-sensitivity",
+                "4",
+                "--variance",
+                "100",
+                "--sample-rate",
+                "0.5",
+                "--steps",
+                "10",
+                "--delta",
+                "1e-5",
+            ],
+            "subsampling",
+        ),
+        (
+            [
+                "epsilon",
+                "--mechanism",
+                "skellam",
+                "--l2-sensitivity",
+                "4",
+                "--variance",
+                "100",
+                "--steps",
+                "10",
+                "--delta",
+                "1e-5",
+                "--accountant",
+                "prv",
+            ],
+            "skellam",
+        ),
         (["noise-for", "--target-epsilon", "0", "--sample-rate", "0.1", "--steps", "10", "--delta", "1e-5"], "target_epsilon"),
         (["noise-for", "--target-epsilon", "1", "--steps", "10", "--delta", "1e-5"], "--sample-rate"),
         (["noise-for", "--target-epsilon", "1e-9", "--sample-rate", "1", "--steps", "10000", "--delta", "1e-5"], "unreachable"),
-        (["noise-for", "--mechanism", "skellam", "--target-epsilon", "1", "--l2-sensitivity", "4",
-          "--steps", "10", "--delta", "1e-5", "--accountant", "prv"], "rdp only"),
+        (
+            [
+                "noise-for",
+                "--mechanism",
+                "skellam",
+                "--target-epsilon",
+                "1",
+                "--l2-sensitivity",
+                "4",
+                "--steps",
+                "10",
+                "--delta",
+                "1e-5",
+                "--accountant",
+                "prv",
+            ],
+            "rdp only",
+        ),
     ],
 )
 def test_bad_input_exits_non_zero_with_a_clear_message(arguments, message) -> None:

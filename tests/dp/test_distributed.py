@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from dp.accounting import AccountantKind, Skellam, compute_epsilon
+from dp.errors import DPError
 from dp.mechanisms.distributed import (
     DistributedDPConfig,
     DistributedDPConfigError,
@@ -31,7 +32,6 @@ from dp.mechanisms.distributed import (
     unrotate,
     walsh_hadamard,
 )
-from dp.errors import DPError
 from dp.mechanisms.noise import PoissonSampler
 from secagg.hazmat.randomness import DeterministicRandom
 
@@ -44,14 +44,14 @@ def _source(seed: int) -> DeterministicRandom:
 
 
 def _config(**overrides) -> DistributedDPConfig:
-    parameters = dict(
-        dimension=1000,
-        clip_norm=1.0,
-        scale=256.0,
-        aggregate_variance=400.0,
-        min_survivors=3,
-        max_clients=5,
-    )
+    parameters = {
+        "dimension": 1000,
+        "clip_norm": 1.0,
+        "scale": 256.0,
+        "aggregate_variance": 400.0,
+        "min_survivors": 3,
+        "max_clients": 5,
+    }
     parameters.update(overrides)
     return DistributedDPConfig(**parameters)
 
@@ -274,9 +274,7 @@ def test_each_client_adds_skellam_noise_of_the_per_client_variance():
 
 def test_the_sum_of_n_clients_noise_has_n_over_t_times_the_aggregate_variance():
     config = _config(dimension=100_000, rotation=Rotation.NONE, aggregate_variance=600.0, min_survivors=3, max_clients=5)
-    encoded = [
-        encode_update(np.zeros(config.dimension), config, rotation_seed=None, source=_source(20 + i)) for i in range(5)
-    ]
+    encoded = [encode_update(np.zeros(config.dimension), config, rotation_seed=None, source=_source(20 + i)) for i in range(5)]
     total = config.ring.to_signed(_ring_sum(encoded, config)).astype(np.float64)
     variance = 5 * config.per_client_variance  # 1000
     assert abs(float(total.mean())) < 5 * math.sqrt(variance / total.size)
@@ -285,9 +283,7 @@ def test_the_sum_of_n_clients_noise_has_n_over_t_times_the_aggregate_variance():
 
 def test_t_survivors_carry_exactly_the_target_aggregate_variance():
     config = _config(dimension=100_000, rotation=Rotation.NONE, aggregate_variance=600.0, min_survivors=3, max_clients=5)
-    encoded = [
-        encode_update(np.zeros(config.dimension), config, rotation_seed=None, source=_source(40 + i)) for i in range(3)
-    ]
+    encoded = [encode_update(np.zeros(config.dimension), config, rotation_seed=None, source=_source(40 + i)) for i in range(3)]
     total = config.ring.to_signed(_ring_sum(encoded, config)).astype(np.float64)
     assert abs(float(total.var()) - 600.0) < 5 * math.sqrt((2 * 600.0**2 + 600.0) / total.size)
 
@@ -295,9 +291,7 @@ def test_t_survivors_carry_exactly_the_target_aggregate_variance():
 def test_decode_of_the_ring_sum_recovers_the_sum_of_clipped_updates_within_the_noise():
     config = _config(dimension=3000, scale=2.0**10, aggregate_variance=2.0**14, min_survivors=3, max_clients=5)
     updates = [_random_vector(50 + i, 3000, norm) for i, norm in enumerate([0.5, 0.9, 3.0, 1.0, 0.2])]
-    encoded = [
-        encode_update(update, config, rotation_seed=SEED, source=_source(60 + i)) for i, update in enumerate(updates)
-    ]
+    encoded = [encode_update(update, config, rotation_seed=SEED, source=_source(60 + i)) for i, update in enumerate(updates)]
     assert [e.clipped for e in encoded] == [False, False, True, False, False]
     expected = sum(clip_to_norm(update, config.clip_norm)[0] for update in updates)
     decoded = decode_aggregate(_ring_sum(encoded, config), config, rotation_seed=SEED, survivors=5)
@@ -308,9 +302,7 @@ def test_decode_of_the_ring_sum_recovers_the_sum_of_clipped_updates_within_the_n
     rms = float(np.sqrt(np.mean(error**2)))
     assert 0.9 * low < rms < 1.1 * high
     assert abs(float(error.mean())) < 5 * high / math.sqrt(error.size)
-    mean = decode_aggregate(
-        _ring_sum(encoded, config), config, rotation_seed=SEED, survivors=5, reduction=Reduction.MEAN
-    )
+    mean = decode_aggregate(_ring_sum(encoded, config), config, rotation_seed=SEED, survivors=5, reduction=Reduction.MEAN)
     np.testing.assert_allclose(mean, decoded / 5, rtol=1e-12)
 
 

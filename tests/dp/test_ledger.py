@@ -15,7 +15,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dp.accounting import AccountantKind, SampledGaussian, Skellam, compute_epsilon
-from dp.audit.privacy_ledger import PRIVACY_LEDGER_FORMAT, EntryKind, PrivacyLedger, PrivacyUnit, verify_ledger
 from dp.audit.chain import (
     GENESIS_HASH,
     ChainWriter,
@@ -27,6 +26,7 @@ from dp.audit.chain import (
     head_path,
     load_public_key,
 )
+from dp.audit.privacy_ledger import PRIVACY_LEDGER_FORMAT, EntryKind, PrivacyLedger, PrivacyUnit, verify_ledger
 from secagg.hazmat.keys import SigningKey, verify_signature
 from secagg.hazmat.randomness import DeterministicRandom
 
@@ -56,7 +56,9 @@ def skellam() -> Skellam:
 def write_ledger(path: Path, key: SigningKey, *, rounds: int = 5) -> PrivacyLedger:
     ledger = PrivacyLedger.open(path, party_id=PARTY, signing_key=key, clock=fixed_clock())
     for number in range(rounds):
-        ledger.record_spend(round_id=f"round-{number}", unit=PrivacyUnit.EXAMPLE, event=gaussian(), delta=DELTA, budget_epsilon=10.0)
+        ledger.record_spend(
+            round_id=f"round-{number}", unit=PrivacyUnit.EXAMPLE, event=gaussian(), delta=DELTA, budget_epsilon=10.0
+        )
     ledger.close()
     return ledger
 
@@ -169,9 +171,8 @@ def test_writer_refuses_to_recreate_a_deleted_ledger_whose_head_remains(ledger_p
 
 
 def test_second_writer_on_the_same_ledger_is_refused(ledger_path: Path, key: SigningKey) -> None:
-    with PrivacyLedger.open(ledger_path, party_id=PARTY, signing_key=key):
-        with pytest.raises(LedgerLocked):
-            PrivacyLedger.open(ledger_path, party_id=PARTY, signing_key=key)
+    with PrivacyLedger.open(ledger_path, party_id=PARTY, signing_key=key), pytest.raises(LedgerLocked):
+        PrivacyLedger.open(ledger_path, party_id=PARTY, signing_key=key)
 
 
 def test_writer_refuses_a_ledger_of_another_party(ledger_path: Path, key: SigningKey) -> None:
@@ -190,14 +191,18 @@ def test_writer_refuses_to_extend_a_tampered_ledger_and_leaves_it_unchanged(ledg
     assert ledger_path.read_bytes() == before
 
 
-def test_unbounded_spend_is_refused_and_nothing_is_written(tmp_path: Path, key: SigningKey, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unbounded_spend_is_refused_and_nothing_is_written(
+    tmp_path: Path, key: SigningKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # compute_epsilon returns inf when it cannot certify a finite epsilon; simulate that.
     monkeypatch.setattr("dp.audit.privacy_ledger.compute_epsilon", lambda events, *, delta, accountant: float("inf"))
     path = tmp_path / "ledger.jsonl"
     with PrivacyLedger.open(path, party_id=PARTY, signing_key=key) as ledger:
         with pytest.raises(LedgerError, match="unbounded"):
             ledger.record_spend(round_id="r0", unit=PrivacyUnit.EXAMPLE, event=gaussian(), delta=DELTA)
-        refusal = ledger.record_refusal(round_id="r0", unit=PrivacyUnit.EXAMPLE, event=gaussian(), delta=DELTA, budget_epsilon=1.0)
+        refusal = ledger.record_refusal(
+            round_id="r0", unit=PrivacyUnit.EXAMPLE, event=gaussian(), delta=DELTA, budget_epsilon=1.0
+        )
     assert refusal.epsilon_would_reach is None
     assert [entry.kind for entry in ledger.entries] == [EntryKind.REFUSAL]
 
@@ -217,7 +222,9 @@ def test_torn_last_line_is_not_an_entry_and_the_writer_drops_it(ledger_path: Pat
 
 def test_crash_between_append_and_checkpoint_is_flagged_and_repaired_on_reopen(ledger_path: Path, key: SigningKey) -> None:
     old_head = head_path(ledger_path).read_bytes()
-    with PrivacyLedger.open(ledger_path, party_id=PARTY, signing_key=key, clock=lambda: datetime(2027, 1, 1, tzinfo=UTC)) as ledger:
+    with PrivacyLedger.open(
+        ledger_path, party_id=PARTY, signing_key=key, clock=lambda: datetime(2027, 1, 1, tzinfo=UTC)
+    ) as ledger:
         ledger.record_spend(round_id="round-5", unit=PrivacyUnit.EXAMPLE, event=gaussian(), delta=DELTA)
     head_path(ledger_path).write_bytes(old_head)
     assert kinds_at(verify_ledger(ledger_path), 5) == {FindingKind.HEAD_BEHIND}
@@ -263,7 +270,9 @@ def test_modified_and_rehashed_entry_without_the_key_fails_its_signature_and_the
     assert FindingKind.BROKEN_CHAIN in kinds_at(verification, 3)
 
 
-def test_understated_epsilon_is_flagged_even_when_the_key_holder_re_signs_everything(tmp_path: Path, ledger_path: Path, key: SigningKey) -> None:
+def test_understated_epsilon_is_flagged_even_when_the_key_holder_re_signs_everything(
+    tmp_path: Path, ledger_path: Path, key: SigningKey
+) -> None:
     bodies = [{name: entry[name] for name in PRIVACY_LEDGER_FORMAT.body_fields} for entry in read_lines(ledger_path)]
     bodies[3]["epsilon_cumulative"] = bodies[3]["epsilon_cumulative"] / 2
     rewritten = tmp_path / "rewritten.jsonl"
@@ -318,7 +327,9 @@ def test_reordered_entries_are_named(ledger_path: Path) -> None:
 def test_inserted_entry_forged_with_another_key_is_named(ledger_path: Path, key: SigningKey) -> None:
     entries = read_lines(ledger_path)
     forger = signing_key(99)
-    with ChainWriter.open(ledger_path.with_name("forger.jsonl"), PRIVACY_LEDGER_FORMAT, owner=PARTY, signing_key=forger) as writer:
+    with ChainWriter.open(
+        ledger_path.with_name("forger.jsonl"), PRIVACY_LEDGER_FORMAT, owner=PARTY, signing_key=forger
+    ) as writer:
         forged = writer.seal({name: entries[2][name] for name in PRIVACY_LEDGER_FORMAT.body_fields})
     forged.update(index=2, previous_hash=entries[1]["hash"], time=entries[1]["time"])
     write_lines(ledger_path, entries[:2] + [forged] + entries[2:])
@@ -330,7 +341,9 @@ def test_inserted_entry_forged_with_another_key_is_named(ledger_path: Path, key:
 def test_inserted_entry_claiming_the_partys_key_fails_its_signature(ledger_path: Path, key: SigningKey) -> None:
     entries = read_lines(ledger_path)
     forged = dict(entries[1], index=2, previous_hash=entries[1]["hash"], round="round-forged")
-    forged["hash"] = hashlib.sha256(canonical_json({k: v for k, v in forged.items() if k not in ("hash", "signature")})).hexdigest()
+    forged["hash"] = hashlib.sha256(
+        canonical_json({k: v for k, v in forged.items() if k not in ("hash", "signature")})
+    ).hexdigest()
     write_lines(ledger_path, entries[:2] + [forged] + entries[2:])
     verification = verify_ledger(ledger_path, public_key=key.public_bytes)
     assert FindingKind.BAD_SIGNATURE in kinds_at(verification, 2)
@@ -411,7 +424,9 @@ def test_refusal_entry_leaves_cumulative_unchanged_and_verifies(tmp_path: Path, 
     path = tmp_path / "ledger.jsonl"
     with PrivacyLedger.open(path, party_id=PARTY, signing_key=key, clock=fixed_clock()) as ledger:
         spend = ledger.record_spend(round_id="r0", unit=PrivacyUnit.EXAMPLE, event=gaussian(), delta=DELTA)
-        refusal = ledger.record_refusal(round_id="r1", unit=PrivacyUnit.EXAMPLE, event=gaussian(), delta=DELTA, budget_epsilon=0.5)
+        refusal = ledger.record_refusal(
+            round_id="r1", unit=PrivacyUnit.EXAMPLE, event=gaussian(), delta=DELTA, budget_epsilon=0.5
+        )
     assert refusal.kind is EntryKind.REFUSAL
     assert refusal.epsilon_cumulative == spend.epsilon_cumulative and refusal.epsilon_increment == 0.0
     assert refusal.epsilon_would_reach == pytest.approx(compute_epsilon([gaussian(), gaussian()], delta=DELTA))
@@ -465,7 +480,9 @@ def test_any_single_byte_change_to_the_ledger_or_its_head_is_detected(pristine: 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(line=st.binary(max_size=200) | st.text(max_size=200).map(str.encode), position=st.integers(0, 3))
-def test_verifier_reports_arbitrary_inserted_lines_without_raising(pristine: tuple[bytes, bytes], line: bytes, position: int) -> None:
+def test_verifier_reports_arbitrary_inserted_lines_without_raising(
+    pristine: tuple[bytes, bytes], line: bytes, position: int
+) -> None:
     ledger_bytes, head_bytes = pristine
     lines = ledger_bytes.splitlines(keepends=True)
     lines.insert(position, line.replace(b"\n", b" ") + b"\n")
@@ -484,14 +501,20 @@ def test_verifier_reports_arbitrary_inserted_lines_without_raising(pristine: tup
 def test_ledger_that_extends_an_earlier_audits_head_passes_the_anchor(tmp_path: Path, ledger_path: Path, key: SigningKey) -> None:
     anchor = tmp_path / "anchor.head"
     anchor.write_bytes(head_path(ledger_path).read_bytes())
-    with PrivacyLedger.open(ledger_path, party_id=PARTY, signing_key=key, clock=lambda: datetime(2027, 1, 1, tzinfo=UTC)) as ledger:
+    with PrivacyLedger.open(
+        ledger_path, party_id=PARTY, signing_key=key, clock=lambda: datetime(2027, 1, 1, tzinfo=UTC)
+    ) as ledger:
         ledger.record_spend(round_id="round-5", unit=PrivacyUnit.EXAMPLE, event=gaussian(), delta=DELTA)
     assert verify_ledger(ledger_path, public_key=key.public_bytes, anchors=[anchor]).ok
 
 
-def test_key_holder_rolling_back_to_an_older_consistent_state_fails_the_anchor(tmp_path: Path, ledger_path: Path, key: SigningKey) -> None:
+def test_key_holder_rolling_back_to_an_older_consistent_state_fails_the_anchor(
+    tmp_path: Path, ledger_path: Path, key: SigningKey
+) -> None:
     old_ledger, old_head = ledger_path.read_bytes(), head_path(ledger_path).read_bytes()
-    with PrivacyLedger.open(ledger_path, party_id=PARTY, signing_key=key, clock=lambda: datetime(2027, 1, 1, tzinfo=UTC)) as ledger:
+    with PrivacyLedger.open(
+        ledger_path, party_id=PARTY, signing_key=key, clock=lambda: datetime(2027, 1, 1, tzinfo=UTC)
+    ) as ledger:
         ledger.record_spend(round_id="round-5", unit=PrivacyUnit.EXAMPLE, event=gaussian(), delta=DELTA)
     anchor = tmp_path / "anchor.head"
     anchor.write_bytes(head_path(ledger_path).read_bytes())

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from dp.accounting import SampledGaussian, Skellam
-from dp.audit.privacy_ledger import PrivacyLedger, PrivacyUnit, verify_ledger
 from dp.audit.chain import FindingKind, canonical_json, head_path
+from dp.audit.privacy_ledger import PrivacyLedger, PrivacyUnit, verify_ledger
 from dp.audit.round_records import (
     SERVER_LEDGER_FORMAT,
     RoundAlreadyRecorded,
@@ -153,9 +153,8 @@ def test_server_ledger_refuses_a_round_twice_even_after_reopening(tmp_path: Path
         with pytest.raises(RoundAlreadyRecorded, match="already recorded"):
             ledger.append(record("r0"))
     before = path.read_bytes()
-    with ServerLedger.open(path, server_id="aggregator", signing_key=key(100)) as ledger:
-        with pytest.raises(RoundAlreadyRecorded):
-            ledger.append(record("r0"))
+    with ServerLedger.open(path, server_id="aggregator", signing_key=key(100)) as ledger, pytest.raises(RoundAlreadyRecorded):
+        ledger.append(record("r0"))
     assert path.read_bytes() == before
     assert verify_server_ledger(path).ok
 
@@ -249,7 +248,7 @@ def test_round_without_prescribed_privacy_imposes_no_requirement(tmp_path: Path)
         dim=10,
         bits=32,
         privacy=(),
-        survivors={stage: COHORT for stage in RoundStage},
+        survivors=dict.fromkeys(RoundStage, COHORT),
         outcome=RoundOutcome.COMPLETED,
     )
     server_path = tmp_path / "server.jsonl"
@@ -268,7 +267,7 @@ def test_example_level_prescription_is_checked_too(tmp_path: Path) -> None:
         dim=10,
         bits=32,
         privacy=(RoundPrivacy(PrivacyUnit.EXAMPLE, training), RoundPrivacy(PrivacyUnit.PARTICIPANT, NOISE)),
-        survivors={stage: ("bank-a",) for stage in RoundStage},
+        survivors=dict.fromkeys(RoundStage, ("bank-a",)),
         outcome=RoundOutcome.COMPLETED,
     )
     server_path = tmp_path / "server.jsonl"
@@ -312,4 +311,6 @@ def test_workers_sharing_the_ledger_with_short_locks_produce_one_valid_chain(tmp
     assert errors == []
     verification = verify_server_ledger(path, public_key=key(100).public_bytes)
     assert verification.ok
-    assert sorted(entry.record.round_id for entry in verification.entries) == sorted(f"w{n}-r{r}" for n in range(4) for r in range(4))
+    assert sorted(entry.record.round_id for entry in verification.entries) == sorted(
+        f"w{n}-r{r}" for n in range(4) for r in range(4)
+    )

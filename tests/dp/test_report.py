@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from dp.accounting import SampledGaussian, Skellam, compute_epsilon
-from dp.budget import BudgetExceeded, BudgetGuard, BudgetPolicy, UnitBudget
 from dp.audit.privacy_ledger import PrivacyLedger, PrivacyUnit
-from dp.audit.round_records import RoundOutcome, RoundPrivacy, RoundStage, ServerLedger, ServerRoundRecord
 from dp.audit.report import build_report, render_csv, render_html, render_json, run_audit
+from dp.audit.round_records import RoundOutcome, RoundPrivacy, RoundStage, ServerLedger, ServerRoundRecord
+from dp.budget import BudgetExceeded, BudgetGuard, BudgetPolicy, UnitBudget
 from secagg.config import ProtocolMode
 from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import DeterministicRandom
@@ -159,12 +159,12 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
 
 
 @pytest.fixture(scope="module")
-def html_document(report) -> str:  # noqa: ANN001
+def html_document(report) -> str:
     return render_html(report)
 
 
 @pytest.fixture(scope="module")
-def report(scenario: Scenario):  # noqa: ANN201 - an AuditReport
+def report(scenario: Scenario):
     audit = run_audit(
         scenario.ledgers,
         keys_by_party={party: party_key(party).public_bytes for party in PARTIES},
@@ -174,7 +174,7 @@ def report(scenario: Scenario):  # noqa: ANN201 - an AuditReport
     return build_report(audit, clock=fixed_report_clock)
 
 
-def test_html_report_parses_and_opens_with_the_verdict(report, html_document: str, scenario: Scenario) -> None:  # noqa: ANN001
+def test_html_report_parses_and_opens_with_the_verdict(report, html_document: str, scenario: Scenario) -> None:
     parsed = parse(html_document)
     assert parsed.depth == 0
     assert parsed.order.index("p") < parsed.order.index("h2")  # the verdict precedes every section
@@ -192,13 +192,13 @@ def test_html_report_embeds_decodable_png_figures_and_no_scripts(html_document: 
     for source in parsed.images:
         prefix = "data:image/png;base64,"
         assert source.startswith(prefix)
-        png = base64.b64decode(source[len(prefix):], validate=True)
+        png = base64.b64decode(source[len(prefix) :], validate=True)
         assert png.startswith(PNG_SIGNATURE) and png[12:16] == b"IHDR"
     assert parsed.scripts == 0
     assert "Content-Security-Policy" in html_document
 
 
-def test_report_shows_the_refused_round_and_the_servers_survivors(report) -> None:  # noqa: ANN001
+def test_report_shows_the_refused_round_and_the_servers_survivors(report) -> None:
     summary = {(s.party, s.unit): s for s in report.summaries}
     assert summary[("bank-c", PrivacyUnit.EXAMPLE)].refusals == 1
     assert summary[("bank-a", PrivacyUnit.EXAMPLE)].refusals == 0
@@ -227,11 +227,15 @@ def test_failed_verification_comes_first_in_the_verdict(scenario: Scenario, tmp_
 
 def test_ledger_text_is_escaped_in_html_and_neutralised_in_csv(tmp_path: Path) -> None:
     hostile = '<script>alert("x")</script>$\\frac{1}{0}$'
-    formula = "=HYPERLINK(\"http://evil\")"
+    formula = '=HYPERLINK("http://evil")'
     path = tmp_path / "hostile.jsonl"
     with PrivacyLedger.open(path, party_id=hostile, signing_key=party_key("hostile"), clock=fixed_clock()) as ledger:
-        ledger.record_spend(round_id=formula, unit=PrivacyUnit.EXAMPLE, event=training("bank-a"), delta=DELTA, budget_epsilon=10.0)
-        ledger.record_spend(round_id="<b>r1</b>", unit=PrivacyUnit.EXAMPLE, event=training("bank-a"), delta=DELTA, budget_epsilon=10.0)
+        ledger.record_spend(
+            round_id=formula, unit=PrivacyUnit.EXAMPLE, event=training("bank-a"), delta=DELTA, budget_epsilon=10.0
+        )
+        ledger.record_spend(
+            round_id="<b>r1</b>", unit=PrivacyUnit.EXAMPLE, event=training("bank-a"), delta=DELTA, budget_epsilon=10.0
+        )
     report = build_report(run_audit([path]), clock=fixed_report_clock)
     document = render_html(report)
     parsed = parse(document)
@@ -244,13 +248,22 @@ def test_ledger_text_is_escaped_in_html_and_neutralised_in_csv(tmp_path: Path) -
     assert rounds == ["'" + formula, "<b>r1</b>"]
 
 
-def test_json_and_csv_exports_carry_the_same_numbers(report) -> None:  # noqa: ANN001
+def test_json_and_csv_exports_carry_the_same_numbers(report) -> None:
     exported = json.loads(render_json(report))
     rows = list(csv.DictReader(io.StringIO(render_csv(report))))
     assert exported["verdict"] == next(row["detail"] for row in rows if row["record"] == "verdict")
-    json_entries = [(e["party"], e["index"], e["epsilon_cumulative"], e["epsilon_increment"], e["budget_epsilon"]) for e in exported["entries"]]
+    json_entries = [
+        (e["party"], e["index"], e["epsilon_cumulative"], e["epsilon_increment"], e["budget_epsilon"])
+        for e in exported["entries"]
+    ]
     csv_entries = [
-        (row["party"], int(row["index"]), float(row["epsilon_cumulative"]), float(row["epsilon_increment"]), float(row["budget_epsilon"]))
+        (
+            row["party"],
+            int(row["index"]),
+            float(row["epsilon_cumulative"]),
+            float(row["epsilon_increment"]),
+            float(row["budget_epsilon"]),
+        )
         for row in rows
         if row["record"] == "entry"
     ]
@@ -269,7 +282,7 @@ def test_json_and_csv_exports_carry_the_same_numbers(report) -> None:  # noqa: A
     assert exported["ok"] is True and all(ledger["key_pinned"] for ledger in exported["ledgers"])
 
 
-def test_report_epsilons_are_recomputed_not_copied_from_the_ledger(report, scenario: Scenario) -> None:  # noqa: ANN001
+def test_report_epsilons_are_recomputed_not_copied_from_the_ledger(report, scenario: Scenario) -> None:
     for summary in report.summaries:
         if summary.unit is PrivacyUnit.EXAMPLE:
             assert summary.epsilon == pytest.approx(compute_epsilon(scenario.events[summary.party], delta=DELTA), rel=1e-12)

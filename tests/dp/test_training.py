@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 pytest.importorskip("opacus")
-import torch  # noqa: E402
+import torch
 
-from dp.accounting import AccountantKind, SampledGaussian, compute_epsilon, load_accountant  # noqa: E402
-from dp.models import ModelKind, ModelSpec  # noqa: E402
-from dp.mechanisms.noise import gaussian_noise  # noqa: E402
-from dp.training import (  # noqa: E402
+from dp.accounting import AccountantKind, SampledGaussian, compute_epsilon, load_accountant
+from dp.mechanisms.noise import gaussian_noise
+from dp.models import ModelKind, ModelSpec
+from dp.training import (
     BankTrainer,
     CsprngDPOptimizer,
     DPSGDConfig,
@@ -28,7 +28,7 @@ from dp.training import (  # noqa: E402
     load_parameters,
     mean_loss,
 )
-from secagg.hazmat.randomness import DeterministicRandom  # noqa: E402
+from secagg.hazmat.randomness import DeterministicRandom
 
 pytestmark = pytest.mark.torch
 
@@ -52,15 +52,15 @@ def dataset() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _config(**overrides) -> DPSGDConfig:
-    parameters = dict(
-        max_grad_norm=1.0,
-        sample_rate=0.1,
-        local_steps=25,
-        learning_rate=1.0,
-        noise=FixedNoise(0.8),
-        delta=DELTA,
-        accountant=AccountantKind.RDP,
-    )
+    parameters = {
+        "max_grad_norm": 1.0,
+        "sample_rate": 0.1,
+        "local_steps": 25,
+        "learning_rate": 1.0,
+        "noise": FixedNoise(0.8),
+        "delta": DELTA,
+        "accountant": AccountantKind.RDP,
+    }
     parameters.update(overrides)
     return DPSGDConfig(**parameters)
 
@@ -198,9 +198,7 @@ def test_optimizer_noise_comes_from_the_injected_csprng():
     expected_source = _source(17)
     for parameter in model.parameters():
         expected = gaussian_noise(expected_source, parameter.numel(), std=1.3 * 0.5)
-        np.testing.assert_allclose(
-            parameter.grad.detach().numpy().ravel(), (1.0 + expected).astype(np.float32), rtol=1e-6
-        )
+        np.testing.assert_allclose(parameter.grad.detach().numpy().ravel(), (1.0 + expected).astype(np.float32), rtol=1e-6)
 
 
 def test_empty_poisson_batches_still_take_a_noisy_step(tmp_path):

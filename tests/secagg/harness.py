@@ -67,7 +67,9 @@ def make_round(
         source.fill(vector)
         inputs.append(ring.reduce(vector))
     clients = [
-        ClientSession(config, member, identities[member], inputs[member], source=DeterministicRandom.from_int(seed * 1000 + member + 1))
+        ClientSession(
+            config, member, identities[member], inputs[member], source=DeterministicRandom.from_int(seed * 1000 + member + 1)
+        )
         for member in range(participants)
     ]
     return Round(config=config, identities=identities, inputs=inputs, clients=clients, server=ServerSession(config))
@@ -84,7 +86,7 @@ def start(round_: Round, *, skip: Iterable[int] = ()) -> None:
 
 def collect(round_: Round) -> dict[int, ServerMessage]:
     """The server receives every pending message (through the wire encoding) and closes the stage."""
-    for member, message in sorted(round_.pending.items()):
+    for _member, message in sorted(round_.pending.items()):
         round_.server.receive_bytes(encode(message))
     round_.pending = {}
     return round_.server.advance()

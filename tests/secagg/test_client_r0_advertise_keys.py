@@ -9,7 +9,6 @@ from secagg.errors import AbortReason
 from secagg.hazmat.keys import verify_signature
 from secagg.messages import AdvertiseKeys, KeyList
 from secagg.protocol import advertise_statement
-
 from tests.secagg.harness import advance_to, make_round
 
 VICTIM = 0

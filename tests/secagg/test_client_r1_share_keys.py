@@ -10,7 +10,6 @@ import pytest
 from secagg.client import ClientStage
 from secagg.errors import AbortReason
 from secagg.messages import EncryptedShares, MaskedInput, ShareKeys
-
 from tests.secagg.harness import advance_to, make_round
 
 VICTIM = 0
@@ -67,9 +66,7 @@ def test_client_aborts_when_u2_lists_a_client_twice(expect_abort):
 def test_client_aborts_when_u2_is_below_threshold(expect_abort):
     round_, request = _request()
     keep = request.survivors[: round_.config.threshold - 1]
-    forged = replace(
-        request, survivors=keep, encrypted_shares=tuple(i for i in request.encrypted_shares if i.sender in keep)
-    )
+    forged = replace(request, survivors=keep, encrypted_shares=tuple(i for i in request.encrypted_shares if i.sender in keep))
     expect_abort(round_.clients[VICTIM], lambda: round_.clients[VICTIM].receive(forged), AbortReason.TOO_FEW_PARTICIPANTS)
 
 

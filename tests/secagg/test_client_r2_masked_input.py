@@ -11,7 +11,6 @@ from secagg.client import ClientStage
 from secagg.config import ProtocolMode
 from secagg.errors import AbortReason
 from secagg.messages import ConsistencyCheck, ConsistencyCheckRequest, UnmaskingRequest
-
 from tests.secagg.harness import advance_to, make_round
 
 VICTIM = 0

@@ -8,7 +8,6 @@ from dataclasses import replace
 from secagg.errors import AbortReason
 from secagg.messages import SignedSurvivors, UnmaskingShares
 from secagg.protocol import survivors_statement
-
 from tests.secagg.harness import advance_to, make_round
 
 VICTIM = 0

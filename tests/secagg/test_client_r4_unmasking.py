@@ -12,7 +12,6 @@ from secagg.config import GraphKind, ProtocolMode
 from secagg.errors import AbortReason
 from secagg.messages import SignedSurvivors, UnmaskingShares
 from secagg.protocol import survivors_statement
-
 from tests.secagg.harness import advance_to, make_round
 
 VICTIM = 0

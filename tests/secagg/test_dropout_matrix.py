@@ -16,17 +16,22 @@ from secagg.config import GraphKind, ProtocolMode, minimum_threshold
 from secagg.errors import AbortReason
 from secagg.graph import session_permutation
 from secagg.server import ServerStage
-
 from tests.secagg.harness import collect, make_round, run, start
 
-FULL = dict(participants=10, graph=GraphKind.FULL, degree=None)
-HARARY = dict(participants=15, graph=GraphKind.HARARY, degree=10, threshold=11)
+FULL = {"participants": 10, "graph": GraphKind.FULL, "degree": None}
+HARARY = {"participants": 15, "graph": GraphKind.HARARY, "degree": 10, "threshold": 11}
 
 
 def _spread_over_cycle(setup: dict, mode: ProtocolMode, count: int, seed: int) -> set[int]:
     """``count`` clients evenly spaced on the session's Harary cycle (needs the session id)."""
-    probe = make_round(setup["participants"], mode=mode, graph=setup["graph"], degree=setup["degree"],
-                       threshold=setup.get("threshold"), seed=seed)
+    probe = make_round(
+        setup["participants"],
+        mode=mode,
+        graph=setup["graph"],
+        degree=setup["degree"],
+        threshold=setup.get("threshold"),
+        seed=seed,
+    )
     start(probe)
     collect(probe)
     members = list(range(setup["participants"]))
@@ -60,8 +65,9 @@ def test_dropout_matrix(setup, mode, round_number, margin):
         dropped = set(range(1, 1 + 2 * dropped_count, 2))
     assert len(dropped) == dropped_count
 
-    round_ = make_round(participants, mode=mode, graph=setup["graph"], degree=setup["degree"],
-                        threshold=setup.get("threshold"), seed=seed)
+    round_ = make_round(
+        participants, mode=mode, graph=setup["graph"], degree=setup["degree"], threshold=setup.get("threshold"), seed=seed
+    )
     outcome = run(round_, drop={round_number: dropped})
 
     if margin < 0:

@@ -185,6 +185,8 @@ RECOMMENDATION_CASES = [
     (100, ProtocolMode.HONEST_BUT_CURIOUS, 0.2, 0.0),
     (200, ProtocolMode.ACTIVE, 0.05, 0.1),
 ]
+
+
 @pytest.mark.parametrize(("n", "mode", "dropout", "corrupt"), RECOMMENDATION_CASES)
 def test_recommended_degree_is_even_above_the_connectivity_floor_and_minimal(
     n: int, mode: ProtocolMode, dropout: float, corrupt: float

@@ -49,7 +49,7 @@ def reference_words(seed: bytes, count: int, dtype: type) -> np.ndarray:
 def test_ecb_of_counter_blocks_reproduces_the_sp800_38a_f_5_5_keystream() -> None:
     key, plaintext, ciphertext = (bytes.fromhex(NIST_CTR[k]) for k in ("key", "plaintext", "ciphertext"))
     first = int(NIST_CTR["initial_counter"], 16)
-    keystream = bytes(p ^ c for p, c in zip(plaintext, ciphertext))
+    keystream = bytes(p ^ c for p, c in zip(plaintext, ciphertext, strict=True))
     assert ecb_keystream(key, len(keystream), first) == keystream
 
 
@@ -153,7 +153,7 @@ def _explicit_sum(initial: np.ndarray, masks: list[SignedSeed]) -> np.ndarray:
 @pytest.mark.parametrize("dtype", UNSIGNED, ids=lambda d: np.dtype(d).name)
 def test_accumulate_masks_with_mixed_signs_equals_the_explicit_sum_around_the_block_boundary(dtype: type) -> None:
     signs = [1, -1, -1, 1, 1]
-    masks = [SignedSeed(seed, sign) for seed, sign in zip(SEEDS, signs)]
+    masks = [SignedSeed(seed, sign) for seed, sign in zip(SEEDS, signs, strict=True)]
     per_block = BLOCK_BYTES // np.dtype(dtype).itemsize
     for length in (5, per_block - 1, per_block + 1):
         initial = reference_words(b"\xee" * 32, length, dtype)

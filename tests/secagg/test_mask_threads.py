@@ -9,9 +9,8 @@ from hypothesis import strategies as st
 
 from secagg.hazmat.prg import BLOCK_BYTES, SignedSeed, accumulate_masks
 from secagg.hazmat.randomness import DeterministicRandom
-
-from tests.secagg.harness import make_round, run
 from secagg.server import ServerSession
+from tests.secagg.harness import make_round, run
 
 
 @settings(max_examples=25, deadline=None)

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from secagg.config import GraphKind, ProtocolMode, minimum_threshold
 from secagg.errors import AbortReason
 from secagg.graph import recommended_harary_degree
-
 from tests.secagg.harness import make_round, run
 
 
@@ -25,7 +24,7 @@ def rounds(draw):
     degree = None
     if participants >= 8 and draw(st.booleans()):
         graph = GraphKind.HARARY
-        degree = draw(st.sampled_from([k for k in range(2, participants - 1, 2)]))
+        degree = draw(st.sampled_from(list(range(2, participants - 1, 2))))
     rule = minimum_threshold(mode, participants)
     threshold = draw(st.integers(min_value=rule, max_value=participants))
     members = list(range(participants))
@@ -43,9 +42,7 @@ def rounds(draw):
 @given(rounds())
 def test_sum_of_survivors_is_exact_or_round_aborts_for_lack_of_survivors(case):
     participants, mode, bits, dim, graph, degree, threshold, drop, seed = case
-    round_ = make_round(
-        participants, dim=dim, bits=bits, mode=mode, graph=graph, degree=degree, threshold=threshold, seed=seed
-    )
+    round_ = make_round(participants, dim=dim, bits=bits, mode=mode, graph=graph, degree=degree, threshold=threshold, seed=seed)
     outcome = run(round_, drop=drop)
     if outcome.completed:
         assert len(outcome.survivors) >= threshold
@@ -89,9 +86,7 @@ def test_recommended_harary_degree_round_survives_ten_percent_dropout():
         participants, ProtocolMode.HONEST_BUT_CURIOUS, dropout_rate=0.1, corrupt_fraction=0.0, failure_probability=1e-3
     )
     assert degree is not None and degree < participants - 2
-    round_ = make_round(
-        participants, dim=4, mode=ProtocolMode.HONEST_BUT_CURIOUS, graph=GraphKind.HARARY, degree=degree, seed=5
-    )
+    round_ = make_round(participants, dim=4, mode=ProtocolMode.HONEST_BUT_CURIOUS, graph=GraphKind.HARARY, degree=degree, seed=5)
     outcome = run(round_, drop={2: {3, 17, 29, 33}})
     assert outcome.completed
     np.testing.assert_array_equal(outcome.result, round_.expected_sum(outcome.survivors))

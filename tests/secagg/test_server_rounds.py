@@ -15,7 +15,6 @@ from secagg.hazmat.randomness import DeterministicRandom
 from secagg.messages import MaskedInput, RevealedShare, encode
 from secagg.protocol import advertise_statement
 from secagg.server import ServerSession, ServerStage
-
 from tests.secagg.harness import advance_to, collect, deliver, make_round, start
 
 
@@ -46,8 +45,12 @@ def _in_stage(stage_number: int, participants: int = 7, mode=ProtocolMode.ACTIVE
 def test_r0_refuses_keys_signed_by_another_identity():
     round_ = _in_stage(0)
     message = round_.pending[1]
-    forged = replace(message, signature=round_.identities[2].sign(
-        advertise_statement(round_.config.digest(), 1, message.encryption_public_key, message.masking_public_key)))
+    forged = replace(
+        message,
+        signature=round_.identities[2].sign(
+            advertise_statement(round_.config.digest(), 1, message.encryption_public_key, message.masking_public_key)
+        ),
+    )
     _assert_rejected(round_.server, forged, RejectReason.INVALID_SIGNATURE)
 
 
@@ -73,8 +76,12 @@ def test_r0_refuses_a_small_order_public_key(low_order_point):
     identity = round_.identities[1]
     encryption = AgreementKeyPair.generate(DeterministicRandom.from_int(5)).public_bytes
     statement = advertise_statement(round_.config.digest(), 1, encryption, low_order_point)
-    message = replace(round_.pending[1], encryption_public_key=encryption, masking_public_key=low_order_point,
-                      signature=identity.sign(statement))
+    message = replace(
+        round_.pending[1],
+        encryption_public_key=encryption,
+        masking_public_key=low_order_point,
+        signature=identity.sign(statement),
+    )
     _assert_rejected(round_.server, message, RejectReason.INVALID_PUBLIC_KEY)
 
 
@@ -108,14 +115,18 @@ def test_r1_refuses_a_sender_that_did_not_advertise():
 def test_r1_refuses_ciphertexts_for_the_wrong_recipients():
     round_ = _in_stage(1)
     message = round_.pending[2]
-    _assert_rejected(round_.server, replace(message, encrypted_shares=message.encrypted_shares[1:]), RejectReason.WRONG_RECIPIENTS)
+    _assert_rejected(
+        round_.server, replace(message, encrypted_shares=message.encrypted_shares[1:]), RejectReason.WRONG_RECIPIENTS
+    )
 
 
 def test_r1_refuses_a_ciphertext_of_the_wrong_length():
     round_ = _in_stage(1)
     message = round_.pending[2]
     short = replace(message.encrypted_shares[0], ciphertext=message.encrypted_shares[0].ciphertext[:-1])
-    _assert_rejected(round_.server, replace(message, encrypted_shares=(short,) + message.encrypted_shares[1:]), RejectReason.WRONG_LENGTH)
+    _assert_rejected(
+        round_.server, replace(message, encrypted_shares=(short,) + message.encrypted_shares[1:]), RejectReason.WRONG_LENGTH
+    )
 
 
 def test_r1_refuses_a_message_for_another_session():

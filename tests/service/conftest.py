@@ -51,7 +51,13 @@ def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     started: list[ServerProcess] = []
 
     def start(backend: str = "sqlite", *, workers: int = 1) -> ServerProcess:
-        server = ServerProcess(directory=tmp_path_factory.mktemp("server"), database_url=database_url_for(backend), workers=workers, poll_seconds=0.1, dev=False)
+        server = ServerProcess(
+            directory=tmp_path_factory.mktemp("server"),
+            database_url=database_url_for(backend),
+            workers=workers,
+            poll_seconds=0.1,
+            dev=False,
+        )
         started.append(server)
         return server.start()
 

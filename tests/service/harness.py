@@ -25,8 +25,8 @@ from secagg.config import GraphKind, ProtocolMode, RoundConfig
 from secagg.errors import ProtocolAbort
 from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import DeterministicRandom
-from secagg.messages import encode
 from secagg.http_contract import sign_request
+from secagg.messages import encode
 
 ServerProcess = LocalServer
 """The service tests run the same server harness as the demo and the simulations."""
@@ -157,7 +157,9 @@ class RoundDriver:
         self.client_aborts: dict[int, str] = {}
         for index, party in enumerate(parties):
             vector = client_input(index, self.config.dim, self.config.bits, seed)
-            session = ClientSession(self.config, index, party.key, vector, source=DeterministicRandom.from_int(seed * 977 + index))
+            session = ClientSession(
+                self.config, index, party.key, vector, source=DeterministicRandom.from_int(seed * 977 + index)
+            )
             self.sessions[index] = session
             self.pending[index] = encode(session.start())
 

@@ -98,7 +98,9 @@ def test_result_is_also_served_as_json(shared_api: Api, finished_rounds) -> None
     import base64
 
     completed = finished_rounds["completed"]
-    response = shared_api.signed(completed.parties[1], "GET", f"/v1/rounds/{completed.round_id}/result", headers={"Accept": "application/json"})
+    response = shared_api.signed(
+        completed.parties[1], "GET", f"/v1/rounds/{completed.round_id}/result", headers={"Accept": "application/json"}
+    )
     body = response.json()
     vector = np.frombuffer(base64.b64decode(body["vector_base64"]), dtype="<u4")
     np.testing.assert_array_equal(vector, completed.expected_sum(range(3)))
@@ -109,7 +111,15 @@ def test_round_with_an_unknown_dp_mechanism_is_refused(shared_api: Api, finished
     parties = finished_rounds["completed"].parties
     bad = dict(SKELLAM, mechanism="laplace")
     response = shared_api.admin(
-        "POST", "/v1/admin/rounds", {"cohort": [p.participant_id for p in parties], "threshold": 2, "mode": "honest-but-curious", "dim": 8, "dp_policy": {"privacy": [bad]}}
+        "POST",
+        "/v1/admin/rounds",
+        {
+            "cohort": [p.participant_id for p in parties],
+            "threshold": 2,
+            "mode": "honest-but-curious",
+            "dim": 8,
+            "dp_policy": {"privacy": [bad]},
+        },
     )
     assert response.status_code == 422
     assert response.json()["type"] == "urn:secagg:problem:unsafe-round"
@@ -119,7 +129,9 @@ def test_work_lists_a_round_until_the_member_has_answered_its_stage(shared_api: 
     parties = make_parties(3, prefix="worker", seed=720)
     for party in parties:
         shared_api.enroll(party)
-    driver = RoundDriver(shared_api, parties, shared_api.create_round(parties, threshold=2, mode="honest-but-curious", dim=8), seed=720)
+    driver = RoundDriver(
+        shared_api, parties, shared_api.create_round(parties, threshold=2, mode="honest-but-curious", dim=8), seed=720
+    )
     items = shared_api.signed(parties[0], "GET", "/v1/work").json()["items"]
     assert [(item["round_id"], item["action"]) for item in items] == [(driver.round_id, "advertise-keys")]
     driver.send([0])
@@ -165,7 +177,9 @@ def test_openapi_declares_binary_bodies_and_problem_responses(shared_api: Api) -
     document = shared_api.http.get("/openapi.json").json()
     upload = document["paths"]["/v1/rounds/{round_id}/messages"]["post"]
     assert upload["requestBody"]["content"]["application/octet-stream"]["schema"] == {"type": "string", "format": "binary"}
-    assert "application/octet-stream" in document["paths"]["/v1/rounds/{round_id}/messages/me"]["get"]["responses"]["200"]["content"]
+    assert (
+        "application/octet-stream" in document["paths"]["/v1/rounds/{round_id}/messages/me"]["get"]["responses"]["200"]["content"]
+    )
     assert "Problem" in document["components"]["schemas"]
     for path, operations in document["paths"].items():
         if not path.startswith("/v1/"):
@@ -205,7 +219,9 @@ def test_server_serves_https_with_the_given_certificate(tmp_path: Path) -> None:
     )
     cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
     cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     server = ServerProcess(
         directory=tmp_path / "server",
         poll_seconds=0.1,
@@ -232,7 +248,9 @@ def test_long_poll_answers_with_the_message_once_the_stage_closes(shared_api: Ap
     parties = make_parties(3, prefix="longpoll", seed=730)
     for party in parties:
         shared_api.enroll(party)
-    driver = RoundDriver(shared_api, parties, shared_api.create_round(parties, threshold=2, mode="honest-but-curious", dim=8), seed=730)
+    driver = RoundDriver(
+        shared_api, parties, shared_api.create_round(parties, threshold=2, mode="honest-but-curious", dim=8), seed=730
+    )
     driver.send([0])
     waited: dict[str, object] = {}
 

@@ -19,6 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
+from secagg.http_contract import sign_request
 from secagg.messages import (
     AdvertiseKeys,
     KeyList,
@@ -30,7 +31,6 @@ from secagg.messages import (
     encode,
 )
 from secagg.protocol import advertise_statement
-from secagg.http_contract import sign_request
 from tests.service.harness import Api, Party, RoundDriver, ServerProcess, make_parties
 
 N = 5
@@ -162,67 +162,366 @@ def _admin_round(cat: Catalogue, **body: Any) -> httpx.Response:
 
 CASES: list[tuple[str, str, Callable[[Catalogue], httpx.Response], int, str]] = [
     # --- credentials
-    ("no signing headers", "R2", lambda c: c.api.http.post(c.path("R2"), content=_pending(c, "R2", 1), headers={"Content-Type": "application/octet-stream"}), 401, "missing-credentials"),
-    ("nonce header missing", "R2", lambda c: _post(c, "R2", 1, _pending(c, "R2", 1), drop=["X-Secagg-Nonce"]), 401, "missing-credentials"),
-    ("timestamp not a number", "R2", lambda c: _post(c, "R2", 1, _pending(c, "R2", 1), headers={"X-Secagg-Timestamp": "soon"}), 401, "malformed-credentials"),
-    ("nonce too short", "R2", lambda c: _post(c, "R2", 1, _pending(c, "R2", 1), headers={"X-Secagg-Nonce": "abcd"}), 401, "malformed-credentials"),
-    ("signature not base64", "R2", lambda c: _post(c, "R2", 1, _pending(c, "R2", 1), headers={"X-Secagg-Signature": "***"}), 401, "malformed-credentials"),
-    ("key id with upper case", "R2", lambda c: _post(c, "R2", 1, _pending(c, "R2", 1), headers={"X-Secagg-Key-Id": "Bank-A"}), 401, "malformed-credentials"),
-    ("stale timestamp", "R2", lambda c: _post(c, "R2", 1, _pending(c, "R2", 1), now=int(time.time()) - 1000), 401, "stale-timestamp"),
-    ("timestamp in the future", "R2", lambda c: _post(c, "R2", 1, _pending(c, "R2", 1), now=int(time.time()) + 1000), 401, "stale-timestamp"),
+    (
+        "no signing headers",
+        "R2",
+        lambda c: c.api.http.post(
+            c.path("R2"), content=_pending(c, "R2", 1), headers={"Content-Type": "application/octet-stream"}
+        ),
+        401,
+        "missing-credentials",
+    ),
+    (
+        "nonce header missing",
+        "R2",
+        lambda c: _post(c, "R2", 1, _pending(c, "R2", 1), drop=["X-Secagg-Nonce"]),
+        401,
+        "missing-credentials",
+    ),
+    (
+        "timestamp not a number",
+        "R2",
+        lambda c: _post(c, "R2", 1, _pending(c, "R2", 1), headers={"X-Secagg-Timestamp": "soon"}),
+        401,
+        "malformed-credentials",
+    ),
+    (
+        "nonce too short",
+        "R2",
+        lambda c: _post(c, "R2", 1, _pending(c, "R2", 1), headers={"X-Secagg-Nonce": "abcd"}),
+        401,
+        "malformed-credentials",
+    ),
+    (
+        "signature not base64",
+        "R2",
+        lambda c: _post(c, "R2", 1, _pending(c, "R2", 1), headers={"X-Secagg-Signature": "***"}),
+        401,
+        "malformed-credentials",
+    ),
+    (
+        "key id with upper case",
+        "R2",
+        lambda c: _post(c, "R2", 1, _pending(c, "R2", 1), headers={"X-Secagg-Key-Id": "Bank-A"}),
+        401,
+        "malformed-credentials",
+    ),
+    (
+        "stale timestamp",
+        "R2",
+        lambda c: _post(c, "R2", 1, _pending(c, "R2", 1), now=int(time.time()) - 1000),
+        401,
+        "stale-timestamp",
+    ),
+    (
+        "timestamp in the future",
+        "R2",
+        lambda c: _post(c, "R2", 1, _pending(c, "R2", 1), now=int(time.time()) + 1000),
+        401,
+        "stale-timestamp",
+    ),
     ("unknown participant", "R2", lambda c: _raw(c, c.stranger, "POST", c.path("R2"), _pending(c, "R2", 1)), 401, "unknown-key"),
     ("revoked key", "R2", lambda c: _raw(c, c.revoked, "GET", "/v1/work"), 401, "revoked-key"),
-    ("signed by another key", "R2", lambda c: _post(c, "R2", 1, _pending(c, "R2", 1), signer=c.member("R2", 2).key), 401, "bad-request-signature"),
-    ("body altered after signing", "R2", lambda c: _post(c, "R2", 1, _pending(c, "R2", 1), signed_body=_pending(c, "R2", 2)), 401, "bad-request-signature"),
-    ("signature for another path", "R2", lambda c: _post(c, "R2", 1, _pending(c, "R2", 1), signed_path=c.path("R1")), 401, "bad-request-signature"),
+    (
+        "signed by another key",
+        "R2",
+        lambda c: _post(c, "R2", 1, _pending(c, "R2", 1), signer=c.member("R2", 2).key),
+        401,
+        "bad-request-signature",
+    ),
+    (
+        "body altered after signing",
+        "R2",
+        lambda c: _post(c, "R2", 1, _pending(c, "R2", 1), signed_body=_pending(c, "R2", 2)),
+        401,
+        "bad-request-signature",
+    ),
+    (
+        "signature for another path",
+        "R2",
+        lambda c: _post(c, "R2", 1, _pending(c, "R2", 1), signed_path=c.path("R1")),
+        401,
+        "bad-request-signature",
+    ),
     ("replayed nonce", "R2", _replayed_nonce, 401, "replayed-nonce"),
     # --- roles and membership
-    ("auditor posting a message", "R2", lambda c: _raw(c, c.auditor, "POST", c.path("R2"), _pending(c, "R2", 1)), 403, "wrong-role"),
+    (
+        "auditor posting a message",
+        "R2",
+        lambda c: _raw(c, c.auditor, "POST", c.path("R2"), _pending(c, "R2", 1)),
+        403,
+        "wrong-role",
+    ),
     ("auditor asking for work", "R2", lambda c: _raw(c, c.auditor, "GET", "/v1/work"), 403, "wrong-role"),
     ("bank reading the audit log", "R2", lambda c: _raw(c, c.member("R2", 1), "GET", "/v1/audit/rounds"), 403, "wrong-role"),
-    ("bank outside the cohort posting", "R2", lambda c: _raw(c, c.outsider, "POST", c.path("R2"), _pending(c, "R2", 1)), 403, "not-in-cohort"),
-    ("bank outside the cohort reading parameters", "R2", lambda c: _raw(c, c.outsider, "GET", c.path("R2", "")), 403, "not-in-cohort"),
-    ("bank outside the cohort fetching messages", "R2", lambda c: _raw(c, c.outsider, "GET", c.path("R2", "/messages/me")), 403, "not-in-cohort"),
+    (
+        "bank outside the cohort posting",
+        "R2",
+        lambda c: _raw(c, c.outsider, "POST", c.path("R2"), _pending(c, "R2", 1)),
+        403,
+        "not-in-cohort",
+    ),
+    (
+        "bank outside the cohort reading parameters",
+        "R2",
+        lambda c: _raw(c, c.outsider, "GET", c.path("R2", "")),
+        403,
+        "not-in-cohort",
+    ),
+    (
+        "bank outside the cohort fetching messages",
+        "R2",
+        lambda c: _raw(c, c.outsider, "GET", c.path("R2", "/messages/me")),
+        403,
+        "not-in-cohort",
+    ),
     ("sender id of another member", "R2", lambda c: _post(c, "R2", 1, _pending(c, "R2", 2)), 403, "sender-mismatch"),
     # --- routing and media
-    ("unknown round id", "R2", lambda c: _raw(c, c.member("R2", 1), "POST", f"/v1/rounds/{'ab' * 16}/messages", _pending(c, "R2", 1)), 404, "round-not-found"),
-    ("malformed round id", "R2", lambda c: _raw(c, c.member("R2", 1), "POST", "/v1/rounds/not-a-round/messages", _pending(c, "R2", 1)), 422, "validation-error"),
+    (
+        "unknown round id",
+        "R2",
+        lambda c: _raw(c, c.member("R2", 1), "POST", f"/v1/rounds/{'ab' * 16}/messages", _pending(c, "R2", 1)),
+        404,
+        "round-not-found",
+    ),
+    (
+        "malformed round id",
+        "R2",
+        lambda c: _raw(c, c.member("R2", 1), "POST", "/v1/rounds/not-a-round/messages", _pending(c, "R2", 1)),
+        422,
+        "validation-error",
+    ),
     ("unknown route", "R2", lambda c: c.api.http.get("/v1/nothing-here"), 404, "not-found"),
-    ("JSON content type for a message", "R2", lambda c: _post(c, "R2", 1, _pending(c, "R2", 1), content_type="application/json"), 415, "unsupported-media-type"),
-    ("form content type for a message", "R2", lambda c: _post(c, "R2", 1, _pending(c, "R2", 1), content_type="application/x-www-form-urlencoded"), 415, "unsupported-media-type"),
+    (
+        "JSON content type for a message",
+        "R2",
+        lambda c: _post(c, "R2", 1, _pending(c, "R2", 1), content_type="application/json"),
+        415,
+        "unsupported-media-type",
+    ),
+    (
+        "form content type for a message",
+        "R2",
+        lambda c: _post(c, "R2", 1, _pending(c, "R2", 1), content_type="application/x-www-form-urlencoded"),
+        415,
+        "unsupported-media-type",
+    ),
     ("body above the round's limit", "R2", _oversized, 413, "payload-too-large"),
     # --- encodings
     ("random bytes", "R2", lambda c: _post(c, "R2", 1, bytes(range(200))), 400, "malformed"),
     ("empty body", "R2", lambda c: _post(c, "R2", 1, b"\x00"), 400, "malformed"),
     ("truncated masked input", "R2", lambda c: _post(c, "R2", 1, _pending(c, "R2", 1)[:-3]), 400, "malformed"),
-    ("trailing bytes after a masked input", "R2", lambda c: _post(c, "R2", 1, _pending(c, "R2", 1) + b"\x00\x00\x00\x00"), 400, "malformed"),
-    ("unsupported protocol version", "R2", lambda c: _post(c, "R2", 1, _pending(c, "R2", 1)[:3] + b"\x09" + _pending(c, "R2", 1)[4:]), 400, "malformed"),
-    ("a server message type", "R2", lambda c: _post(c, "R2", 1, encode(KeyList(config_digest=b"\x00" * 32, entries=()))), 400, "malformed"),
+    (
+        "trailing bytes after a masked input",
+        "R2",
+        lambda c: _post(c, "R2", 1, _pending(c, "R2", 1) + b"\x00\x00\x00\x00"),
+        400,
+        "malformed",
+    ),
+    (
+        "unsupported protocol version",
+        "R2",
+        lambda c: _post(c, "R2", 1, _pending(c, "R2", 1)[:3] + b"\x09" + _pending(c, "R2", 1)[4:]),
+        400,
+        "malformed",
+    ),
+    (
+        "a server message type",
+        "R2",
+        lambda c: _post(c, "R2", 1, encode(KeyList(config_digest=b"\x00" * 32, entries=()))),
+        400,
+        "malformed",
+    ),
     # --- protocol refusals (the core's RejectReason)
-    ("masked input one element short", "R2", lambda c: _post(c, "R2", 1, _with_vector(_masked(c, 1), _masked(c, 1).masked_vector[:-1].copy())), 422, "wrong-length"),
-    ("masked input in another ring", "R2", lambda c: _post(c, "R2", 1, _with_vector(_masked(c, 1), _masked(c, 1).masked_vector.astype(np.uint16), bits=16)), 422, "wrong-length"),
-    ("masked input for another session", "R2", lambda c: _post(c, "R2", 1, encode(dataclasses.replace(_masked(c, 1), session_id=b"\x07" * 32))), 422, "wrong-session"),
-    ("different second masked input", "R2", lambda c: _post(c, "R2", 0, _with_vector(_masked(c, 0), _masked(c, 0).masked_vector ^ np.uint32(1))), 409, "duplicate-submission"),
-    ("unmasking shares during R2", "R2", lambda c: _post(c, "R2", 1, encode(UnmaskingShares(session_id=_masked(c, 1).session_id, sender=1, masking_key_shares=(), self_mask_shares=(RevealedShare(owner=0, share=b"\x00" * 33),)))), 409, "wrong-stage"),
-    ("share keys without one neighbour", "R1", lambda c: _post(c, "R1", 1, _share_keys(c, 1, lambda m: dataclasses.replace(m, encrypted_shares=m.encrypted_shares[:-1]))), 422, "wrong-recipients"),
-    ("share ciphertext of the wrong size", "R1", lambda c: _post(c, "R1", 1, _share_keys(c, 1, lambda m: dataclasses.replace(m, encrypted_shares=tuple(dataclasses.replace(e, ciphertext=e.ciphertext[:-1]) for e in m.encrypted_shares)))), 422, "wrong-length"),
-    ("masked input during R1", "R1", lambda c: _post(c, "R1", 1, encode(MaskedInput(session_id=b"\x00" * 32, sender=1, bits=32, masked_vector=np.zeros(DIM, dtype=np.uint32)))), 409, "wrong-stage"),
-    ("advertised keys with a bad signature", "R0", lambda c: _post(c, "R0", 1, _advertise(c, 1, signature=b"\x01" * 64, resign=False)), 422, "invalid-signature"),
-    ("advertised small-order key", "R0", lambda c: _post(c, "R0", 1, _advertise(c, 1, masking_public_key=b"\x00" * 32)), 422, "invalid-public-key"),
-    ("advertised keys already used by another member", "R0", lambda c: _post(c, "R0", 1, _advertise(c, 1, encryption_public_key=decode(_pending(c, "R0", 0)).encryption_public_key)), 422, "duplicate-public-key"),
-    ("advertised keys for another round", "R0", lambda c: _post(c, "R0", 1, _advertise(c, 1, config_digest=b"\x05" * 32)), 422, "wrong-session"),
-    ("result before the round completed", "R2", lambda c: _raw(c, c.member("R2", 1), "GET", c.path("R2", "/result")), 409, "result-not-ready"),
+    (
+        "masked input one element short",
+        "R2",
+        lambda c: _post(c, "R2", 1, _with_vector(_masked(c, 1), _masked(c, 1).masked_vector[:-1].copy())),
+        422,
+        "wrong-length",
+    ),
+    (
+        "masked input in another ring",
+        "R2",
+        lambda c: _post(c, "R2", 1, _with_vector(_masked(c, 1), _masked(c, 1).masked_vector.astype(np.uint16), bits=16)),
+        422,
+        "wrong-length",
+    ),
+    (
+        "masked input for another session",
+        "R2",
+        lambda c: _post(c, "R2", 1, encode(dataclasses.replace(_masked(c, 1), session_id=b"\x07" * 32))),
+        422,
+        "wrong-session",
+    ),
+    (
+        "different second masked input",
+        "R2",
+        lambda c: _post(c, "R2", 0, _with_vector(_masked(c, 0), _masked(c, 0).masked_vector ^ np.uint32(1))),
+        409,
+        "duplicate-submission",
+    ),
+    (
+        "unmasking shares during R2",
+        "R2",
+        lambda c: _post(
+            c,
+            "R2",
+            1,
+            encode(
+                UnmaskingShares(
+                    session_id=_masked(c, 1).session_id,
+                    sender=1,
+                    masking_key_shares=(),
+                    self_mask_shares=(RevealedShare(owner=0, share=b"\x00" * 33),),
+                )
+            ),
+        ),
+        409,
+        "wrong-stage",
+    ),
+    (
+        "share keys without one neighbour",
+        "R1",
+        lambda c: _post(
+            c, "R1", 1, _share_keys(c, 1, lambda m: dataclasses.replace(m, encrypted_shares=m.encrypted_shares[:-1]))
+        ),
+        422,
+        "wrong-recipients",
+    ),
+    (
+        "share ciphertext of the wrong size",
+        "R1",
+        lambda c: _post(
+            c,
+            "R1",
+            1,
+            _share_keys(
+                c,
+                1,
+                lambda m: dataclasses.replace(
+                    m, encrypted_shares=tuple(dataclasses.replace(e, ciphertext=e.ciphertext[:-1]) for e in m.encrypted_shares)
+                ),
+            ),
+        ),
+        422,
+        "wrong-length",
+    ),
+    (
+        "masked input during R1",
+        "R1",
+        lambda c: _post(
+            c,
+            "R1",
+            1,
+            encode(MaskedInput(session_id=b"\x00" * 32, sender=1, bits=32, masked_vector=np.zeros(DIM, dtype=np.uint32))),
+        ),
+        409,
+        "wrong-stage",
+    ),
+    (
+        "advertised keys with a bad signature",
+        "R0",
+        lambda c: _post(c, "R0", 1, _advertise(c, 1, signature=b"\x01" * 64, resign=False)),
+        422,
+        "invalid-signature",
+    ),
+    (
+        "advertised small-order key",
+        "R0",
+        lambda c: _post(c, "R0", 1, _advertise(c, 1, masking_public_key=b"\x00" * 32)),
+        422,
+        "invalid-public-key",
+    ),
+    (
+        "advertised keys already used by another member",
+        "R0",
+        lambda c: _post(c, "R0", 1, _advertise(c, 1, encryption_public_key=decode(_pending(c, "R0", 0)).encryption_public_key)),
+        422,
+        "duplicate-public-key",
+    ),
+    (
+        "advertised keys for another round",
+        "R0",
+        lambda c: _post(c, "R0", 1, _advertise(c, 1, config_digest=b"\x05" * 32)),
+        422,
+        "wrong-session",
+    ),
+    (
+        "result before the round completed",
+        "R2",
+        lambda c: _raw(c, c.member("R2", 1), "GET", c.path("R2", "/result")),
+        409,
+        "result-not-ready",
+    ),
     # --- admin
-    ("unauthenticated admin body above the JSON limit", "R2", lambda c: c.api.http.post("/v1/admin/rounds", content=b"{" + b" " * (5 << 20) + b"}", headers={"Content-Type": "application/json"}), 413, "payload-too-large"),
-    ("chunked admin body above the JSON limit", "R2", lambda c: c.api.http.post("/v1/admin/rounds", content=iter([b"{", b" " * (5 << 20), b"}"]), headers={"Content-Type": "application/json"}), 413, "payload-too-large"),
+    (
+        "unauthenticated admin body above the JSON limit",
+        "R2",
+        lambda c: c.api.http.post(
+            "/v1/admin/rounds", content=b"{" + b" " * (5 << 20) + b"}", headers={"Content-Type": "application/json"}
+        ),
+        413,
+        "payload-too-large",
+    ),
+    (
+        "chunked admin body above the JSON limit",
+        "R2",
+        lambda c: c.api.http.post(
+            "/v1/admin/rounds", content=iter([b"{", b" " * (5 << 20), b"}"]), headers={"Content-Type": "application/json"}
+        ),
+        413,
+        "payload-too-large",
+    ),
     ("admin call without a token", "R2", lambda c: c.api.http.get("/v1/admin/participants"), 401, "admin-unauthorized"),
-    ("admin call with a wrong token", "R2", lambda c: c.api.admin("POST", f"/v1/admin/rounds/{c.rounds['R2'].round_id}/abort", {"detail": "x"}, token="x" * 40), 401, "admin-unauthorized"),
+    (
+        "admin call with a wrong token",
+        "R2",
+        lambda c: c.api.admin("POST", f"/v1/admin/rounds/{c.rounds['R2'].round_id}/abort", {"detail": "x"}, token="x" * 40),
+        401,
+        "admin-unauthorized",
+    ),
     ("round with a threshold below the rule", "R2", lambda c: _admin_round(c, threshold=2), 422, "unsafe-round"),
-    ("round with an unenrolled member", "R2", lambda c: c.api.admin("POST", "/v1/admin/rounds", {"cohort": ["nobody-1", "nobody-2"], "threshold": 2, "dim": 8}), 422, "unsafe-round"),
-    ("round with an auditor in the cohort", "R2", lambda c: c.api.admin("POST", "/v1/admin/rounds", {"cohort": [c.outsider.participant_id, c.auditor.participant_id], "threshold": 2, "dim": 8, "mode": "honest-but-curious"}), 422, "unsafe-round"),
+    (
+        "round with an unenrolled member",
+        "R2",
+        lambda c: c.api.admin("POST", "/v1/admin/rounds", {"cohort": ["nobody-1", "nobody-2"], "threshold": 2, "dim": 8}),
+        422,
+        "unsafe-round",
+    ),
+    (
+        "round with an auditor in the cohort",
+        "R2",
+        lambda c: c.api.admin(
+            "POST",
+            "/v1/admin/rounds",
+            {
+                "cohort": [c.outsider.participant_id, c.auditor.participant_id],
+                "threshold": 2,
+                "dim": 8,
+                "mode": "honest-but-curious",
+            },
+        ),
+        422,
+        "unsafe-round",
+    ),
     ("round request with an unknown field", "R2", lambda c: _admin_round(c, colour="blue"), 422, "validation-error"),
-    ("enrolling an id twice", "R2", lambda c: c.api.admin("POST", "/v1/admin/participants", {"id": c.outsider.participant_id, "public_key": "A" * 43 + "=", "role": "bank"}), 409, "participant-exists"),
-    ("enrolling a key that is not base64", "R2", lambda c: c.api.admin("POST", "/v1/admin/participants", {"id": "fresh-id", "public_key": "*" * 44, "role": "bank"}), 422, "validation-error"),
+    (
+        "enrolling an id twice",
+        "R2",
+        lambda c: c.api.admin(
+            "POST", "/v1/admin/participants", {"id": c.outsider.participant_id, "public_key": "A" * 43 + "=", "role": "bank"}
+        ),
+        409,
+        "participant-exists",
+    ),
+    (
+        "enrolling a key that is not base64",
+        "R2",
+        lambda c: c.api.admin("POST", "/v1/admin/participants", {"id": "fresh-id", "public_key": "*" * 44, "role": "bank"}),
+        422,
+        "validation-error",
+    ),
 ]
 
 

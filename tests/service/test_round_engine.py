@@ -19,13 +19,13 @@ from sqlalchemy import select
 from secagg.client import ClientSession
 from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import DeterministicRandom
-from secagg.messages import decode, encode
 from secagg.http_contract import max_client_message_bytes
-from service.rounds import RoundEngine
+from secagg.messages import decode, encode
 from service.db import Database, OutboundRow, RoundRow, SubmissionRow
 from service.ledger import RoundLedger
 from service.metrics import ServiceMetrics
 from service.problems import ProblemType, ServiceProblem
+from service.rounds import RoundEngine
 from service.schemas import ParticipantRole, RoundCreate
 from tests.service.conftest import database_url_for
 from tests.service.harness import client_input, make_parties
@@ -77,7 +77,11 @@ class Round:
         self.config = StoredParameters.from_json(json.dumps(parameters)).config()
         self.sessions = {
             index: ClientSession(
-                self.config, index, party.key, client_input(index, DIM, 32, seed), source=DeterministicRandom.from_int(seed + index)
+                self.config,
+                index,
+                party.key,
+                client_input(index, DIM, 32, seed),
+                source=DeterministicRandom.from_int(seed + index),
             )
             for index, party in enumerate(self.parties)
         }
@@ -161,9 +165,15 @@ def test_masked_inputs_are_only_in_the_running_sum_and_message_bodies_are_droppe
     round_.fetch(engine, range(N))
     round_.send(engine, range(3))
     with engine.database.read() as session:
-        bodies = session.execute(
-            select(SubmissionRow.body).where(SubmissionRow.round_id == round_.round_id, SubmissionRow.stage == "R2-masked-input-collection")
-        ).scalars().all()
+        bodies = (
+            session.execute(
+                select(SubmissionRow.body).where(
+                    SubmissionRow.round_id == round_.round_id, SubmissionRow.stage == "R2-masked-input-collection"
+                )
+            )
+            .scalars()
+            .all()
+        )
         running = session.execute(select(RoundRow.masked_sum).where(RoundRow.id == round_.round_id)).scalar_one()
     assert bodies == [None, None, None]
     masked = [decode(round_.pending[index]).masked_vector for index in range(3)]
@@ -252,7 +262,9 @@ def test_message_size_limit_admits_the_largest_real_messages(participants: int) 
         session_id=b"\x00" * 32,
         sender=0,
         self_mask_commitment=b"\x00" * 32,
-        encrypted_shares=tuple(EncryptedShares(0, recipient, b"\x00" * SHARE_CIPHERTEXT_BYTES) for recipient in range(1, participants)),
+        encrypted_shares=tuple(
+            EncryptedShares(0, recipient, b"\x00" * SHARE_CIPHERTEXT_BYTES) for recipient in range(1, participants)
+        ),
     )
     unmasking = UnmaskingShares(
         session_id=b"\x00" * 32,

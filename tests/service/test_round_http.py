@@ -73,7 +73,9 @@ def test_round_with_two_dropouts_completes_with_the_survivors_exact_sum(shared_a
 
 
 def test_round_where_too_many_drop_at_r2_aborts_with_too_few_participants(shared_api: Api) -> None:
-    driver = _start_round(shared_api, seed=21, mode="honest-but-curious", threshold=6, deadlines={"R2": 6})  # closed by the background task at its deadline
+    driver = _start_round(
+        shared_api, seed=21, mode="honest-but-curious", threshold=6, deadlines={"R2": 6}
+    )  # closed by the background task at its deadline
     driver.send(range(N))
     driver.wait_for_stage(R1)
     driver.fetch(range(N))
