@@ -106,6 +106,7 @@ def _event_from_options(
     if (variance is None) == (noise_multiplier is None):
         raise InvalidParameterError("the skellam mechanism needs exactly one of --variance and --noise-multiplier")
     if variance is None:
+        assert noise_multiplier is not None  # exactly one of the two is given
         if not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
             raise InvalidParameterError(f"noise_multiplier must be finite and > 0, got {noise_multiplier!r}")
         variance = (noise_multiplier * l2) ** 2

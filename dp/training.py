@@ -398,3 +398,36 @@ def _is_positive_finite(value: object) -> bool:
 
 def _is_positive_int(value: object) -> bool:
     return not isinstance(value, bool) and isinstance(value, int) and value >= 1
+
+
+def use_threads(count: int) -> None:
+    """Limit torch's intra-op threads in this process (a bank's training is small; one thread avoids contention)."""
+    torch.set_num_threads(count)
+
+
+def train_non_private(
+    spec: ModelSpec,
+    start: np.ndarray,
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    iterations: int,
+    learning_rate: float,
+    l2_penalty: float,
+) -> np.ndarray:
+    """A non-private reference model: full-batch Adam on the given rows with an L2 penalty.
+
+    For baselines only (the pooled data of a demo, never a bank's production path):
+    no clipping, no noise, no accountant.
+    """
+    model = build_model(spec)
+    load_parameters(model, start)
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    x, y = check_dataset(spec, features, labels)
+    for _ in range(iterations):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x).squeeze(-1), y)
+        loss = loss + l2_penalty * sum((parameter**2).sum() for parameter in model.parameters())
+        loss.backward()
+        optimizer.step()
+    return flatten_parameters(model)

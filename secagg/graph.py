@@ -15,7 +15,7 @@ client's own share is needed.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -50,7 +50,7 @@ class NeighbourMap(Mapping[int, frozenset[int]]):
             return self._members - {member}
         return self._adjacency[member]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[int]:
         return iter(sorted(self._members))
 
     def __len__(self) -> int:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 import numpy as np
 
@@ -100,7 +100,7 @@ class _Writer:
         if not ring.is_reduced(values):
             raise MalformedMessage(f"vector has elements outside Z_2^{bits}")
         self.parts.append(struct.pack(">BI", bits, values.size))
-        self.parts.append(memoryview(np.ascontiguousarray(values, dtype=ring.dtype)).cast("B"))
+        self.parts.append(np.ascontiguousarray(values, dtype=ring.dtype).data.cast("B"))
 
     def finish(self) -> bytes:
         return b"".join(self.parts)
@@ -124,7 +124,7 @@ class _Reader:
         return bytes(self.take(size, name))
 
     def u32(self, name: str) -> int:
-        return struct.unpack(">I", self.take(4, name))[0]
+        return int(struct.unpack(">I", self.take(4, name))[0])
 
     def count(self, name: str, limit: int = MAX_LIST_LENGTH) -> int:
         value = self.u32(name)
@@ -505,11 +505,11 @@ def peek_type(data: bytes | bytearray | memoryview) -> MessageType:
 def decode(data: bytes | bytearray | memoryview, expected: type[MessageT] | None = None) -> MessageT:
     """Decode one message; with ``expected``, refuse any other type."""
     message_type = peek_type(data)
-    cls = MESSAGE_CLASSES[message_type]
+    cls: Any = MESSAGE_CLASSES[message_type]
     if expected is not None and cls is not expected:
         raise MalformedMessage(f"expected {expected.__name__}, got {cls.__name__}")
     reader = _Reader(data)
-    message = cls._read(reader)
+    message = cast(MessageT, cls._read(reader))
     reader.finish()
     return message
 

@@ -38,7 +38,7 @@ class Round(str, Enum):
         return int(self.value[1])
 
     @property
-    def title(self) -> str:
+    def paper_name(self) -> str:
         """The round's name in CamelCase, as in the paper and the message classes (``"ShareKeys"``)."""
         return "".join(part.capitalize() for part in self.value[3:].split("-"))
 

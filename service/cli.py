@@ -40,13 +40,14 @@ def server_command(
     from service.settings import load_settings
 
     overrides: dict[str, object] = {"host": host, "port": port, "dev": dev}
-    for name, value in (
+    optional: tuple[tuple[str, str | Path | None], ...] = (
         ("database_url", database_url),
         ("admin_token_file", admin_token_file),
         ("tls_cert", tls_cert),
         ("tls_key", tls_key),
         ("data_dir", data_dir),
-    ):
+    )
+    for name, value in optional:
         if value is not None:
             overrides[name] = value
     try:
@@ -58,8 +59,8 @@ def server_command(
     if settings.database_url is None and workers > 1:
         typer.echo("note: several workers on SQLite serialise on the database's write lock", err=True)
 
-    for name, value in overrides.items():
-        os.environ[f"SECAGG_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    for name, setting in overrides.items():
+        os.environ[f"SECAGG_{name.upper()}"] = str(setting).lower() if isinstance(setting, bool) else str(setting)
 
     import uvicorn
 

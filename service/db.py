@@ -45,7 +45,9 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     create_engine,
+    delete,
     event,
+    insert,
     select,
 )
 from sqlalchemy.engine import Engine, make_url
@@ -208,7 +210,7 @@ class Database:
             with engine.begin() as connection:
                 if not self.is_sqlite:
                     connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-                connection.execute(NonceRow.__table__.insert().values(key_id=key_id, nonce=nonce, expires_at=expires_at))
+                connection.execute(insert(NonceRow).values(key_id=key_id, nonce=nonce, expires_at=expires_at))
         except IntegrityError:
             return False
         return True
@@ -224,7 +226,7 @@ class Database:
     def purge_nonces(self, now: float | None = None) -> None:
         moment = time.time() if now is None else now
         with self._nonce_engine.begin() as connection:
-            connection.execute(NonceRow.__table__.delete().where(NonceRow.expires_at < moment))
+            connection.execute(delete(NonceRow).where(NonceRow.expires_at < moment))
 
     def data_directory_ready(self) -> None:
         """Create the SQLite file's directory if needed."""

@@ -75,7 +75,7 @@ READY_TIMEOUT_SECONDS = 180.0
 ROUND_TIMEOUT_SECONDS = 300.0
 DROPOUT_STAGE_DEADLINE_SECONDS = 6.0
 """How long the stage where the bank drops out stays open: the honest banks answer within a second on loopback."""
-NORMAL_DEADLINES = {item.key: 300 if item is Round.ADVERTISE_KEYS else 120 for item in Round}
+NORMAL_DEADLINES: dict[str, float] = {item.key: 300.0 if item is Round.ADVERTISE_KEYS else 120.0 for item in Round}
 CENTRALIZED_ITERATIONS = 300
 CENTRALIZED_LEARNING_RATE = 0.01
 CENTRALIZED_L2 = 1e-3
@@ -136,22 +136,17 @@ def evaluate(spec: ModelSpec, parameters: np.ndarray, features: np.ndarray, labe
 
 def train_centralized(spec: ModelSpec, start: np.ndarray, features: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Non-private reference: full-batch Adam on the pooled rows, L2 penalty (see the module docstring)."""
-    import torch
+    from dp.training import train_non_private
 
-    from dp.training import build_model, flatten_parameters, load_parameters
-
-    model = build_model(spec)
-    load_parameters(model, start)
-    optimizer = torch.optim.Adam(model.parameters(), lr=CENTRALIZED_LEARNING_RATE)
-    x = torch.from_numpy(np.asarray(features, dtype=np.float32))
-    y = torch.from_numpy(np.asarray(labels, dtype=np.float32))
-    for _ in range(CENTRALIZED_ITERATIONS):
-        optimizer.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x).squeeze(-1), y)
-        loss = loss + CENTRALIZED_L2 * sum((parameter**2).sum() for parameter in model.parameters())
-        loss.backward()
-        optimizer.step()
-    return flatten_parameters(model)
+    return train_non_private(
+        spec,
+        start,
+        features,
+        labels,
+        iterations=CENTRALIZED_ITERATIONS,
+        learning_rate=CENTRALIZED_LEARNING_RATE,
+        l2_penalty=CENTRALIZED_L2,
+    )
 
 
 def train_dp_alone(
@@ -528,9 +523,9 @@ def _write_audit(
 def _baselines(
     plan: FederatedPlan, spec: ModelSpec, preprocessor: Preprocessor, split: Any, test: Any, run_dir: Path
 ) -> dict[str, Any]:
-    import torch
+    from dp.training import use_threads
 
-    torch.set_num_threads(1)
+    use_threads(1)
     start = plan.initial_model(spec.num_features)
     datasets = {bank: preprocessor.transform(table) for bank, table in split.banks.items()}
     pooled_x = np.vstack([data.features for data in datasets.values()])

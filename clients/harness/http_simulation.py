@@ -156,7 +156,7 @@ def run_http_simulation(
 
                 outcomes: dict[int, RoundOutcome] = {}
                 failures: dict[int, str] = {}
-                retries = Counter()
+                retries: Counter[int] = Counter()
                 requests: dict[int, int] = {}
                 policy = ClientPolicy(required_mode=params.mode, min_cohort_size=2)
                 poll = POLL_SCHEDULE

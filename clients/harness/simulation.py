@@ -287,6 +287,7 @@ def simulate_command(
         def step(round_name: str) -> None:
             progress.update(task, advance=1, description=f"round {round_name}")
 
+        report: SimulationReport
         try:
             if transport is SimulationTransport.HTTP:
                 from clients.harness.http_simulation import run_http_simulation

@@ -33,7 +33,7 @@ import hashlib
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import httpx
@@ -331,6 +331,6 @@ class HttpTransport:
         )
 
     @staticmethod
-    def _refuse(response: httpx.Response) -> Any:
+    def _refuse(response: httpx.Response) -> NoReturn:
         problem_type, detail, _ = _problem(response)
         raise ServerRefused(response.status_code, problem_type, detail)

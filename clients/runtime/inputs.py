@@ -35,7 +35,7 @@ from secagg.hazmat.randomness import RandomSource
 def _vector_digest(label: bytes, vector: np.ndarray, extra: bytes = b"") -> bytes:
     hasher = hashlib.sha256(b"secagg/client-input/" + label + b"/")
     hasher.update(vector.dtype.str.encode("ascii") + struct.pack(">Q", vector.size) + extra)
-    hasher.update(memoryview(np.ascontiguousarray(vector)).cast("B"))
+    hasher.update(np.ascontiguousarray(vector).data.cast("B"))
     return hasher.digest()
 
 

@@ -70,8 +70,6 @@ def train_locally(
     participant_id: str,
 ) -> dict[str, Any]:
     """``--local``: prepare, split, DP-train for the plan's rounds with a signed ledger; nothing is sent."""
-    import torch
-
     from clients.runtime.keyfile import generate_key_file, load_identity_key
     from clients.training.datasets import stratified_holdout
     from clients.training.federated import ACCOUNTANT_FILE, LEDGER_FILE
@@ -88,9 +86,9 @@ def train_locally(
     )
     from dp.audit.privacy_ledger import PrivacyLedger, PrivacyUnit
     from dp.budget import BudgetGuard, BudgetPolicy, UnitBudget
-    from dp.training import BankTrainer
+    from dp.training import BankTrainer, use_threads
 
-    torch.set_num_threads(1)
+    use_threads(1)
     table = read_csv(data)
     positive = resolve_positive(table.column(target), positive, target)
     plan = FederatedPlan.load(plan_path) if plan_path is not None else FederatedPlan()

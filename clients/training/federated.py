@@ -175,7 +175,7 @@ class BankJob:
     @classmethod
     def from_dict(cls, value: Mapping[str, Any]) -> BankJob:
         paths = {"data", "schema", "plan", "work_dir", "key", "policy"}
-        items = {key: (Path(item) if key in paths and item is not None else item) for key, item in value.items()}
+        items: dict[str, Any] = {key: (Path(item) if key in paths and item is not None else item) for key, item in value.items()}
         return cls(**items)
 
 
@@ -203,6 +203,14 @@ class ProgressLog:
             except json.JSONDecodeError:
                 break  # a line being written
         return events
+
+
+def declared_privacy(description: RoundDescription) -> list[dict[str, Any]]:
+    """The round's ``dp_policy.privacy`` list as declared (empty when it declares none)."""
+    privacy = (description.dp_policy or {}).get("privacy", [])
+    if not isinstance(privacy, list) or not all(isinstance(item, dict) for item in privacy):
+        raise PlanMismatch(f"round {description.round_id} declares a malformed privacy policy")
+    return privacy
 
 
 def _await_result(transport: RoundTransport, round_id: str, timeout: float) -> RoundResult:
@@ -284,7 +292,7 @@ def _secure_round(
     dimension, privacy = expected(description)
     if description.config.dim != dimension:
         raise PlanMismatch(f"round {round_id} has dim {description.config.dim}, the plan needs {dimension}")
-    declared = list((description.dp_policy or {}).get("privacy", []))
+    declared = declared_privacy(description)
     if declared != privacy:
         raise PlanMismatch(f"round {round_id} declares privacy {declared}, the plan prescribes {privacy}; refusing to spend")
     contribution = prepare(description)
@@ -367,11 +375,10 @@ def run_bank(
                 schema.save(job.work_dir / "schema-standardized.json")
                 progress.write("statistics", round_id=round_id, survivors=len(survivors))
             dataset = Preprocessor(schema).transform(table)
-            import torch  # only now: a bank that cannot reach the server or agree the statistics never loads it
+            # Only now: a bank that cannot reach the server or agree the statistics never loads torch.
+            from dp.training import BankTrainer, use_threads
 
-            from dp.training import BankTrainer
-
-            torch.set_num_threads(1)
+            use_threads(1)
             spec = plan.model_spec(schema.num_features)
             parameters = spec.parameter_count
             trainer = BankTrainer(spec, plan.dpsgd_config(), accountant_path=job.work_dir / ACCOUNTANT_FILE)
@@ -387,7 +394,7 @@ def run_bank(
                     """Charge the ledger for every declared unit, then train, clip and encode."""
                     from dp.audit.round_records import RoundPrivacy
 
-                    declared = [RoundPrivacy.from_dict(item) for item in description.dp_policy["privacy"]]
+                    declared = [RoundPrivacy.from_dict(item) for item in declared_privacy(description)]
                     guard.charge_round(round_id=description.round_id, contributions={item.unit: item.event for item in declared})
                     update = trainer.train_round(global_model, dataset.features, dataset.labels)
                     clipped = clip_l2(update.model_update.astype(np.float64), plan.update_clip)

@@ -13,7 +13,7 @@ hashes and signs; ``from_dict`` refuses anything that ``to_dict`` would not prod
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, ClassVar
@@ -225,11 +225,11 @@ def validate_events(events: object) -> tuple[MechanismEvent, ...]:
     """Return ``events`` as a tuple after checking that each one is a mechanism event."""
     if isinstance(events, (str, bytes, Mapping)):
         raise InvalidParameterError("events must be a sequence of mechanism events")
-    try:
-        as_tuple = tuple(events)  # type: ignore[arg-type]
-    except TypeError as error:
-        raise InvalidParameterError("events must be a sequence of mechanism events") from error
-    for index, event in enumerate(as_tuple):
+    if not isinstance(events, Iterable):
+        raise InvalidParameterError("events must be a sequence of mechanism events")
+    checked: list[MechanismEvent] = []
+    for index, event in enumerate(events):
         if not isinstance(event, (SampledGaussian, Skellam)):
             raise InvalidParameterError(f"event {index} is a {type(event).__name__}, not SampledGaussian or Skellam")
-    return as_tuple
+        checked.append(event)
+    return tuple(checked)

@@ -153,7 +153,7 @@ class _Grid:
 
     @property
     def points(self) -> npt.NDArray[np.float64]:
-        return (self.first_index + np.arange(self.size)) * self.dt
+        return (self.first_index + np.arange(self.size, dtype=np.float64)) * self.dt
 
 
 def _aligned_grid(half_width: float, dt: float) -> _Grid:
@@ -247,6 +247,7 @@ def prv_epsilon(
 
     steps_by_mechanism: Counter[tuple[float, float]] = Counter()
     for event in events:
+        assert isinstance(event, SampledGaussian)  # checked above
         steps_by_mechanism[(event.sample_rate, event.noise_multiplier)] += event.steps
     groups = list(steps_by_mechanism.items())
     total_steps = sum(steps for _, steps in groups)

@@ -124,11 +124,11 @@ def run_audit(
             raise LedgerError(f"{anchor}: a {head_format} head of {owner!r}, which matches no ledger given")
     verifications: list[LedgerVerification] = []
     for path in map(Path, ledger_paths):
-        owner = owners[path]
+        ledger_owner = owners[path]
         key = keys_by_path.get(path)
-        if key is None and owner is not None:
-            key = keys_by_party.get(owner)
-        verifications.append(verify_ledger(path, public_key=key, anchors=party_anchors.get(owner or "", ())))
+        if key is None and ledger_owner is not None:
+            key = keys_by_party.get(ledger_owner)
+        verifications.append(verify_ledger(path, public_key=key, anchors=party_anchors.get(ledger_owner or "", ())))
     server = None
     cross: tuple[CrossCheckFinding, ...] = ()
     missing: tuple[str, ...] = ()

@@ -59,7 +59,7 @@ import numpy as np
 from dp.errors import DPError
 from dp.mechanisms.noise import cached_poisson_sampler, skellam_noise
 from secagg.encoding import MAX_BITS, MIN_BITS, Ring
-from secagg.hazmat import prg
+from secagg.hazmat import kdf, prg
 from secagg.hazmat.randomness import RandomSource, uniform_floats
 
 DEFAULT_ROUNDING_BETA = math.exp(-0.5)
@@ -74,7 +74,7 @@ at most e^(-100) for the default beta."""
 DEFAULT_OVERFLOW_PROBABILITY = 1e-9
 """Largest accepted probability that the aggregate of the worst case wraps the ring."""
 
-ROTATION_SEED_BYTES = prg.KEY_BYTES
+ROTATION_SEED_BYTES = kdf.KEY_BYTES
 """The public per-round rotation seed is a 256-bit AES key for the PRG."""
 
 _MAX_SQUARED_NORM = 1 << 62

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 import numpy as np
 
@@ -117,7 +117,8 @@ class ClientSession:
 
     @property
     def stage(self) -> ClientStage:
-        return self._state.stage
+        stage: ClientStage = self._state.stage
+        return stage
 
     @property
     def finished(self) -> bool:
@@ -164,7 +165,7 @@ class ClientSession:
         """Decode and process one server message; malformed bytes abort the session."""
         self._refuse_if_aborted()
         try:
-            message = decode(data)
+            message: object = decode(data)
         except MalformedMessage as exc:
             self._abort(AbortReason.MALFORMED_MESSAGE, str(exc))
         if not isinstance(message, (KeyList, MaskedInputRequest, ConsistencyCheckRequest, UnmaskingRequest)):
@@ -180,6 +181,6 @@ class ClientSession:
         if isinstance(self._state, Aborted):
             raise SessionAborted(self._state.reason)
 
-    def _abort(self, reason: AbortReason, detail: str) -> None:
+    def _abort(self, reason: AbortReason, detail: str) -> NoReturn:
         self._state = Aborted(reason, detail)
         raise ProtocolAbort(reason, detail)

@@ -48,7 +48,7 @@ def expand(seed: bytes, out: np.ndarray) -> np.ndarray:
     stream = _keystream(seed)
     for start in range(0, view.size, zeros.size):
         stop = min(start + zeros.size, view.size)
-        stream.update_into(zeros[: stop - start], view[start:stop])
+        stream.update_into(zeros[: stop - start].data, view[start:stop].data)
     return out
 
 
@@ -111,7 +111,7 @@ def _accumulate_range(target: np.ndarray, masks: Sequence[SignedSeed], start: in
         window = target[begin:end]
         keystream = scratch[:count]
         for stream, sign in streams:
-            stream.update_into(zeros[: count * itemsize], scratch_bytes[: count * itemsize])
+            stream.update_into(zeros[: count * itemsize].data, scratch_bytes[: count * itemsize].data)
             if sign > 0:
                 np.add(window, keystream, out=window)
             else:

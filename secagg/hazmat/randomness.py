@@ -91,7 +91,7 @@ class DeterministicRandom:
         _require_contiguous(buffer)
         view = buffer.reshape(-1).view(np.uint8)
         zeros = np.zeros(view.size, dtype=np.uint8)
-        self._encryptor.update_into(zeros, view)
+        self._encryptor.update_into(zeros.data, view.data)
 
 
 def uniform_floats(source: RandomSource, count: int) -> np.ndarray:

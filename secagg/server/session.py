@@ -22,7 +22,9 @@ number of cores).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import numpy as np
 
@@ -162,7 +164,7 @@ class ServerSession:
     def receive_bytes(self, data: bytes | bytearray | memoryview) -> ClientMessage:
         """Decode then :meth:`receive`; malformed bytes are rejected, changing nothing."""
         try:
-            message = decode(data)
+            message: ClientMessage = decode(data)
         except MalformedMessage as exc:
             raise MessageRejected(RejectReason.MALFORMED, str(exc)) from None
         self.receive(message)
@@ -242,15 +244,16 @@ class ServerSession:
             self._data.running_sum = None
 
     # ------------------------------------------------------------- per stage
-    def _responders(self) -> set[int] | dict[int, object]:
+    def _responders(self) -> Collection[int]:
         data = self._data
-        return {
+        by_stage: dict[ServerStage, Collection[int]] = {
             ServerStage.ADVERTISE_KEYS: data.advertised,
             ServerStage.SHARE_KEYS: data.share_keys,
             ServerStage.MASKED_INPUT_COLLECTION: data.masked_input_senders,
             ServerStage.CONSISTENCY_CHECK: data.consistency_signatures,
             ServerStage.UNMASKING: data.unmasking_shares,
-        }.get(self._stage, set())
+        }
+        return by_stage.get(self._stage, frozenset())
 
     def _accept_advertise_keys(self, message: AdvertiseKeys) -> None:
         if message.config_digest != self._digest:
@@ -415,7 +418,7 @@ class ServerSession:
         self._expected = expected
         return outbox
 
-    def _fail(self, reason: AbortReason, detail: str) -> None:
+    def _fail(self, reason: AbortReason, detail: str) -> NoReturn:
         self.abort(reason, detail)
         assert self._abort is not None
         raise self._abort

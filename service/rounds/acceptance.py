@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 from secagg.config import RoundConfig
 from secagg.errors import MalformedMessage, MessageRejected
 from secagg.http_contract import PROBLEM_OF_REJECT_REASON
-from secagg.messages import ROUND_OF_CLIENT_MESSAGE, MaskedInput, decode, peek_type
+from secagg.messages import ROUND_OF_CLIENT_MESSAGE, ClientMessage, MaskedInput, decode, peek_type
 from secagg.server import ServerStage
 from service.db import RoundRow, SubmissionRow
 from service.problems import ProblemType, ServiceProblem
@@ -125,7 +125,7 @@ class MessageAcceptance:
                     if row.outcome == "completed":
                         raise ServiceProblem(ProblemType.WRONG_STAGE, "the round has completed")
                     try:
-                        message = decode(body)
+                        message: ClientMessage = decode(body)
                     except MalformedMessage as exc:
                         raise ServiceProblem(ProblemType.MALFORMED, str(exc)) from None
                     if message.sender != sender:
