@@ -1,0 +1,1 @@
+"""Tests that the documents in docs/ specify what the code does."""
