@@ -116,8 +116,11 @@ def spec_parse(data: bytes) -> dict[str, Any]:
 
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(10**30), max_value=10**30)
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4),
     max_leaves=12,
 )
@@ -126,7 +129,7 @@ JSON_VALUES = st.recursive(
 @settings(max_examples=300, deadline=None)
 @given(JSON_VALUES)
 def test_the_documented_canonical_encoding_is_the_implementation_s(value: Any) -> None:
-    from dp.ledger_chain import canonical_json
+    from dp.audit.chain import canonical_json
 
     assert spec_canonical(value) == canonical_json(value)
 
@@ -134,8 +137,14 @@ def test_the_documented_canonical_encoding_is_the_implementation_s(value: Any) -
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        (1e-05, b"1e-05"), (0.0001, b"0.0001"), (1e16, b"1e+16"), (1e15, b"1000000000000000.0"), (-0.0, b"-0.0"),
-        (2.0, b"2.0"), (2, b"2"), ("\x7f\u00e9\U0001f600/", b'"\\u007f\\u00e9\\ud83d\\ude00/"'),
+        (1e-05, b"1e-05"),
+        (0.0001, b"0.0001"),
+        (1e16, b"1e+16"),
+        (1e15, b"1000000000000000.0"),
+        (-0.0, b"-0.0"),
+        (2.0, b"2.0"),
+        (2, b"2"),
+        ("\x7f\u00e9\U0001f600/", b'"\\u007f\\u00e9\\ud83d\\ude00/"'),
         ({"\U0001f600": 1, "\uffff": 2, "Z": 3, "a": 4}, b'{"Z":3,"a":4,"\\uffff":2,"\\ud83d\\ude00":1}'),
     ],
 )
@@ -162,8 +171,20 @@ PRIVACY = SpecKind(
     "secagg-privacy-ledger/1",
     "party",
     frozenset(
-        {"round", "unit", "kind", "mechanism", "parameters", "delta", "accountant", "epsilon_increment",
-         "epsilon_cumulative", "epsilon_would_reach", "budget_epsilon", "reason"}
+        {
+            "round",
+            "unit",
+            "kind",
+            "mechanism",
+            "parameters",
+            "delta",
+            "accountant",
+            "epsilon_increment",
+            "epsilon_cumulative",
+            "epsilon_would_reach",
+            "budget_epsilon",
+            "reason",
+        }
     ),
     b"secagg/privacy-ledger/v1/entry\x00",
     b"secagg/privacy-ledger/v1/head\x00",
@@ -216,10 +237,14 @@ def _envelope_ok(entry: dict[str, Any], kind: SpecKind) -> bool:
         return False
     return (
         isinstance(entry["format"], str)
-        and _integer(entry["index"]) and entry["index"] >= 0
+        and _integer(entry["index"])
+        and entry["index"] >= 0
         and isinstance(entry["time"], str)
-        and isinstance(entry[kind.owner], str) and entry[kind.owner] != ""
-        and _hex(entry["public_key"], 64) and _hex(entry["previous_hash"], 64) and _hex(entry["hash"], 64)
+        and isinstance(entry[kind.owner], str)
+        and entry[kind.owner] != ""
+        and _hex(entry["public_key"], 64)
+        and _hex(entry["previous_hash"], 64)
+        and _hex(entry["hash"], 64)
         and _hex(entry["signature"], 128)
     )
 
@@ -236,16 +261,23 @@ def spec_head(path: Path, kind: SpecKind) -> dict[str, Any] | None:
     if set(head) != {"format", kind.owner, "public_key", "entries", "last_hash", "time", "signature"}:
         return None
     ok = (
-        head["format"] == kind.name + "/head" and isinstance(head[kind.owner], str) and _hex(head["public_key"], 64)
-        and _integer(head["entries"]) and head["entries"] >= 0 and _hex(head["last_hash"], 64)
-        and isinstance(head["time"], str) and _hex(head["signature"], 128)
+        head["format"] == kind.name + "/head"
+        and isinstance(head[kind.owner], str)
+        and _hex(head["public_key"], 64)
+        and _integer(head["entries"])
+        and head["entries"] >= 0
+        and _hex(head["last_hash"], 64)
+        and isinstance(head["time"], str)
+        and _hex(head["signature"], 128)
     )
     return head if ok else None
 
 
 def _head_signed(head: dict[str, Any], kind: SpecKind, key: bytes) -> bool:
     unsigned = {k: v for k, v in head.items() if k != "signature"}
-    return bytes.fromhex(head["public_key"]) == key and spec_signed(key, head["signature"], kind.head_domain + spec_canonical(unsigned))
+    return bytes.fromhex(head["public_key"]) == key and spec_signed(
+        key, head["signature"], kind.head_domain + spec_canonical(unsigned)
+    )
 
 
 Finding = tuple[str, int | None]
@@ -357,8 +389,10 @@ def spec_read(path: Path, kind: SpecKind, *, pinned: bytes | None = None, anchor
         owner, checking_key = head[kind.owner], bytes.fromhex(head["public_key"])
     for anchor in anchors:
         head = spec_head(anchor, kind)
-        if head is None or not _head_signed(head, kind, checking_key or bytes.fromhex(head["public_key"])) or (
-            owner is not None and head[kind.owner] != owner
+        if (
+            head is None
+            or not _head_signed(head, kind, checking_key or bytes.fromhex(head["public_key"]))
+            or (owner is not None and head[kind.owner] != owner)
         ):
             findings.append(("anchor-invalid", None))
             continue
@@ -438,12 +472,18 @@ def _privacy_body_ok(e: dict[str, Any]) -> bool:
     """Section 9.1."""
     kind_ok = e["kind"] in ("spend", "refusal")
     return (
-        isinstance(e["round"], str) and e["round"] != ""
-        and e["unit"] in ("example", "participant") and kind_ok and e["mechanism"] in ("gaussian", "skellam")
-        and e["accountant"] in ("rdp", "prv") and e["reason"] in (None, "budget-exceeded")
+        isinstance(e["round"], str)
+        and e["round"] != ""
+        and e["unit"] in ("example", "participant")
+        and kind_ok
+        and e["mechanism"] in ("gaussian", "skellam")
+        and e["accountant"] in ("rdp", "prv")
+        and e["reason"] in (None, "budget-exceeded")
         and isinstance(e["parameters"], dict)
-        and _number(e["delta"]) and 0 < e["delta"] < 1
-        and _number(e["epsilon_increment"]) and _number(e["epsilon_cumulative"])
+        and _number(e["delta"])
+        and 0 < e["delta"] < 1
+        and _number(e["epsilon_increment"])
+        and _number(e["epsilon_cumulative"])
         and (e["epsilon_would_reach"] is None or _number(e["epsilon_would_reach"]))
         and (e["budget_epsilon"] is None or (_number(e["budget_epsilon"]) and e["budget_epsilon"] > 0))
         and ((e["kind"] == "refusal") == (e["reason"] is not None))
@@ -522,7 +562,11 @@ def _record_ok(e: dict[str, Any]) -> bool:
         previous = set(parties)
     units = []
     for item in privacy:
-        if not isinstance(item, dict) or set(item) != {"unit", "mechanism", "parameters"} or item["unit"] not in ("example", "participant"):
+        if (
+            not isinstance(item, dict)
+            or set(item) != {"unit", "mechanism", "parameters"}
+            or item["unit"] not in ("example", "participant")
+        ):
             return False
         if spec_event(item["parameters"], item["mechanism"], normal_form=False) is None:
             return False
@@ -576,7 +620,7 @@ def _clock() -> Callable[[], datetime]:
 
 def _events() -> dict[Any, Any]:
     from dp.accounting import SampledGaussian, Skellam
-    from dp.ledger import PrivacyUnit
+    from dp.audit.privacy_ledger import PrivacyUnit
 
     return {
         PrivacyUnit.PARTICIPANT: Skellam(l1_sensitivity=400.0, l2_sensitivity=20.0, variance=4.0e4, steps=1),
@@ -599,9 +643,9 @@ def ledgers(tmp_path: Path) -> Ledgers:
     """A bank's ledger (three rounds spent, the fourth refused by its budget) and the
     server's records of the same four rounds, written through dp's public API."""
     from dp.accounting import AccountantKind
+    from dp.audit.privacy_ledger import PrivacyLedger, PrivacyUnit
+    from dp.audit.round_records import RoundOutcome, RoundPrivacy, RoundStage, ServerLedger, ServerRoundRecord
     from dp.budget import BudgetExceeded, BudgetGuard, BudgetPolicy, UnitBudget
-    from dp.ledger import PrivacyLedger, PrivacyUnit
-    from dp.ledger_server import RoundOutcome, RoundPrivacy, RoundStage, ServerLedger, ServerRoundRecord
     from secagg.config import ProtocolMode
     from secagg.hazmat.keys import SigningKey
     from secagg.hazmat.randomness import DeterministicRandom
@@ -659,7 +703,7 @@ def ledgers(tmp_path: Path) -> Ledgers:
 
 
 def reference_findings(path: Path, *, pinned: bytes | None, anchors: Sequence[Path] = ()) -> list[Finding]:
-    from dp.ledger import verify_ledger
+    from dp.audit.privacy_ledger import verify_ledger
 
     return [(f.kind.value, f.index) for f in verify_ledger(path, public_key=pinned, anchors=anchors).findings]
 
@@ -680,7 +724,7 @@ def _both(path: Path, key: bytes, anchors: Sequence[Path] = ()) -> list[Finding]
 
 
 def test_the_spec_verifier_accepts_the_ledgers_the_code_writes(ledgers: Ledgers) -> None:
-    from dp.ledger_server import verify_server_ledger
+    from dp.audit.round_records import verify_server_ledger
 
     bank = spec_verify_privacy(ledgers.bank, pinned=ledgers.bank_key)
     assert bank.findings == [] and bank.owner == "bank-a"
@@ -758,7 +802,9 @@ def test_a_torn_tail_and_a_reformatted_line_are_found(ledgers: Ledgers) -> None:
     lines = _lines(ledgers.bank)
     lines[0] = lines[0].replace(b'"delta":1e-05', b'"delta":1E-05')
     _write(ledgers.bank, lines + [b'{"format":'])
-    assert sorted(_both(ledgers.bank, ledgers.bank_key), key=repr) == sorted([("non-canonical-line", 0), ("torn-tail", None)], key=repr)
+    assert sorted(_both(ledgers.bank, ledgers.bank_key), key=repr) == sorted(
+        [("non-canonical-line", 0), ("torn-tail", None)], key=repr
+    )
 
 
 def test_another_key_is_found(ledgers: Ledgers) -> None:
@@ -774,8 +820,14 @@ def test_a_roll_back_re_signed_by_the_owner_passes_alone_and_fails_against_an_an
     lines = _lines(ledgers.bank)
     _write(ledgers.bank, lines[:4])
     last = json.loads(lines[3])
-    head = {"format": "secagg-privacy-ledger/1/head", "party": "bank-a", "public_key": ledgers.bank_key.hex(),
-            "entries": 4, "last_hash": last["hash"], "time": "2026-03-02T00:00:00.000000Z"}
+    head = {
+        "format": "secagg-privacy-ledger/1/head",
+        "party": "bank-a",
+        "public_key": ledgers.bank_key.hex(),
+        "entries": 4,
+        "last_hash": last["hash"],
+        "time": "2026-03-02T00:00:00.000000Z",
+    }
     head["signature"] = ledgers.bank_signer.sign(b"secagg/privacy-ledger/v1/head\x00" + spec_canonical(head)).hex()
     ledgers.bank.with_name(ledgers.bank.name + ".head").write_bytes(spec_canonical(head) + b"\n")
     assert _both(ledgers.bank, ledgers.bank_key) == []
@@ -783,7 +835,7 @@ def test_a_roll_back_re_signed_by_the_owner_passes_alone_and_fails_against_an_an
 
 
 def test_a_modified_server_record_is_found(ledgers: Ledgers) -> None:
-    from dp.ledger_server import verify_server_ledger
+    from dp.audit.round_records import verify_server_ledger
 
     lines = _lines(ledgers.server)
     record = json.loads(lines[0])
@@ -802,17 +854,23 @@ def test_the_cross_check_names_a_hidden_round_and_weaker_recorded_noise(ledgers:
     server's record of round 2 prescribes other example-level noise than the bank charged.
     The server's record of round 1 writes a parameter as an integer: not normal form, still
     a valid record, and equal to the bank's float after normalisation (LEDGER.md sections 10, 11)."""
-    from dp.ledger import verify_ledger
-    from dp.ledger_chain import ChainWriter
-    from dp.ledger_server import SERVER_LEDGER_FORMAT, cross_check, verify_server_ledger
+    from dp.audit.chain import ChainWriter
+    from dp.audit.privacy_ledger import verify_ledger
+    from dp.audit.round_records import SERVER_LEDGER_FORMAT, cross_check, verify_server_ledger
 
     bank_lines = _lines(ledgers.bank)
     hidden = tmp_path / "hidden" / "privacy-ledger.jsonl"
     hidden.parent.mkdir()
     assert [json.loads(line)["unit"] for line in bank_lines[4:6]] == ["participant", "example"]
     _write(hidden, bank_lines[:5])
-    head = {"format": "secagg-privacy-ledger/1/head", "party": "bank-a", "public_key": ledgers.bank_key.hex(),
-            "entries": 5, "last_hash": json.loads(bank_lines[4])["hash"], "time": "2026-03-02T00:00:00.000000Z"}
+    head = {
+        "format": "secagg-privacy-ledger/1/head",
+        "party": "bank-a",
+        "public_key": ledgers.bank_key.hex(),
+        "entries": 5,
+        "last_hash": json.loads(bank_lines[4])["hash"],
+        "time": "2026-03-02T00:00:00.000000Z",
+    }
     head["signature"] = ledgers.bank_signer.sign(b"secagg/privacy-ledger/v1/head\x00" + spec_canonical(head)).hex()
     hidden.with_name(hidden.name + ".head").write_bytes(spec_canonical(head) + b"\n")
 
@@ -822,7 +880,9 @@ def test_the_cross_check_names_a_hidden_round_and_weaker_recorded_noise(ledgers:
     bodies[1]["privacy"][1]["parameters"]["noise_multiplier"] = 5.0
     altered = tmp_path / "altered" / "server-ledger.jsonl"
     altered.parent.mkdir()
-    with ChainWriter.open(altered, SERVER_LEDGER_FORMAT, owner="aggregator", signing_key=ledgers.server_signer, clock=_clock()) as writer:
+    with ChainWriter.open(
+        altered, SERVER_LEDGER_FORMAT, owner="aggregator", signing_key=ledgers.server_signer, clock=_clock()
+    ) as writer:
         for body in bodies:
             writer.append(body)
     assert b'"noise_multiplier":4,' in altered.read_bytes()
@@ -867,7 +927,7 @@ def spec_load_key(data: bytes) -> bytes | None:
 
 
 def test_the_key_file_formats_are_the_implementation_s(tmp_path: Path) -> None:
-    from dp.ledger_chain import LedgerError, load_public_key
+    from dp.audit.chain import LedgerError, load_public_key
 
     private = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
     raw = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)

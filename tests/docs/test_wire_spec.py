@@ -164,7 +164,11 @@ def spec_decode(data: bytes) -> tuple[str, dict[str, Any]]:
         digest = c.hex(32, "config digest")
         fields = {"config_digest": digest, "entries": [_advertise_body(c) for _ in range(c.count("entry count"))]}
     elif name == "ShareKeys":
-        fields = {"session_id": c.hex(32, "session id"), "sender": c.u32("sender"), "self_mask_commitment": c.hex(32, "commitment")}
+        fields = {
+            "session_id": c.hex(32, "session id"),
+            "sender": c.u32("sender"),
+            "self_mask_commitment": c.hex(32, "commitment"),
+        }
         fields["encrypted_shares"] = [
             {"recipient": c.u32("recipient"), "ciphertext": c.ciphertext()} for _ in range(c.count("ciphertext count"))
         ]
@@ -224,9 +228,9 @@ def test_every_message_type_is_documented_in_wire_md_with_its_number() -> None:
     for member in MessageType:
         row = rf"^\|\s*{member.value}\s*\|\s*`{member.name}`\s*\|\s*`{MESSAGE_CLASSES[member].__name__}`\s*\|"
         assert re.search(row, text, flags=re.MULTILINE), f"{member.name} = {member.value} is not in WIRE.md section 5"
-        assert re.search(rf"^### 6\.\d+ `{MESSAGE_CLASSES[member].__name__}` \(type {member.value}\)", text, flags=re.MULTILINE), (
-            f"{member.name} has no layout section in WIRE.md section 6"
-        )
+        assert re.search(
+            rf"^### 6\.\d+ `{MESSAGE_CLASSES[member].__name__}` \(type {member.value}\)", text, flags=re.MULTILINE
+        ), f"{member.name} has no layout section in WIRE.md section 6"
     assert {value: names[0] for value, names in SPEC_TYPES.items()} == {m.value: m.name for m in MessageType}
 
 
@@ -240,7 +244,10 @@ def test_the_constants_of_the_spec_are_the_implementation_s() -> None:
     assert messages.MAX_VECTOR_ELEMENTS == SPEC_MAX_VECTOR_ELEMENTS
     assert (encoding.MIN_BITS, encoding.MAX_BITS) == (SPEC_MIN_BITS, SPEC_MAX_BITS)
     assert (shamir.SHARE_BYTES, shamir.FIELD_PRIME) == (SPEC_SHARE_BYTES, SPEC_FIELD_PRIME)
-    assert (protocol.SHARE_PLAINTEXT_BYTES, protocol.SHARE_CIPHERTEXT_BYTES) == (SPEC_SHARE_PLAINTEXT_BYTES, SPEC_SHARE_CIPHERTEXT_BYTES)
+    assert (protocol.SHARE_PLAINTEXT_BYTES, protocol.SHARE_CIPHERTEXT_BYTES) == (
+        SPEC_SHARE_PLAINTEXT_BYTES,
+        SPEC_SHARE_CIPHERTEXT_BYTES,
+    )
     assert kdf.PROTOCOL_LABEL == SPEC_LABEL
     for bits in range(SPEC_MIN_BITS, SPEC_MAX_BITS + 1):
         assert encoding.Ring(bits).element_bytes == spec_container_width(bits)
@@ -276,7 +283,11 @@ def _mutations() -> list[tuple[str, bytes, str]]:
         ("ring-bits-7", masked_13[:41] + struct.pack(">BI", 7, 0), "ring-bits"),
         ("ring-bits-65", masked_13[:41] + struct.pack(">BI", 65, 0), "ring-bits"),
         ("element-2^13", masked_13[:41] + struct.pack(">BI", 13, 1) + (1 << 13).to_bytes(2, "little"), "unreduced"),
-        ("element-2^31-in-31-bits", b"SAG\x01\x05" + session + struct.pack(">IBI", 1, 31, 1) + (1 << 31).to_bytes(4, "little"), "unreduced"),
+        (
+            "element-2^31-in-31-bits",
+            b"SAG\x01\x05" + session + struct.pack(">IBI", 1, 31, 1) + (1 << 31).to_bytes(4, "little"),
+            "unreduced",
+        ),
         ("count-promises-more-ids", with_count(check_request[:37], 4, bytes(12)), "truncated"),
     ]
     for vector in MESSAGE_VECTORS:
@@ -317,9 +328,18 @@ def test_the_limits_are_inclusive_in_the_spec_and_the_implementation() -> None:
     from secagg.messages import decode
 
     session = bytes(range(0x20, 0x40))
-    longest_list = b"SAG\x01\x06" + session + struct.pack(">I", SPEC_MAX_LIST_LENGTH) + np.arange(SPEC_MAX_LIST_LENGTH, dtype=">u4").tobytes()
+    longest_list = (
+        b"SAG\x01\x06"
+        + session
+        + struct.pack(">I", SPEC_MAX_LIST_LENGTH)
+        + np.arange(SPEC_MAX_LIST_LENGTH, dtype=">u4").tobytes()
+    )
     longest_ciphertext = (
-        b"SAG\x01\x03" + session + struct.pack(">I", 2) + bytes(32) + struct.pack(">III", 1, 9, SPEC_MAX_CIPHERTEXT_BYTES)
+        b"SAG\x01\x03"
+        + session
+        + struct.pack(">I", 2)
+        + bytes(32)
+        + struct.pack(">III", 1, 9, SPEC_MAX_CIPHERTEXT_BYTES)
         + bytes(SPEC_MAX_CIPHERTEXT_BYTES)
     )
     name, fields = spec_decode(longest_list)
@@ -342,7 +362,9 @@ def spec_config_digest(
     """WIRE.md section 8."""
     data = (
         b"secagg/v1/round-config/"
-        + struct.pack(">BBBBIIIH", 1, bits, SPEC_MODE_INDEX[mode], SPEC_GRAPH_INDEX[graph], threshold, dim, degree or 0, len(round_id))
+        + struct.pack(
+            ">BBBBIIIH", 1, bits, SPEC_MODE_INDEX[mode], SPEC_GRAPH_INDEX[graph], threshold, dim, degree or 0, len(round_id)
+        )
         + round_id
         + struct.pack(">I", len(identity_keys))
         + b"".join(identity_keys)
@@ -387,7 +409,12 @@ def test_the_spec_derives_the_pinned_config_digest_and_session_id(vector: dict[s
     assert spec_session_id(digest, advertised).hex() == vector["session_id"]
 
 
-SPEC_PURPOSES = {"SHARE_ENCRYPTION": "share-encryption", "PAIRWISE_MASK": "pairwise-mask", "SELF_MASK": "self-mask", "NEIGHBOUR_GRAPH": "neighbour-graph"}
+SPEC_PURPOSES = {
+    "SHARE_ENCRYPTION": "share-encryption",
+    "PAIRWISE_MASK": "pairwise-mask",
+    "SELF_MASK": "self-mask",
+    "NEIGHBOUR_GRAPH": "neighbour-graph",
+}
 
 
 @pytest.mark.parametrize("vector", KDF_VECTORS, ids=[v["name"] for v in KDF_VECTORS])
@@ -404,7 +431,9 @@ def test_the_spec_derives_every_pinned_kdf_output(vector: dict[str, Any]) -> Non
             okm = spec_hkdf(bytes.fromhex(vector["self_mask_seed"]), "self-mask", session + struct.pack(">I", vector["owner"]))
         elif kind == "pairwise_prg_seed":
             low, high = sorted((vector["first"], vector["second"]))
-            okm = spec_hkdf(bytes.fromhex(vector["x25519_shared_secret"]), "pairwise-mask", session + struct.pack(">II", low, high))
+            okm = spec_hkdf(
+                bytes.fromhex(vector["x25519_shared_secret"]), "pairwise-mask", session + struct.pack(">II", low, high)
+            )
         else:
             assert kind == "share_encryption_key"
             context = session + struct.pack(">II", vector["sender"], vector["recipient"])
@@ -551,7 +580,9 @@ def run_round(config: dict[str, Any], *, seed: int, drop_after: dict[int, str]) 
     inputs = {i: stream[i] & np.array((1 << config["bits"]) - 1, dtype=stream.dtype) for i in range(n)}
     transcript = Transcript(config=config, identity_keys=[key.public_bytes for key in identities], inputs=inputs)
     sources = {i: RecordingSource(seed * 1000 + i) for i in range(n)}
-    clients = {i: ClientSession(round_config, i, identities[i], inputs[i].astype(f"=u{width}"), source=sources[i]) for i in range(n)}
+    clients = {
+        i: ClientSession(round_config, i, identities[i], inputs[i].astype(f"=u{width}"), source=sources[i]) for i in range(n)
+    }
     server = ServerSession(round_config)
     stage_of = {"r1": ServerStage.SHARE_KEYS, "r2": ServerStage.MASKED_INPUT_COLLECTION}
     gone: set[int] = set()
@@ -574,7 +605,10 @@ def run_round(config: dict[str, Any], *, seed: int, drop_after: dict[int, str]) 
             members = [entry["sender"] for entry in entries]
             session = spec_session_id(
                 bytes.fromhex(key_list["config_digest"]),
-                [(e["sender"], bytes.fromhex(e["encryption_public_key"]), bytes.fromhex(e["masking_public_key"])) for e in entries],
+                [
+                    (e["sender"], bytes.fromhex(e["encryption_public_key"]), bytes.fromhex(e["masking_public_key"]))
+                    for e in entries
+                ],
             )
             order = spec_cycle(members, session) if config["graph"] == "harary" else sorted(members)
             for position, when in drop_after.items():
@@ -643,8 +677,11 @@ def test_a_real_round_follows_the_spec_from_r0_to_the_sum(transcript: Transcript
     # Section 10.1: every R0 signature over the documented statement.
     for sender, fields in advertised.items():
         statement = (
-            b"secagg/v1/R0/advertise-keys/" + digest + struct.pack(">I", sender)
-            + bytes.fromhex(fields["encryption_public_key"]) + bytes.fromhex(fields["masking_public_key"])
+            b"secagg/v1/R0/advertise-keys/"
+            + digest
+            + struct.pack(">I", sender)
+            + bytes.fromhex(fields["encryption_public_key"])
+            + bytes.fromhex(fields["masking_public_key"])
         )
         assert len(statement) == 128
         assert spec_verifies(transcript.identity_keys[sender], bytes.fromhex(fields["signature"]), statement)
@@ -678,7 +715,9 @@ def test_a_real_round_follows_the_spec_from_r0_to_the_sum(transcript: Transcript
         for item in fields["encrypted_shares"]:
             recipient, sealed = item["recipient"], bytes.fromhex(item["ciphertext"])
             assert len(sealed) == SPEC_SHARE_CIPHERTEXT_BYTES
-            key = spec_hkdf(spec_agree(c_sk[recipient], c_pk[sender]), "share-encryption", session + struct.pack(">II", sender, recipient))
+            key = spec_hkdf(
+                spec_agree(c_sk[recipient], c_pk[sender]), "share-encryption", session + struct.pack(">II", sender, recipient)
+            )
             ad = b"secagg/v1/aead/" + session + b"R1" + bytes(6) + struct.pack(">II", sender, recipient)
             assert len(ad) == 63
             plaintext = AESGCM(key).decrypt(sealed[:12], sealed[12:], ad)
@@ -705,7 +744,10 @@ def test_a_real_round_follows_the_spec_from_r0_to_the_sum(transcript: Transcript
         assert fields["survivors"] == u2 and fields["recipient"] == recipient
         relayed = {(item["sender"], item["ciphertext"]) for item in fields["encrypted_shares"]}
         assert relayed == {
-            (sender, item["ciphertext"]) for sender in u2 for item in share_keys[sender]["encrypted_shares"] if item["recipient"] == recipient
+            (sender, item["ciphertext"])
+            for sender in u2
+            for item in share_keys[sender]["encrypted_shares"]
+            if item["recipient"] == recipient
         }
 
     # Section 16: every masked input is x_u + PRG(b_u) + signed pairwise masks with N(u) ∩ U2.
@@ -729,7 +771,8 @@ def test_a_real_round_follows_the_spec_from_r0_to_the_sum(transcript: Transcript
     # Sections 6.6-6.8 and 10.2: U3 as sent, R3 signatures over the documented statement.
     dropped = sorted(set(u2) - set(u3))
     r3_statement = {
-        signer: b"secagg/v1/R3/consistency-check/" + session + struct.pack(f">II{len(u3)}I", signer, len(u3), *u3) for signer in u3
+        signer: b"secagg/v1/R3/consistency-check/" + session + struct.pack(f">II{len(u3)}I", signer, len(u3), *u3)
+        for signer in u3
     }
     if config["mode"] == "active":
         assert {tuple(f["survivors"]) for f in _decoded(transcript.server_messages[6]).values()} == {tuple(u3)}
@@ -741,7 +784,9 @@ def test_a_real_round_follows_the_spec_from_r0_to_the_sum(transcript: Transcript
         assert (fields["survivors"], fields["dropped"]) == (u3, dropped)
         assert (len(fields["signatures"]) > 0) == (config["mode"] == "active")
         for item in fields["signatures"]:
-            assert spec_verifies(transcript.identity_keys[item["signer"]], bytes.fromhex(item["signature"]), r3_statement[item["signer"]])
+            assert spec_verifies(
+                transcript.identity_keys[item["signer"]], bytes.fromhex(item["signature"]), r3_statement[item["signer"]]
+            )
 
     # Sections 6.9, 14 and 16.4: the revealed shares reconstruct the secrets the server
     # needs, and the spec's unmasking gives the server's result and the sum of the inputs.
