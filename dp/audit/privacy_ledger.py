@@ -1,7 +1,6 @@
 """A party's privacy ledger: every privacy spend and every refusal, signed and chained.
 
-One append-only JSONL file per party (DESIGN.md section 3; issue 3, part 4). Each line
-is one :class:`LedgerEntry`:
+One append-only JSONL file per party. Each line is one :class:`LedgerEntry`:
 
 =====================  =====================================================================
 ``format``             ``"secagg-privacy-ledger/1"``
@@ -92,7 +91,7 @@ __all__ = [
 
 
 class PrivacyUnit(str, Enum):
-    """Whose privacy an epsilon protects (DESIGN.md section 3)."""
+    """Whose privacy an epsilon protects (threat_model.md, section 4)."""
 
     EXAMPLE = "example"
     """One customer record of a bank: DP-SGD at the bank (Abadi et al. 2016)."""
