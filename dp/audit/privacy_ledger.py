@@ -373,10 +373,9 @@ def _recompute(
         except Exception as exc:  # attacker-controlled parameters: every refusal is a finding, never a crash
             findings.append(Finding(FindingKind.MALFORMED_ENTRY, position, f"parameters: {type(exc).__name__}: {exc}"))
             continue
-        arguments = {"delta": entry.delta, "accountant": entry.accountant}
         try:
-            before = composition.epsilon(entry.unit, **arguments)
-            with_event = composition.epsilon(entry.unit, extra=event, **arguments)
+            before = composition.epsilon(entry.unit, delta=entry.delta, accountant=entry.accountant)
+            with_event = composition.epsilon(entry.unit, delta=entry.delta, accountant=entry.accountant, extra=event)
         except Exception as exc:  # an accountant that cannot evaluate these parameters
             findings.append(Finding(FindingKind.MALFORMED_ENTRY, position, f"epsilon cannot be computed: {type(exc).__name__}: {exc}"))
             continue

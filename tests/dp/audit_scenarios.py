@@ -25,7 +25,13 @@ from pathlib import Path
 
 from dp.accounting import SampledGaussian, Skellam, compute_epsilon
 from dp.audit.privacy_ledger import PrivacyLedger, PrivacyUnit
-from dp.audit.round_records import RoundOutcome, RoundPrivacy, RoundStage, ServerLedger, ServerRoundRecord
+from dp.audit.round_records import (
+    RoundOutcome,
+    RoundPrivacy,
+    RoundStage,
+    ServerLedger,
+    ServerRoundRecord,
+)
 from dp.budget import BudgetExceeded, BudgetGuard, BudgetPolicy, UnitBudget
 from secagg.config import ProtocolMode
 from secagg.hazmat.keys import SigningKey

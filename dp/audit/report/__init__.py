@@ -26,7 +26,15 @@ from __future__ import annotations
 
 from dp.audit.report.exports import render_csv, render_json
 from dp.audit.report.html_page import render_html
-from dp.audit.report.model import Audit, AuditReport, EntryRow, RoundRow, UnitSummary, build_report, run_audit
+from dp.audit.report.model import (
+    Audit,
+    AuditReport,
+    EntryRow,
+    RoundRow,
+    UnitSummary,
+    build_report,
+    run_audit,
+)
 from dp.audit.report_format import ReportFormat
 
 __all__ = [

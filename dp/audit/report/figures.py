@@ -121,7 +121,7 @@ def epsilon_series(report: AuditReport, unit: PrivacyUnit) -> tuple[EpsilonSerie
     return tuple(series)
 
 
-def _png_data_uri(draw: Callable[["Axes"], None], *, width: float = 10.0, height: float = 4.2) -> str:
+def _png_data_uri(draw: Callable[[Axes], None], *, width: float = 10.0, height: float = 4.2) -> str:
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -247,6 +247,8 @@ def survivors_figure(report: AuditReport) -> FigureImage | None:
         return None
 
     def draw(axes: Axes) -> None:
+        from matplotlib.ticker import MaxNLocator
+
         _mark_rounds_without_dp(axes, report)
         series = [("cohort", [row.cohort_size for row in report.rounds])]
         series += [(stage.value, [row.survivors[stage.value] for row in report.rounds]) for stage in RoundStage]
@@ -255,21 +257,21 @@ def survivors_figure(report: AuditReport) -> FigureImage | None:
             offset = (number - (len(series) - 1) / 2) * width
             color = "0.3" if number == 0 else f"C{number - 1}"
             axes.bar([row.number + offset for row in report.rounds], counts, width=width, color=color, label=label)
-        for position, row in enumerate(report.rounds):
-            axes.hlines(
-                row.threshold,
-                row.number - 0.45,
-                row.number + 0.45,
-                colors="red",
-                linestyles="--",
-                label="threshold t" if position == 0 else None,
-            )
+        axes.hlines(
+            [row.threshold for row in report.rounds],
+            [row.number - 0.45 for row in report.rounds],
+            [row.number + 0.45 for row in report.rounds],
+            colors="red",
+            linestyles="--",
+            label="threshold t",
+        )
+        for row in report.rounds:
             if row.outcome == RoundOutcome.ABORTED.value:
                 axes.annotate("aborted", (row.number, row.cohort_size), ha="center", va="bottom", color="red", fontsize=8)
         axes.set_title("Cohort size and survivors per protocol stage")
         axes.set_ylabel("parties")
         axes.set_ylim(0, max(row.cohort_size for row in report.rounds) * 1.15)
-        axes.yaxis.get_major_locator().set_params(integer=True)
+        axes.yaxis.set_major_locator(MaxNLocator(integer=True))
         axes.grid(True, axis="y", alpha=0.3)
         _set_round_ticks(axes, len(report.round_order))
         axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))

@@ -21,8 +21,19 @@ from typing import TYPE_CHECKING
 
 from dp.audit.chain import parse_time
 from dp.audit.privacy_ledger import PrivacyUnit
-from dp.audit.report.figures import FigureImage, epsilon_figure, is_png_data_uri, survivors_figure
-from dp.audit.report.model import AuditReport, format_budget, format_delta, format_epsilon, parameters_text
+from dp.audit.report.figures import (
+    FigureImage,
+    epsilon_figure,
+    is_png_data_uri,
+    survivors_figure,
+)
+from dp.audit.report.model import (
+    AuditReport,
+    format_budget,
+    format_delta,
+    format_epsilon,
+    parameters_text,
+)
 from dp.audit.round_records import RoundStage
 
 if TYPE_CHECKING:

@@ -31,7 +31,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from dp.audit.chain import Finding, LedgerError, anchor_identity, declared_owner, format_time, utc_now
+from dp.audit.chain import (
+    Finding,
+    LedgerError,
+    anchor_identity,
+    declared_owner,
+    format_time,
+    utc_now,
+)
 from dp.audit.privacy_ledger import (
     PRIVACY_LEDGER_FORMAT,
     EntryKind,
