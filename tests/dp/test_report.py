@@ -517,6 +517,7 @@ def test_an_aborted_round_without_dp_is_not_an_exact_release(tmp_path: Path) -> 
     assert by_id["bank-stats"].exact_release and not by_id["bank-aborted"].exact_release
     assert not by_id["bank-aborted"].differentially_private and by_id["bank-1"].differentially_private
     assert "1 round (#1 bank-stats) declared no differential privacy" in report.verdict
+    assert "; 1 disagreement with the server's records (bank, round bank-1: spend-missing-for-round);" in report.verdict
     assert "no DP declared" in render_html(report)
 
 

@@ -227,7 +227,14 @@ def epsilon_figure(report: AuditReport, unit: PrivacyUnit) -> FigureImage | None
         _set_round_ticks(axes, len(report.round_order))
         axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
-    caption = "Crosses mark refused contributions; dashed horizontal lines are the budgets."
+    notes = []
+    if any(line.refusals for line in series):
+        notes.append("Crosses mark refused contributions.")
+    if drawn:
+        notes.append("Dashed horizontal lines are the budgets.")
+    if len(drawn) < len(budgets):
+        notes.append("A budget far above every epsilon is named in the legend, not drawn.")
+    caption = " ".join(notes)
     if len(series) > 1:
         caption += " Where lines overlap, the line drawn wider underneath shows at the edges."
     if any(len(line.parties) > 1 for line in series):
@@ -237,7 +244,7 @@ def epsilon_figure(report: AuditReport, unit: PrivacyUnit) -> FigureImage | None
     return FigureImage(
         uri=_png_data_uri(draw),
         alt=f"cumulative {unit.value}-level epsilon per party per round",
-        caption=caption,
+        caption=caption.strip(),
     )
 
 

@@ -467,7 +467,7 @@ def _verdict(audit: Audit, summaries: Sequence[UnitSummary], rounds: Sequence[Ro
         if audit.cross_findings:
             first = audit.cross_findings[0]
             problems.append(
-                f"{len(audit.cross_findings)} disagreements with the server's records "
+                f"{len(audit.cross_findings)} disagreement{'s' if len(audit.cross_findings) != 1 else ''} with the server's records "
                 f"({first.party}, round {first.round_id}: {first.finding.kind.value})"
             )
         parts.append("VERIFICATION FAILED: " + "; ".join(problems))
