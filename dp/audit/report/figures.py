@@ -103,12 +103,14 @@ def _shape(points: tuple[tuple[int, float], ...]) -> tuple[tuple[int, float], ..
 
 def epsilon_series(report: AuditReport, unit: PrivacyUnit) -> tuple[EpsilonSeries, ...]:
     """The lines of the epsilon figure of ``unit``, parties with equal epsilons merged."""
-    rows = [row for row in report.entries if row.unit is unit and row.epsilon_cumulative is not None]
+    by_party: dict[str, list[EntryRow]] = {}
+    for row in report.entries:
+        if row.unit is unit and row.epsilon_cumulative is not None:
+            by_party.setdefault(row.party, []).append(row)
     groups: dict[tuple[object, ...], list[str]] = {}
     points: dict[str, tuple[tuple[tuple[int, float], ...], tuple[tuple[int, float], ...]]] = {}
     budgets: dict[str, set[float]] = {}
-    for party in dict.fromkeys(row.party for row in rows):
-        of_party = [row for row in rows if row.party == party]
+    for party, of_party in by_party.items():
         spends, refusals = _points(of_party, EntryKind.SPEND), _points(of_party, EntryKind.REFUSAL)
         points[party] = (spends, refusals)
         budgets[party] = {row.budget_epsilon for row in of_party if row.budget_epsilon is not None}
