@@ -601,7 +601,7 @@ def declared_owner(path: Path, fmt: ChainFormat) -> str | None:
     """The owner a ledger declares (first entry, else its head), without verifying
     anything: only to pick which pinned key or anchor applies to it."""
     lines, _ = _split_lines(path.read_bytes())
-    sources: tuple[bytes | Path, ...] = (*lines[:1], head_path(path))
+    sources: list[bytes | Path] = [*lines[:1], head_path(path)]
     for source in sources:
         try:
             text = source.read_bytes() if isinstance(source, Path) else source

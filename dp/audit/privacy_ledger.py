@@ -1,7 +1,6 @@
 """A party's privacy ledger: every privacy spend and every refusal, signed and chained.
 
-One append-only JSONL file per party (DESIGN.md section 3; issue 3, part 4). Each line
-is one :class:`LedgerEntry`:
+One append-only JSONL file per party. Each line is one :class:`LedgerEntry`:
 
 =====================  =====================================================================
 ``format``             ``"secagg-privacy-ledger/1"``
@@ -53,7 +52,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from types import MappingProxyType, TracebackType
@@ -70,11 +69,11 @@ from dp.audit.chain import (
     LedgerCorrupted,
     LedgerError,
     canonical_json,
-    check_anchor,
     iter_valid,
     read_chain,
     utc_now,
 )
+from dp.audit.verification import Verification, sorted_findings, verify_chain
 from secagg.hazmat.keys import SigningKey
 
 __all__ = [
@@ -92,7 +91,7 @@ __all__ = [
 
 
 class PrivacyUnit(str, Enum):
-    """Whose privacy an epsilon protects (DESIGN.md section 3)."""
+    """Whose privacy an epsilon protects (threat_model.md, section 4)."""
 
     EXAMPLE = "example"
     """One customer record of a bank: DP-SGD at the bank (Abadi et al. 2016)."""
@@ -287,26 +286,17 @@ class RecomputedEpsilon:
 
 
 @dataclass(frozen=True, slots=True)
-class LedgerVerification:
-    """The outcome of :func:`verify_ledger`. ``ok`` iff there is no finding.
+class LedgerVerification(Verification[LedgerEntry]):
+    """The outcome of :func:`verify_ledger` (see :class:`dp.audit.verification.Verification`),
+    with the verifier's own epsilons: ``recomputed`` holds one item per entry whose
+    mechanism could be evaluated, keyed by the entry's position in the file."""
 
-    ``entries`` holds every line that parsed as a well-typed entry, in file order, and
-    ``positions`` their 0-based positions in the file (they differ from the entries' own
-    ``index`` claims only in a tampered ledger, where a finding says so)."""
-
-    path: Path
-    party: str | None
-    public_key: str | None
-    key_pinned: bool
-    entries: tuple[LedgerEntry, ...]
-    positions: tuple[int, ...]
-    recomputed: tuple[RecomputedEpsilon, ...]
-    findings: tuple[Finding, ...]
-    head_entries: int | None
+    recomputed: tuple[RecomputedEpsilon, ...] = field(kw_only=True)
 
     @property
-    def ok(self) -> bool:
-        return not self.findings
+    def party(self) -> str | None:
+        """The party the ledger declares."""
+        return self.owner
 
     def recomputed_at(self, position: int) -> RecomputedEpsilon | None:
         """The verifier's epsilons for the entry at ``position``, if they could be computed."""
@@ -314,18 +304,6 @@ class LedgerVerification:
             if recomputed.position == position:
                 return recomputed
         return None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": str(self.path),
-            "party": self.party,
-            "public_key": self.public_key,
-            "key_pinned": self.key_pinned,
-            "ok": self.ok,
-            "entries": len(self.entries),
-            "head_entries": self.head_entries,
-            "findings": [finding.to_dict() for finding in self.findings],
-        }
 
 
 class _Composition:
@@ -399,7 +377,7 @@ def _recompute(
             continue
         try:
             before = composition.epsilon(entry.unit, delta=entry.delta, accountant=entry.accountant)
-            with_event = composition.epsilon(entry.unit, extra=event, delta=entry.delta, accountant=entry.accountant)
+            with_event = composition.epsilon(entry.unit, delta=entry.delta, accountant=entry.accountant, extra=event)
         except Exception as exc:  # an accountant that cannot evaluate these parameters
             findings.append(
                 Finding(FindingKind.MALFORMED_ENTRY, position, f"epsilon cannot be computed: {type(exc).__name__}: {exc}")
@@ -477,25 +455,21 @@ def verify_ledger(
     pinned, else against the key the ledger declares), the signed head, every head the
     auditor kept from earlier audits (``anchors``), and every epsilon claim recomputed
     from the recorded mechanisms. Findings are sorted by entry."""
-    path = Path(path)
-    read = read_chain(path, PRIVACY_LEDGER_FORMAT, public_key=public_key)
-    anchor_findings = [finding for anchor in anchors for finding in check_anchor(read, PRIVACY_LEDGER_FORMAT, Path(anchor))]
-    parsed, parse_findings = _entries_of(read)
-    recomputed, epsilon_findings, _ = _recompute(parsed, tolerance)
-    findings = sorted(
-        [*read.findings, *anchor_findings, *parse_findings, *epsilon_findings],
-        key=lambda finding: finding.index if finding.index is not None else -1,
+    checked = verify_chain(
+        path, PRIVACY_LEDGER_FORMAT, lambda _, raw: LedgerEntry.from_json(raw), public_key=public_key, anchors=anchors
     )
+    recomputed, epsilon_findings, _ = _recompute(list(zip(checked.positions, checked.entries, strict=True)), tolerance)
     return LedgerVerification(
-        path=path,
-        party=read.owner,
-        public_key=None if read.public_key is None else read.public_key.hex(),
-        key_pinned=read.key_pinned,
-        entries=tuple(entry for _, entry in parsed),
-        positions=tuple(position for position, _ in parsed),
+        path=checked.path,
+        ledger_format=checked.ledger_format,
+        owner=checked.owner,
+        public_key=checked.public_key,
+        key_pinned=checked.key_pinned,
+        entries=checked.entries,
+        positions=checked.positions,
+        findings=sorted_findings((*checked.findings, *epsilon_findings)),
+        head_entries=checked.head_entries,
         recomputed=tuple(recomputed),
-        findings=tuple(findings),
-        head_entries=None if read.head is None else read.head.entries,
     )
 
 

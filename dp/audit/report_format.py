@@ -1,5 +1,5 @@
-"""The auditor's report formats, apart from :mod:`dp.audit.report` so that the CLI can offer
-them as choices without importing the report machinery at start-up."""
+"""The auditor's report formats, apart from the :mod:`dp.audit.report` package so that the
+CLI can offer them as choices without importing the report machinery at start-up."""
 
 from __future__ import annotations
 

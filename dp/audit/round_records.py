@@ -50,14 +50,13 @@ from dp.audit.chain import (
     Clock,
     Finding,
     FindingKind,
+    JsonObject,
     LedgerError,
     canonical_json,
-    check_anchor,
-    iter_valid,
-    read_chain,
     utc_now,
 )
 from dp.audit.privacy_ledger import EntryKind, LedgerVerification, PrivacyUnit
+from dp.audit.verification import Verification, verify_chain
 from secagg.config import ProtocolMode
 from secagg.hazmat.keys import SigningKey
 from secagg.rounds import Round
@@ -235,32 +234,18 @@ class ServerLedgerEntry:
 
 
 @dataclass(frozen=True, slots=True)
-class ServerLedgerVerification:
-    """The outcome of :func:`verify_server_ledger`. ``ok`` iff there is no finding."""
-
-    path: Path
-    server: str | None
-    public_key: str | None
-    key_pinned: bool
-    entries: tuple[ServerLedgerEntry, ...]
-    findings: tuple[Finding, ...]
-    head_entries: int | None
+class ServerLedgerVerification(Verification[ServerLedgerEntry]):
+    """The outcome of :func:`verify_server_ledger` (see :class:`dp.audit.verification.Verification`)."""
 
     @property
-    def ok(self) -> bool:
-        return not self.findings
+    def server(self) -> str | None:
+        """The server the ledger declares."""
+        return self.owner
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": str(self.path),
-            "server": self.server,
-            "public_key": self.public_key,
-            "key_pinned": self.key_pinned,
-            "ok": self.ok,
-            "entries": len(self.entries),
-            "head_entries": self.head_entries,
-            "findings": [finding.to_dict() for finding in self.findings],
-        }
+
+def _server_entry(position: int, raw: JsonObject) -> ServerLedgerEntry:
+    record = ServerRoundRecord.from_dict(raw)
+    return ServerLedgerEntry(index=position, time=raw["time"], server=raw["server"], record=record, hash=raw["hash"])
 
 
 def verify_server_ledger(
@@ -268,27 +253,17 @@ def verify_server_ledger(
 ) -> ServerLedgerVerification:
     """Verify the server's ledger: chain, signatures, head, heads kept from earlier audits
     (``anchors``), and that every record is valid."""
-    path = Path(path)
-    read = read_chain(path, SERVER_LEDGER_FORMAT, public_key=public_key)
-    findings = list(read.findings)
-    findings.extend(finding for anchor in anchors for finding in check_anchor(read, SERVER_LEDGER_FORMAT, Path(anchor)))
-    entries: list[ServerLedgerEntry] = []
-    for position, raw in iter_valid(read):
-        try:
-            record = ServerRoundRecord.from_dict(raw)
-        except Exception as exc:  # attacker-controlled content: every failure is a finding
-            findings.append(Finding(FindingKind.MALFORMED_ENTRY, position, f"{type(exc).__name__}: {exc}"))
-            continue
-        entries.append(ServerLedgerEntry(index=position, time=raw["time"], server=raw["server"], record=record, hash=raw["hash"]))
-    findings.sort(key=lambda finding: finding.index if finding.index is not None else -1)
+    checked = verify_chain(path, SERVER_LEDGER_FORMAT, _server_entry, public_key=public_key, anchors=anchors)
     return ServerLedgerVerification(
-        path=path,
-        server=read.owner,
-        public_key=None if read.public_key is None else read.public_key.hex(),
-        key_pinned=read.key_pinned,
-        entries=tuple(entries),
-        findings=tuple(findings),
-        head_entries=None if read.head is None else read.head.entries,
+        path=checked.path,
+        ledger_format=checked.ledger_format,
+        owner=checked.owner,
+        public_key=checked.public_key,
+        key_pinned=checked.key_pinned,
+        entries=checked.entries,
+        positions=checked.positions,
+        findings=checked.findings,
+        head_entries=checked.head_entries,
     )
 
 

@@ -223,3 +223,22 @@ def test_two_ledgers_of_one_party_are_a_usage_error(scenario: Scenario, tmp_path
     result = runner.invoke(audit_app, ["verify", str(scenario.ledgers[0]), str(copy)])
     assert result.exit_code == 2
     assert "one ledger per party" in plain(result.output)
+
+
+def test_verify_needs_neither_matplotlib_nor_jinja2(scenario: Scenario) -> None:
+    """``secagg audit verify`` runs on the base install; only ``report`` needs the audit extra."""
+    import subprocess
+    import sys
+
+    program = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from dp.audit.cli import audit_app\n"
+        f"result = CliRunner().invoke(audit_app, ['verify', *{list(map(str, scenario.ledgers))!r}, '--server-ledger', {str(scenario.server)!r}])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "print(sorted(name for name in ('matplotlib', 'jinja2') if name in sys.modules))\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[2]
+    )
+    assert completed.stdout.strip() == "[]"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from dp.accounting import SampledGaussian, Skellam
-from dp.audit.chain import FindingKind, canonical_json, head_path
+from dp.audit.chain import ChainWriter, FindingKind, canonical_json, head_path
 from dp.audit.privacy_ledger import PrivacyLedger, PrivacyUnit, verify_ledger
 from dp.audit.round_records import (
     SERVER_LEDGER_FORMAT,
@@ -26,6 +26,7 @@ from dp.audit.round_records import (
     parties_without_ledger,
     verify_server_ledger,
 )
+from dp.audit.verification import Verification
 from secagg.config import ProtocolMode
 from secagg.hazmat.keys import SigningKey, verify_signature
 from secagg.hazmat.randomness import DeterministicRandom
@@ -175,6 +176,34 @@ def test_truncated_server_ledger_is_detected(tmp_path: Path) -> None:
     write_server_ledger(path, [record("r0"), record("r1")])
     path.write_bytes(path.read_bytes().splitlines(keepends=True)[0])
     assert [finding.kind for finding in verify_server_ledger(path).findings] == [FindingKind.TRUNCATED]
+
+
+def test_both_ledger_kinds_verify_to_one_result_type(tmp_path: Path) -> None:
+    """The party's and the server's verifications share fields, ``ok`` and the JSON
+    summary; only the owner's key in it differs, named after the ledger's owner field."""
+    write_server_ledger(tmp_path / "server.jsonl", [record("r0"), record("r1")])
+    write_party_ledger(tmp_path / "a.jsonl", "bank-a", ["r0"])
+    server = verify_server_ledger(tmp_path / "server.jsonl", public_key=key(100).public_bytes)
+    party = verify_ledger(tmp_path / "a.jsonl")
+    assert isinstance(server, Verification) and isinstance(party, Verification)
+    assert (server.owner, server.server, server.positions, server.head_entries) == ("aggregator", "aggregator", (0, 1), 2)
+    assert (party.owner, party.party, party.positions, party.head_entries) == ("bank-a", "bank-a", (0,), 1)
+    server_summary, party_summary = server.to_dict(), party.to_dict()
+    assert server_summary.pop("server") == "aggregator" and party_summary.pop("party") == "bank-a"
+    assert server_summary.keys() == party_summary.keys()
+    assert (server_summary["key_pinned"], party_summary["key_pinned"]) == (True, False)
+
+
+def test_unparseable_server_record_is_a_finding_with_the_parsers_reason(tmp_path: Path) -> None:
+    path = tmp_path / "server.jsonl"
+    with ChainWriter.open(path, SERVER_LEDGER_FORMAT, owner="aggregator", signing_key=key(100), clock=fixed_clock()) as writer:
+        body = record("r0").to_dict()
+        body["threshold"] = 9
+        writer.append(body)
+    verification = verify_server_ledger(path, public_key=key(100).public_bytes)
+    assert verification.entries == () and verification.positions == ()
+    assert [(finding.kind, finding.index) for finding in verification.findings] == [(FindingKind.MALFORMED_ENTRY, 0)]
+    assert verification.findings[0].detail == "threshold must be in 1..3"
 
 
 # --------------------------------------------------------------------------- cross-check

@@ -17,7 +17,7 @@ import pytest
 
 from dp.accounting import SampledGaussian, Skellam, compute_epsilon
 from dp.audit.privacy_ledger import PrivacyLedger, PrivacyUnit
-from dp.audit.report import build_report, render_csv, render_html, render_json, run_audit
+from dp.audit.report import AuditReport, build_report, render_csv, render_html, render_json, run_audit
 from dp.audit.round_records import RoundOutcome, RoundPrivacy, RoundStage, ServerLedger, ServerRoundRecord
 from dp.budget import BudgetExceeded, BudgetGuard, BudgetPolicy, UnitBudget
 from secagg.config import ProtocolMode
@@ -299,3 +299,349 @@ def test_rows_of_a_reordered_ledger_carry_the_findings_of_their_positions(scenar
     assert "index-out-of-sequence" in rows[1].findings and "index-out-of-sequence" in rows[4].findings
     assert "index-out-of-sequence" not in rows[0].findings
     assert rows[1].round_id == "round-2"
+
+
+# --------------------------------------------------------------------------- hostile ledger text
+
+HOSTILE = "\"><img src=x onerror=alert(1)><script>alert(2)</script>'<a href=javascript:x>$\\frac{1}{0}$"
+HOSTILE_FILE_NAME = "\"><img src=x onerror=alert(3)>'<b>"
+ALLOWED_TAGS = {
+    "html", "head", "meta", "title", "style", "body", "h1", "h2", "p", "code", "em", "strong", "div",
+    "table", "thead", "tbody", "tr", "th", "td", "span", "abbr", "figure", "img", "figcaption",
+}  # fmt: skip
+
+
+class SkeletonParser(HTMLParser):
+    """Every element with its attribute names, in document order, and every attribute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.skeleton: list[tuple[str, tuple[str, ...]]] = []
+        self.attributes: list[tuple[str, str, str]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.skeleton.append((tag, tuple(sorted(name for name, _ in attrs))))
+        self.attributes.extend((tag, name, value or "") for name, value in attrs)
+
+
+def skeleton_of(document: str) -> SkeletonParser:
+    parser = SkeletonParser()
+    parser.feed(document)
+    parser.close()
+    return parser
+
+
+def world_with_text(directory: Path, text: str, file_text: str) -> Path:
+    """One party ``text`` and one party without a ledger, both in a server cohort; rounds
+    named after ``text``: a statistics round (no DP), an aborted round whose abort reason
+    is ``text``, and a training round that ``text`` contributed to but does not charge.
+    The party's ledger file is named ``file_text`` and has lost its signed head."""
+    directory.mkdir()
+    party, absent = text, text + "-absent"
+    ledger_path = directory / f"{file_text}.jsonl"
+    with PrivacyLedger.open(ledger_path, party_id=party, signing_key=party_key("hostile"), clock=fixed_clock()) as ledger:
+        ledger.record_spend(
+            round_id=f"{text}-0", unit=PrivacyUnit.EXAMPLE, event=training("bank-a"), delta=DELTA, budget_epsilon=10.0
+        )
+    Path(f"{ledger_path}.head").unlink()
+    cohort = (party, absent)
+    everyone = dict.fromkeys(RoundStage, cohort)
+    server_path = directory / "server.jsonl"
+    with ServerLedger.open(server_path, server_id=text, signing_key=party_key("server"), clock=fixed_clock()) as ledger:
+        ledger.append(
+            ServerRoundRecord(
+                round_id=f"{text}-stats",
+                cohort=cohort,
+                threshold=2,
+                mode=ProtocolMode.ACTIVE,
+                dim=8,
+                bits=64,
+                privacy=(),
+                survivors=everyone,
+                outcome=RoundOutcome.COMPLETED,
+            )
+        )
+        ledger.append(
+            ServerRoundRecord(
+                round_id=f"{text}-aborted",
+                cohort=cohort,
+                threshold=2,
+                mode=ProtocolMode.ACTIVE,
+                dim=8,
+                bits=32,
+                privacy=(),
+                survivors={RoundStage.ADVERTISE_KEYS: cohort},
+                outcome=RoundOutcome.ABORTED,
+                abort_reason=text,
+            )
+        )
+        ledger.append(
+            ServerRoundRecord(
+                round_id=f"{text}-1",
+                cohort=cohort,
+                threshold=2,
+                mode=ProtocolMode.ACTIVE,
+                dim=8,
+                bits=32,
+                privacy=(RoundPrivacy(PrivacyUnit.PARTICIPANT, NOISE),),
+                survivors=everyone,
+                outcome=RoundOutcome.COMPLETED,
+            )
+        )
+    return directory
+
+
+def report_of_world(directory: Path) -> AuditReport:
+    ledgers = [path for path in directory.glob("*.jsonl") if path.name != "server.jsonl"]
+    return build_report(run_audit(ledgers, server_ledger=directory / "server.jsonl"), clock=fixed_report_clock)
+
+
+def test_hostile_ledger_text_never_appears_unescaped_in_the_html(tmp_path: Path) -> None:
+    report = report_of_world(world_with_text(tmp_path / "hostile", HOSTILE, HOSTILE_FILE_NAME))
+    document = render_html(report)
+    # the text reached every part of the report: ids, file name, findings, notes, rounds
+    assert not report.ok and report.audit.cross_findings and report.notes and len(report.rounds) == 3
+    assert any(HOSTILE_FILE_NAME in finding.detail for finding in report.audit.ledgers[0].findings)
+    for raw in (HOSTILE, HOSTILE_FILE_NAME, "<script", "<img src=x", '"><img', "<a href", "<b>"):
+        assert raw not in document
+    assert document.count("&lt;script&gt;alert(2)&lt;/script&gt;") >= 10
+    assert "&#34;&gt;&lt;img src=x onerror=alert(3)&gt;&#39;&lt;b&gt;" in document
+    parsed = skeleton_of(document)
+    assert {tag for tag, _ in parsed.skeleton} <= ALLOWED_TAGS
+    assert not [name for _, name, _ in parsed.attributes if name.startswith("on") or name in ("href", "style", "action")]
+    assert all(value.startswith("data:image/png;base64,") for tag, name, value in parsed.attributes if name == "src")
+
+
+def test_no_element_or_attribute_of_the_html_comes_from_ledger_text(tmp_path: Path) -> None:
+    """The same world with markup in every id, and with letters of the same lengths:
+    the parsed documents have the same elements with the same attributes, so the ledger
+    text produced none of them, and every attribute value it reached is the escaped text."""
+    hostile = render_html(report_of_world(world_with_text(tmp_path / "hostile", HOSTILE, HOSTILE_FILE_NAME)))
+    plain = render_html(report_of_world(world_with_text(tmp_path / "plain", "x" * len(HOSTILE), "y" * len(HOSTILE_FILE_NAME))))
+    hostile_parsed, plain_parsed = skeleton_of(hostile), skeleton_of(plain)
+    assert hostile_parsed.skeleton == plain_parsed.skeleton
+    titles = [value for tag, name, value in hostile_parsed.attributes if name == "title"]
+    assert any(value.startswith(HOSTILE) for value in titles)  # a shortened round id, intact in its title
+    assert any(HOSTILE_FILE_NAME in value for value in titles)  # the file's full path
+
+
+def test_the_environment_autoescapes_every_template_and_marks_nothing_safe() -> None:
+    import jinja2
+    from jinja2 import nodes
+
+    from dp.audit.report.html_page import environment
+
+    env = environment()
+    assert env.undefined is jinja2.StrictUndefined
+    names = env.list_templates()
+    assert "report.html.j2" in names
+    for name in names:
+        assert env.select_autoescape(name) if callable(env.autoescape) else env.autoescape is True
+        source = env.loader.get_source(env, name)[0]
+        tree = env.parse(source)
+        assert [node.name for node in tree.find_all(nodes.Filter) if node.name in ("safe", "forceescape")] == []
+        assert not list(tree.find_all(nodes.EvalContextModifier))  # no {% autoescape false %}
+    with pytest.raises(jinja2.UndefinedError):
+        env.from_string("{{ missing }}").render()
+    assert env.from_string("{{ text }}").render(text='<i a="1">\'') == "&lt;i a=&#34;1&#34;&gt;&#39;"
+
+
+def test_templates_are_package_data() -> None:
+    import tomllib
+    from fnmatch import fnmatch
+    from importlib.resources import files
+
+    templates = files("dp.audit.report").joinpath("templates")
+    shipped = sorted(entry.name for entry in templates.iterdir() if entry.is_file())
+    assert "report.html.j2" in shipped and "report.css" in shipped
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["dp.audit.report"]
+    assert all(any(fnmatch(f"templates/{name}", pattern) for pattern in patterns) for name in shipped)
+
+
+@pytest.mark.parametrize(
+    ("uri", "accepted"),
+    [
+        ("data:image/png;base64,iVBORw0KGgo=", True),
+        ("javascript:alert(1)", False),
+        ('data:image/png;base64,AAAA" onerror="alert(1)', False),
+        ("data:image/svg+xml;base64,PHN2Zz4=", False),
+        ("data:image/png;base64,AAAA\n", False),
+    ],
+)
+def test_only_base64_png_data_uris_reach_an_img_src(uri: str, accepted: bool) -> None:
+    from dp.audit.report.figures import is_png_data_uri
+
+    assert is_png_data_uri(uri) is accepted
+
+
+def test_legend_text_from_a_ledger_is_never_mathtext_and_never_hidden() -> None:
+    from matplotlib.cbook import is_math_text
+
+    from dp.audit.report.figures import plot_text
+
+    for text in ("$x$", "$\\frac{1}{0}$ and $y$", "\\$a$", "price $5 and $6"):
+        assert not is_math_text(plot_text(text))
+    assert plot_text("_bank").startswith(" ")  # matplotlib leaves labels starting with "_" out of legends
+    assert plot_text("a" * 100, 40) == "a" * 39 + "…"
+
+
+# --------------------------------------------------------------------------- a realistic consortium
+
+
+@pytest.fixture(scope="module")
+def consortium(tmp_path_factory: pytest.TempPathFactory):
+    from tests.dp.audit_scenarios import build_consortium
+
+    return build_consortium(tmp_path_factory.mktemp("consortium"))
+
+
+@pytest.fixture(scope="module")
+def consortium_report(consortium) -> AuditReport:
+    from tests.dp.audit_scenarios import BANKS, bank_key, server_key
+
+    audit = run_audit(
+        consortium.ledgers,
+        keys_by_party={bank: bank_key(bank).public_bytes for bank in BANKS},
+        server_ledger=consortium.server,
+        server_public_key=server_key().public_bytes,
+    )
+    return build_report(audit, clock=fixed_report_clock)
+
+
+def test_rounds_are_numbered_one_to_r_in_the_servers_order(consortium, consortium_report: AuditReport) -> None:
+    from dp.audit.report.figures import epsilon_series
+
+    ids = (consortium.statistics_round, *consortium.training_rounds)
+    assert [(row.number, row.round_id) for row in consortium_report.rounds] == list(enumerate(ids, start=1))
+    assert consortium_report.round_order == ids
+    assert all(consortium_report.round_order[row.round_number - 1] == row.round_id for row in consortium_report.entries)
+    for unit in PrivacyUnit:
+        xs = {number for line in epsilon_series(consortium_report, unit) for number, _ in (*line.spends, *line.refusals)}
+        assert xs == set(range(2, len(ids) + 1))  # the statistics round is #1 and nobody spends in it
+    exported = json.loads(render_json(consortium_report))
+    assert [row["number"] for row in exported["rounds"]] == list(range(1, len(ids) + 1))
+    csv_rows = [row for row in csv.DictReader(io.StringIO(render_csv(consortium_report))) if row["record"] == "round"]
+    assert [int(row["round_number"]) for row in csv_rows] == list(range(1, len(ids) + 1))
+
+
+def test_banks_with_equal_epsilons_share_one_labelled_line(consortium_report: AuditReport) -> None:
+    from dp.audit.report.figures import epsilon_series
+
+    example = epsilon_series(consortium_report, PrivacyUnit.EXAMPLE)
+    assert [line.parties for line in example] == [("bank-a", "bank-b", "bank-c"), ("bank-d",), ("bank-e",)]
+    assert [len(line.spends) for line in example] == [10, 9, 8]
+    assert [len(line.refusals) for line in example] == [0, 0, 2]
+    # bank-d and bank-e equal the others until bank-d drops out (round #5) and bank-e's budget stops it
+    assert example[1].spends[:3] == example[0].spends[:3] and example[2].spends == example[0].spends[:8]
+    participant = epsilon_series(consortium_report, PrivacyUnit.PARTICIPANT)
+    assert [line.parties for line in participant] == [("bank-a", "bank-b", "bank-c"), ("bank-d",), ("bank-e",)]
+
+
+def test_a_round_without_dp_is_reported_as_an_exact_release(consortium, consortium_report: AuditReport) -> None:
+    statistics = consortium.statistics_round
+    assert [row.round_id for row in consortium_report.exact_releases] == [statistics]
+    assert all(row.differentially_private for row in consortium_report.rounds[1:])
+    assert consortium_report.verdict.endswith(
+        f"; 1 round (#1 {statistics}) declared no differential privacy: its sum was released exactly, without noise, "
+        "and no epsilon here covers it."
+    )
+    document = render_html(consortium_report)
+    assert parse(document).verdict == consortium_report.verdict
+    rows = RowParser.rows_of(document)
+    flagged = [row for row in rows if row.css_class == "exact"]
+    assert len(flagged) == 1 and flagged[0].cells[0] == "1" and "exact release, no DP" in flagged[0].cells[-1]
+    assert 'id="exact-releases"' in document
+    exported = json.loads(render_json(consortium_report))["rounds"]
+    assert [(row["differentially_private"], row["exact_release"]) for row in exported[:2]] == [(False, True), (True, False)]
+    first_round = next(row for row in csv.DictReader(io.StringIO(render_csv(consortium_report))) if row["record"] == "round")
+    assert first_round["detail"] == "no differential privacy: the sum was released exactly"
+
+
+def test_an_aborted_round_without_dp_is_not_an_exact_release(tmp_path: Path) -> None:
+    report = report_of_world(world_with_text(tmp_path / "world", "bank", "bank"))
+    by_id = {row.round_id: row for row in report.rounds}
+    assert by_id["bank-stats"].exact_release and not by_id["bank-aborted"].exact_release
+    assert not by_id["bank-aborted"].differentially_private and by_id["bank-1"].differentially_private
+    assert "1 round (#1 bank-stats) declared no differential privacy" in report.verdict
+    assert "; 1 disagreement with the server's records (bank, round bank-1: spend-missing-for-round);" in report.verdict
+    assert "no DP declared" in render_html(report)
+
+
+def test_long_ids_are_shortened_with_the_full_value_in_the_title(consortium_report: AuditReport) -> None:
+    document = render_html(consortium_report)
+    shortened = ShortenedParser.of(document)
+    round_ids = set(consortium_report.round_order)
+    keys = {ledger.public_key for ledger in consortium_report.audit.ledgers}
+    assert {title for title, _ in shortened} == round_ids | keys | {consortium_report.audit.server.public_key}
+    assert all(text.endswith("…") and title.startswith(text[:-1]) and len(text) < len(title) for title, text in shortened)
+    assert all(f">{round_id}<" not in document for round_id in round_ids)  # never a 32-digit id in a cell
+
+
+def test_the_realistic_report_renders_with_every_section(consortium_report: AuditReport) -> None:
+    parsed = parse(render_html(consortium_report))
+    assert len(parsed.images) == 3 and parsed.depth == 0 and parsed.scripts == 0
+    assert consortium_report.ok
+
+
+@dataclass
+class Row:
+    css_class: str
+    cells: list[str]
+
+
+class RowParser(HTMLParser):
+    """Table rows of the body as their class and cell texts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[Row] = []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "tr":
+            self.rows.append(Row(css_class=dict(attrs).get("class") or "", cells=[]))
+        elif tag == "td":
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "td" and self._cell is not None:
+            self.rows[-1].cells.append("".join(self._cell).strip())
+            self._cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+    @classmethod
+    def rows_of(cls, document: str) -> list[Row]:
+        parser = cls()
+        parser.feed(document)
+        parser.close()
+        return parser.rows
+
+
+class ShortenedParser(HTMLParser):
+    """(title, text) of every shortened value."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[tuple[str, str]] = []
+        self._title: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = dict(attrs)
+        if tag == "span" and attributes.get("class") == "shortened":
+            self._title = attributes.get("title") or ""
+
+    def handle_data(self, data: str) -> None:
+        if self._title is not None:
+            self.found.append((self._title, data))
+            self._title = None
+
+    @classmethod
+    def of(cls, document: str) -> list[tuple[str, str]]:
+        parser = cls()
+        parser.feed(document)
+        parser.close()
+        return parser.found
