@@ -125,9 +125,7 @@ def parse_json(data: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise ManifestError(f"not UTF-8 text: {exc}") from None
     try:
-        return json.loads(
-            text, object_pairs_hook=_no_duplicate_keys, parse_constant=_refuse_constant, parse_float=_finite_float
-        )
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_refuse_constant, parse_float=_finite_float)
     except json.JSONDecodeError as exc:
         raise ManifestError(f"not JSON: {exc}") from None
 
@@ -373,7 +371,9 @@ class Manifest:
                 f"the round's cohort is {list(member_ids)}, the manifest's banks are {expected_ids} (same order, same keys)",
             )
 
-    def check_protocol(self, *, mode: ProtocolMode, graph: GraphKind, degree: int | None, threshold: int, cohort_size: int) -> None:
+    def check_protocol(
+        self, *, mode: ProtocolMode, graph: GraphKind, degree: int | None, threshold: int, cohort_size: int
+    ) -> None:
         """Refuse a round whose mode, graph or threshold is not what the manifest's rule gives."""
         rule = self.protocol
         expected = rule.threshold(cohort_size)
@@ -381,7 +381,9 @@ class Manifest:
         if ProtocolMode(mode) is not rule.mode:
             problems.append(f"mode {ProtocolMode(mode).value}, the manifest says {rule.mode.value}")
         if GraphKind(graph) is not rule.graph or degree != rule.degree:
-            problems.append(f"graph {GraphKind(graph).value} (degree {degree}), the manifest says {rule.graph.value} ({rule.degree})")
+            problems.append(
+                f"graph {GraphKind(graph).value} (degree {degree}), the manifest says {rule.graph.value} ({rule.degree})"
+            )
         if threshold != expected:
             problems.append(f"threshold {threshold}, the manifest's rule gives {expected} for {cohort_size}")
         if problems:

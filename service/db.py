@@ -13,7 +13,9 @@ the number of server processes:
   constraint, so a duplicate is impossible even under a race between two workers;
 * ``nonces``: a (key id, nonce) pair is inserted at most once (primary key), which is
   how replayed requests are refused;
-* ``outbound``: one server message per (round, stage it opens, recipient).
+* ``outbound``: one server message per (round, stage it opens, recipient);
+* ``trainings``: one signed consortium manifest per training id (its hash unique), and
+  ``training_rounds``: the training and step of each round that belongs to one.
 
 Serialisation of a round: every write that depends on a round's state (accepting a
 message, closing a stage, aborting) runs in a transaction that first locks the round's
@@ -105,6 +107,28 @@ class RoundMemberRow(Base):
     index: Mapped[int] = mapped_column(Integer, primary_key=True)
     participant_id: Mapped[str] = mapped_column(ForeignKey("participants.id"), index=True)
     public_key: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+class TrainingRow(Base):
+    """A consortium's training: the signed manifest every member signed (``secagg.consortium``)."""
+
+    __tablename__ = "trainings"
+
+    id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    manifest_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    document: Mapped[str] = mapped_column(Text)
+    """The signed manifest as canonical JSON (``SignedManifest.to_dict``): manifest and signatures."""
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class TrainingRoundRow(Base):
+    """Which training a round belongs to, and its step (0 statistics, 1.. training rounds)."""
+
+    __tablename__ = "training_rounds"
+
+    round_id: Mapped[str] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"), primary_key=True)
+    training_id: Mapped[str] = mapped_column(ForeignKey("trainings.id"), index=True)
+    step: Mapped[int] = mapped_column(Integer)
 
 
 class SubmissionRow(Base):

@@ -25,7 +25,7 @@ from service.auth import (
 )
 from service.problems import ProblemType, ServiceProblem, problem_responses
 from service.rounds import Acceptance, RoundEngine
-from service.schemas import MessageAck, ParticipantRole, ResultOut, RoundId, RoundParameters, WorkList
+from service.schemas import MessageAck, ParticipantRole, ResultOut, RoundId, RoundParameters, TrainingId, WorkList
 from service.watch import FALLBACK_RECHECK_SECONDS, MAX_WAIT_SECONDS, RoundWatch
 
 AUTH_PROBLEMS = (
@@ -69,8 +69,14 @@ RoundIdPath = Annotated[RoundId, Path(description="The round id (32 hex digits).
 
 
 @router.get("/work", response_model=WorkList, summary="Running rounds where the caller has something to do")
-async def work(caller: BankCaller, engine: EngineDep) -> dict:
-    return {"items": await run_in_threadpool(engine.work_for, caller.participant_id)}
+async def work(
+    caller: BankCaller,
+    engine: EngineDep,
+    training: Annotated[
+        TrainingId | None, Query(description="Only the rounds of this consortium training (a bank's own training).")
+    ] = None,
+) -> dict:
+    return {"items": await run_in_threadpool(lambda: engine.work_for(caller.participant_id, training=training))}
 
 
 @router.get(
