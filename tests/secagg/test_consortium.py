@@ -218,7 +218,10 @@ def _raw(**changes: Any) -> dict[str, Any]:
         (_raw(training_id="Has Spaces"), "training_id"),
         (_raw(members=_raw()["members"][:1] + _raw()["members"][3:]), "at least two banks"),
         (_raw(members=_raw()["members"] + [_raw()["members"][0]]), "listed twice"),
-        (_raw(members=[*_raw()["members"][:3], {**_raw()["members"][3], "public_key": _raw()["members"][0]["public_key"]}]), "share"),
+        (
+            _raw(members=[*_raw()["members"][:3], {**_raw()["members"][3], "public_key": _raw()["members"][0]["public_key"]}]),
+            "share",
+        ),
         (_raw(members=[{**_raw()["members"][0], "public_key": "AB" * 32}, *_raw()["members"][1:]]), "lowercase hex"),
         (_raw(members=[{**_raw()["members"][0], "role": "coordinator"}, *_raw()["members"][1:]]), "unknown role"),
         (_raw(protocol={"mode": "active", "graph": "full", "degree": 2, "min_threshold_fraction": None}), "degree"),
