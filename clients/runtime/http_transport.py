@@ -54,6 +54,7 @@ from clients.runtime.transport import (
     RoundResult,
     StageClosed,
     SubmitOutcome,
+    TrainingBinding,
 )
 from secagg.config import RoundConfig
 from secagg.encoding import Ring
@@ -109,6 +110,19 @@ def _problem(response: httpx.Response) -> tuple[str, str, dict[str, Any]]:
         body = {}
     suffix = problem_suffix(str(body.get("type", ""))) or f"http-{response.status_code}"
     return suffix, str(body.get("detail", response.reason_phrase)), body
+
+
+def _training_binding(value: Any) -> TrainingBinding | None:
+    """The round's ``training`` member (docs/API.md section 5), or None when absent or null."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"id", "manifest_hash", "round"}:
+        raise ValueError("training must be {id, manifest_hash, round}")
+    manifest_hash = bytes.fromhex(str(value["manifest_hash"]))
+    step = value["round"]
+    if not isinstance(value["id"], str) or isinstance(step, bool) or not isinstance(step, int):
+        raise ValueError("training id must be a string and round an integer")
+    return TrainingBinding(training_id=value["id"], manifest_hash=manifest_hash, step=step)
 
 
 class HttpTransport:
@@ -182,6 +196,7 @@ class HttpTransport:
             cohort = sorted(body["cohort"], key=lambda member: int(member["index"]))
             if [int(member["index"]) for member in cohort] != list(range(len(cohort))):
                 raise ValueError("cohort indices are not 0..n-1")
+            training = _training_binding(body.get("training"))
             config = RoundConfig(
                 round_id=bytes.fromhex(body["round_id"]),
                 identity_keys=tuple(base64.b64decode(member["public_key"], validate=True) for member in cohort),
@@ -191,6 +206,8 @@ class HttpTransport:
                 mode=body["mode"],
                 graph=body["graph"],
                 degree=body.get("degree"),
+                manifest_hash=None if training is None else training.manifest_hash,
+                training_round=None if training is None else training.step,
             )
         except (KeyError, TypeError, ValueError, binascii.Error, ConfigurationError) as exc:
             raise ServerRefused(200, "unusable-round-description", f"the round description cannot be used: {exc}") from None
@@ -208,6 +225,7 @@ class HttpTransport:
             member_ids=tuple(str(member["id"]) for member in cohort),
             dp_policy=body.get("dp_policy"),
             server_identity=response.headers.get("X-Secagg-Server-Id"),
+            training=training,
         )
 
     def submit(self, round_id: str, protocol_round: Round, payload: bytes) -> SubmitOutcome:

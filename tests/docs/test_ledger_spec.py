@@ -948,4 +948,4 @@ def test_the_key_file_formats_are_the_implementation_s(tmp_path: Path) -> None:
                 load_public_key(path)
         else:
             assert load_public_key(path) == expected == raw, name
-    assert spec_load_key(forms["base64"]) is None  # what `secagg client keygen` writes is not a key file here
+    assert spec_load_key(forms["base64"]) is None  # base64 (the admin API's form) is not a key file
