@@ -32,6 +32,21 @@ are refused, so a typo cannot silently relax the policy)::
     min_noise_multiplier = 0.8
     max_epsilon_per_round = 2.0
     accounting_delta = 1e-5
+    [budget]                          # the bank's own privacy budget (secagg train)
+    state_dir = "/var/lib/bank-a/secagg-budget"   # relative to the policy file's directory
+    id_column = "customer_id"         # optional: what identifies a customer in the data
+    [budget.example]
+    max_epsilon = 3.0
+    delta = 1e-5
+    accountant = "rdp"                # optional
+    [budget.participant]              # optional, needed only for participant-level noise
+    max_epsilon = 8.0
+    delta = 1e-5
+
+The ``[budget]`` table is what ``secagg train`` charges: per privacy unit, the largest
+epsilon the bank's data may ever reach, cumulative over every training on the same data,
+kept in ``state_dir`` (:mod:`clients.training.budget_store` says what counts as the same
+data). A federated training needs it; ``secagg client run`` ignores it.
 
 The DP checks never trust a number the server computed: the client rebuilds every
 declared mechanism (:class:`dp.audit.round_records.RoundPrivacy`) and computes its noise
@@ -49,11 +64,15 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clients.runtime.errors import PolicyFileError, PolicyViolation, PolicyViolationReason
 from clients.runtime.transport import RoundDescription
 from secagg.config import GraphKind, ProtocolMode, minimum_threshold
 from secagg.encoding import MAX_BITS, MIN_BITS
+
+if TYPE_CHECKING:
+    from dp.budget import BudgetPolicy
 
 DEFAULT_MIN_COHORT_SIZE = 3
 """Below three parties a sum of two reveals the other's input to each of them."""
@@ -91,6 +110,41 @@ class DPRequirements:
 
 
 @dataclass(frozen=True, slots=True)
+class BudgetSettings:
+    """The bank's own privacy budget: where it is kept, what identifies a customer, the limits per unit."""
+
+    state_dir: Path
+    units: BudgetPolicy
+    id_column: str | None = None
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, object], *, base_dir: Path | None) -> BudgetSettings:
+        from dp.budget import BudgetPolicy, BudgetPolicyError
+
+        known = {"state_dir", "id_column", "example", "participant"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise PolicyFileError(f"unknown budget keys: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        state_dir = data.get("state_dir")
+        if not isinstance(state_dir, str) or not state_dir:
+            raise PolicyFileError("budget.state_dir must name the directory that keeps this bank's budgets")
+        id_column = data.get("id_column")
+        if id_column is not None and (not isinstance(id_column, str) or not id_column):
+            raise PolicyFileError("budget.id_column must be a column name")
+        units = {name: data[name] for name in ("example", "participant") if name in data}
+        if not units:
+            raise PolicyFileError("the budget names no unit: add [budget.example] (max_epsilon, delta)")
+        try:
+            policy = BudgetPolicy.from_dict({"budgets": units})
+        except BudgetPolicyError as exc:
+            raise PolicyFileError(f"budget: {exc}") from None
+        directory = Path(state_dir).expanduser()
+        if not directory.is_absolute() and base_dir is not None:
+            directory = base_dir / directory
+        return cls(state_dir=directory, units=policy, id_column=id_column)
+
+
+@dataclass(frozen=True, slots=True)
 class ClientPolicy:
     """Which rounds this bank joins. The defaults are the conservative choice."""
 
@@ -102,6 +156,7 @@ class ClientPolicy:
     allowed_bits: frozenset[int] = frozenset(range(MIN_BITS, MAX_BITS + 1))
     server_identity: str | None = None
     dp: DPRequirements = field(default_factory=DPRequirements)
+    budget: BudgetSettings | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.min_cohort_size, bool) or not isinstance(self.min_cohort_size, int) or self.min_cohort_size < 2:
@@ -128,7 +183,7 @@ class ClientPolicy:
             raise PolicyFileError("server_identity must be a non-empty string")
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, object]) -> ClientPolicy:
+    def from_mapping(cls, data: Mapping[str, object], *, base_dir: Path | None = None) -> ClientPolicy:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -144,7 +199,13 @@ class ClientPolicy:
         for name in ("allowed_graphs", "allowed_bits"):
             if name in values and not isinstance(values[name], list):
                 raise PolicyFileError(f"{name} must be a list")
-        return cls(**values, dp=DPRequirements(**dp_values))  # type: ignore[arg-type]
+        budget_values = values.pop("budget", None)
+        budget = None
+        if budget_values is not None:
+            if not isinstance(budget_values, Mapping):
+                raise PolicyFileError("budget must be a table/object")
+            budget = BudgetSettings.from_mapping(budget_values, base_dir=base_dir)
+        return cls(**values, dp=DPRequirements(**dp_values), budget=budget)  # type: ignore[arg-type]
 
     @classmethod
     def load(cls, path: Path) -> ClientPolicy:
@@ -164,7 +225,7 @@ class ClientPolicy:
             raise PolicyFileError(f"cannot parse policy file {path}: {exc}") from None
         if not isinstance(data, dict):
             raise PolicyFileError(f"policy file {path} must hold one object/table")
-        return cls.from_mapping(data)
+        return cls.from_mapping(data, base_dir=path.resolve().parent)
 
     def check(self, round_description: RoundDescription, *, identity_public_key: bytes, participant_id: str | None) -> int:
         """Refuse the round unless it satisfies this policy; return this client's participant id."""

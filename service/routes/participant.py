@@ -25,7 +25,7 @@ from service.auth import (
 )
 from service.problems import ProblemType, ServiceProblem, problem_responses
 from service.rounds import Acceptance, RoundEngine
-from service.schemas import MessageAck, ParticipantRole, ResultOut, RoundId, RoundParameters, TrainingId, WorkList
+from service.schemas import MessageAck, ParticipantRole, ResultOut, RoundId, RoundParameters, TrainingId, TrainingOut, WorkList
 from service.watch import FALLBACK_RECHECK_SECONDS, MAX_WAIT_SECONDS, RoundWatch
 
 AUTH_PROBLEMS = (
@@ -77,6 +77,30 @@ async def work(
     ] = None,
 ) -> dict:
     return {"items": await run_in_threadpool(lambda: engine.work_for(caller.participant_id, training=training))}
+
+
+@router.get(
+    "/trainings/{training_id}",
+    response_model=TrainingOut,
+    responses=problem_responses(ProblemType.TRAINING_NOT_FOUND),
+    summary="The caller's training: its signed manifest and its rounds, with their step and outcome",
+)
+async def training(
+    training_id: Annotated[TrainingId, Path(description="The training id.")], caller: BankCaller, engine: EngineDep
+) -> dict:
+    def load() -> dict:
+        from secagg.consortium import MemberRole
+        from service.db import TrainingRow
+
+        with engine.database.read() as session:
+            row = session.get(TrainingRow, training_id)
+            if row is None or row.id not in {
+                t.id for t in engine.trainings.of_member(session, caller.participant_id, MemberRole.BANK)
+            }:
+                raise ServiceProblem(ProblemType.TRAINING_NOT_FOUND, f"no training {training_id!r} of yours")
+            return engine.trainings.view(session, row)
+
+    return await run_in_threadpool(load)
 
 
 @router.get(
