@@ -34,6 +34,7 @@ Concurrency: one process at a time holds a budget (the ledger's exclusive ``floc
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -86,10 +87,8 @@ class BudgetStore:
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             if not path.exists():
-                try:
+                with contextlib.suppress(FileExistsError):  # another process created it first
                     write_private_file(path, SystemRandom().random_bytes(KEY_BYTES), overwrite=False)
-                except FileExistsError:
-                    pass  # another process created it first
             key = read_private_file(path)
         except OSError as exc:
             raise BudgetStoreError(f"cannot read the budget key {path}: {exc}") from None
