@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import typer
 
+from clients.consortium.cli import consortium_app
 from clients.harness.demo import demo_command
 from clients.harness.simulation import simulate_command
 from clients.runtime.cli import client_app
-from clients.training.cli import train_command
+from clients.training.cli import evaluate_command, predict_command, train_command
 from dp.audit.cli import audit_app
 from dp.cli import dp_app
 from service.cli import server_command
@@ -30,6 +31,9 @@ app.add_typer(dp_app, name="dp")
 app.add_typer(audit_app, name="audit")
 app.command(name="server")(server_command)
 app.command(name="train")(train_command)
+app.command(name="predict")(predict_command)
+app.command(name="evaluate")(evaluate_command)
+app.add_typer(consortium_app, name="consortium")
 app.command(name="demo")(demo_command)
 
 

@@ -186,10 +186,10 @@ class TrainingRules:
             raise RoundRefused(
                 RefusalReason.BITS_DIFFER, f"round {description.round_id} uses {config.bits} bits, the plan {parameters.bits}"
             )
-        declared = (description.dp_policy or {}).get("privacy", [])
-        if declared != parameters.privacy:
+        privacy: Any = (description.dp_policy or {}).get("privacy", [])
+        if privacy != parameters.privacy:
             raise RoundRefused(
                 RefusalReason.PRIVACY_DIFFERS,
-                f"round {description.round_id} declares privacy {declared}, the plan prescribes {parameters.privacy}",
+                f"round {description.round_id} declares privacy {privacy}, the plan prescribes {parameters.privacy}",
             )
         return parameters

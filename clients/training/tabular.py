@@ -220,9 +220,9 @@ def parse_numeric(values: np.ndarray, *, column: str, rows: np.ndarray | None = 
         raise
     infinite = np.flatnonzero(~missing & ~np.isfinite(numbers))
     if infinite.size:
-        position = int(infinite[0])
+        first = int(infinite[0])
         raise TabularError(
-            f"column {column!r}: data row {_first_row(rows, position)} holds {str(values[position])!r}, not a finite number"
+            f"column {column!r}: data row {_first_row(rows, first)} holds {str(values[first])!r}, not a finite number"
         )
     return numbers, missing
 
@@ -582,6 +582,36 @@ class Dataset:
         return int(self.labels.size)
 
 
+def target_labels(schema: TabularSchema, table: RawTable) -> np.ndarray:
+    """The 0/1 labels of ``table`` under ``schema``'s target rule (module docstring); anything else refused with its row."""
+    values = table.column(schema.target)
+    rows = table.data_row_numbers()
+    missing = np.flatnonzero(missing_mask(values))
+    if missing.size:
+        raise TabularError(
+            f"{missing.size} row(s) have no value in the target column {schema.target!r} (first: data row {int(rows[missing[0]])})"
+        )
+    positive = values == schema.positive
+    if schema.negative is None:
+        others, first_positions = np.unique(values[~positive], return_index=True)
+        if others.size > 1:
+            where = np.flatnonzero(~positive)[first_positions]
+            listed = ", ".join(f"{str(value)!r} (data row {int(rows[p])})" for value, p in zip(others, where, strict=True))
+            raise TabularError(
+                f"the target {schema.target!r} holds several values besides the positive {schema.positive!r}: {listed}; "
+                "the schema names no negative value, so none is counted as 0 (list them in the schema's negative)"
+            )
+        return positive.astype(np.float32)
+    stray = np.flatnonzero(~positive & ~np.isin(values, list(schema.negative)))
+    if stray.size:
+        first = int(stray[0])
+        raise TabularError(
+            f"data row {int(rows[first])}: the target {schema.target!r} is {str(values[first])!r}, neither the positive "
+            f"value {schema.positive!r} nor a negative one ({', '.join(map(repr, schema.negative))})"
+        )
+    return positive.astype(np.float32)
+
+
 @dataclass(frozen=True)
 class Preprocessor:
     """Applies a standardised :class:`TabularSchema` to a :class:`RawTable` (rules in the module docstring)."""
@@ -594,33 +624,7 @@ class Preprocessor:
 
     def labels(self, table: RawTable) -> np.ndarray:
         """1 for the positive value, 0 for a negative one; anything else refused with its row number."""
-        schema = self.schema
-        values = table.column(schema.target)
-        rows = table.data_row_numbers()
-        missing = np.flatnonzero(missing_mask(values))
-        if missing.size:
-            raise TabularError(
-                f"{missing.size} row(s) have no value in the target column {schema.target!r} (first: data row {int(rows[missing[0]])})"
-            )
-        positive = values == schema.positive
-        if schema.negative is None:
-            others, first_positions = np.unique(values[~positive], return_index=True)
-            if others.size > 1:
-                where = np.flatnonzero(~positive)[first_positions]
-                listed = ", ".join(f"{str(value)!r} (data row {int(rows[p])})" for value, p in zip(others, where, strict=True))
-                raise TabularError(
-                    f"the target {schema.target!r} holds several values besides the positive {schema.positive!r}: {listed}; "
-                    "the schema names no negative value, so none is counted as 0 (list them in the schema's negative)"
-                )
-            return positive.astype(np.float32)
-        stray = np.flatnonzero(~positive & ~np.isin(values, list(schema.negative)))
-        if stray.size:
-            first = int(stray[0])
-            raise TabularError(
-                f"data row {int(rows[first])}: the target {schema.target!r} is {str(values[first])!r}, neither the positive "
-                f"value {schema.positive!r} nor a negative one ({', '.join(map(repr, schema.negative))})"
-            )
-        return positive.astype(np.float32)
+        return target_labels(self.schema, table)
 
     def features(self, table: RawTable) -> np.ndarray:
         blocks: list[np.ndarray] = []

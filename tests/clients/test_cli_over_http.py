@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from clients.consortium.admin import AdminClient
 from clients.harness.http_simulation import run_http_simulation
-from clients.harness.local_server import AdminClient, LocalServer
+from clients.harness.local_server import LocalServer
 from clients.harness.simulation import DropoutRound, SimulationParameters
 from clients.runtime.bank import run_bank_round
 from clients.runtime.retry import PollSchedule

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clients.harness.local_server import AdminClient, LocalServer
+from clients.consortium.admin import AdminClient
+from clients.harness.local_server import LocalServer
 from clients.runtime.errors import PolicyViolation, PolicyViolationReason, ResumeRefused
 from clients.runtime.http_transport import HttpTransport
 from clients.runtime.inputs import RingVectorInput
