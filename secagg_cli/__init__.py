@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import typer
 
+from clients.consortium.audit_fetch import fetch_command
 from clients.consortium.cli import consortium_app
 from clients.harness.demo import demo_command
 from clients.harness.simulation import simulate_command
@@ -28,6 +29,7 @@ app = typer.Typer(
 app.command(name="simulate")(simulate_command)
 app.add_typer(client_app, name="client")
 app.add_typer(dp_app, name="dp")
+audit_app.command(name="fetch")(fetch_command)
 app.add_typer(audit_app, name="audit")
 app.command(name="server")(server_command)
 app.command(name="train")(train_command)

@@ -362,6 +362,8 @@ def run_command(
     from secagg.consortium import ManifestError
 
     console = Console(stderr=True)
+    if not console.is_terminal:
+        console = Console(stderr=True, width=120)
     try:
         signed = _load(manifest)
         signed.require_complete()

@@ -301,6 +301,14 @@ class HttpTransport:
             return RoundAborted(str(body.get("abort_reason") or "aborted"))
         self._refuse(response)
 
+    def signed_get(self, path: str) -> httpx.Response:
+        """A signed GET of any participant endpoint (the auditor's ledger, a training's rounds), retried like the rest."""
+        return self._signed("GET", path)
+
+    def refuse(self, response: httpx.Response) -> NoReturn:
+        """Raise :class:`ServerRefused` with the response's problem type."""
+        self._refuse(response)
+
     # ------------------------------------------------------------- plumbing
     def _signed(
         self,

@@ -29,6 +29,7 @@ are refused, so a typo cannot silently relax the policy)::
     server_identity = "..."           # optional
     [dp]
     required = true
+    allow_exact_statistics = true     # also join a training's statistics round (step 0)
     min_noise_multiplier = 0.8
     max_epsilon_per_round = 2.0
     accounting_delta = 1e-5
@@ -88,6 +89,9 @@ class DPRequirements:
     """Minimums for a round's declared differential-privacy parameters."""
 
     required: bool = False
+    allow_exact_statistics: bool = False
+    """With ``required``: still join the statistics round of a consortium training (step 0), which
+    releases the consortium's exact column sums for standardisation and declares no DP mechanism."""
     min_noise_multiplier: float | None = None
     max_epsilon_per_round: float | None = None
     accounting_delta: float = DEFAULT_ACCOUNTING_DELTA
@@ -101,8 +105,8 @@ class DPRequirements:
                 raise PolicyFileError(f"dp.{name} must be a positive finite number, got {value!r}")
         if self.accounting_delta >= 1:
             raise PolicyFileError("dp.accounting_delta must be below 1")
-        if not isinstance(self.required, bool):
-            raise PolicyFileError("dp.required must be true or false")
+        if not isinstance(self.required, bool) or not isinstance(self.allow_exact_statistics, bool):
+            raise PolicyFileError("dp.required and dp.allow_exact_statistics must be true or false")
 
     @property
     def constrains_anything(self) -> bool:
@@ -268,8 +272,14 @@ class ClientPolicy:
         requirements = self.dp
         items = _declared_privacy(round_description.dp_policy)
         if not items:
-            if requirements.required:
-                raise PolicyViolation(PolicyViolationReason.DP_POLICY_REQUIRED, "the round declares no DP mechanism")
+            training = round_description.training
+            statistics = training is not None and training.step == 0 and requirements.allow_exact_statistics
+            if requirements.required and not statistics:
+                raise PolicyViolation(
+                    PolicyViolationReason.DP_POLICY_REQUIRED,
+                    "the round declares no DP mechanism"
+                    + (" (a training's statistics round: set dp.allow_exact_statistics to join it)" if training is not None else ""),
+                )
             return
         if not requirements.constrains_anything:
             return
