@@ -47,7 +47,7 @@ from typing import Annotated, Any
 
 import typer
 
-from clients.runtime.errors import ClientError
+from clients.runtime.errors import ClientError, ServerRefused
 from secagg.config import ProtocolMode, minimum_threshold
 
 MIN_BANKS = 3
@@ -128,6 +128,15 @@ class Runner:
             raise DemoError(f"`secagg {' '.join(arguments[:2])}` exited with {done.returncode}: see {log}")
         return done.stdout.decode("utf-8")
 
+    def run_all(self, commands: dict[str, tuple[str, ...]]) -> None:
+        """Run independent commands at once (each bank's own step); :class:`DemoError` if one fails."""
+        started = {name: self.start(name, *arguments) for name, arguments in commands.items()}
+        for name, process in started.items():
+            if process.wait(timeout=STEP_TIMEOUT_SECONDS) != 0:
+                raise DemoError(
+                    f"`secagg {' '.join(commands[name][:2])}` exited with {process.returncode}: see {self.logs / name}.log"
+                )
+
     def start(self, name: str, *arguments: str) -> subprocess.Popen[bytes]:
         """Start a long-running command (server, coordinator, bank); its output goes to its log."""
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child until it exits
@@ -158,6 +167,7 @@ def bank_policy(budget_epsilon: float, delta: float, mode: ProtocolMode) -> str:
         f'required_mode = "{mode.value}"\n'
         "[dp]\n"
         "required = true\n"
+        "allow_exact_statistics = true\n"
         "[budget]\n"
         'state_dir = "budget"\n'
         "[budget.example]\n"
@@ -190,6 +200,22 @@ def _stop(process: subprocess.Popen[bytes] | None, *, kill: bool = False) -> Non
         process.wait(timeout=20)
 
 
+def _wait_all(processes: dict[str, subprocess.Popen[bytes]], logs: Path) -> None:
+    """Wait for every process to exit 0; the first one that fails stops the demo (its log named)."""
+    deadline = time.monotonic() + 2 * STEP_TIMEOUT_SECONDS
+    while True:
+        codes = {name: process.poll() for name, process in processes.items()}
+        for name, code in codes.items():
+            if code not in (None, 0):
+                log = logs / ("coordinator.log" if name == "coordinator" else f"train-{name}.log")
+                raise DemoError(f"{name} exited with {code}: see {log}")
+        if all(code == 0 for code in codes.values()):
+            return
+        if time.monotonic() > deadline:
+            raise DemoError(f"{', '.join(name for name, code in codes.items() if code is None)} did not finish: see {logs}")
+        time.sleep(0.2)
+
+
 def _last_json(text: str) -> dict[str, Any]:
     return dict(json.loads(text.strip().splitlines()[-1]))
 
@@ -197,33 +223,47 @@ def _last_json(text: str) -> dict[str, Any]:
 def _crash_and_resume(
     config: DemoConfig, admin: Any, training_id: str, banks: dict[str, subprocess.Popen[bytes]], start_bank: Any, console: Any
 ) -> dict[str, Any] | None:
-    """SIGKILL one bank once the server holds its masked input in the chosen round; restart it after the stage closed."""
+    """SIGKILL one bank as soon as the server holds its masked input in the chosen round; restart it once R2 closed.
+
+    "Holds its masked input": the bank is among R2's responders, or the round is already
+    past R2 (the stage closes only once the bank's input is in or its deadline passed).
+    """
     bank_id = config.restarted_bank
     index = config.bank_ids.index(bank_id)
     deadline = time.monotonic() + STEP_TIMEOUT_SECONDS
+    round_id = None
     while time.monotonic() < deadline:
-        rounds = [r for r in admin.training(training_id)["rounds"] if r["round"] == config.restart_round and r["outcome"] is None]
-        if rounds:
-            round_id = rounds[0]["round_id"]
-            status = admin.round_status(round_id)
-            if status["stage"] == "R2-masked-input-collection" and index in status["responded"]:
-                _stop(banks[bank_id], kill=True)
-                console.print(
-                    f"[yellow]{bank_id} SIGKILLed in round {config.restart_round} right after its masked input[/yellow]"
-                )
-                while True:
-                    status = admin.round_status(round_id)
-                    if status["stage"] != "R2-masked-input-collection":
-                        break
-                    time.sleep(0.05)
-                banks[bank_id] = start_bank(bank_id)
-                console.print(f"[yellow]{bank_id} restarted after {status['stage']} began: it resumes the round[/yellow]")
-                return {"bank": bank_id, "round": config.restart_round, "round_id": round_id, "stage_at_restart": status["stage"]}
-            if status["stage"] not in ("R0-advertise-keys", "R1-share-keys", "R2-masked-input-collection"):
-                return None  # the round went past R2 before the bank's masked input was seen
         if any(process.poll() not in (None, 0) for process in banks.values()):
             return None
-        time.sleep(0.02)
+        if round_id is None:
+            try:
+                listed = admin.training(training_id)["rounds"]
+            except ServerRefused as refused:
+                if refused.problem_type != "training-not-found":
+                    raise
+                listed = []  # the coordinator has not registered it yet
+            running = [r for r in listed if r["round"] == config.restart_round and r["outcome"] is None]
+            round_id = running[0]["round_id"] if running else None
+            time.sleep(0.05)
+            continue
+        status = admin.round_status(round_id)
+        past_r2 = status["stage"] in ("R3-consistency-check", "R4-unmasking", "completed")
+        in_r2 = status["stage"] == "R2-masked-input-collection" and index in status["responded"]
+        if status["outcome"] == "aborted":
+            round_id = None
+            continue
+        if past_r2 or in_r2:
+            _stop(banks[bank_id], kill=True)
+            killed_in = status["stage"]
+            console.print(
+                f"[yellow]{bank_id} SIGKILLed in round {config.restart_round} ({killed_in}), its masked input sent[/yellow]"
+            )
+            while admin.round_status(round_id)["stage"] == "R2-masked-input-collection":
+                time.sleep(0.05)
+            banks[bank_id] = start_bank(bank_id)
+            console.print(f"[yellow]{bank_id} restarted with the same command: it resumes from its state files[/yellow]")
+            return {"bank": bank_id, "round": config.restart_round, "round_id": round_id, "stage_at_kill": killed_in}
+        time.sleep(0.005)
     return None
 
 
@@ -259,12 +299,14 @@ def run_demo(config: DemoConfig, *, console: Any = None) -> dict[str, Any]:
         passphrase = directory / "passphrase"
         passphrase.write_text(secrets.token_urlsafe(24) + "\n")
         passphrase.chmod(0o600)
-        runner.run(
-            f"keygen-{member}", "client", "keygen", "--out", f"{member}/identity.key", "--passphrase-file", f"{member}/passphrase"
-        )
-    for bank in bank_ids:
-        runner.run(f"draft-{bank}", "train", "--data", f"data/{bank}.csv", "--target", "Class", "--positive", "bad",
-                   "--draft-schema", f"{bank}/draft-schema.json")  # fmt: skip
+    runner.run_all(
+        {f"keygen-{member}": ("client", "keygen", "--out", f"{member}/identity.key", "--passphrase-file", f"{member}/passphrase")
+         for member in members}
+    )  # fmt: skip
+    runner.run_all(
+        {f"draft-{bank}": ("train", "--data", f"data/{bank}.csv", "--target", "Class", "--positive", "bad",
+                           "--draft-schema", f"{bank}/draft-schema.json") for bank in bank_ids}
+    )  # fmt: skip
     coordinator_dir = run_dir / "coordinator"
     coordinator_dir.mkdir()
     runner.run("schema-merge", "consortium", "schema", "merge", *[f"{bank}/draft-schema.json" for bank in bank_ids],
@@ -276,10 +318,11 @@ def run_demo(config: DemoConfig, *, console: Any = None) -> dict[str, Any]:
     runner.run("manifest-create", "consortium", "manifest", "create", "--training-id", training_id,
                "--schema", "coordinator/schema.json", "--plan", "coordinator/plan.json", *roster,
                "--auditor", "auditor=auditor/identity.key.pub", "--out", "coordinator/manifest.unsigned.json")  # fmt: skip
-    for member in members:
-        runner.run(f"sign-{member}", "consortium", "manifest", "sign", "coordinator/manifest.unsigned.json",
-                   "--key", f"{member}/identity.key", "--passphrase-file", f"{member}/passphrase",
-                   "--out", f"{member}/manifest.json")  # fmt: skip
+    runner.run_all(
+        {f"sign-{member}": ("consortium", "manifest", "sign", "coordinator/manifest.unsigned.json",
+                            "--key", f"{member}/identity.key", "--passphrase-file", f"{member}/passphrase",
+                            "--out", f"{member}/manifest.json") for member in members}
+    )  # fmt: skip
     runner.run("manifest-combine", "consortium", "manifest", "combine", *[f"{member}/manifest.json" for member in members],
                "--out", "coordinator/manifest.json")  # fmt: skip
     console.print(f"manifest of {training_id} signed by {', '.join(members)}")
@@ -305,7 +348,7 @@ def run_demo(config: DemoConfig, *, console: Any = None) -> dict[str, Any]:
 
         def start_bank(bank: str) -> subprocess.Popen[bytes]:
             return runner.start(f"train-{bank}", "train", "--data", f"data/{bank}.csv", "--work-dir", f"{bank}/work",
-                                "--manifest", f"{bank}/manifest.json", "--server", url, "--key", f"{bank}/identity.key",
+                                "--manifest", "coordinator/manifest.json", "--server", url, "--key", f"{bank}/identity.key",
                                 "--passphrase-file", f"{bank}/passphrase", "--policy", f"{bank}/policy.toml", "--json")  # fmt: skip
 
         for bank in bank_ids:
@@ -313,16 +356,7 @@ def run_demo(config: DemoConfig, *, console: Any = None) -> dict[str, Any]:
         if config.restart:
             with AdminClient(url, token.read_text().strip(), unavailable_timeout=30.0) as admin:
                 resume = _crash_and_resume(config, admin, training_id, processes, start_bank, console)
-        deadline = time.monotonic() + STEP_TIMEOUT_SECONDS * 2
-        for name, process in [("coordinator", coordinator), *processes.items()]:
-            try:
-                code = process.wait(timeout=max(1.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                raise DemoError(f"{name} did not finish: see {runner.logs}") from None
-            if code != 0:
-                raise DemoError(
-                    f"{name} exited with {code}: see {runner.logs / ('coordinator.log' if name == 'coordinator' else f'train-{name}.log')}"
-                )
+        _wait_all({"coordinator": coordinator, **processes}, runner.logs)
         coordinator_summary = _last_json((runner.logs / "coordinator.log").read_text())
         finals = {bank: _last_json((runner.logs / f"train-{bank}.log").read_text()) for bank in bank_ids}
         console.print(f"training done: {coordinator_summary['rounds_completed']} rounds; auditing")
@@ -333,7 +367,7 @@ def run_demo(config: DemoConfig, *, console: Any = None) -> dict[str, Any]:
         for bank_process in processes.values():
             _stop(bank_process)
         _stop(server)
-    audit_arguments = [*[finals[bank]["ledger"] for bank in bank_ids], "--manifest", "auditor/manifest.json", "--server-ledger", "auditor/fetched/server-ledger.jsonl",
+    audit_arguments = [*[finals[bank]["ledger"] for bank in bank_ids], "--manifest", "coordinator/manifest.json", "--server-ledger", "auditor/fetched/server-ledger.jsonl",
                        "--server-public-key", "server/data/server-ledger.key.pub"]  # fmt: skip
     verification = subprocess.run(secagg_command("audit", "verify", *audit_arguments, "--json"), cwd=run_dir,
                                   capture_output=True, env=runner.environment, check=False)  # fmt: skip

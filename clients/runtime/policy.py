@@ -278,7 +278,11 @@ class ClientPolicy:
                 raise PolicyViolation(
                     PolicyViolationReason.DP_POLICY_REQUIRED,
                     "the round declares no DP mechanism"
-                    + (" (a training's statistics round: set dp.allow_exact_statistics to join it)" if training is not None else ""),
+                    + (
+                        " (a training's statistics round: set dp.allow_exact_statistics to join it)"
+                        if training is not None
+                        else ""
+                    ),
                 )
             return
         if not requirements.constrains_anything:
