@@ -92,9 +92,17 @@ def enrol_members(admin: AdminClient, signed: SignedManifest) -> list[str]:
     for member in signed.manifest.members:
         existing = known.get(member.id)
         if existing is None:
-            admin.enroll(member.id, member.public_key, role=member.role.value)
-            enrolled.append(member.id)
-            continue
+            try:
+                admin.enroll(member.id, member.public_key, role=member.role.value)
+                enrolled.append(member.id)
+                continue
+            except ServerRefused as refused:
+                if refused.problem_type != "participant-exists":
+                    raise
+                # Enrolled meanwhile (another coordinator of another training): compare below.
+                existing = next((p for p in admin.participants() if p["id"] == member.id), None)
+                if existing is None:
+                    raise
         if base64.b64decode(existing["public_key"]) != member.public_key or existing["role"] != member.role.value:
             raise ServerRefused(
                 409, "participant-exists", f"{member.id} is enrolled with another key or role than the manifest lists"

@@ -274,6 +274,7 @@ class TrainingRounds:
         self._source = SystemRandom()
         self._unreachable_timeout = unreachable_timeout
         self._unreachable_since: float | None = None
+        self.waiting_for_registration = False
 
     def close(self) -> None:
         self._client.close()
@@ -290,16 +291,18 @@ class TrainingRounds:
             self._unavailable(f"cannot reach {self._base_url}: {type(error).__name__}: {error}")
             return None
         problem = _problem_type(response)
-        if response.status_code == 401 and problem == ProblemType.UNKNOWN_KEY.suffix:
-            self._unavailable("this bank's key is not enrolled on the server yet")
-            return None
-        if response.status_code == 404 and problem == ProblemType.TRAINING_NOT_FOUND.suffix:
-            self._unavailable("the training is not registered on the server yet")
-            return None
         if response.status_code in (429, 502, 503, 504):
             self._unavailable(f"HTTP {response.status_code}")
             return None
         self._unreachable_since = None
+        if (response.status_code == 401 and problem == ProblemType.UNKNOWN_KEY.suffix) or (
+            response.status_code == 404 and problem == ProblemType.TRAINING_NOT_FOUND.suffix
+        ):
+            # Not enrolled, or the training not registered, yet: the coordinator does both;
+            # the bank waits for its round as long as for any other (--round-timeout).
+            self.waiting_for_registration = True
+            return None
+        self.waiting_for_registration = False
         if response.status_code != 200:
             raise ServerRefused(response.status_code, problem, response.text[:200])
         return list(response.json().get("rounds", []))
@@ -641,8 +644,9 @@ def _run_step(bank: _Bank, step: int) -> None:
                 deadline = time.monotonic() + bank.job.round_timeout
                 continue
         if time.monotonic() > deadline:
+            why = " (the server does not know this bank or the training yet)" if bank.rounds.waiting_for_registration else ""
             raise TrainingIncomplete(
-                f"no round of step {step} of training {bank.manifest.training_id} opened within {bank.job.round_timeout:g} s"
+                f"no round of step {step} of training {bank.manifest.training_id} opened within {bank.job.round_timeout:g} s{why}"
             )
         time.sleep(LIST_INTERVAL_SECONDS)
 
