@@ -121,8 +121,7 @@ def bank_job(
     directory = root / name
     directory.mkdir(parents=True, exist_ok=True)
     data = directory / "loans.csv"
-    if not data.exists():
-        data.write_bytes(table.to_csv_bytes())
+    data.write_bytes(table.to_csv_bytes())
     values: dict[str, Any] = {
         "data": data,
         "manifest": manifest_path,

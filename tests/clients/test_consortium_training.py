@@ -190,14 +190,20 @@ def test_a_second_training_on_the_same_customers_from_another_directory_counts_a
     from clients.training.tabular import read_csv
 
     copy.write_bytes(shuffled(read_csv(first.data)).to_csv_bytes())
-    job = bank_job(tmp_path, server, "bank-a", read_csv(copy), manifest, budget=1.5)
-    job = type(job)(**{**job.__dict__, "data": copy, "policy": first.policy, "work_dir": tmp_path / "new-work"})
+    from tests.clients.consortium_support import write_policy
+
+    stricter = write_policy(tmp_path / "policy", budget=1.2, state_dir=first.policy.parent / "budget")
+    job = bank_job(tmp_path, server, "bank-a", read_csv(copy), manifest, budget=1.2)
+    job = type(job)(**{**job.__dict__, "data": copy, "policy": stricter, "work_dir": tmp_path / "new-work", "round_timeout": 2.0})
     run = BankRun("bank-a", job).start().join()
     assert isinstance(run.error, BudgetRefused), repr(run.error)
     assert f"spent so far on these customers: {spent:.4g}" in str(run.error)
     assert verify_ledger(ledger_of(first)).entries[-1].epsilon_cumulative == first_spent  # nothing recorded
-    other = bank_job(tmp_path, server, "bank-a", lending_club().take(np.arange(0, 400)), manifest, budget=1.5)
-    other = type(other)(**{**other.__dict__, "policy": first.policy, "round_timeout": 1.0})
+    from clients.training.datasets import split_regions
+
+    held_out = split_regions(lending_club(), banks=3).test  # rows no bank trained on: other customers
+    other = bank_job(tmp_path, server, "bank-a", held_out.take(np.arange(0, 400)), manifest, budget=1.2)
+    other = type(other)(**{**other.__dict__, "policy": stricter, "round_timeout": 1.0})
     run = BankRun("bank-a", other).start().join()
     assert isinstance(run.error, TrainingIncomplete)  # other customers: another budget, so it went on to wait for rounds
 
