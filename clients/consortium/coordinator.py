@@ -76,7 +76,7 @@ class StepProgress:
             "outcome": self.outcome,
             "survivors": self.survivors,
             "seconds": self.seconds,
-            "aborted_rounds": self.aborts,
+            "aborts": self.aborts,
         }
 
 

@@ -297,7 +297,7 @@ def test_a_stray_round_is_refused_once_and_skipped_and_the_training_completes(se
         assert run.join().error is None, repr(run.error)
     assert coordinator.join().error is None
     assert coordinator.result["aborted_rounds"] == 1 and coordinator.result["rounds_completed"] == 1
-    (aborted,) = coordinator.result["steps"][0]["aborted_rounds"]
+    (aborted,) = coordinator.result["steps"][0]["aborts"]
     assert aborted["round_id"] == stray and aborted["reason"].startswith("too-few-participants")
     for job in jobs.values():
         refused = [event for event in events(job) if event["event"] == "refused"]
