@@ -410,3 +410,29 @@ def test_a_bank_budget_stricter_than_the_plan_refuses_before_anything_is_trained
     assert "over its budget 0.5" in result.output and "nothing was trained or sent" in result.output
     assert not (job.work_dir / "accountant.json").exists() and not (job.work_dir / "updates").exists()
     assert verify_ledger(ledger_of(job)).entries == ()
+
+
+def test_the_auditor_fetches_the_server_ledger_with_signed_requests(
+    two_trainings: dict[str, Any], server: LocalServer, tmp_path: Path
+) -> None:
+    """No hand-written request signing: ``secagg audit fetch`` with the auditor's (passphrase-protected) key."""
+    from secagg.consortium import SignedManifest
+    from secagg_cli import app
+    from tests.clients.consortium_support import write_key_file
+
+    key = write_key_file(tmp_path / "auditor.key", key_of("auditor"), b"a long passphrase")
+    (tmp_path / "pass").write_text("a long passphrase\n")
+    base = ["audit", "fetch", "--server", server.base_url, "--key", str(key), "--passphrase-file", str(tmp_path / "pass")]
+    fetched = CliRunner().invoke(app, [*base, "--participant-id", "auditor", "--training", "t-one", "--out", str(tmp_path / "f")])
+    assert fetched.exit_code == 0, fetched.output
+    ledger = (tmp_path / "f" / "server-ledger.jsonl").read_bytes()
+    assert ledger and (server.data_dir / "server-ledger.jsonl").read_bytes().startswith(ledger)
+    assert (tmp_path / "f" / "server-ledger.jsonl.head").exists()
+    registered = SignedManifest.from_bytes((tmp_path / "f" / "t-one.manifest.json").read_bytes())
+    assert registered.hash == two_trainings["runs"]["t-one"]["signed"].hash
+    unknown = CliRunner().invoke(
+        app, [*base, "--participant-id", "auditor", "--training", "nobody", "--out", str(tmp_path / "g")]
+    )
+    assert unknown.exit_code == 7 and "training-not-found" in unknown.output
+    as_bank = CliRunner().invoke(app, [*base, "--participant-id", "bank-a", "--out", str(tmp_path / "h")])
+    assert as_bank.exit_code == 7 and not (tmp_path / "h").exists()

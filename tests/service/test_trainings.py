@@ -180,3 +180,23 @@ def test_work_and_audit_views_are_scoped_to_one_training(setting) -> None:
     assert records[unbound].training is None
     raw_lines = (server.data_dir / "server-ledger.jsonl").read_text().splitlines()
     assert sum('"training"' in line for line in raw_lines) >= 1 and any('"training"' not in line for line in raw_lines)
+
+
+@pytest.mark.postgres
+def test_trainings_and_their_rounds_on_postgresql_survive_a_restart(server_factory) -> None:
+    """The new tables on PostgreSQL: registration, a bound round, the work filter, after a SIGKILL and restart."""
+    server = server_factory("postgres")
+    api = Api(server)
+    banks = make_parties(3, prefix="pg", seed=51)
+    for party in banks:
+        api.enroll(party)
+    signed = signed_manifest("pg-training", banks, [])
+    assert api.admin("POST", "/v1/admin/trainings", signed.to_dict()).status_code == 201
+    round_id = api.admin("POST", "/v1/admin/rounds", round_body(banks, "pg-training", step=2)).json()["round_id"]
+    server.restart_after_kill()
+    listed = api.admin("GET", "/v1/admin/trainings/pg-training").json()
+    assert listed["manifest_hash"] == signed.hash.hex() and [r["round_id"] for r in listed["rounds"]] == [round_id]
+    items = api.signed(banks[2], "GET", "/v1/work?training=pg-training").json()["items"]
+    assert [(item["round_id"], item["training_round"]) for item in items] == [(round_id, 2)]
+    assert api.signed(banks[0], "GET", "/v1/trainings/pg-training").json()["rounds"][0]["round"] == 2
+    api.close()
