@@ -5,7 +5,7 @@ keys (participant ``i`` is ``identity_keys[i]``, 0-based), the threshold t, the
 mode, the neighbour graph, the vector length and the ring. Its :meth:`digest`
 binds all of them; every R0 signature covers it.
 
-Threshold rules (Bonawitz et al. 2017, section 6; DESIGN.md section 2), enforced by
+Threshold rules (Bonawitz et al. 2017, section 6; docs/DESIGN.md section 2), enforced by
 the server *and* every client:
 
 * honest-but-curious: t >= floor(n/2) + 1 — a coalition of the server and fewer than
@@ -167,7 +167,7 @@ def session_id(config_digest: bytes, advertised: Sequence[tuple[int, bytes, byte
 
     ``advertised`` holds (participant id, encryption public key, masking public key)
     for each member of U1. The id goes into every KDF ``info``, every AEAD's
-    associated data and every R3 signature (DESIGN.md section 2), so nothing from
+    associated data and every R3 signature (docs/DESIGN.md, section 2), so nothing from
     one session can be replayed into another.
     """
     hasher = hashlib.sha256(PROTOCOL_LABEL + b"/session/" + config_digest)

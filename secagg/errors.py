@@ -1,6 +1,6 @@
 """Errors of the protocol core: one base class, reasons as enums.
 
-Two families, following DESIGN.md section 2:
+Two families, following docs/DESIGN.md section 2:
 
 * :class:`ProtocolAbort` – a party refuses to go on. Raised by a session that has
   moved to its terminal *aborted* state; every later input raises

@@ -78,8 +78,8 @@ def shared_tls_context(verify: bool | str) -> ssl.SSLContext:
     Exactly the context httpx would build itself (:func:`httpx.create_ssl_context`:
     certificate and host name verified against certifi's bundle, or the CA file or
     directory given), built once instead of once per transport: loading the CA bundle
-    costs ~20 ms of CPU, which a cohort of clients in one process (``secagg simulate
-    --transport http``) paid per client. A CA file changed on disk is read again only
+    costs CPU that a cohort of clients in one process (``secagg simulate --transport
+    http``) would otherwise pay per client. A CA file changed on disk is read again only
     by a new process.
     """
     return httpx.create_ssl_context(verify=verify)

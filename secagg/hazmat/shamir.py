@@ -7,7 +7,7 @@ distributed whatever the secret (Bonawitz et al. 2017, section 3, "SS.share").
 Participant ``i`` (0-based) holds the evaluation at x = i + 1; x = 0 is the secret.
 
 Lagrange coefficients at zero depend only on *which* x-coordinates answered, so
-they are computed once per responder set and cached (DESIGN.md section 2).
+they are computed once per responder set and cached (docs/DESIGN.md, section 2).
 Reconstruction uses exactly ``threshold`` shares; callers verify the result against
 a public commitment (the advertised X25519 public key, or the self-mask
 commitment), which is how a corrupted share is detected.

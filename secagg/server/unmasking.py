@@ -39,8 +39,8 @@ class UnmaskingPlan:
     Reconstruction and verification happen in :func:`plan_unmasking`, before anything
     touches the running sum, so a corrupted share aborts the round with the sum intact.
     :meth:`mask_batches` then derives the seeds (one X25519 agreement per pair) batch
-    by batch. (Expanding one batch on other threads while deriving the next was measured
-    and gave nothing on two cores, where the expansion already uses both.)
+    by batch. The expansion of a batch already uses every thread it is given, so
+    deriving the next batch meanwhile would only compete with it for the same cores.
     """
 
     session_id: bytes

@@ -1,6 +1,6 @@
 """Round parameters, threshold rules and the session id (secagg/config.py).
 
-Every :class:`ConfigurationError` path is exercised; the thresholds follow DESIGN.md
+Every :class:`ConfigurationError` path is exercised; the thresholds follow docs/DESIGN.md
 section 2 (Bonawitz et al. 2017, section 6): honest-but-curious t >= floor(n/2) + 1,
 active t >= floor(2n/3) + 1. ``digest()`` must change with every parameter and
 ``session_id`` must not depend on the order of its input but on every key in it.
