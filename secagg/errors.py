@@ -59,6 +59,7 @@ class AbortReason(str, Enum):
     CORRUPT_SHARE = "corrupt-share"
     MALFORMED_MESSAGE = "malformed-message"
     ABORTED_BY_SERVER = "aborted-by-server"
+    SURVIVOR_GRAPH_DISCONNECTED = "survivor-graph-disconnected"
 
 
 class ProtocolAbort(SecAggError):

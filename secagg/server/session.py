@@ -360,6 +360,14 @@ class ServerSession:
             return self._enter(ServerStage.MASKED_INPUT_COLLECTION, responders, outbox)
 
         if self._stage is ServerStage.MASKED_INPUT_COLLECTION:
+            pieces = data.graph.components(responders)
+            if len(pieces) > 1:
+                # Every client would refuse this U3 (see secagg.client.context); asking
+                # for shares would only wait for the deadline.
+                raise ProtocolAbort(
+                    AbortReason.SURVIVOR_GRAPH_DISCONNECTED,
+                    f"U3 splits into {len(pieces)} disconnected groups of sizes {sorted(len(piece) for piece in pieces)}",
+                )
             data.survivors = responders
             data.dropped = data.share_keys_survivors - responders
             ordered = tuple(sorted(responders))
