@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -10,7 +11,7 @@ import numpy as np
 from secagg.config import RoundConfig
 from secagg.errors import AbortReason, EncodingError, ProtocolAbort
 from secagg.graph import NeighbourMap
-from secagg.hazmat.keys import SigningKey
+from secagg.hazmat.keys import InvalidPublicKey, SigningKey
 from secagg.hazmat.randomness import RandomSource
 
 
@@ -80,3 +81,19 @@ def require_connected_survivors(graph: NeighbourMap, survivors: frozenset[int]) 
         AbortReason.SURVIVOR_GRAPH_DISCONNECTED,
         f"U3 splits into {len(pieces)} disconnected groups of sizes {sorted(len(piece) for piece in pieces)}",
     )
+
+
+@contextmanager
+def agreement_with(peer: int) -> Iterator[None]:
+    """Turn a refused X25519 agreement with ``peer``'s public key into a named abort.
+
+    ``cryptography`` refuses a small-order point (its agreement is all zeros, RFC 7748,
+    section 6.1). The key list is checked for such keys in R0; this keeps every later
+    agreement from letting a raw error escape the session if one ever gets through.
+    """
+    try:
+        yield
+    except InvalidPublicKey:
+        raise ProtocolAbort(
+            AbortReason.INVALID_PUBLIC_KEY, f"the public key of participant {peer} is malformed or of small order"
+        ) from None

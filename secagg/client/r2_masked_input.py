@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from secagg.client.context import ClientContext, check_id_list, require, require_connected_survivors
+from secagg.client.context import ClientContext, agreement_with, check_id_list, require, require_connected_survivors
 from secagg.client.stages import ClientStage
 from secagg.config import ProtocolMode
 from secagg.errors import AbortReason
@@ -39,9 +39,10 @@ def masked_input(context: ClientContext, state: "AwaitingSurvivors", self_mask_s
     me = context.participant_id
     masks = [SignedSeed(self_mask_prg_seed(state.session_id, me, self_mask_seed), 1)]
     for peer in sorted(state.graph[me] & state.share_keys_survivors):
-        seed = pairwise_prg_seed(
-            state.session_id, state.keys.masking.private_key, state.advertised[peer].masking_public_key, me, peer
-        )
+        with agreement_with(peer):
+            seed = pairwise_prg_seed(
+                state.session_id, state.keys.masking.private_key, state.advertised[peer].masking_public_key, me, peer
+            )
         masks.append(SignedSeed(seed, pairwise_mask_sign(me, peer)))
     ring = context.config.ring
     masked = context.input_vector.copy()

@@ -45,7 +45,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from secagg.config import RoundConfig
 from secagg.errors import AbortReason, ProtocolAbort
 from secagg.graph import NeighbourMap
-from secagg.hazmat.keys import AgreementKeyPair, is_clamped_private_key
+from secagg.hazmat.keys import AgreementKeyPair, InvalidPublicKey, is_clamped_private_key
 from secagg.hazmat.prg import SignedSeed
 from secagg.hazmat.shamir import SECRET_BYTES, InconsistentShares, ShamirError, ShamirScheme, int_to_secret, share_from_bytes
 from secagg.messages import AdvertiseKeys, UnmaskingShares
@@ -112,13 +112,17 @@ class UnmaskingPlan:
             for owner, seed in sorted(self.self_mask_seeds.items())
         ]
         for owner, key_pair in sorted(self.dropped_masking_keys.items()):
-            yield [
-                SignedSeed(
-                    pairwise_prg_seed(self.session_id, key_pair.private_key, self.masking_public_keys[peer], owner, peer),
-                    -pairwise_mask_sign(peer, owner),
-                )
-                for peer in sorted(self.graph[owner] & self.survivors)
-            ]
+            batch = []
+            for peer in sorted(self.graph[owner] & self.survivors):
+                try:
+                    seed = pairwise_prg_seed(self.session_id, key_pair.private_key, self.masking_public_keys[peer], owner, peer)
+                except InvalidPublicKey:
+                    # R0 refuses such keys; this keeps a raw error from escaping the session regardless.
+                    raise ProtocolAbort(
+                        AbortReason.INVALID_PUBLIC_KEY, f"the masking key of participant {peer} is of small order"
+                    ) from None
+                batch.append(SignedSeed(seed, -pairwise_mask_sign(peer, owner)))
+            yield batch
 
 
 def plan_unmasking(
