@@ -12,7 +12,8 @@ they are computed once per responder set and cached (DESIGN.md section 2).
 :meth:`ShamirScheme.reconstruct_verified` checks the result against a caller's test
 (a public commitment: the advertised X25519 public key, or the self-mask
 commitment) and, when the shares with the lowest ids fail it, uses the spare shares
-to find a t-subset that passes and to single out every share off its polynomial.
+to find a t-subset that passes and to single out the wrong shares, under a naming rule
+that colluding holders cannot turn against an honest one.
 """
 
 from __future__ import annotations
