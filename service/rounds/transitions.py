@@ -164,18 +164,32 @@ class StageTransitions:
         )
         return False
 
-    @staticmethod
-    def _record_history(row: RoundRow, server_session: ServerSession, now: float) -> None:
+    def _record_history(self, row: RoundRow, server_session: ServerSession, now: float) -> None:
+        """Append the closed stage to the round's history; after R4, name the holders of wrong shares.
+
+        A share off the polynomial its owner's commitment fixes is a fact about its holder,
+        whether spare shares outvoted it (the round completed) or not (the round aborted
+        with ``inconsistent-shares``). The history names the holders by protocol index, as
+        ``expected`` and ``responded`` do; a warning log names them by participant id.
+        """
         history = json.loads(row.history)
         record = server_session.history[-1]
-        history.append(
-            {
-                "stage": record.stage.value,
-                "expected": sorted(record.expected),
-                "responded": sorted(record.responded),
-                "closed_at": now,
-            }
-        )
+        entry: dict[str, object] = {
+            "stage": record.stage.value,
+            "expected": sorted(record.expected),
+            "responded": sorted(record.responded),
+            "closed_at": now,
+        }
+        if record.stage is ServerStage.UNMASKING:
+            holders = sorted({share.holder for share in server_session.inconsistent_shares} | server_session.abort_participants)
+            if holders:
+                entry["inconsistent_share_holders"] = holders
+                cohort = self.context.parameters(row.id).cohort_ids
+                LOGGER.warning(
+                    "inconsistent_shares",
+                    extra={"round_id": row.id, "participants": [cohort[index] for index in holders]},
+                )
+        history.append(entry)
         row.history = json.dumps(history)
 
     def finish(

@@ -708,10 +708,7 @@ def test_a_real_round_follows_the_spec_from_r0_to_the_sum(transcript: Transcript
 
     # Round private keys, found among each client's random draws by their public keys.
     c_sk = {u: next(d for d in transcript.draws[u] if len(d) == 32 and spec_x25519_public(d) == c_pk[u]) for u in u1}
-    s_sk = {
-        u: spec_clamp(next(d for d in transcript.draws[u] if len(d) == 32 and spec_x25519_public(d) == s_pk[u]))
-        for u in u1
-    }
+    s_sk = {u: spec_clamp(next(d for d in transcript.draws[u] if len(d) == 32 and spec_x25519_public(d) == s_pk[u])) for u in u1}
 
     # Section 13: ShareKeys goes to exactly the spec's neighbours in U1.
     graph = spec_neighbours(config, u1, session)
