@@ -220,7 +220,13 @@ CASES: list[tuple[str, str, Callable[[Catalogue], httpx.Response], int, str]] = 
         401,
         "stale-timestamp",
     ),
-    ("unknown participant", "R2", lambda c: _raw(c, c.stranger, "POST", c.path("R2"), _pending(c, "R2", 1)), 401, "unknown-key"),
+    (
+        "unknown participant",
+        "R2",
+        lambda c: _raw(c, c.stranger, "POST", c.path("R2"), _pending(c, "R2", 1)),
+        401,
+        "bad-request-signature",
+    ),
     ("revoked key", "R2", lambda c: _raw(c, c.revoked, "GET", "/v1/work"), 401, "revoked-key"),
     (
         "signed by another key",
