@@ -111,8 +111,9 @@ class LocalServer:
                 self.root = self._directory
                 self.root.mkdir(parents=True, exist_ok=True)
             write_private_file(self.root / "admin-token", self.admin_token.encode("ascii"), overwrite=True)
-        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.data_dir.chmod(0o700)
+        if not self.data_dir.exists():
+            self.data_dir.mkdir(mode=0o700)
+            self.data_dir.chmod(0o700)  # private whatever the umask: the server refuses a shared one
         command = [
             sys.executable, "-m", "service",
             "--host", "127.0.0.1", "--port", str(self.port),
