@@ -66,6 +66,7 @@ class LocalServer:
         scheme: str = "http",
         verify: ssl.SSLContext | bool = True,
         extra_env: dict[str, str] | None = None,
+        operator_listener: bool = True,
     ) -> None:
         self._directory = directory
         self.database_url = database_url
@@ -79,7 +80,7 @@ class LocalServer:
         self._temporary: tempfile.TemporaryDirectory[str] | None = None
         self.process: subprocess.Popen[bytes] | None = None
         self.port = free_loopback_port()
-        self.operator_port = free_loopback_port()
+        self.operator_port: int | None = free_loopback_port() if operator_listener else None
         self.admin_token = secrets.token_urlsafe(32)
         self.root: Path | None = None
         self.log_path: Path | None = None
@@ -91,6 +92,7 @@ class LocalServer:
     @property
     def operator_url(self) -> str:
         """The operator listener: ``/docs``, ``/openapi.json``, ``/metrics`` (and health)."""
+        assert self.operator_port is not None, "this server has no operator listener"
         return f"{self.scheme}://127.0.0.1:{self.operator_port}"
 
     @property
@@ -117,11 +119,12 @@ class LocalServer:
         command = [
             sys.executable, "-m", "service",
             "--host", "127.0.0.1", "--port", str(self.port),
-            "--operator-port", str(self.operator_port),
             "--data-dir", str(self.data_dir),
             "--admin-token-file", str(self.root / "admin-token"),
             "--workers", str(self.workers),
         ]  # fmt: skip
+        if self.operator_port is not None:
+            command += ["--operator-port", str(self.operator_port)]
         if self.database_url:
             command += ["--database-url", self.database_url]
         if self.dev:
