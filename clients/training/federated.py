@@ -85,6 +85,7 @@ DEFAULT_SERVER_TIMEOUT = 30.0
 """Seconds of consecutive connection failures before a bank gives up on the server."""
 POLL = PollSchedule(initial_interval=0.2, multiplier=1.3, max_interval=1.0, timeout=1800.0)
 """Polls for the next stage: start at 0.2 s, never wait more than 1 s (a consortium of a handful of banks)."""
+_NOT_ENROLLED_YET = frozenset({ProblemType.UNKNOWN_KEY.suffix, ProblemType.BAD_REQUEST_SIGNATURE.suffix})
 
 
 def _problem_type(response: httpx.Response) -> str:
@@ -122,9 +123,10 @@ class WorkPoller:
             response = self._client.get(self._base_url + "/v1/work", headers=headers)
         except httpx.TransportError as error:
             return self._unavailable(f"cannot reach {self._base_url}: {type(error).__name__}: {error}")
-        if response.status_code == 401 and _problem_type(response) == ProblemType.UNKNOWN_KEY.suffix:
+        if response.status_code == 401 and _problem_type(response) in _NOT_ENROLLED_YET:
             # Not enrolled yet (the administrator enrols the public key after the bank made it): wait, within the same window.
-            return self._unavailable("this bank's key is not enrolled on the server")
+            # The server answers an unknown id like a wrong signature, so that strangers cannot probe for ids.
+            return self._unavailable("this bank's key is not enrolled on the server (or under another key)")
         self._unreachable_since = None
         if response.status_code != 200:
             raise FederatedError(f"GET /v1/work: HTTP {response.status_code}: {response.text[:200]}")

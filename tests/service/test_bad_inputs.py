@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
-from secagg.http_contract import sign_request
+from secagg.http_contract import BODY_SHA256_HEADER, body_digest, sign_request
 from secagg.messages import (
     AdvertiseKeys,
     KeyList,
@@ -108,6 +108,10 @@ def _raw(cat: Catalogue, party: Party, method: str, path: str, body: bytes = b""
     headers.update(overrides.pop("headers", {}))
     assert not overrides, overrides
     return cat.api.http.request(method, path, content=body or None, headers=headers)
+
+
+def _admin(cat: Catalogue) -> dict[str, str]:
+    return {"Authorization": f"Bearer {cat.api.server.admin_token}"}
 
 
 def _pending(cat: Catalogue, stage: str, index: int) -> bytes:
@@ -220,7 +224,13 @@ CASES: list[tuple[str, str, Callable[[Catalogue], httpx.Response], int, str]] = 
         401,
         "stale-timestamp",
     ),
-    ("unknown participant", "R2", lambda c: _raw(c, c.stranger, "POST", c.path("R2"), _pending(c, "R2", 1)), 401, "unknown-key"),
+    (
+        "unknown participant",
+        "R2",
+        lambda c: _raw(c, c.stranger, "POST", c.path("R2"), _pending(c, "R2", 1)),
+        401,
+        "bad-request-signature",
+    ),
     ("revoked key", "R2", lambda c: _raw(c, c.revoked, "GET", "/v1/work"), 401, "revoked-key"),
     (
         "signed by another key",
@@ -233,8 +243,29 @@ CASES: list[tuple[str, str, Callable[[Catalogue], httpx.Response], int, str]] = 
         "body altered after signing",
         "R2",
         lambda c: _post(c, "R2", 1, _pending(c, "R2", 1), signed_body=_pending(c, "R2", 2)),
+        400,
+        "body-digest-mismatch",
+    ),
+    (
+        "declared body digest altered after signing",
+        "R2",
+        lambda c: _post(c, "R2", 1, _pending(c, "R2", 1), headers={BODY_SHA256_HEADER: body_digest(_pending(c, "R2", 2))}),
         401,
         "bad-request-signature",
+    ),
+    (
+        "upload without its declared body digest",
+        "R2",
+        lambda c: _post(c, "R2", 1, _pending(c, "R2", 1), drop=(BODY_SHA256_HEADER,)),
+        401,
+        "missing-credentials",
+    ),
+    (
+        "malformed declared body digest",
+        "R2",
+        lambda c: _post(c, "R2", 1, _pending(c, "R2", 1), headers={BODY_SHA256_HEADER: "AB" * 32}),
+        401,
+        "malformed-credentials",
     ),
     (
         "signature for another path",
@@ -461,6 +492,22 @@ CASES: list[tuple[str, str, Callable[[Catalogue], httpx.Response], int, str]] = 
         lambda c: c.api.http.post(
             "/v1/admin/rounds", content=b"{" + b" " * (5 << 20) + b"}", headers={"Content-Type": "application/json"}
         ),
+        401,
+        "admin-unauthorized",
+    ),
+    (
+        "unauthenticated malformed admin JSON",
+        "R2",
+        lambda c: c.api.http.post("/v1/admin/rounds", content=b"{not json", headers={"Content-Type": "application/json"}),
+        401,
+        "admin-unauthorized",
+    ),
+    (
+        "admin body above the JSON limit",
+        "R2",
+        lambda c: c.api.http.post(
+            "/v1/admin/rounds", content=b"{" + b" " * (5 << 20) + b"}", headers={"Content-Type": "application/json", **_admin(c)}
+        ),
         413,
         "payload-too-large",
     ),
@@ -468,10 +515,21 @@ CASES: list[tuple[str, str, Callable[[Catalogue], httpx.Response], int, str]] = 
         "chunked admin body above the JSON limit",
         "R2",
         lambda c: c.api.http.post(
-            "/v1/admin/rounds", content=iter([b"{", b" " * (5 << 20), b"}"]), headers={"Content-Type": "application/json"}
+            "/v1/admin/rounds",
+            content=iter([b"{", b" " * (5 << 20), b"}"]),
+            headers={"Content-Type": "application/json", **_admin(c)},
         ),
         413,
         "payload-too-large",
+    ),
+    (
+        "malformed admin JSON with the token",
+        "R2",
+        lambda c: c.api.http.post(
+            "/v1/admin/rounds", content=b"{not json", headers={"Content-Type": "application/json", **_admin(c)}
+        ),
+        422,
+        "validation-error",
     ),
     ("admin call without a token", "R2", lambda c: c.api.http.get("/v1/admin/participants"), 401, "admin-unauthorized"),
     (
