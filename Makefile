@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test check bench demo clean
+.PHONY: install install-server lock test check bench demo clean
 
 install: $(STAMP)
 
@@ -17,6 +17,19 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -c constraints.txt -e '.[all,dev]'
 	touch $(STAMP)
+
+# A server deployment from the hashed lock file: every package pinned and checked against its
+# SHA-256 (pip --require-hashes), then the project itself without dependencies. No torch.
+SERVER_VENV := .venv-server
+install-server:
+	test -x $(SERVER_VENV)/bin/python || $(PYTHON) -m venv $(SERVER_VENV)
+	$(SERVER_VENV)/bin/python -m pip install --quiet --require-hashes --no-deps -r requirements/server.lock
+	$(SERVER_VENV)/bin/python -m pip install --quiet --no-deps .
+
+# Regenerate requirements/server.lock after changing the [server] or [postgres] extras (needs `make install`).
+lock: install
+	$(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
+		--no-emit-find-links --extra server --extra postgres --output-file requirements/server.lock pyproject.toml
 
 # The gates run before the suite: a lint, format, type or layer violation fails `make test`.
 check: install

@@ -14,6 +14,7 @@ SUITES = {
     "core": "bench.core",
     "dp": "bench.dp",
     "http": "bench.http",
+    "hardening": "bench.hardening",
 }
 
 

@@ -1,4 +1,4 @@
-"""Benchmark of the protocol core (issue 2): ``python -m bench core [--quick]``.
+"""Benchmark of the protocol core: ``python -m bench core [--quick]``.
 
 For each (N, D) x dropout x graph it runs the in-process simulation (dropouts in R2,
 active mode, b = 32), records every message the server receives, and then replays the

@@ -1,4 +1,4 @@
-"""Benchmark of the HTTP path (issue 4): ``python -m bench http [--quick]``.
+"""Benchmark of the HTTP path: ``python -m bench http [--quick]``.
 
 1. **Round overhead.** N = 100, D = 1e5, active mode, full graph, no dropout: one
    whole round over HTTP on loopback (``secagg simulate --transport http``: a real

@@ -5,7 +5,7 @@ keys (participant ``i`` is ``identity_keys[i]``, 0-based), the threshold t, the
 mode, the neighbour graph, the vector length and the ring. Its :meth:`digest`
 binds all of them; every R0 signature covers it.
 
-Threshold rules (Bonawitz et al. 2017, section 6; DESIGN.md section 2), enforced by
+Threshold rules (Bonawitz et al. 2017, section 6; docs/DESIGN.md section 2), enforced by
 the server *and* every client:
 
 * honest-but-curious: t >= floor(n/2) + 1 — a coalition of the server and fewer than
@@ -13,9 +13,12 @@ the server *and* every client:
 * active: t >= floor(2n/3) + 1 — additionally a lying server cannot split the honest
   clients into two groups that each reach t (Bonawitz et al. 2017, Theorem 6.3).
 
-For a SecAgg+ Harary graph of degree k (Bell et al. 2020, section 3), the same rule
-applies within each neighbourhood of k + 1 clients (a client and its k neighbours);
-that neighbourhood threshold bounds reconstruction of each client's secrets.
+For a SecAgg+ Harary graph of degree k (Bell et al. 2020, section 3), each client's
+secrets are shared within its neighbourhood of k + 1 clients (itself and its k
+neighbours) with the neighbourhood threshold t_s of :func:`neighbourhood_threshold`:
+the mode's rule over k + 1, and never below k/2 + 2, so that no dropout pattern the
+checks permit can split the survivors' graph (a split would let the server unmask
+the sum over each piece separately).
 """
 
 from __future__ import annotations
@@ -62,6 +65,36 @@ def minimum_threshold(mode: ProtocolMode, group_size: int) -> int:
     if mode is ProtocolMode.ACTIVE:
         return (2 * group_size) // 3 + 1
     return group_size // 2 + 1
+
+
+def neighbourhood_threshold(mode: ProtocolMode, degree: int) -> int:
+    """t_s of a Harary graph of degree k: the Shamir threshold of each client's secrets, and
+    how many members of its neighbourhood (itself included) must survive for it to unmask.
+
+    The larger of two rules:
+
+    * the mode's rule over the k + 1 members of a neighbourhood (Bell et al. 2020, section 3):
+      the server and fewer than t_s members of one neighbourhood cannot reconstruct both
+      secrets of a client;
+    * k/2 + 2: a client goes on only while at most k/2 - 1 of its k neighbours are missing.
+
+    Why the second rule. With pairwise masks the server can unmask the sum over any union of
+    connected components of the graph induced by the survivors U3. Cutting H(k, m), m >= k + 2,
+    takes two runs of at least k/2 consecutive non-survivors on the cycle (an edge spans up to
+    k/2 positions, so a shorter run is bridged), and each piece is bordered by a survivor that
+    misses the k/2 neighbours on that side. Under this rule that survivor refuses to unmask,
+    and the other holders of its self-mask seed number at most k/2 < t_s, so the server cannot
+    remove its self-mask and no piece can be unmasked: no dropout pattern that the checks permit
+    leaks a partial sum. The mode's rule alone gives k/2 + 1 in honest-but-curious mode, which
+    lets a survivor miss k/2 neighbours and so lets two runs of k/2 dropouts cut the ring with
+    every check passing; in active mode the mode's rule already exceeds k/2 + 1. Bell et al.
+    2020 (section 3) bound what the server learns by the sums over large pieces of the honest
+    survivors' graph; this protocol releases no share for a split graph at all (every client
+    also checks that U3 induces a connected graph before it unmasks).
+    """
+    if degree < 2 or degree % 2:
+        raise ConfigurationError("harary degree must be even and at least 2")
+    return max(minimum_threshold(mode, degree + 1), degree // 2 + 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,14 +186,16 @@ class RoundConfig:
 
     @property
     def share_threshold(self) -> int:
-        """Shares needed to reconstruct one client's secret.
+        """Shares needed to reconstruct one client's secret (t_s).
 
-        The full graph uses t itself (Bonawitz et al. 2017). A Harary neighbourhood
-        uses the mode's rule over its k + 1 members (Bell et al. 2020, section 3).
+        The full graph uses t itself (Bonawitz et al. 2017). A Harary neighbourhood uses
+        :func:`neighbourhood_threshold` (Bell et al. 2020, section 3), which also keeps the
+        survivors' graph connected under every dropout pattern the checks permit.
         """
         if self.graph is GraphKind.FULL:
             return self.threshold
-        return minimum_threshold(self.mode, self.neighbourhood_size)
+        assert self.degree is not None
+        return neighbourhood_threshold(self.mode, self.degree)
 
     def digest(self) -> bytes:
         """SHA-256 of a canonical encoding of every parameter; signed in R0.
@@ -196,7 +231,7 @@ def session_id(config_digest: bytes, advertised: Sequence[tuple[int, bytes, byte
 
     ``advertised`` holds (participant id, encryption public key, masking public key)
     for each member of U1. The id goes into every KDF ``info``, every AEAD's
-    associated data and every R3 signature (DESIGN.md section 2), so nothing from
+    associated data and every R3 signature (docs/DESIGN.md, section 2), so nothing from
     one session can be replayed into another.
     """
     hasher = hashlib.sha256(PROTOCOL_LABEL + b"/session/" + config_digest)

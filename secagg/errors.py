@@ -1,6 +1,6 @@
 """Errors of the protocol core: one base class, reasons as enums.
 
-Two families, following DESIGN.md section 2:
+Two families, following docs/DESIGN.md section 2:
 
 * :class:`ProtocolAbort` – a party refuses to go on. Raised by a session that has
   moved to its terminal *aborted* state; every later input raises
@@ -56,19 +56,28 @@ class AbortReason(str, Enum):
     OWN_KEYS_ALTERED = "own-keys-altered"
     DUPLICATE_PUBLIC_KEY = "duplicate-public-key"
     MISSING_SHARES = "missing-shares"
+    # Named the owner of a secret that failed its check; INCONSISTENT_SHARES, which names
+    # the holders, replaced it. Kept so that reasons recorded earlier still parse.
     CORRUPT_SHARE = "corrupt-share"
+    INCONSISTENT_SHARES = "inconsistent-shares"
     MALFORMED_MESSAGE = "malformed-message"
     ABORTED_BY_SERVER = "aborted-by-server"
+    SURVIVOR_GRAPH_DISCONNECTED = "survivor-graph-disconnected"
 
 
 class ProtocolAbort(SecAggError):
-    """A session refused to continue; it is now in its terminal aborted state."""
+    """A session refused to continue; it is now in its terminal aborted state.
+
+    ``participants`` are the participant ids the abort implicates, for callers that name
+    them (e.g. the holders whose revealed shares are inconsistent); empty when it names none.
+    """
 
     reason: AbortReason
 
-    def __init__(self, reason: AbortReason, detail: str) -> None:
+    def __init__(self, reason: AbortReason, detail: str, *, participants: frozenset[int] = frozenset()) -> None:
         self.reason = reason
         self.detail = detail
+        self.participants = frozenset(participants)
         super().__init__(f"{reason.value}: {detail}")
 
 

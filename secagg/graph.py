@@ -10,6 +10,12 @@ still influences the session id through its choice of U1; see threat_model.md.
 
 Neighbourhoods here exclude the client itself; the protocol adds it where a
 client's own share is needed.
+
+What the server can unmask is decided by the graph induced by the survivors U3:
+pairwise masks join only neighbours, so the sum over any union of its connected
+components is unmaskable once the self-masks of U3 and the keys of the dropped are
+reconstructed. :meth:`NeighbourMap.components` computes those components; every
+client and the server refuse to unmask when there is more than one.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 
-from secagg.config import GraphKind, ProtocolMode, RoundConfig, minimum_threshold
+from secagg.config import GraphKind, ProtocolMode, RoundConfig, neighbourhood_threshold
 from secagg.hazmat import prg
 from secagg.hazmat.kdf import KeyPurpose, derive_key
 
@@ -62,6 +68,39 @@ class NeighbourMap(Mapping[int, frozenset[int]]):
             return False
         return self._adjacency is None or second in self._adjacency[first]
 
+    def components(self, among: Iterable[int]) -> list[frozenset[int]]:
+        """The connected components of the subgraph induced by ``among``, ordered by smallest member.
+
+        Breadth-first search over the induced edges: O(|among| * k) for a Harary graph, O(1)
+        work per member for the complete graph (any non-empty subset is one component).
+        Raises KeyError for an id that is not a member.
+        """
+        remaining = set(among)
+        unknown = remaining - self._members
+        if unknown:
+            raise KeyError(min(unknown))
+        if not remaining:
+            return []
+        if self._adjacency is None:
+            return [frozenset(remaining)]
+        pieces: list[frozenset[int]] = []
+        for root in sorted(remaining):
+            if root not in remaining:
+                continue
+            remaining.discard(root)
+            piece, frontier = [root], [root]
+            while frontier:
+                reached = self._adjacency[frontier.pop()] & remaining
+                remaining -= reached
+                piece.extend(reached)
+                frontier.extend(reached)
+            pieces.append(frozenset(piece))
+        return pieces
+
+    def is_connected(self, among: Iterable[int]) -> bool:
+        """True iff the subgraph induced by ``among`` has at most one connected component."""
+        return len(self.components(among)) <= 1
+
 
 def neighbours(config: RoundConfig, members: Iterable[int], session_id: bytes) -> NeighbourMap:
     """Each member's neighbours among ``members`` (U1), excluding itself."""
@@ -102,15 +141,18 @@ def recommended_harary_degree(
 ) -> int | None:
     """The smallest even Harary degree k that tolerates the given dropout and corruption.
 
-    With independent dropouts at ``dropout_rate``, the union bound over the
-    ``participants`` owners keeps below ``failure_probability`` the chance that any
-    owner keeps fewer than t_s live holders of its shares among its k neighbours
-    (P[Binomial(k, rate) >= k + 1 - t_s]: a dropped owner's own share is lost with it,
-    and a surviving owner, which also holds its own share, is covered a fortiori); with
-    a ``corrupt_fraction`` of clients colluding with the server, it keeps the chance
-    that any neighbourhood holds t_s corrupt members below the same bound (Bell et al.
-    2020, section 3, which analyses random graphs of this kind). The degree is never
-    below 2 * ceil(log2 n), the order Bell et al. prove necessary for the graph to stay
+    t_s is :func:`~secagg.config.neighbourhood_threshold` (never below k/2 + 2, which keeps
+    the survivors' graph connected under every dropout pattern the checks permit). With
+    independent dropouts at ``dropout_rate``, the union bound over the ``participants``
+    owners keeps below ``failure_probability`` the chance that any owner keeps fewer than
+    t_s live holders of its shares among its k neighbours (P[Binomial(k, rate) >= k + 1 - t_s]:
+    a dropped owner's own share is lost with it, and a surviving owner, which also holds its
+    own share, is covered a fortiori); the same event covers every survivor's neighbourhood
+    check, so it also bounds the chance that dropouts abort the round by splitting the
+    survivors' graph. With a ``corrupt_fraction`` of clients colluding with the server, it
+    keeps the chance that any neighbourhood holds t_s corrupt members below the same bound
+    (Bell et al. 2020, section 3, which analyses random graphs of this kind). The degree is
+    never below 2 * ceil(log2 n), the order Bell et al. prove necessary for the graph to stay
     connected. Returns ``None`` when no degree below n - 1 qualifies: use the full graph.
     """
     if not 0.0 <= dropout_rate < 1.0 or not 0.0 <= corrupt_fraction < 1.0:
@@ -118,7 +160,7 @@ def recommended_harary_degree(
     floor = 2 * math.ceil(math.log2(max(participants, 2)))
     for degree in range(floor, participants - 1, 2):
         size = degree + 1
-        share_threshold = minimum_threshold(mode, size)
+        share_threshold = neighbourhood_threshold(mode, degree)
         too_many_dropped = _binomial_upper_tail(degree, dropout_rate, size - share_threshold)
         too_many_corrupt = _binomial_upper_tail(size, corrupt_fraction, share_threshold)
         if participants * max(too_many_dropped, too_many_corrupt) <= failure_probability:

@@ -7,7 +7,7 @@ It is pure: no FastAPI, no HTTP library, no clock, no randomness (the caller pas
 
 Three parts:
 
-1. **Signed participant requests.** Every participant request carries four headers
+1. **Signed participant requests.** Every participant request carries five headers
    (``docs/API.md``, section "Participant authentication"):
 
    =========================  ===============================================================
@@ -16,6 +16,8 @@ Three parts:
    ``X-Secagg-Nonce``         128 random bits, 32 lowercase hex digits, never reused
    ``X-Secagg-Signature``     standard base64 of the Ed25519 signature (RFC 8032) over the
                               canonical request below
+   ``X-Secagg-Body-Sha256``   the canonical request's last line, declared up front: required
+                              on requests with a body, optional (and then of b"") on others
    =========================  ===============================================================
 
    The canonical request is the UTF-8 encoding of seven lines joined by ``"\\n"``::
@@ -35,14 +37,22 @@ Three parts:
    timestamp bounds its lifetime to the server's clock-skew window and the nonce, which
    the server remembers for that window, makes each signature single-use.
 
+   Declaring the body's digest in a header lets the server verify the signature from
+   the headers alone, before it reads a byte of the body: an unauthenticated caller can
+   make it read nothing. The server then streams the body, hashing as it reads, and
+   refuses it without storing anything if the bytes do not match the declared digest
+   (``body-digest-mismatch``). The signed bytes are the same seven lines as before the
+   header existed; the header only announces the last one.
+
 2. **Problem types** (RFC 9457): one stable ``type`` URI per cause, with its HTTP
    status (:class:`ProblemType`). The core's :class:`~secagg.errors.RejectReason`
    values map one-to-one onto problem types with the same suffix, so a client branches
    on the same strings whether a refusal came from the HTTP layer or from the protocol.
 
 3. **Body limits**, derived from the message codec (:mod:`secagg.messages`): the largest
-   client message a round admits (:func:`max_client_message_bytes`) and the cap on every
-   other request body.
+   client message a round admits (:func:`max_client_message_bytes`), the largest server
+   message a client accepts (:func:`max_server_message_bytes`), the largest result
+   (:func:`result_bytes`) and the cap on every other body, either way.
 """
 
 from __future__ import annotations
@@ -56,15 +66,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 
+from secagg.encoding import Ring
 from secagg.errors import RejectReason
 from secagg.hazmat.keys import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, SigningKey, verify_signature
 from secagg.hazmat.shamir import SHARE_BYTES
 from secagg.messages import (
     AdvertiseKeys,
     ConsistencyCheck,
+    ConsistencyCheckRequest,
     EncryptedShares,
+    KeyList,
+    MaskedInputRequest,
     RevealedShare,
     ShareKeys,
+    SignedSurvivors,
+    UnmaskingRequest,
     UnmaskingShares,
     encode,
     masked_input_size,
@@ -78,7 +94,12 @@ KEY_ID_HEADER = "X-Secagg-Key-Id"
 TIMESTAMP_HEADER = "X-Secagg-Timestamp"
 NONCE_HEADER = "X-Secagg-Nonce"
 SIGNATURE_HEADER = "X-Secagg-Signature"
+BODY_SHA256_HEADER = "X-Secagg-Body-Sha256"
 SIGNED_HEADERS = (KEY_ID_HEADER, TIMESTAMP_HEADER, NONCE_HEADER, SIGNATURE_HEADER)
+"""The headers every signed request carries; :data:`BODY_SHA256_HEADER` is added by
+:func:`sign_request` too, and required by the server on requests with a body."""
+
+EMPTY_BODY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 NONCE_BYTES = 16
 """128-bit nonces: a collision among 2^32 requests of one key has probability < 2^-64."""
@@ -92,6 +113,7 @@ KEY_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _NONCE_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 _TIMESTAMP_PATTERN = re.compile(r"^[0-9]{1,12}$")
 _METHOD_PATTERN = re.compile(r"^[A-Z]{1,16}$")
+_DIGEST_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 
 
 class AuthFailure(str, Enum):
@@ -140,7 +162,7 @@ def canonical_request(method: str, path_with_query: str, *, key_id: str, timesta
         raise ValueError("the nonce must be 32 lowercase hex digits (128 bits)")
     if not 0 <= timestamp < 10**12:
         raise ValueError("the timestamp must be non-negative Unix seconds")
-    if not re.fullmatch(r"[0-9a-f]{64}", body_sha256):
+    if not _DIGEST_PATTERN.fullmatch(body_sha256):
         raise ValueError("the body digest must be 64 lowercase hex digits")
     lines = (REQUEST_SIGNATURE_LABEL, method, path_with_query, key_id, str(timestamp), nonce, body_sha256)
     return "\n".join(lines).encode("utf-8")
@@ -156,20 +178,36 @@ def sign_request(
     now: int,
     nonce: str,
 ) -> dict[str, str]:
-    """The four signing headers for one request.
+    """The five signing headers for one request (the four signed ones and the body's digest).
 
     ``now`` is the current Unix time in seconds; ``nonce`` is 32 lowercase hex digits
     drawn fresh from a CSPRNG for every request (never reuse one, even on retry).
     """
-    message = canonical_request(
-        method, path_with_query, key_id=key_id, timestamp=int(now), nonce=nonce, body_sha256=body_digest(body)
-    )
+    digest = body_digest(body)
+    message = canonical_request(method, path_with_query, key_id=key_id, timestamp=int(now), nonce=nonce, body_sha256=digest)
     return {
         KEY_ID_HEADER: key_id,
         TIMESTAMP_HEADER: str(int(now)),
         NONCE_HEADER: nonce,
         SIGNATURE_HEADER: base64.b64encode(signing_key.sign(message)).decode("ascii"),
+        BODY_SHA256_HEADER: digest,
     }
+
+
+def declared_body_digest(headers: Mapping[str, str], *, required: bool) -> str:
+    """The body digest a request declares in :data:`BODY_SHA256_HEADER` (lowercase hex).
+
+    ``required`` for requests with a body, whose signature the server checks before
+    reading it; without a body an absent header means the digest of b"".
+    """
+    value = headers.get(BODY_SHA256_HEADER)
+    if value is None or value == "":
+        if required:
+            raise RequestAuthError(AuthFailure.MISSING_CREDENTIALS, f"missing header(s): {BODY_SHA256_HEADER}")
+        return EMPTY_BODY_SHA256
+    if not _DIGEST_PATTERN.fullmatch(value):
+        raise RequestAuthError(AuthFailure.MALFORMED_CREDENTIALS, f"{BODY_SHA256_HEADER} is not 64 lowercase hex digits")
+    return value
 
 
 def parse_credentials(headers: Mapping[str, str]) -> RequestCredentials:
@@ -253,6 +291,8 @@ class ProblemType(Enum):
     MALFORMED_CREDENTIALS = ("malformed-credentials", 401, "Malformed request credentials")
     STALE_TIMESTAMP = ("stale-timestamp", 401, "Request timestamp outside the clock-skew window")
     UNKNOWN_KEY = ("unknown-key", 401, "Unknown participant key")
+    """Kept for old clients that branch on it; the server answers an unknown key id
+    with ``bad-request-signature``, like a wrong signature of an enrolled one."""
     REVOKED_KEY = ("revoked-key", 401, "Participant key revoked")
     BAD_REQUEST_SIGNATURE = ("bad-request-signature", 401, "Request signature does not verify")
     REPLAYED_NONCE = ("replayed-nonce", 401, "Request nonce already used")
@@ -271,6 +311,10 @@ class ProblemType(Enum):
     ROUND_FINISHED = ("round-finished", 409, "The round is already over")
     ROUND_ABORTED = ("round-aborted", 410, "The round aborted")
     INCOMPLETE_BODY = ("incomplete-body", 400, "Request body ended early")
+    BODY_DIGEST_MISMATCH = ("body-digest-mismatch", 400, "Request body does not match its declared SHA-256")
+    BODY_TIMEOUT = ("body-timeout", 408, "Request body not received within the deadline")
+    TOO_MANY_REQUESTS = ("too-many-requests", 429, "Too many concurrent requests of this kind")
+    OPEN_ROUND_LIMIT = ("open-round-limit", 409, "Too many rounds running")
     PAYLOAD_TOO_LARGE = ("payload-too-large", 413, "Request body too large")
     UNSUPPORTED_MEDIA_TYPE = ("unsupported-media-type", 415, "Unsupported media type")
     VALIDATION_ERROR = ("validation-error", 422, "Request does not match its schema")
@@ -337,7 +381,11 @@ def problem_suffix(problem_type_uri: str) -> str | None:
 # --------------------------------------------------------------------------- body limits
 
 MAX_OTHER_BODY_BYTES = 4 * 1024 * 1024
-"""Every request body other than a protocol message upload (JSON bodies): at most 4 MiB."""
+"""Every request body other than a protocol message upload (JSON bodies): at most 4 MiB.
+A client applies the same cap to every JSON answer (round descriptions, work lists)."""
+
+MAX_PROBLEM_BODY_BYTES = 64 * 1024
+"""The largest ``application/problem+json`` body a client reads; a longer one is cut off."""
 
 MAX_LONG_POLL_SECONDS = 30.0
 """The longest the server holds a ``messages/me?wait=S`` or ``result?wait=S`` request."""
@@ -364,13 +412,7 @@ def max_client_message_bytes(participants: int, dim: int, bits: int) -> int:
     (a share of s_sk or of b, never both for one owner); MaskedInput is exact.
     """
     digest = bytes(32)
-    advertise = AdvertiseKeys(
-        config_digest=digest,
-        sender=0,
-        encryption_public_key=bytes(PUBLIC_KEY_BYTES),
-        masking_public_key=bytes(PUBLIC_KEY_BYTES),
-        signature=bytes(SIGNATURE_BYTES),
-    )
+    advertise = _advertisement()
     consistency = ConsistencyCheck(session_id=digest, sender=0, signature=bytes(SIGNATURE_BYTES))
     share_keys = _linear_size(
         lambda count: ShareKeys(
@@ -393,3 +435,55 @@ def max_client_message_bytes(participants: int, dim: int, bits: int) -> int:
         participants,
     )
     return max(len(encode(advertise)), len(encode(consistency)), share_keys, unmasking, masked_input_size(dim, bits))
+
+
+def _advertisement() -> AdvertiseKeys:
+    return AdvertiseKeys(
+        config_digest=bytes(32),
+        sender=0,
+        encryption_public_key=bytes(PUBLIC_KEY_BYTES),
+        masking_public_key=bytes(PUBLIC_KEY_BYTES),
+        signature=bytes(SIGNATURE_BYTES),
+    )
+
+
+def max_server_message_bytes(participants: int) -> int:
+    """The largest encoding any server message of a round of ``participants`` can have.
+
+    A client reads at most this many bytes of a ``messages/me`` answer and refuses a
+    longer one before buffering it. The maximum over the four server messages, each
+    measured with the codec with every list at its longest: the key list names at most
+    every member; a masked-input request relays at most one ciphertext from every other
+    member; U3, the dropped and the R3 signatures are each at most the whole cohort.
+    """
+    digest = bytes(32)
+    key_list = _linear_size(lambda count: KeyList(config_digest=digest, entries=(_advertisement(),) * count), participants)
+    masked_input_request = _linear_size(
+        lambda count: MaskedInputRequest(
+            session_id=digest,
+            recipient=0,
+            survivors=tuple(range(count)),
+            encrypted_shares=tuple(
+                EncryptedShares(sender=1, recipient=0, ciphertext=bytes(SHARE_CIPHERTEXT_BYTES)) for _ in range(count)
+            ),
+        ),
+        participants,
+    )
+    consistency_request = _linear_size(
+        lambda count: ConsistencyCheckRequest(session_id=digest, survivors=tuple(range(count))), participants
+    )
+    unmasking_request = _linear_size(
+        lambda count: UnmaskingRequest(
+            session_id=digest,
+            survivors=tuple(range(count)),
+            dropped=tuple(range(count)),
+            signatures=tuple(SignedSurvivors(signer=0, signature=bytes(SIGNATURE_BYTES)) for _ in range(count)),
+        ),
+        participants,
+    )
+    return max(key_list, masked_input_request, consistency_request, unmasking_request)
+
+
+def result_bytes(dim: int, bits: int) -> int:
+    """The exact size of a round's binary result: ``dim`` elements of the ring's container width."""
+    return dim * Ring(bits).element_bytes

@@ -1,6 +1,6 @@
 """Typed, frozen protocol messages and their compact binary encoding.
 
-Names follow the rounds of DESIGN.md section 2 and Bonawitz et al. 2017 (Figure 4):
+Names follow the rounds of docs/DESIGN.md section 2 and Bonawitz et al. 2017 (Figure 4):
 
 ========================  =============================  ================================
 round                     client -> server               server -> client

@@ -2,7 +2,7 @@
 
 Each function fixes one encoding so that the two sides cannot disagree. All of them
 are domain-separated by :data:`~secagg.hazmat.kdf.PROTOCOL_LABEL` and a purpose, and
-bind the session id (DESIGN.md section 2).
+bind the session id (docs/DESIGN.md, section 2).
 """
 
 from __future__ import annotations

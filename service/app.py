@@ -1,9 +1,18 @@
 """The FastAPI application factory: ``create_app(settings)``; nothing is built at import time.
 
-The lifespan owns the store: it opens the database (creating the schema), the ledger
-seam and the :class:`~service.rounds.RoundEngine`, closes whatever became due
-while the server was down (:meth:`RoundEngine.recover`), and runs the background task
-that closes stages at their deadlines and records finished rounds in the ledger.
+The lifespan owns the store: it prepares the private data directory
+(:mod:`service.storage`), opens the database (creating the schema), the ledger seam and
+the :class:`~service.rounds.RoundEngine`, closes whatever became due while the server
+was down (:meth:`RoundEngine.recover`), and runs the background task that closes stages
+at their deadlines and records finished rounds in the ledger.
+
+Four pure-ASGI layers stand in front of the routes, so that nothing is read from an
+unauthenticated caller beyond its headers: :class:`OperatorEndpoints` (``/docs``,
+``/openapi.json``, ``/metrics`` only on the operator listener, or with the admin token),
+:class:`AdminTokenGate` (the admin bearer token is checked before FastAPI reads an admin
+body), :class:`BodyReadDeadline` (a body that is not delivered within the deadline is
+cut off with 408) and :class:`JsonBodyLimit`. Participant uploads are authenticated
+from their headers by their route before it streams the body.
 """
 
 from __future__ import annotations
@@ -18,9 +27,10 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from secagg.http_contract import MAX_OTHER_BODY_BYTES, PROBLEM_TYPE_PREFIX
+from secagg.http_contract import MAX_OTHER_BODY_BYTES, PROBLEM_TYPE_PREFIX, constant_time_equal
 from service.db import Database
 from service.ledger import RoundLedger, load_or_create_signing_key
 from service.logs import configure_logging
@@ -28,6 +38,7 @@ from service.metrics import ServiceMetrics
 from service.problems import PROBLEM_CONTENT_TYPE, Problem, ProblemType, ServiceProblem, problem_body
 from service.rounds import MAX_DIM, RoundEngine
 from service.settings import ServiceSettings, load_settings
+from service.storage import prepare_private_storage
 from service.watch import RoundWatch
 
 LOGGER = logging.getLogger("secagg.service")
@@ -35,6 +46,11 @@ NONCE_PURGE_EVERY_TICKS = 120
 MAX_JSON_BODY_BYTES = MAX_OTHER_BODY_BYTES
 """Request bodies other than protocol messages (admin JSON) are refused above 4 MiB while
 being read: a cohort of 65,536 ids fits; a memory-exhaustion attempt does not."""
+DOCS_PREFIX = "/docs"
+OPERATOR_PATHS = frozenset({"/openapi.json", "/metrics", DOCS_PREFIX})
+"""Served on the operator listener, or with the admin token (``/docs/...`` are Swagger UI's assets)."""
+HEALTH_PATHS = frozenset({"/healthz", "/readyz"})
+ADMIN_PREFIX = "/v1/admin"
 
 
 def create_app(settings: ServiceSettings, *, clock: Callable[[], float] | None = None) -> FastAPI:
@@ -44,7 +60,7 @@ def create_app(settings: ServiceSettings, *, clock: Callable[[], float] | None =
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings.log_level)
         admin_token = settings.read_admin_token()
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        prepare_private_storage(settings)
         database = Database(settings.resolved_database_url)
         await run_in_threadpool(database.create_schema)
         ledger_key = load_or_create_signing_key(settings.resolved_ledger_key_file)
@@ -53,8 +69,17 @@ def create_app(settings: ServiceSettings, *, clock: Callable[[], float] | None =
         metrics = ServiceMetrics.create()
         extra: dict[str, Any] = {"clock": clock} if clock is not None else {}
         watch = RoundWatch(asyncio.get_running_loop())
-        engine = RoundEngine(database, metrics=metrics, ledger=ledger, max_dim=MAX_DIM, on_round_changed=watch.notify, **extra)
+        engine = RoundEngine(
+            database,
+            metrics=metrics,
+            ledger=ledger,
+            max_dim=MAX_DIM,
+            max_open_rounds=settings.max_open_rounds,
+            on_round_changed=watch.notify,
+            **extra,
+        )
         app.state.watch = watch
+        app.state.long_polls = {}
         app.state.settings = settings
         app.state.admin_token = admin_token
         app.state.metrics = metrics
@@ -74,15 +99,25 @@ def create_app(settings: ServiceSettings, *, clock: Callable[[], float] | None =
             database.dispose()
             LOGGER.info("server_stopped")
 
-    app = FastAPI(
+    # Swagger UI's script, stylesheet and icon come from the fastapi-offline package and are
+    # served by this server under /docs/static: /docs works on a network without internet.
+    app = FastAPIOffline(
         title="secagg aggregation server",
         version="1",
         summary="Secure aggregation (Bonawitz et al. 2017, SecAgg+) between banks, over signed HTTP requests.",
         description="See docs/API.md for the contract. Errors are application/problem+json with a stable type.",
         lifespan=lifespan,
+        docs_url=DOCS_PREFIX,
+        redoc_url=None,
+        static_url=DOCS_PREFIX + "/static",
+        favicon_url=DOCS_PREFIX + "/static/favicon.png",
+        swagger_ui_oauth2_redirect_url=DOCS_PREFIX + "/oauth2-redirect",
     )
     _install_problem_handlers(app)
     app.add_middleware(JsonBodyLimit, limit=MAX_JSON_BODY_BYTES)
+    app.add_middleware(BodyReadDeadline, seconds=settings.body_timeout_seconds)
+    app.add_middleware(AdminTokenGate)
+    app.add_middleware(OperatorEndpoints, operator_port=settings.operator_port)
     app.add_middleware(ServerIdentityHeader, server_id=settings.server_id)
 
     from service.routes import admin, audit, operations, participant
@@ -115,6 +150,142 @@ class ServerIdentityHeader:
             await send(message)
 
         await self.app(scope, receive, send_with_header)
+
+
+def _admin_token_presented(scope: dict[str, Any]) -> bool:
+    """True iff the request's ``Authorization: Bearer`` header carries the app's admin token."""
+    expected = scope["app"].state.admin_token.get_secret_value()
+    value = dict(scope.get("headers", ())).get(b"authorization", b"").decode("latin-1")
+    scheme, _, presented = value.partition(" ")
+    return scheme.lower() == "bearer" and constant_time_equal(presented.strip(), expected)
+
+
+def _count_auth_failure(scope: dict[str, Any], problem: ProblemType) -> None:
+    scope["app"].state.metrics.auth_failures.labels(problem.suffix).inc()
+
+
+def _is_operator_path(path: str) -> bool:
+    return path in OPERATOR_PATHS or path.startswith(DOCS_PREFIX + "/")
+
+
+class AdminTokenGate:
+    """Refuses admin requests without the admin bearer token before anything reads their body.
+
+    FastAPI reads and parses a JSON body before it runs the route's dependencies, so the
+    token check of the admin router alone would parse a stranger's body (and answer 422
+    for malformed JSON). This layer checks the ``Authorization`` header first; the router
+    checks it again.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if (path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/")) and not _admin_token_presented(scope):
+            _count_auth_failure(scope, ProblemType.ADMIN_UNAUTHORIZED)
+            response = _problem_response(
+                ProblemType.ADMIN_UNAUTHORIZED, "a valid admin bearer token is required", headers={"Connection": "close"}
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+class OperatorEndpoints:
+    """Where ``/docs``, ``/openapi.json`` and ``/metrics`` are served.
+
+    With an operator listener (``operator_port``), only there, without a token; the
+    participant listener answers 404 for them, and the operator listener serves nothing
+    else but ``/healthz`` and ``/readyz``. Without one, they need the admin bearer token.
+    The listener a request came in on is the local port of its connection (ASGI
+    ``scope["server"]``), which no header can change.
+    """
+
+    def __init__(self, app: Any, *, operator_port: int | None) -> None:
+        self.app = app
+        self.operator_port = operator_port
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        server = scope.get("server") or (None, None)
+        on_operator_listener = self.operator_port is not None and server[1] == self.operator_port
+        operator_path = _is_operator_path(path)
+        refusal: JSONResponse | None = None
+        if on_operator_listener and not (operator_path or path in HEALTH_PATHS):
+            refusal = _problem_response(ProblemType.NOT_FOUND, "the operator listener serves /docs, /openapi.json, /metrics")
+        elif operator_path and not on_operator_listener:
+            if self.operator_port is not None:
+                refusal = _problem_response(ProblemType.NOT_FOUND, "served on the operator listener")
+            elif not _admin_token_presented(scope):
+                _count_auth_failure(scope, ProblemType.ADMIN_UNAUTHORIZED)
+                refusal = _problem_response(ProblemType.ADMIN_UNAUTHORIZED, "a valid admin bearer token is required")
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+class BodyReadDeadline:
+    """Cuts off a request whose body is not delivered within ``seconds`` of its arrival (408).
+
+    A per-read timeout lets a body trickled one byte at a time hold its connection for
+    ever; this is a total deadline on the whole body. Once the body is complete nothing
+    is timed any more (a long poll holds its request as long as its route decides). The
+    408 carries ``Connection: close``, so the server drops the rest of the body.
+    """
+
+    def __init__(self, app: Any, *, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.seconds
+        body_complete = False
+        started = False
+
+        async def bounded_receive() -> dict[str, Any]:
+            nonlocal body_complete
+            if body_complete:
+                return await receive()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise _BodyTimeout
+            try:
+                message: dict[str, Any] = await asyncio.wait_for(receive(), remaining)
+            except TimeoutError:
+                raise _BodyTimeout from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_complete = True
+            return message
+
+        async def tracking_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, bounded_receive, tracking_send)
+        except _BodyTimeout:
+            if not started:
+                response = _problem_response(
+                    ProblemType.BODY_TIMEOUT,
+                    f"the request body was not received within {self.seconds:g} s",
+                    headers={"Connection": "close"},
+                )
+                await response(scope, receive, send)
+
+
+class _BodyTimeout(BaseException):
+    """Raised from ``receive`` past the body deadline (a BaseException for the same reason as
+    :class:`_BodyTooLarge`)."""
 
 
 class JsonBodyLimit:

@@ -10,6 +10,7 @@ anything listens) and handed to the worker processes through the environment, wh
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -32,27 +33,59 @@ def server_command(
     data_dir: Annotated[
         Path | None, typer.Option("--data-dir", help="Directory for the SQLite file, the ledger and its key.")
     ] = None,
+    operator_port: Annotated[
+        int | None,
+        typer.Option(
+            "--operator-port",
+            min=1,
+            max=65535,
+            help="Serve /docs, /openapi.json and /metrics on this port only (without it they need the admin token).",
+        ),
+    ] = None,
+    operator_host: Annotated[
+        str | None, typer.Option("--operator-host", help="Address of the operator listener (default 127.0.0.1).")
+    ] = None,
+    max_connections: Annotated[
+        int | None,
+        typer.Option("--max-connections", min=1, help="Concurrent connections per worker; 503 beyond (default 1000)."),
+    ] = None,
+    body_timeout: Annotated[
+        float | None,
+        typer.Option("--body-timeout", min=0.1, help="Seconds a request may take to deliver its body; 408 beyond (default 60)."),
+    ] = None,
+    max_open_rounds: Annotated[
+        int | None, typer.Option("--max-open-rounds", min=1, help="Rounds running at once (default 100).")
+    ] = None,
     dev: Annotated[bool, typer.Option("--dev", help="Development mode: allow unsafe settings (never in production).")] = False,
 ) -> None:
     """Run the secure-aggregation server."""
     from pydantic import ValidationError
 
     from service.settings import load_settings
+    from service.storage import check_private_storage, restrict_umask
 
     overrides: dict[str, object] = {"host": host, "port": port, "dev": dev}
-    optional: tuple[tuple[str, str | Path | None], ...] = (
+    optional: tuple[tuple[str, str | Path | int | float | None], ...] = (
         ("database_url", database_url),
         ("admin_token_file", admin_token_file),
         ("tls_cert", tls_cert),
         ("tls_key", tls_key),
         ("data_dir", data_dir),
+        ("operator_port", operator_port),
+        ("operator_host", operator_host),
+        ("max_connections", max_connections),
+        ("body_timeout_seconds", body_timeout),
+        ("max_open_rounds", max_open_rounds),
     )
     for name, value in optional:
         if value is not None:
             overrides[name] = value
+    if not dev:
+        restrict_umask()  # inherited by the workers: every file the server creates is 0600
     try:
         settings = load_settings(**overrides)
         settings.read_admin_token()
+        check_private_storage(settings)
     except (ValidationError, ValueError) as exc:
         typer.echo(f"error: {_first_error(exc)}", err=True)
         raise typer.Exit(code=2) from None
@@ -63,10 +96,11 @@ def server_command(
         os.environ[f"SECAGG_{name.upper()}"] = str(setting).lower() if isinstance(setting, bool) else str(setting)
 
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
     from service.logs import uvicorn_log_config
 
-    uvicorn.run(
+    config = uvicorn.Config(
         "service.app:create_app_from_environment",
         factory=True,
         host=settings.host,
@@ -79,7 +113,35 @@ def server_command(
         server_header=False,
         date_header=True,
         timeout_graceful_shutdown=10,
+        limit_concurrency=settings.max_connections,
     )
+    sockets = [_listen(settings.host, settings.port)]
+    if settings.operator_port is not None:
+        sockets.append(_listen(settings.operator_host, settings.operator_port))
+    if workers > 1:
+        Multiprocess(config, sockets=sockets).run()
+    else:
+        config.load_app()
+        server = uvicorn.Server(config)
+        server.run(sockets=sockets)
+        if not server.started:
+            raise typer.Exit(code=3)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (IPv4 or IPv6), inheritable by the workers."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as exc:
+        listener.close()
+        typer.echo(f"error: cannot listen on {host}:{port}: {exc.strerror}", err=True)
+        raise typer.Exit(code=2) from None
+    listener.listen(2048)
+    listener.set_inheritable(True)
+    return listener
 
 
 def _first_error(exc: Exception) -> str:

@@ -82,13 +82,45 @@ def _load_or_create(path: Path) -> SigningKey:
     raise ValueError(f"{path} is not an Ed25519 private key (32 raw bytes or 64 hex digits)")
 
 
+MAX_POLICY_STEPS = 10**9
+"""More steps than any training runs; accounting for more would only cost the server CPU."""
+MAX_NOISE_MULTIPLIER = 1e6
+MIN_NOISE_MULTIPLIER = 1e-3
+"""Below it the RDP bounds overflow and no epsilon is meaningful; above the upper bound the noise drowns any signal."""
+MIN_SAMPLE_RATE = 1e-12
+MAX_SKELLAM_MAGNITUDE = 2.0**128
+"""Skellam sensitivities and variance beyond 2^128 exceed any ring of at most 64 bits many times over."""
+
+
+def _policy_bounds_problem(parameters: Mapping[str, Any]) -> str | None:
+    """Why a parsed mechanism's parameters are outside the sanity bounds (None if within)."""
+    steps = parameters.get("steps")
+    if isinstance(steps, int) and steps > MAX_POLICY_STEPS:
+        return f"steps must be at most {MAX_POLICY_STEPS}"
+    noise = parameters.get("noise_multiplier")
+    if isinstance(noise, float) and not MIN_NOISE_MULTIPLIER <= noise <= MAX_NOISE_MULTIPLIER:
+        return f"noise_multiplier must be in [{MIN_NOISE_MULTIPLIER:g}, {MAX_NOISE_MULTIPLIER:g}]"
+    rate = parameters.get("sample_rate")
+    if isinstance(rate, float) and rate < MIN_SAMPLE_RATE:
+        return f"sample_rate must be in [{MIN_SAMPLE_RATE:g}, 1]"
+    for name in ("l1_sensitivity", "l2_sensitivity", "variance"):
+        value = parameters.get(name)
+        if isinstance(value, float) and value > MAX_SKELLAM_MAGNITUDE:
+            return f"{name} must be at most 2^128"
+    return None
+
+
 def validate_privacy_policy(items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Check each ``{unit, mechanism, parameters}`` item; return them normalised.
 
     Each item must parse as
     :class:`dp.audit.round_records.RoundPrivacy` (known unit, known mechanism, valid
     parameters) and is normalised through it, so the ledger records exactly what the
-    parties' ledgers must match. Raises ``ValueError`` with a specific message.
+    parties' ledgers must match. On top of the mechanisms' own validation (finite,
+    positive, 0 < q <= 1, steps >= 1) the parameters must be within sanity bounds
+    (:data:`MAX_POLICY_STEPS` and the others above): a round's policy is accounted by the
+    server, every bank and the auditor, and a value like 10^30 steps only costs them time.
+    Raises ``ValueError`` with a specific message.
     """
     normalised: list[dict[str, Any]] = []
     units: set[str] = set()
@@ -102,6 +134,9 @@ def validate_privacy_policy(items: Sequence[Mapping[str, Any]]) -> list[dict[str
         except Exception as exc:  # the dp package's validation errors vary by field
             raise ValueError(f"dp_policy.privacy[{position}]: {exc}") from None
         normalised_item = parsed.to_dict()
+        out_of_bounds = _policy_bounds_problem(normalised_item["parameters"])
+        if out_of_bounds is not None:
+            raise ValueError(f"dp_policy.privacy[{position}].parameters: {out_of_bounds}")
         if normalised_item["unit"] in units:
             raise ValueError(f"dp_policy.privacy names the unit {normalised_item['unit']!r} twice")
         units.add(normalised_item["unit"])

@@ -20,6 +20,7 @@ ALLOWED_FIELDS = frozenset(
         "stage",
         "sender",
         "participant",
+        "participants",
         "role",
         "problem",
         "reason",

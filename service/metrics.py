@@ -25,6 +25,7 @@ class ServiceMetrics:
     messages_accepted: Counter
     messages_rejected: Counter
     auth_failures: Counter
+    session_replays: Counter
 
     @classmethod
     def create(cls) -> ServiceMetrics:
@@ -57,5 +58,10 @@ class ServiceMetrics:
             ),
             auth_failures=Counter(
                 "secagg_auth_failures", "Refused credentials, by problem type.", ["problem"], registry=registry
+            ),
+            session_replays=Counter(
+                "secagg_session_replays",
+                "Rounds rebuilt from the database because this process had no current session cached.",
+                registry=registry,
             ),
         )

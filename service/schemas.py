@@ -183,6 +183,8 @@ class StageRecordOut(_Response):
     expected: list[int]
     responded: list[int]
     closed_at: float
+    inconsistent_share_holders: list[int] | None = None
+    """R4 only: protocol indices of the holders that revealed a share off its owner's polynomial."""
 
 
 class RoundStatus(_Response):

@@ -60,6 +60,18 @@ class ServiceSettings(BaseSettings):
     deadline_poll_seconds: float = Field(default=0.5, gt=0, le=60)
     retry_after_seconds: int = Field(default=1, ge=1, le=60)
     log_level: str = "INFO"
+    operator_host: str = "127.0.0.1"
+    operator_port: int | None = Field(default=None, ge=1, le=65535)
+    """The operator listener (``/docs``, ``/openapi.json``, ``/metrics``, health); without it
+    those endpoints need the admin bearer token on the participant listener."""
+    max_connections: int = Field(default=1000, ge=1, le=1_000_000)
+    """Concurrent connections (and requests) per server process; uvicorn answers 503 beyond."""
+    body_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    """Total time a request may take to deliver its body, from its first byte on (408 beyond)."""
+    max_long_polls_per_participant: int = Field(default=4, ge=1, le=1000)
+    """Long polls (``messages/me?wait=S``) one participant may hold at once per process (429 beyond)."""
+    max_open_rounds: int = Field(default=100, ge=1, le=100_000)
+    """Rounds that may be running at once; creating one more is refused (``open-round-limit``)."""
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Self:
@@ -67,6 +79,8 @@ class ServiceSettings(BaseSettings):
             raise UnsafeSettings("--tls-cert and --tls-key go together")
         if self.admin_token is not None and self.admin_token_file is not None:
             raise UnsafeSettings("give the admin token either inline or as a file, not both")
+        if self.operator_port is not None and self.operator_port == self.port:
+            raise UnsafeSettings("the operator listener needs a port of its own")
         if self.dev:
             return self
         problems: list[str] = []
@@ -80,6 +94,8 @@ class ServiceSettings(BaseSettings):
             problems.append(f"clock-skew window above {MAX_CLOCK_SKEW_SECONDS} s")
         if not _is_loopback(self.host) and self.tls_cert is None and not self.tls_terminated_by_proxy:
             problems.append(f"listening on {self.host} without TLS")
+        if self.operator_port is not None and not _is_loopback(self.operator_host) and self.tls_cert is None:
+            problems.append(f"operator listener on {self.operator_host} without TLS")
         if problems:
             raise UnsafeSettings("unsafe configuration (use --dev for local experiments): " + "; ".join(problems))
         return self

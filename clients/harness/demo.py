@@ -28,6 +28,10 @@ In a fresh ``runs/<UTC timestamp>/``:
 
 It writes ``summary.json`` (AUCs, epsilon per bank, delta, rounds, the resume, the audit
 verdict) and ``audit.html``.
+
+The DP noise is fresh in every run, and the hold-out set holds only about a hundred
+defaults, so AUCs differ by a few hundredths between runs; the README quotes measured
+figures.
 """
 
 from __future__ import annotations
@@ -328,7 +332,7 @@ def run_demo(config: DemoConfig, *, console: Any = None) -> dict[str, Any]:
     console.print(f"manifest of {training_id} signed by {', '.join(members)}")
 
     server_dir = run_dir / "server"
-    (server_dir / "data").mkdir(parents=True)
+    server_dir.mkdir()  # the server creates its data directory itself, 0700
     token = server_dir / "admin-token"
     token.write_text(secrets.token_urlsafe(32) + "\n")
     token.chmod(0o600)

@@ -3,7 +3,9 @@
 Used by the demo, ``secagg simulate --transport http``, the benchmarks and the tests.
 :class:`LocalServer` starts ``python -m service`` on a free 127.0.0.1 port with a data
 directory (SQLite file unless a database URL is given, the server ledger and its key)
-and an admin token file (mode 0600), waits until ``/readyz`` answers, and stops the
+and an admin token file (mode 0600), with an operator listener on a second free
+loopback port (``/docs``, ``/openapi.json``, ``/metrics``: :attr:`LocalServer.operator_url`),
+waits until ``/readyz`` answers, and stops the
 process group it started (SIGTERM, then SIGKILL after a grace period) on exit. A test can
 SIGKILL it at any moment (:meth:`LocalServer.kill`) and start it again on the same data
 and port (:meth:`LocalServer.start`). The admin API's client is
@@ -62,6 +64,7 @@ class LocalServer:
         scheme: str = "http",
         verify: ssl.SSLContext | bool = True,
         extra_env: dict[str, str] | None = None,
+        operator_listener: bool = True,
     ) -> None:
         self._directory = directory
         self.database_url = database_url
@@ -75,6 +78,7 @@ class LocalServer:
         self._temporary: tempfile.TemporaryDirectory[str] | None = None
         self.process: subprocess.Popen[bytes] | None = None
         self.port = free_loopback_port()
+        self.operator_port: int | None = free_loopback_port() if operator_listener else None
         self.admin_token = secrets.token_urlsafe(32)
         self.root: Path | None = None
         self.log_path: Path | None = None
@@ -82,6 +86,12 @@ class LocalServer:
     @property
     def base_url(self) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    @property
+    def operator_url(self) -> str:
+        """The operator listener: ``/docs``, ``/openapi.json``, ``/metrics`` (and health)."""
+        assert self.operator_port is not None, "this server has no operator listener"
+        return f"{self.scheme}://127.0.0.1:{self.operator_port}"
 
     @property
     def data_dir(self) -> Path:
@@ -101,7 +111,9 @@ class LocalServer:
                 self.root = self._directory
                 self.root.mkdir(parents=True, exist_ok=True)
             write_private_file(self.root / "admin-token", self.admin_token.encode("ascii"), overwrite=True)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self.data_dir.exists():
+            self.data_dir.mkdir(mode=0o700)
+            self.data_dir.chmod(0o700)  # private whatever the umask: the server refuses a shared one
         command = [
             sys.executable, "-m", "service",
             "--host", "127.0.0.1", "--port", str(self.port),
@@ -109,6 +121,8 @@ class LocalServer:
             "--admin-token-file", str(self.root / "admin-token"),
             "--workers", str(self.workers),
         ]  # fmt: skip
+        if self.operator_port is not None:
+            command += ["--operator-port", str(self.operator_port)]
         if self.database_url:
             command += ["--database-url", self.database_url]
         if self.dev:

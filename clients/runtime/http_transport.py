@@ -8,6 +8,15 @@ timeouts, 429, 502, 503, 504) are retried with jittered exponential backoff,
 honouring ``Retry-After`` (:mod:`clients.runtime.retry`); every other 4xx is the server's
 answer and is mapped by its problem ``type`` (RFC 9457), never by its text.
 
+Every response is bounded before it is buffered: its body is streamed and refused
+(``response-too-large``, not retried) as soon as it exceeds a cap derived from the round's
+parameters with the codec (:func:`secagg.http_contract.max_server_message_bytes` for
+``messages/me``, the exact :func:`~secagg.http_contract.result_bytes` for the result, 4 MiB
+for JSON and 64 KiB for a problem). Every request also has a total deadline (not a
+per-read timeout, which a server trickling one byte at a time resets for ever): each
+socket operation's timeout is clamped to what is left of it (:class:`DeadlineHTTPTransport`),
+and a request past it fails like a timeout (retried, then ``ServerUnavailable``).
+
 A retried POST is safe: the payload is byte-identical and the server answers
 ``already-accepted`` for a message it already committed (API.md section 5).
 
@@ -27,15 +36,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import contextvars
 import email.utils
 import functools
 import hashlib
+import json
 import ssl
 import time
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 import numpy as np
 
@@ -61,7 +76,18 @@ from secagg.encoding import Ring
 from secagg.errors import ConfigurationError
 from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import RandomSource, SystemRandom
-from secagg.http_contract import MAX_LONG_POLL_SECONDS, NONCE_BYTES, TRANSIENT_STATUSES, ProblemType, problem_suffix, sign_request
+from secagg.http_contract import (
+    MAX_LONG_POLL_SECONDS,
+    MAX_OTHER_BODY_BYTES,
+    MAX_PROBLEM_BODY_BYTES,
+    NONCE_BYTES,
+    TRANSIENT_STATUSES,
+    ProblemType,
+    max_server_message_bytes,
+    problem_suffix,
+    result_bytes,
+    sign_request,
+)
 from secagg.rounds import STAGE_NAMES, Round
 
 OPEN_STAGES = frozenset(STAGE_NAMES)
@@ -70,6 +96,93 @@ LONG_POLL_SECONDS = min(20.0, MAX_LONG_POLL_SECONDS)
 """How long the server may hold a ``messages/me`` request (at most the contract's maximum)."""
 LONG_POLL_READ_MARGIN_SECONDS = 10.0
 """Read timeout of a long poll beyond its wait: the server's last database check and the reply."""
+DEFAULT_REQUEST_DEADLINE_SECONDS = 120.0
+"""Total time one request may take, connection, upload and whole response included (a long
+poll gets its wait on top). Generous for the largest upload over a slow link; a server that
+trickles its answer is cut off here."""
+RESPONSE_TOO_LARGE = "response-too-large"
+
+_REQUEST_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("secagg_request_deadline", default=None)
+"""The ``time.monotonic()`` by which the request in progress on this thread must be done."""
+
+
+def _clamped(timeout: float | None) -> float | None:
+    """``timeout`` clamped to what is left of the current request's total deadline."""
+    deadline = _REQUEST_DEADLINE.get()
+    if deadline is None:
+        return timeout
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise httpcore.ReadTimeout("the request's total deadline passed")
+    return remaining if timeout is None else min(timeout, remaining)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A network stream whose every read, write and TLS handshake ends by the request's deadline."""
+
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, _clamped(timeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        # One write per chunk: a server that reads slowly cannot hold the upload past the deadline either.
+        self._stream.write(buffer, _clamped(timeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname, _clamped(timeout)))
+
+    def get_extra_info(self, info: str) -> typing.Any:
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    def __init__(self) -> None:
+        self._backend = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._backend.connect_tcp(host, port, _clamped(timeout), local_address, socket_options))
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None
+    ) -> httpcore.NetworkStream:
+        return _DeadlineStream(self._backend.connect_unix_socket(path, _clamped(timeout), socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+class DeadlineHTTPTransport(httpx.HTTPTransport):
+    """httpx's own transport (same TLS context, pooling and error mapping) over a network
+    backend that clamps every socket operation to the request's total deadline."""
+
+    def __init__(self, *, verify: ssl.SSLContext) -> None:
+        super().__init__(verify=verify)
+        self._pool = httpcore.ConnectionPool(ssl_context=verify, network_backend=_DeadlineBackend())
+
+
+@contextlib.contextmanager
+def request_deadline(seconds: float) -> Iterator[float]:
+    """Run one request within ``seconds`` from now (see :class:`DeadlineHTTPTransport`)."""
+    deadline = time.monotonic() + seconds
+    token = _REQUEST_DEADLINE.set(deadline)
+    try:
+        yield deadline
+    finally:
+        _REQUEST_DEADLINE.reset(token)
 
 
 @functools.lru_cache(maxsize=8)
@@ -79,8 +192,8 @@ def shared_tls_context(verify: bool | str) -> ssl.SSLContext:
     Exactly the context httpx would build itself (:func:`httpx.create_ssl_context`:
     certificate and host name verified against certifi's bundle, or the CA file or
     directory given), built once instead of once per transport: loading the CA bundle
-    costs ~20 ms of CPU, which a cohort of clients in one process (``secagg simulate
-    --transport http``) paid per client. A CA file changed on disk is read again only
+    costs CPU that a cohort of clients in one process (``secagg simulate --transport
+    http``) would otherwise pay per client. A CA file changed on disk is read again only
     by a new process.
     """
     return httpx.create_ssl_context(verify=verify)
@@ -100,7 +213,42 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
     return max(0.0, moment.timestamp() - now)
 
 
-def _problem(response: httpx.Response) -> tuple[str, str, dict[str, Any]]:
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A whole response, read within its size cap and its request's deadline."""
+
+    status_code: int
+    headers: httpx.Headers
+    content: bytes
+
+    @property
+    def reason_phrase(self) -> str:
+        return httpx.codes.get_reason_phrase(self.status_code)
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+def _read_bounded(response: httpx.Response, cap: int, deadline: float) -> bytes:
+    """The response body, refused as soon as it is known to exceed ``cap`` bytes (never buffered
+    past it); a body still arriving at ``deadline`` fails like a read timeout."""
+    if response.headers.get("Content-Encoding", "identity").lower() != "identity":
+        raise ServerRefused(response.status_code, "unusable-response", "the server compressed a response it was asked not to")
+    declared = response.headers.get("Content-Length")
+    if declared is not None and declared.isdigit() and int(declared) > cap:
+        raise ServerRefused(response.status_code, RESPONSE_TOO_LARGE, f"the response declares {declared} bytes, at most {cap}")
+    buffer = bytearray()
+    chunks = iter((response.content,)) if response.is_stream_consumed else response.iter_raw()  # in memory already: a mock
+    for chunk in chunks:
+        if len(buffer) + len(chunk) > cap:
+            raise ServerRefused(response.status_code, RESPONSE_TOO_LARGE, f"the response exceeds {cap} bytes")
+        buffer += chunk
+        if time.monotonic() > deadline:
+            raise httpx.ReadTimeout("the request's total deadline passed", request=response.request)
+    return bytes(buffer)
+
+
+def _problem(response: Answer) -> tuple[str, str, dict[str, Any]]:
     """(type suffix, detail, body) of a problem+json response; ``http-<status>`` when it is not one."""
     try:
         body = response.json()
@@ -144,6 +292,7 @@ class HttpTransport:
         on_retry: Callable[[int, float, str], None] | None = None,
         long_poll_seconds: float = LONG_POLL_SECONDS,
         monotonic: Callable[[], float] = time.monotonic,
+        request_deadline_seconds: float = DEFAULT_REQUEST_DEADLINE_SECONDS,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -154,7 +303,12 @@ class HttpTransport:
         self._key_id = key_id
         self._identity = identity
         self._retry = retry
-        self._client = client if client is not None else httpx.Client(timeout=timeout, verify=shared_tls_context(verify))
+        if client is None:
+            tls = shared_tls_context(verify)
+            client = httpx.Client(timeout=timeout, verify=tls, transport=DeadlineHTTPTransport(verify=tls))
+        self._client = client
+        self._request_deadline_seconds = request_deadline_seconds
+        self._configs: dict[str, RoundConfig] = {}
         self._owns_client = client is None
         self._sleep = sleep
         self._wall_clock = wall_clock
@@ -186,10 +340,13 @@ class HttpTransport:
 
     # ------------------------------------------------------------------ API
     def describe_round(self, round_id: str) -> RoundDescription:
-        response = self._signed("GET", f"/v1/rounds/{round_id}")
+        response = self._signed("GET", f"/v1/rounds/{round_id}", max_bytes=MAX_OTHER_BODY_BYTES)
         if response.status_code != 200:
             self._refuse(response)
-        body = response.json()
+        try:
+            body = response.json()
+        except ValueError:
+            raise ServerRefused(200, "unusable-round-description", "the round description is not JSON") from None
         if not isinstance(body, dict) or body.get("round_id") != round_id:
             raise ServerRefused(200, "unusable-round-description", f"the server described another round than {round_id}")
         try:
@@ -217,6 +374,7 @@ class HttpTransport:
                 "the server's config_digest does not match the parameters it sent",
             )
         stage = str(body.get("stage", ""))
+        self._configs[round_id] = config
         return RoundDescription(
             round_id=round_id,
             config=config,
@@ -230,10 +388,18 @@ class HttpTransport:
 
     def submit(self, round_id: str, protocol_round: Round, payload: bytes) -> SubmitOutcome:
         response = self._signed(
-            "POST", f"/v1/rounds/{round_id}/messages", payload, headers={"Content-Type": "application/octet-stream"}
+            "POST",
+            f"/v1/rounds/{round_id}/messages",
+            payload,
+            headers={"Content-Type": "application/octet-stream"},
+            max_bytes=MAX_PROBLEM_BODY_BYTES,
         )
         if response.status_code in (200, 202):
-            return Accepted(already_accepted=response.json().get("status") == "already-accepted")
+            try:
+                status = response.json().get("status")
+            except (ValueError, AttributeError):
+                raise ServerRefused(response.status_code, "unusable-acknowledgement", "the upload's answer is not JSON") from None
+            return Accepted(already_accepted=status == "already-accepted")
         problem_type, _, body = _problem(response)
         if problem_type == ProblemType.WRONG_STAGE.suffix:
             return StageClosed()
@@ -249,7 +415,14 @@ class HttpTransport:
         if long_poll:
             path += f"?wait={self._long_poll_seconds:g}"
         started = self._monotonic()
-        response = self._signed("GET", path, timeout=self._long_poll_timeout if long_poll else None)
+        config = self._configs.get(round_id)
+        response = self._signed(
+            "GET",
+            path,
+            timeout=self._long_poll_timeout if long_poll else None,
+            max_bytes=max_server_message_bytes(config.participant_count) if config is not None else MAX_OTHER_BODY_BYTES,
+            extra_seconds=self._long_poll_seconds,
+        )
         if response.status_code == 200:
             return Delivered(response.content)
         if response.status_code == 204:
@@ -266,7 +439,13 @@ class HttpTransport:
         self._refuse(response)
 
     def fetch_result(self, round_id: str) -> ResultDelivery:
-        response = self._signed("GET", f"/v1/rounds/{round_id}/result", headers={"Accept": "application/octet-stream"})
+        config = self._configs.get(round_id)
+        response = self._signed(
+            "GET",
+            f"/v1/rounds/{round_id}/result",
+            headers={"Accept": "application/octet-stream"},
+            max_bytes=result_bytes(config.dim, config.bits) if config is not None else MAX_OTHER_BODY_BYTES,
+        )
         if response.status_code == 200:
             try:
                 ring = Ring(int(response.headers["X-Secagg-Bits"]))
@@ -316,10 +495,16 @@ class HttpTransport:
         path: str,
         body: bytes = b"",
         *,
+        max_bytes: int,
         headers: dict[str, str] | None = None,
         timeout: httpx.Timeout | None = None,
-    ) -> httpx.Response:
-        def attempt() -> httpx.Response:
+        extra_seconds: float = 0.0,
+    ) -> Answer:
+        """One signed request, retried on transient failures; its 2xx body is read up to
+        ``max_bytes`` (a problem body up to 64 KiB), all within the total deadline (plus
+        ``extra_seconds``, a long poll's wait)."""
+
+        def attempt() -> Answer:
             signing_headers = sign_request(
                 self._identity,
                 method,
@@ -331,21 +516,28 @@ class HttpTransport:
             )
             self.requests_sent += 1
             try:
-                response = self._client.request(
-                    method,
-                    self._base_url + path,
-                    content=body if body else None,
-                    headers={**(headers or {}), **signing_headers},
-                    timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
-                )
+                with request_deadline(self._request_deadline_seconds + extra_seconds) as deadline:
+                    request = self._client.build_request(
+                        method,
+                        self._base_url + path,
+                        content=body if body else None,
+                        headers={**(headers or {}), **signing_headers, "Accept-Encoding": "identity"},
+                        timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+                    )
+                    response = self._client.send(request, stream=True)
+                    try:
+                        cap = max_bytes if 200 <= response.status_code < 300 else MAX_PROBLEM_BODY_BYTES
+                        answer = Answer(response.status_code, response.headers, _read_bounded(response, cap, deadline))
+                    finally:
+                        response.close()
             except httpx.TransportError as exc:
                 raise TransientFailure(f"{method} {path}: {type(exc).__name__}: {exc}") from None
-            if response.status_code in TRANSIENT_STATUSES:
+            if answer.status_code in TRANSIENT_STATUSES:
                 raise TransientFailure(
-                    f"{method} {path}: HTTP {response.status_code}",
-                    retry_after=parse_retry_after(response.headers.get("Retry-After"), now=self._wall_clock()),
+                    f"{method} {path}: HTTP {answer.status_code}",
+                    retry_after=parse_retry_after(answer.headers.get("Retry-After"), now=self._wall_clock()),
                 )
-            return response
+            return answer
 
         return call_with_retries(
             attempt,
@@ -357,6 +549,6 @@ class HttpTransport:
         )
 
     @staticmethod
-    def _refuse(response: httpx.Response) -> NoReturn:
+    def _refuse(response: Answer) -> NoReturn:
         problem_type, detail, _ = _problem(response)
         raise ServerRefused(response.status_code, problem_type, detail)

@@ -1,6 +1,6 @@
 """The bank's local policy: which rounds this client agrees to join.
 
-The client trusts nothing the server says without checking it (issue 4). Before it
+The client trusts nothing the server says without checking it. Before it
 sends anything, :meth:`ClientPolicy.check` compares the round's parameters from
 ``GET /v1/rounds/{id}`` with a policy file the bank controls, and refuses with a
 named :class:`~clients.runtime.errors.PolicyViolationReason`:

@@ -51,10 +51,22 @@ from clients.runtime.transport import (
 )
 from secagg.client import ClientSession
 from secagg.errors import AbortReason, EncodingError, ProtocolAbort, SessionAborted
-from secagg.hazmat.keys import SigningKey
+from secagg.hazmat.keys import InvalidPublicKey, SigningKey
 from secagg.hazmat.randomness import SEED_BYTES, DeterministicRandom, RandomSource, SystemRandom
 from secagg.messages import ROUND_OF_CLIENT_MESSAGE, encode, peek_type
 from secagg.rounds import Round
+
+_ABORT_REASONS = frozenset(reason.value for reason in AbortReason)
+INTERNAL_ERROR = "internal-error"
+
+
+def refusal_of_raw_error(error: Exception) -> tuple[str, str]:
+    """(reason, detail) for an exception other than ProtocolAbort raised by the core on a
+    server message: an invalid X25519 key (small order, wrong length) is the named
+    ``invalid-public-key``; anything else is ``internal-error`` with the exception's type."""
+    if isinstance(error, InvalidPublicKey):
+        return AbortReason.INVALID_PUBLIC_KEY.value, f"a public key in the server's message is unusable: {error}"
+    return INTERNAL_ERROR, f"the protocol session failed on the server's message ({type(error).__name__}: {error})"
 
 
 def protocol_round_of(payload: bytes) -> Round:
@@ -230,6 +242,14 @@ def run_round(
         except ProtocolAbort as refusal:
             store.finish(state, f"refused: {refusal.reason.value}")
             raise ClientRefusedRound(refusal.reason.value, refusal.detail) from None
+        except Exception as error:
+            # The core refuses by raising ProtocolAbort; anything else it raises on a server
+            # message is still a refusal of that message, never a usage error: abort the
+            # session, write the tombstone (a rerun must not meet the same message again).
+            reason, detail = refusal_of_raw_error(error)
+            session.abort(AbortReason(reason) if reason in _ABORT_REASONS else AbortReason.MALFORMED_MESSAGE, detail)
+            store.finish(state, f"refused: {reason}")
+            raise ClientRefusedRound(reason, detail) from None
         compute_seconds[protocol_round_of(reply).value] = time.perf_counter() - started
         state.received.append(bytes(delivery.payload))
         state.sent_sha256.append(sha256(reply))
@@ -287,6 +307,9 @@ def _replay(session: ClientSession, state: RoundState, first_message: bytes) -> 
             outgoing = encode(session.receive_bytes(recorded))
         except (ProtocolAbort, SessionAborted) as exc:
             raise ResumeRefused(f"replaying the recorded server message {index + 1} failed: {exc}") from None
+        except Exception as error:
+            reason, detail = refusal_of_raw_error(error)
+            raise ResumeRefused(f"replaying the recorded server message {index + 1} failed: {reason}: {detail}") from None
     return outgoing
 
 

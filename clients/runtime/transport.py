@@ -5,7 +5,7 @@ client's message for one protocol round, and fetch the server's answer to it. Th
 HTTP implementation is :class:`clients.runtime.http_transport.HttpTransport`; tests use an
 in-memory transport over :class:`secagg.server.ServerSession`. Keeping the runner
 behind this protocol is what lets the crash-and-resume logic be tested exhaustively
-without sockets (the sans-I/O lesson of python-hyper/h2, STYLE.md).
+without sockets (the sans-I/O design of python-hyper/h2).
 
 Contract every implementation keeps:
 

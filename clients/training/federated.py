@@ -119,6 +119,7 @@ POLL = PollSchedule(initial_interval=0.2, multiplier=1.3, max_interval=1.0, time
 """Polls for the next stage: start at 0.2 s, never wait more than 1 s (a consortium of a handful of banks)."""
 LIST_INTERVAL_SECONDS = 0.3
 """How often a bank waiting for its next round reads the training's round list."""
+_NOT_ENROLLED_YET = frozenset({ProblemType.UNKNOWN_KEY.suffix, ProblemType.BAD_REQUEST_SIGNATURE.suffix})
 
 
 class TrainingIncomplete(FederatedError):
@@ -295,11 +296,12 @@ class TrainingRounds:
             self._unavailable(f"HTTP {response.status_code}")
             return None
         self._unreachable_since = None
-        if (response.status_code == 401 and problem == ProblemType.UNKNOWN_KEY.suffix) or (
+        if (response.status_code == 401 and problem in _NOT_ENROLLED_YET) or (
             response.status_code == 404 and problem == ProblemType.TRAINING_NOT_FOUND.suffix
         ):
             # Not enrolled, or the training not registered, yet: the coordinator does both;
-            # the bank waits for its round as long as for any other (--round-timeout).
+            # the bank waits for its round as long as for any other (--round-timeout). The
+            # server answers an unknown id like a wrong signature, so strangers cannot probe ids.
             self.waiting_for_registration = True
             return None
         self.waiting_for_registration = False

@@ -8,7 +8,7 @@ statistics round's length (:func:`statistics_dim`), each training round's length
 (:meth:`FederatedPlan.round_privacy`). A bank refuses a round whose parameters do not
 follow from the plan.
 
-Privacy units and parameters (DESIGN.md section 3):
+Privacy units and parameters (docs/DESIGN.md, section 3):
 
 * **Example level** (a bank's customers): DP-SGD with Poisson sampling rate ``q``,
   per-example clipping ``max_grad_norm``, Gaussian noise ``z * max_grad_norm`` from a
@@ -31,7 +31,7 @@ Privacy units and parameters (DESIGN.md section 3):
 
 Default plan (chosen by measurement on the demo's data): logistic regression, sample rate 0.05, one local epoch (20 DP-SGD steps) per round,
 learning rate 1.0, per-example clip 1.0, ten rounds; ``update_clip`` 10 only bounds the
-ring encoding (the measured update norms are 0.6 to 2.5, so it never binds) and is not a
+ring encoding (the demo's update norms stay well below it, so it does not bind) and is not a
 privacy parameter when participant-level DP is off.
 
 Global model initialisation: ``dp.training.initial_parameters`` drawn from

@@ -65,6 +65,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -787,7 +788,9 @@ class ChainWriter:
             "time": format_time(self.clock()),
         }
         head["signature"] = self.signing_key.sign(_head_message(self.fmt, head)).hex()
-        atomic_write(head_path(self.path), canonical_json(head) + b"\n")
+        # The head is as readable as the ledger it signs: a ledger kept private (0600) keeps a private head.
+        mode = stat.S_IMODE(os.fstat(self._descriptor).st_mode)
+        atomic_write(head_path(self.path), canonical_json(head) + b"\n", mode=mode)
 
     def close(self) -> None:
         if self._descriptor >= 0:

@@ -147,7 +147,7 @@ manifest="$out/coordinator/manifest.json"
 "${secagg[@]}" consortium manifest verify "$manifest" > "$logs/verify-manifest.log" 2>&1 || fail "the manifest is not complete"
 
 step "the server (SQLite, loopback, a free port)"
-mkdir -p "$out/server/data"
+mkdir -p "$out/server"   # the server creates its data directory 0700
 (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$out/server/admin-token")
 "${secagg[@]}" server --host 127.0.0.1 --port 0 --data-dir "$out/server/data" \
     --admin-token-file "$out/server/admin-token" > "$logs/server.log" 2>&1 &

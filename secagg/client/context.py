@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from secagg.config import RoundConfig
 from secagg.errors import AbortReason, EncodingError, ProtocolAbort
-from secagg.hazmat.keys import SigningKey
+from secagg.graph import NeighbourMap
+from secagg.hazmat.keys import InvalidPublicKey, SigningKey
 from secagg.hazmat.randomness import RandomSource
 
 
@@ -63,3 +65,35 @@ def check_id_list(ids: Sequence[int], name: str, *, within: Iterable[int], minim
         f"{name} has {len(unique)} participants, the threshold is {minimum}",
     )
     return unique
+
+
+def require_connected_survivors(graph: NeighbourMap, survivors: frozenset[int]) -> None:
+    """Refuse a U3 whose induced neighbour graph has more than one connected component.
+
+    No pairwise mask joins two components, so with the self-mask seeds of U3 and the
+    masking keys of the dropped the server could unmask the sum over each component
+    separately. Every client computes the whole graph from the session id, so each one
+    refuses the same U3 and no share is released for it.
+    """
+    pieces = graph.components(survivors)
+    require(
+        len(pieces) <= 1,
+        AbortReason.SURVIVOR_GRAPH_DISCONNECTED,
+        f"U3 splits into {len(pieces)} disconnected groups of sizes {sorted(len(piece) for piece in pieces)}",
+    )
+
+
+@contextmanager
+def agreement_with(peer: int) -> Iterator[None]:
+    """Turn a refused X25519 agreement with ``peer``'s public key into a named abort.
+
+    ``cryptography`` refuses a small-order point (its agreement is all zeros, RFC 7748,
+    section 6.1). The key list is checked for such keys in R0; this keeps every later
+    agreement from letting a raw error escape the session if one ever gets through.
+    """
+    try:
+        yield
+    except InvalidPublicKey:
+        raise ProtocolAbort(
+            AbortReason.INVALID_PUBLIC_KEY, f"the public key of participant {peer} is malformed or of small order"
+        ) from None

@@ -4,9 +4,10 @@ The client generates two X25519 key pairs: (c_pk, c_sk) to encrypt shares and
 (s_pk, s_sk) to agree pairwise masks, and signs both public keys with its identity
 key. It then waits for the server's :class:`~secagg.messages.KeyList` of U1 and
 checks it before deriving anything from it: the right round, no unknown or repeated
-participant, its own keys unchanged, at least t entries, every signature valid, and
-no public key used twice (a server reflecting a client's own key back would make a
-pairwise mask cancel against itself).
+participant, its own keys unchanged, at least t entries, every signature valid, no
+malformed or small-order public key (RFC 7748, section 6.1: a colluding client can sign
+one, and agreement with it yields zero), and no public key used twice (a server
+reflecting a client's own key back would make a pairwise mask cancel against itself).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from secagg.errors import AbortReason
 from secagg.graph import neighbours
 from secagg.hazmat.keys import AgreementKeyPair, verify_signature
 from secagg.messages import AdvertiseKeys, KeyList, ShareKeys
-from secagg.protocol import advertise_statement
+from secagg.protocol import advertise_statement, is_usable_x25519_public_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +86,13 @@ class AwaitingKeyList:
                 verify_signature(config.identity_keys[entry.sender], entry.signature, statement),
                 AbortReason.INVALID_SIGNATURE,
                 f"keys of participant {entry.sender} are not signed by its identity key",
+            )
+        for entry in message.entries:
+            require(
+                is_usable_x25519_public_key(entry.encryption_public_key)
+                and is_usable_x25519_public_key(entry.masking_public_key),
+                AbortReason.INVALID_PUBLIC_KEY,
+                f"a public key of participant {entry.sender} is malformed or of small order",
             )
         public_keys = [key for entry in message.entries for key in (entry.encryption_public_key, entry.masking_public_key)]
         require(len(set(public_keys)) == len(public_keys), AbortReason.DUPLICATE_PUBLIC_KEY, "a public key appears twice")

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from secagg.client.context import ClientContext, check_id_list, require
+from secagg.client.context import ClientContext, agreement_with, check_id_list, require
 from secagg.client.r2_masked_input import AwaitingSurvivors, masked_input
 from secagg.client.stages import ClientStage
 from secagg.errors import AbortReason, MalformedMessage, ProtocolAbort
@@ -71,9 +71,10 @@ def share_keys(
     for recipient in neighbourhood:
         if recipient == me:
             continue
-        key = share_encryption_key(
-            session_id, keys.encryption.private_key, advertised[recipient].encryption_public_key, me, recipient
-        )
+        with agreement_with(recipient):
+            key = share_encryption_key(
+                session_id, keys.encryption.private_key, advertised[recipient].encryption_public_key, me, recipient
+            )
         sealed = aead.seal(
             key,
             pack_share_plaintext(me, recipient, pairs[recipient]),
@@ -146,7 +147,7 @@ class AwaitingMaskedInputRequest:
         return state, masked_input(context, state, self.self_mask_seed)
 
     def _decrypt(self, item: EncryptedShares, me: int) -> SharePair:
-        try:
+        with agreement_with(item.sender):
             key = share_encryption_key(
                 self.session_id,
                 self.keys.encryption.private_key,
@@ -154,6 +155,7 @@ class AwaitingMaskedInputRequest:
                 item.sender,
                 me,
             )
+        try:
             plaintext = aead.open_sealed(
                 key, item.ciphertext, aead.associated_data(self.session_id, ROUND_SHARE_KEYS, item.sender, me)
             )

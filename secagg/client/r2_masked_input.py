@@ -8,8 +8,10 @@ expanded block by block straight into the output buffer (see
 forgotten; only its shares remain.
 
 It then waits for the survivors U3: in active mode a
-:class:`~secagg.messages.ConsistencyCheckRequest` (R3 follows); in
-honest-but-curious mode the :class:`~secagg.messages.UnmaskingRequest` directly.
+:class:`~secagg.messages.ConsistencyCheckRequest` (R3 follows; the client signs U3
+only if it induces a connected neighbour graph, see
+:func:`~secagg.client.context.require_connected_survivors`); in honest-but-curious
+mode the :class:`~secagg.messages.UnmaskingRequest` directly.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from secagg.client.context import ClientContext, check_id_list, require
+from secagg.client.context import ClientContext, agreement_with, check_id_list, require, require_connected_survivors
 from secagg.client.stages import ClientStage
 from secagg.config import ProtocolMode
 from secagg.errors import AbortReason
@@ -44,9 +46,10 @@ def masked_input(context: ClientContext, state: AwaitingSurvivors, self_mask_see
     me = context.participant_id
     masks = [SignedSeed(self_mask_prg_seed(state.session_id, me, self_mask_seed), 1)]
     for peer in sorted(state.graph[me] & state.share_keys_survivors):
-        seed = pairwise_prg_seed(
-            state.session_id, state.keys.masking.private_key, state.advertised[peer].masking_public_key, me, peer
-        )
+        with agreement_with(peer):
+            seed = pairwise_prg_seed(
+                state.session_id, state.keys.masking.private_key, state.advertised[peer].masking_public_key, me, peer
+            )
         masks.append(SignedSeed(seed, pairwise_mask_sign(me, peer)))
     ring = context.config.ring
     masked = context.input_vector.copy()
@@ -81,6 +84,7 @@ class AwaitingSurvivors:
         survivors = check_id_list(message.survivors, "U3", within=self.share_keys_survivors, minimum=context.config.threshold)
         me = context.participant_id
         require(me in survivors, AbortReason.PREMATURE_UNMASK_REQUEST, "U3 omits this client: its masked input was not accepted")
+        require_connected_survivors(self.graph, survivors)
         signature = context.identity_key.sign(survivors_statement(self.session_id, me, survivors))
         state = AwaitingUnmaskingRequest(survivors_state=self, signed_survivors=survivors)
         return state, ConsistencyCheck(session_id=self.session_id, sender=me, signature=signature)

@@ -11,7 +11,13 @@ masks of the dropped without unmasking any survivor's input.
 
 In a sparse (Harary) graph the client also refuses when fewer than t_s members of
 its neighbourhood survived: the pairwise masks with surviving neighbours are what
-hide y_u once b_u is revealed (Bell et al. 2020, section 3).
+hide y_u once b_u is revealed (Bell et al. 2020, section 3). Finally it refuses when
+U3 induces a neighbour graph of more than one connected component: no pairwise mask
+joins two components, so the server could unmask the sum over each one separately.
+Every client computes the whole graph from the session id, so even a client whose
+own neighbourhood is intact refuses a split U3 (t_s is chosen so that the
+neighbourhood checks of the clients bordering a split refuse it too:
+:func:`secagg.config.neighbourhood_threshold`).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from secagg.client.context import ClientContext, check_id_list, require
+from secagg.client.context import ClientContext, check_id_list, require, require_connected_survivors
 from secagg.client.r2_masked_input import AwaitingSurvivors
 from secagg.client.stages import ClientStage
 from secagg.errors import AbortReason
@@ -97,6 +103,7 @@ def unmasking_shares(
         AbortReason.TOO_FEW_PARTICIPANTS,
         "too few neighbours survived: unmasking would expose this client's input to the server",
     )
+    require_connected_survivors(state.graph, survivors)
     masking_key_shares = tuple(
         RevealedShare(owner=owner, share=state.received_shares[owner].masking_key_share)
         for owner in sorted(neighbourhood & dropped)

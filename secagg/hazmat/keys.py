@@ -2,7 +2,8 @@
 
 Keys travel as raw 32-byte strings. Private keys are generated from an injected
 :class:`~secagg.hazmat.randomness.RandomSource`, so tests are deterministic while
-production draws from the operating system's CSPRNG. A key agreement whose output
+production draws from the operating system's CSPRNG. Generated X25519 private keys are
+stored clamped (RFC 7748, section 5). A key agreement whose output
 is all zeros (a small-order public key, RFC 7748 section 6.1) is refused by
 ``cryptography`` and surfaces here as :class:`InvalidPublicKey`.
 """
@@ -41,8 +42,8 @@ class AgreementKeyPair:
 
     @classmethod
     def generate(cls, source: RandomSource) -> AgreementKeyPair:
-        private = X25519PrivateKey.from_private_bytes(source.random_bytes(PRIVATE_KEY_BYTES))
-        return cls.from_private_bytes(_raw_private(private))
+        """A fresh key pair whose private bytes are already clamped (:func:`clamp_private_key`)."""
+        return cls.from_private_bytes(clamp_private_key(source.random_bytes(PRIVATE_KEY_BYTES)))
 
     @classmethod
     def from_private_bytes(cls, private_bytes: bytes) -> AgreementKeyPair:
@@ -79,6 +80,26 @@ def agree(private: bytes | X25519PrivateKey, peer_public: bytes | X25519PublicKe
         return key.exchange(peer)
     except ValueError as exc:  # all-zero shared secret: small-order point
         raise InvalidPublicKey("X25519 public key is of small order") from exc
+
+
+def clamp_private_key(private_bytes: bytes) -> bytes:
+    """The canonical form of an X25519 private key: decodeScalar25519 of RFC 7748, section 5.
+
+    X25519 clamps every private key before use (clears bits 0-2 and 255, sets bit 254), so
+    the 2^5 byte strings that differ only in those bits are one key with one public key.
+    Keys generated here are stored clamped. Then the only other canonical key with the same
+    public key is the negation 8l - s (l the order of the base point), which nobody can aim
+    at without knowing s: "canonical and gives this public key" pins a reconstructed key
+    down, where the public key alone leaves the clamped bits free.
+    """
+    if len(private_bytes) != PRIVATE_KEY_BYTES:
+        raise ValueError("X25519 private keys are 32 bytes")
+    return bytes([private_bytes[0] & 248]) + private_bytes[1:31] + bytes([(private_bytes[31] & 127) | 64])
+
+
+def is_clamped_private_key(private_bytes: bytes) -> bool:
+    """True iff ``private_bytes`` is its own canonical form (:func:`clamp_private_key`)."""
+    return len(private_bytes) == PRIVATE_KEY_BYTES and clamp_private_key(private_bytes) == private_bytes
 
 
 def agreement_public_key(private_bytes: bytes) -> bytes:

@@ -2,5 +2,6 @@
 
 from secagg.server.session import ServerSession, StageRecord
 from secagg.server.stages import ServerStage
+from secagg.server.unmasking import InconsistentShare, SecretKind
 
-__all__ = ["ServerSession", "ServerStage", "StageRecord"]
+__all__ = ["InconsistentShare", "SecretKind", "ServerSession", "ServerStage", "StageRecord"]

@@ -60,7 +60,7 @@ from secagg.protocol import (
     survivors_statement,
 )
 from secagg.server.stages import ServerStage
-from secagg.server.unmasking import plan_unmasking
+from secagg.server.unmasking import InconsistentShare, InconsistentSharesAbort, SecretKind, plan_unmasking
 
 Outbox = dict[int, ServerMessage]
 
@@ -108,6 +108,8 @@ class ServerSession:
         self._history: list[StageRecord] = []
         self._abort: ProtocolAbort | None = None
         self._result: np.ndarray | None = None
+        self._inconsistent_shares: tuple[InconsistentShare, ...] = ()
+        self._unattributed_secrets: tuple[tuple[int, SecretKind], ...] = ()
 
     # ----------------------------------------------------------------- queries
     @property
@@ -147,6 +149,32 @@ class ServerSession:
     @property
     def abort_reason(self) -> AbortReason | None:
         return self._abort.reason if self._abort else None
+
+    @property
+    def abort_participants(self) -> frozenset[int]:
+        """The participants the abort implicates (:attr:`~secagg.errors.ProtocolAbort.participants`)."""
+        return self._abort.participants if self._abort else frozenset()
+
+    @property
+    def inconsistent_shares(self) -> tuple[InconsistentShare, ...]:
+        """Shares revealed in R4 that are off the polynomial matching their owner's commitment.
+
+        Set when R4 closes, whether the round completed (the wrong shares were outvoted by
+        spare ones) or aborted (:data:`~secagg.errors.AbortReason.INCONSISTENT_SHARES`).
+        Spare shares are checked only for a secret whose t lowest shares failed, so a wrong
+        share that no reconstruction needed is not listed.
+        """
+        return self._inconsistent_shares
+
+    @property
+    def unattributed_secrets(self) -> tuple[tuple[int, SecretKind], ...]:
+        """(owner, secret) pairs whose R4 shares include wrong ones that could not be pinned on holders.
+
+        The secret itself matched its commitment, so the sum is exact; too many of its shares
+        disagreed for the naming rule of
+        :meth:`~secagg.hazmat.shamir.ShamirScheme.reconstruct_verified` to single out holders.
+        """
+        return self._unattributed_secrets
 
     @property
     def survivors(self) -> frozenset[int]:
@@ -218,7 +246,7 @@ class ServerSession:
         try:
             return self._close_stage(responders)
         except ProtocolAbort as exc:
-            self._fail(exc.reason, exc.detail)
+            self._fail(exc.reason, exc.detail, participants=exc.participants)
 
     def provide_masked_sum(self, total: np.ndarray) -> None:
         """Hand over the sum (mod 2^b) of the masked inputs of U3, summed outside the session.
@@ -357,6 +385,14 @@ class ServerSession:
             return self._enter(ServerStage.MASKED_INPUT_COLLECTION, responders, outbox)
 
         if self._stage is ServerStage.MASKED_INPUT_COLLECTION:
+            pieces = data.graph.components(responders)
+            if len(pieces) > 1:
+                # Every client would refuse this U3 (see secagg.client.context); asking
+                # for shares would only wait for the deadline.
+                raise ProtocolAbort(
+                    AbortReason.SURVIVOR_GRAPH_DISCONNECTED,
+                    f"U3 splits into {len(pieces)} disconnected groups of sizes {sorted(len(piece) for piece in pieces)}",
+                )
             data.survivors = responders
             data.dropped = data.share_keys_survivors - responders
             ordered = tuple(sorted(responders))
@@ -392,16 +428,22 @@ class ServerSession:
                 data.running_sum = self._config.ring.zeros(self._config.dim)
             else:
                 raise ProtocolAbort(AbortReason.MISSING_SHARES, "the masked sum was not provided before unmasking")
-        plan = plan_unmasking(
-            self._config,
-            data.session_id,
-            data.graph,
-            data.advertised,
-            data.self_mask_commitments,
-            data.survivors,
-            data.dropped,
-            data.unmasking_shares,
-        )
+        try:
+            plan = plan_unmasking(
+                self._config,
+                data.session_id,
+                data.graph,
+                data.advertised,
+                data.self_mask_commitments,
+                data.survivors,
+                data.dropped,
+                data.unmasking_shares,
+            )
+        except InconsistentSharesAbort as exc:
+            self._inconsistent_shares = exc.inconsistent_shares
+            raise
+        self._inconsistent_shares = plan.inconsistent_shares
+        self._unattributed_secrets = plan.unattributed
         total = data.running_sum
         masks = [mask for batch in plan.mask_batches() for mask in batch]
         accumulate_masks(total, masks, threads=self._mask_threads)
@@ -418,7 +460,8 @@ class ServerSession:
         self._expected = expected
         return outbox
 
-    def _fail(self, reason: AbortReason, detail: str) -> NoReturn:
+    def _fail(self, reason: AbortReason, detail: str, *, participants: frozenset[int] = frozenset()) -> NoReturn:
         self.abort(reason, detail)
         assert self._abort is not None
+        self._abort.participants = participants
         raise self._abort

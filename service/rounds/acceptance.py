@@ -98,6 +98,7 @@ class MessageAcceptance:
         """One locked attempt; None (and no change) if the round's stage is past its deadline."""
         context = self.context
         parameters = context.parameters(round_id)
+        session_changed = False
         with context.round_lock(round_id):
             try:
                 with context.database.write() as session:
@@ -137,8 +138,13 @@ class MessageAcceptance:
                     try:
                         server_session.receive(message)
                     except MessageRejected as exc:
+                        # The core refuses without changing the session, so it stays valid for this
+                        # revision: keep it (or the one just replayed) cached, or every refused message
+                        # would make the next request replay the whole round.
+                        context.sessions.remember(round_id, row.revision, server_session, known_sum)
                         raise ServiceProblem(PROBLEM_OF_REJECT_REASON[exc.reason], exc.detail) from None
                     # From here on the cached session is ahead of the database until the commit.
+                    session_changed = True
                     context.sessions.forget(round_id)
                     session.add(
                         SubmissionRow(
@@ -169,7 +175,8 @@ class MessageAcceptance:
                 context.sessions.forget(round_id)
                 raise ServiceProblem(ProblemType.DUPLICATE_SUBMISSION, f"you already answered {stage.value}") from None
             except BaseException:
-                context.sessions.forget(round_id)
+                if session_changed:
+                    context.sessions.forget(round_id)
                 raise
         return Acceptance(round_id, stage, sender, digest, already_accepted=False), finished
 

@@ -36,6 +36,9 @@ class RoundContext:
     _locks: dict[str, threading.Lock] = field(default_factory=dict)
     _locks_guard: threading.Lock = field(default_factory=threading.Lock)
 
+    def __post_init__(self) -> None:
+        self.sessions.on_replay = self.metrics.session_replays.inc
+
     def parameters(self, round_id: str) -> StoredParameters:
         """The round's fixed parameters (cached in process: they never change once created)."""
         cached = self._parameters.get(round_id)

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -66,6 +66,7 @@ class RoundEngine:
         metrics: ServiceMetrics,
         ledger: RoundLedger | None,
         max_dim: int,
+        max_open_rounds: int | None = None,
         clock: Callable[[], float] = time.time,
         source: RandomSource | None = None,
         on_round_changed: Callable[[str], None] | None = None,
@@ -74,6 +75,7 @@ class RoundEngine:
         self.metrics = metrics
         self.ledger = ledger
         self.max_dim = max_dim
+        self.max_open_rounds = max_open_rounds
         self.clock = clock
         self._source = source if source is not None else SystemRandom()
         self.context = RoundContext(database, metrics, clock, on_round_changed)
@@ -139,6 +141,15 @@ class RoundEngine:
         round_id = self._source.random_bytes(ROUND_ID_BYTES).hex()
         now = self.clock()
         with self.database.write() as session:
+            if self.max_open_rounds is not None:
+                running = session.execute(
+                    select(func.count()).select_from(RoundRow).where(RoundRow.outcome.is_(None))
+                ).scalar_one()
+                if running >= self.max_open_rounds:
+                    raise ServiceProblem(
+                        ProblemType.OPEN_ROUND_LIMIT,
+                        f"{running} rounds are running, this server's limit is {self.max_open_rounds}; finish or abort one first",
+                    )
             rows = {
                 row.id: row
                 for row in session.execute(select(ParticipantRow).where(ParticipantRow.id.in_(request.cohort))).scalars()

@@ -17,6 +17,7 @@ length, ring). The running sum is handed to the session with
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,12 +48,16 @@ class SessionCache:
     """The sessions of this process's running rounds, each valid for one row revision only."""
 
     _entries: dict[str, CachedSession] = field(default_factory=dict)
+    on_replay: Callable[[], object] | None = None
+    """Called once per replay (the ``secagg_session_replays`` metric)."""
 
     def session(self, session: Session, row: RoundRow, parameters: StoredParameters) -> ServerSession:
         """The round's session at the row's revision: the cached one, or a replay."""
         cached = self._entries.get(row.id)
         if cached is not None and cached.revision == row.revision:
             return cached.session
+        if self.on_replay is not None:
+            self.on_replay()
         return replay(session, row, parameters)
 
     def masked_sum(self, round_id: str, revision: int) -> np.ndarray | None:

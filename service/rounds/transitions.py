@@ -60,27 +60,38 @@ class StageTransitions:
 
     def advance_if_due(self, round_id: str) -> bool:
         """Close the round's current stage if everyone expected answered or its deadline passed."""
+
+        def due(session: Session) -> RoundRow | None:
+            row = self.context.database.lock_round(session, round_id)
+            if row is None or row.outcome is not None:
+                return None
+            answered = session.execute(
+                select(func.count())
+                .select_from(SubmissionRow)
+                .where(SubmissionRow.round_id == round_id, SubmissionRow.stage == row.stage)
+            ).scalar_one()
+            overdue = row.stage_deadline is not None and self.context.clock() >= row.stage_deadline
+            return row if answered >= len(json.loads(row.expected)) or overdue else None
+
+        return self._close_locked(round_id, due)
+
+    def _close_locked(self, round_id: str, lock_row: Callable[[Session], RoundRow | None]) -> bool:
+        """Close the current stage of the row ``lock_row`` locks, in one transaction; False if it locks none.
+
+        The cached session is dropped while the transaction runs (it is ahead of the
+        database until the commit) and kept for the new revision only after the commit.
+        """
         context = self.context
         finished = False
         with context.round_lock(round_id):
             try:
                 with context.database.write() as session:
-                    row = context.database.lock_round(session, round_id)
-                    if row is None or row.outcome is not None:
-                        return False
-                    now = context.clock()
-                    expected = json.loads(row.expected)
-                    answered = session.execute(
-                        select(func.count())
-                        .select_from(SubmissionRow)
-                        .where(SubmissionRow.round_id == round_id, SubmissionRow.stage == row.stage)
-                    ).scalar_one()
-                    overdue = row.stage_deadline is not None and now >= row.stage_deadline
-                    if answered < len(expected) and not overdue:
+                    row = lock_row(session)
+                    if row is None:
                         return False
                     server_session = context.sessions.session(session, row, context.parameters(round_id))
                     context.sessions.forget(round_id)
-                    finished = self.close_stage(session, row, server_session, now)
+                    finished = self.close_stage(session, row, server_session, context.clock())
                     session.flush()
                     revision = row.revision
                 if not finished:
@@ -153,18 +164,32 @@ class StageTransitions:
         )
         return False
 
-    @staticmethod
-    def _record_history(row: RoundRow, server_session: ServerSession, now: float) -> None:
+    def _record_history(self, row: RoundRow, server_session: ServerSession, now: float) -> None:
+        """Append the closed stage to the round's history; after R4, name the holders of wrong shares.
+
+        A share off the polynomial its owner's commitment fixes is a fact about its holder,
+        whether spare shares outvoted it (the round completed) or not (the round aborted
+        with ``inconsistent-shares``). The history names the holders by protocol index, as
+        ``expected`` and ``responded`` do; a warning log names them by participant id.
+        """
         history = json.loads(row.history)
         record = server_session.history[-1]
-        history.append(
-            {
-                "stage": record.stage.value,
-                "expected": sorted(record.expected),
-                "responded": sorted(record.responded),
-                "closed_at": now,
-            }
-        )
+        entry: dict[str, object] = {
+            "stage": record.stage.value,
+            "expected": sorted(record.expected),
+            "responded": sorted(record.responded),
+            "closed_at": now,
+        }
+        if record.stage is ServerStage.UNMASKING:
+            holders = sorted({share.holder for share in server_session.inconsistent_shares} | server_session.abort_participants)
+            if holders:
+                entry["inconsistent_share_holders"] = holders
+                cohort = self.context.parameters(row.id).cohort_ids
+                LOGGER.warning(
+                    "inconsistent_shares",
+                    extra={"round_id": row.id, "participants": [cohort[index] for index in holders]},
+                )
+        history.append(entry)
         row.history = json.dumps(history)
 
     def finish(
@@ -201,26 +226,8 @@ class StageTransitions:
     def close_stage_now(self, round_id: str) -> None:
         """An operator closes the current stage before its deadline, with whoever answered
         (the round aborts if fewer than t did), e.g. when the missing banks are known to be down."""
-        context = self.context
-        finished = False
-        with context.round_lock(round_id):
-            try:
-                with context.database.write() as session:
-                    row = self._lock_unfinished_round(session, round_id)
-                    server_session = context.sessions.session(session, row, context.parameters(round_id))
-                    context.sessions.forget(round_id)
-                    finished = self.close_stage(session, row, server_session, context.clock())
-                    session.flush()
-                    revision = row.revision
-                if not finished:
-                    context.sessions.remember(round_id, revision, server_session)
-            except BaseException:
-                context.sessions.forget(round_id)
-                raise
+        self._close_locked(round_id, lambda session: self._lock_unfinished_round(session, round_id))
         LOGGER.info("stage_closed_by_operator", extra={"round_id": round_id})
-        context.notify(round_id)
-        if finished:
-            self._on_finished(round_id)
 
     def abort(self, round_id: str, detail: str) -> None:
         """An operator aborts a running round (recorded as aborted by the server)."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import time
+from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -12,10 +14,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
+from secagg.http_contract import BODY_SHA256_HEADER
 from service.auth import (
     BankCaller,
+    Caller,
     EngineDep,
-    PendingCaller,
     SettingsDep,
     check_credentials,
     complete_authentication,
@@ -26,13 +29,13 @@ from service.auth import (
 from service.problems import ProblemType, ServiceProblem, problem_responses
 from service.rounds import Acceptance, RoundEngine
 from service.schemas import MessageAck, ParticipantRole, ResultOut, RoundId, RoundParameters, TrainingId, TrainingOut, WorkList
+from service.settings import ServiceSettings
 from service.watch import FALLBACK_RECHECK_SECONDS, MAX_WAIT_SECONDS, RoundWatch
 
 AUTH_PROBLEMS = (
     ProblemType.MISSING_CREDENTIALS,
     ProblemType.MALFORMED_CREDENTIALS,
     ProblemType.STALE_TIMESTAMP,
-    ProblemType.UNKNOWN_KEY,
     ProblemType.REVOKED_KEY,
     ProblemType.BAD_REQUEST_SIGNATURE,
     ProblemType.REPLAYED_NONCE,
@@ -45,6 +48,9 @@ MESSAGE_PROBLEMS = (
     ProblemType.SENDER_MISMATCH,
     ProblemType.ROUND_ABORTED,
     ProblemType.PAYLOAD_TOO_LARGE,
+    ProblemType.BODY_DIGEST_MISMATCH,
+    ProblemType.BODY_TIMEOUT,
+    ProblemType.INCOMPLETE_BODY,
     ProblemType.UNSUPPORTED_MEDIA_TYPE,
     ProblemType.MALFORMED,
     ProblemType.WRONG_STAGE,
@@ -142,26 +148,24 @@ def _parameters(engine: RoundEngine, round_id: str, participant_id: str) -> dict
 async def post_message(round_id: RoundIdPath, request: Request, engine: EngineDep, settings: SettingsDep) -> Response:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
 
-    def before_body() -> tuple[PendingCaller, int]:
-        pending = check_credentials(request, engine, settings)
+    def authenticate() -> tuple[Caller, str, int]:
+        pending = check_credentials(request, engine, settings, with_body=True)
+        caller = require_role(complete_authentication(request, engine, settings, pending), ParticipantRole.BANK)
         if content_type != OCTET_STREAM:
             raise ServiceProblem(ProblemType.UNSUPPORTED_MEDIA_TYPE, f"messages are {OCTET_STREAM}")
-        return pending, engine.max_message_bytes(round_id)
+        return caller, pending.body_sha256, engine.max_message_bytes(round_id)
 
-    pending, limit = await run_in_threadpool(before_body)
-    body = await _read_limited(request, limit)
+    caller, declared_sha256, limit = await run_in_threadpool(authenticate)
+    body = await _read_bound_body(request, limit, declared_sha256)
 
-    def after_body() -> Acceptance:
-        digest = hashlib.sha256(body).hexdigest()
-        caller = complete_authentication(request, engine, settings, pending, body_sha256=digest)
-        require_role(caller, ParticipantRole.BANK)
+    def accept() -> Acceptance:
         try:
-            return engine.accept(round_id, caller.participant_id, body, body_sha256=digest)
+            return engine.accept(round_id, caller.participant_id, body, body_sha256=declared_sha256)
         except ServiceProblem as problem:
             request.app.state.metrics.messages_rejected.labels(problem.problem.suffix).inc()
             raise
 
-    acceptance = await run_in_threadpool(after_body)
+    acceptance = await run_in_threadpool(accept)
     ack = MessageAck(
         round_id=round_id,
         stage=acceptance.stage.value,
@@ -172,8 +176,10 @@ async def post_message(round_id: RoundIdPath, request: Request, engine: EngineDe
     return JSONResponse(ack.model_dump(), status_code=200 if acceptance.already_accepted else 202)
 
 
-async def _read_limited(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it is known to exceed ``limit`` (before reading it all)."""
+async def _read_bound_body(request: Request, limit: int, declared_sha256: str) -> bytes:
+    """The body of an authenticated upload, refused with 413 as soon as it is known to exceed
+    ``limit`` (before reading it all) and with ``body-digest-mismatch`` if its SHA-256, computed
+    while streaming, is not the one the request declared and signed."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -181,13 +187,17 @@ async def _read_limited(request: Request, limit: int) -> bytes:
         if int(declared) > limit:
             raise ServiceProblem(ProblemType.PAYLOAD_TOO_LARGE, f"this round's messages are at most {limit} bytes")
     buffer = bytearray()
+    digest = hashlib.sha256()
     try:
         async for chunk in request.stream():
             if len(buffer) + len(chunk) > limit:
                 raise ServiceProblem(ProblemType.PAYLOAD_TOO_LARGE, f"this round's messages are at most {limit} bytes")
             buffer += chunk
+            digest.update(chunk)
     except ClientDisconnect:
         raise ServiceProblem(ProblemType.INCOMPLETE_BODY, "the client disconnected before sending the whole body") from None
+    if digest.hexdigest() != declared_sha256:
+        raise ServiceProblem(ProblemType.BODY_DIGEST_MISMATCH, f"the body's SHA-256 is not the declared {BODY_SHA256_HEADER}")
     return bytes(buffer)
 
 
@@ -207,6 +217,7 @@ async def _read_limited(request: Request, limit: int) -> bytes:
             ProblemType.EXCLUDED,
             ProblemType.ROUND_COMPLETED,
             ProblemType.ROUND_ABORTED,
+            ProblemType.TOO_MANY_REQUESTS,
         ),
     },
     response_class=Response,
@@ -225,13 +236,14 @@ async def my_message(
 ) -> Response:
     watch: RoundWatch = request.app.state.watch
     give_up = time.monotonic() + wait
-    while True:
-        changed = watch.event(round_id)  # taken before the check, so no change slips between
-        stage, outbound = await run_in_threadpool(engine.message_for, round_id, caller.participant_id)
-        remaining = give_up - time.monotonic()
-        if outbound is not None or remaining <= 0:
-            break
-        await watch.wait(changed, min(remaining, FALLBACK_RECHECK_SECONDS))
+    with _long_poll_slot(request, caller, settings, held=wait > 0):
+        while True:
+            changed = watch.event(round_id)  # taken before the check, so no change slips between
+            stage, outbound = await run_in_threadpool(engine.message_for, round_id, caller.participant_id)
+            remaining = give_up - time.monotonic()
+            if outbound is not None or remaining <= 0:
+                break
+            await watch.wait(changed, min(remaining, FALLBACK_RECHECK_SECONDS))
     if outbound is None:
         retry_after = "0" if wait > 0 else str(settings.retry_after_seconds)
         return Response(status_code=204, headers={"Retry-After": retry_after, STAGE_HEADER: stage})
@@ -240,6 +252,33 @@ async def my_message(
         media_type=OCTET_STREAM,
         headers={STAGE_HEADER: outbound.stage, "X-Secagg-Message-Type": outbound.message_type},
     )
+
+
+@contextlib.contextmanager
+def _long_poll_slot(request: Request, caller: Caller, settings: ServiceSettings, *, held: bool) -> Iterator[None]:
+    """Counts the caller's long polls held by this process; refuses one beyond the cap (429).
+
+    Runs on the event loop only (never in the threadpool), so the counter needs no lock.
+    A plain poll (``wait=0``) holds nothing and is not counted.
+    """
+    if not held:
+        yield
+        return
+    held_polls: dict[str, int] = request.app.state.long_polls
+    participant = caller.participant_id
+    if held_polls.get(participant, 0) >= settings.max_long_polls_per_participant:
+        raise ServiceProblem(
+            ProblemType.TOO_MANY_REQUESTS,
+            f"at most {settings.max_long_polls_per_participant} long polls per participant at once",
+            headers={"Retry-After": str(settings.retry_after_seconds)},
+        )
+    held_polls[participant] = held_polls.get(participant, 0) + 1
+    try:
+        yield
+    finally:
+        held_polls[participant] -= 1
+        if not held_polls[participant]:
+            del held_polls[participant]
 
 
 @router.get(

@@ -536,6 +536,15 @@ def spec_reconstruct(shares: dict[int, int], threshold: int) -> bytes:
     return secret.to_bytes(32, "big")
 
 
+def spec_clamp(private: bytes) -> bytes:
+    """RFC 7748 section 5: clear bits 0, 1, 2 and 255, set bit 254 (little-endian scalar)."""
+    scalar = bytearray(private)
+    scalar[0] &= 248
+    scalar[31] &= 127
+    scalar[31] |= 64
+    return bytes(scalar)
+
+
 def spec_x25519_public(private: bytes) -> bytes:
     return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
@@ -699,7 +708,7 @@ def test_a_real_round_follows_the_spec_from_r0_to_the_sum(transcript: Transcript
 
     # Round private keys, found among each client's random draws by their public keys.
     c_sk = {u: next(d for d in transcript.draws[u] if len(d) == 32 and spec_x25519_public(d) == c_pk[u]) for u in u1}
-    s_sk = {u: next(d for d in transcript.draws[u] if len(d) == 32 and spec_x25519_public(d) == s_pk[u]) for u in u1}
+    s_sk = {u: spec_clamp(next(d for d in transcript.draws[u] if len(d) == 32 and spec_x25519_public(d) == s_pk[u])) for u in u1}
 
     # Section 13: ShareKeys goes to exactly the spec's neighbours in U1.
     graph = spec_neighbours(config, u1, session)

@@ -1,7 +1,7 @@
 """PRV accountant: pinned Opacus value, validity against RDP, composition, refusals.
 
 Pinned value: Gaussian, q = 0.1, z = 1.0, T = 100, delta = 1e-5 gives epsilon 7.057
-with Opacus 1.6's PRVAccountant (issue 3, section 3; Google's dp-accounting PLD gives
+with Opacus 1.6's PRVAccountant (Google's dp-accounting PLD gives
 7.047).
 """
 

@@ -1,7 +1,7 @@
 """RDP analysis: pinned Opacus values, closed forms, monotonicity, composition, Skellam.
 
 Pinned value: Gaussian, q = 0.1, z = 1.0, T = 100, delta = 1e-5 gives epsilon 7.899
-with Opacus 1.6's RDPAccountant (issue 3, section 3; Google's dp-accounting gives 7.904
+with Opacus 1.6's RDPAccountant (Google's dp-accounting gives 7.904
 with its own order grid).
 """
 

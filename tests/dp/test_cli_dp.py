@@ -1,7 +1,7 @@
 """``secagg dp``: pinned values from the command line, JSON output, and bad input.
 
 Pinned values: Gaussian, q = 0.1, z = 1.0, T = 100, delta = 1e-5 gives RDP 7.899 and
-PRV 7.057 with Opacus 1.6 (issue 3, section 3).
+PRV 7.057 with Opacus 1.6 (the pinned reference values).
 """
 
 from __future__ import annotations

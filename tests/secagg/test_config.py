@@ -1,6 +1,6 @@
 """Round parameters, threshold rules and the session id (secagg/config.py).
 
-Every :class:`ConfigurationError` path is exercised; the thresholds follow DESIGN.md
+Every :class:`ConfigurationError` path is exercised; the thresholds follow docs/DESIGN.md
 section 2 (Bonawitz et al. 2017, section 6): honest-but-curious t >= floor(n/2) + 1,
 active t >= floor(2n/3) + 1. ``digest()`` must change with every parameter and
 ``session_id`` must not depend on the order of its input but on every key in it.
@@ -28,6 +28,7 @@ from secagg.config import (
     ProtocolMode,
     RoundConfig,
     minimum_threshold,
+    neighbourhood_threshold,
     session_id,
 )
 from secagg.errors import ConfigurationError
@@ -201,14 +202,53 @@ def test_config_is_frozen() -> None:
 # --- derived parameters --------------------------------------------------------------------
 
 
-def test_share_threshold_is_t_for_the_full_graph_and_the_mode_rule_over_the_neighbourhood_for_harary() -> None:
+def test_share_threshold_is_t_for_the_full_graph_and_the_neighbourhood_threshold_for_harary() -> None:
     assert make_config(threshold=8).share_threshold == 8
     harary = make_config(identity_keys=identity_keys(30), threshold=21, graph=GraphKind.HARARY, degree=8)
     assert harary.share_threshold == minimum_threshold(ProtocolMode.ACTIVE, 9) == 7
     harary_hbc = make_config(
         identity_keys=identity_keys(30), threshold=16, graph=GraphKind.HARARY, degree=8, mode=ProtocolMode.HONEST_BUT_CURIOUS
     )
-    assert harary_hbc.share_threshold == 5
+    assert harary_hbc.share_threshold == neighbourhood_threshold(ProtocolMode.HONEST_BUT_CURIOUS, 8) == 6
+
+
+@pytest.mark.parametrize(
+    ("mode", "degree", "expected"),
+    [
+        # honest-but-curious: k/2 + 2, one above the mode's rule over k + 1 (k/2 + 1)
+        (ProtocolMode.HONEST_BUT_CURIOUS, 2, 3),
+        (ProtocolMode.HONEST_BUT_CURIOUS, 4, 4),
+        (ProtocolMode.HONEST_BUT_CURIOUS, 10, 7),
+        (ProtocolMode.HONEST_BUT_CURIOUS, 40, 22),
+        # active: the mode's rule over k + 1, which is at least k/2 + 2
+        (ProtocolMode.ACTIVE, 2, 3),
+        (ProtocolMode.ACTIVE, 4, 4),
+        (ProtocolMode.ACTIVE, 6, 5),
+        (ProtocolMode.ACTIVE, 10, 8),
+        (ProtocolMode.ACTIVE, 40, 28),
+    ],
+)
+def test_neighbourhood_threshold_is_the_mode_rule_over_k_plus_1_and_at_least_k_over_2_plus_2(
+    mode: ProtocolMode, degree: int, expected: int
+) -> None:
+    assert neighbourhood_threshold(mode, degree) == expected
+    assert neighbourhood_threshold(mode, degree) == max(minimum_threshold(mode, degree + 1), degree // 2 + 2)
+
+
+@settings(max_examples=100, deadline=None)
+@given(mode=st.sampled_from(list(ProtocolMode)), half=st.integers(min_value=1, max_value=5000))
+def test_neighbourhood_threshold_lets_a_client_miss_fewer_than_half_of_its_neighbours(mode: ProtocolMode, half: int) -> None:
+    """k + 1 - t_s neighbours may be missing; below k/2, so no two runs of k/2 dropouts pass every check."""
+    degree = 2 * half
+    threshold = neighbourhood_threshold(mode, degree)
+    assert degree + 1 - threshold < half
+    assert minimum_threshold(mode, degree + 1) <= threshold <= degree + 1
+
+
+@pytest.mark.parametrize("degree", [0, 1, 3, -2])
+def test_neighbourhood_threshold_refuses_a_degree_that_is_not_even_and_at_least_2(degree: int) -> None:
+    with pytest.raises(ConfigurationError, match="harary degree"):
+        neighbourhood_threshold(ProtocolMode.ACTIVE, degree)
 
 
 def test_participant_ids_are_zero_based_positions_of_the_identity_keys() -> None:

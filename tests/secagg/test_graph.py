@@ -167,9 +167,10 @@ def exact_upper_tail(trials: int, probability: float, at_least: int) -> Fraction
 
 
 def documented_failure(participants: int, mode: ProtocolMode, degree: int, dropout: float, corrupt: float) -> Fraction:
-    """The docstring's union bound: n * max(P[an owner keeps < t_s live holders among its k neighbours], P[a neighbourhood holds >= t_s corrupt])."""
+    """The docstring's union bound: n * max(P[an owner keeps < t_s live holders among its k neighbours], P[a neighbourhood holds >= t_s corrupt]),
+    with t_s the larger of the mode's rule over k + 1 and k/2 + 2."""
     size = degree + 1
-    share_threshold = minimum_threshold(mode, size)
+    share_threshold = max(minimum_threshold(mode, size), degree // 2 + 2)
     too_few_survivors = exact_upper_tail(degree, dropout, size - share_threshold)
     too_many_corrupt = exact_upper_tail(size, corrupt, share_threshold)
     return participants * max(too_few_survivors, too_many_corrupt)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from secagg.hazmat.keys import (
     AgreementKeyPair,
@@ -17,6 +19,8 @@ from secagg.hazmat.keys import (
     SigningKey,
     agree,
     agreement_public_key,
+    clamp_private_key,
+    is_clamped_private_key,
     verify_signature,
 )
 from secagg.hazmat.randomness import DeterministicRandom
@@ -207,3 +211,37 @@ def test_key_pairs_are_frozen() -> None:
     key = SigningKey.generate(DeterministicRandom.from_int(12))
     with pytest.raises(AttributeError):
         key.private_bytes = bytes(32)  # type: ignore[misc]
+
+
+# --- clamped private keys ------------------------------------------------------------------
+
+
+def test_clamping_follows_rfc_7748_decode_scalar_25519() -> None:
+    """RFC 7748 section 5: k[0] &= 248, k[31] &= 127, k[31] |= 64."""
+    assert clamp_private_key(b"\xff" * 32) == b"\xf8" + b"\xff" * 30 + b"\x7f"
+    assert clamp_private_key(bytes(32)) == bytes(31) + b"\x40"
+    alice = _hex(DIFFIE_HELLMAN["alice_private"])
+    assert clamp_private_key(alice)[1:31] == alice[1:31]
+
+
+@settings(max_examples=50, deadline=None)
+@given(private=st.binary(min_size=32, max_size=32))
+def test_clamping_is_idempotent_and_changes_neither_the_public_key_nor_any_shared_secret(private: bytes) -> None:
+    clamped = clamp_private_key(private)
+    assert is_clamped_private_key(clamped) and clamp_private_key(clamped) == clamped
+    assert is_clamped_private_key(private) is (private == clamped)
+    assert agreement_public_key(clamped) == agreement_public_key(private)
+    peer = _hex(DIFFIE_HELLMAN["bob_public"])
+    assert agree(clamped, peer) == agree(private, peer)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_generated_agreement_keys_are_stored_clamped(seed: int) -> None:
+    assert is_clamped_private_key(AgreementKeyPair.generate(DeterministicRandom.from_int(seed)).private_bytes)
+
+
+@pytest.mark.parametrize("length", [0, 31, 33])
+def test_clamping_refuses_a_private_key_that_is_not_32_bytes(length: int) -> None:
+    with pytest.raises(ValueError, match="32 bytes"):
+        clamp_private_key(bytes(length))
+    assert is_clamped_private_key(bytes(length)) is False

@@ -1,6 +1,7 @@
 """Masks cancel: for any cohort, ring, mode, graph and dropout pattern, the server
 recovers exactly the sum of the survivors' inputs, or aborts because fewer than t
-(or t_s in a neighbourhood) remained. Property-based (hypothesis)."""
+(or t_s in a neighbourhood) remained or because the survivors' graph split.
+Property-based (hypothesis)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from hypothesis import strategies as st
 
 from secagg.config import GraphKind, ProtocolMode, minimum_threshold
 from secagg.errors import AbortReason
-from secagg.graph import recommended_harary_degree
+from secagg.graph import neighbours, recommended_harary_degree
 from tests.secagg.harness import make_round, run
 
 
@@ -50,7 +51,15 @@ def test_sum_of_survivors_is_exact_or_round_aborts_for_lack_of_survivors(case):
         assert outcome.survivors.isdisjoint(dropped_any_time - set(drop[4]) - set(drop[3]))
         np.testing.assert_array_equal(outcome.result, round_.expected_sum(outcome.survivors))
     else:
-        assert outcome.abort.reason in {AbortReason.TOO_FEW_PARTICIPANTS, AbortReason.MISSING_SHARES}
+        assert outcome.abort.reason in {
+            AbortReason.TOO_FEW_PARTICIPANTS,
+            AbortReason.MISSING_SHARES,
+            AbortReason.SURVIVOR_GRAPH_DISCONNECTED,
+        }
+        if outcome.abort.reason is AbortReason.SURVIVOR_GRAPH_DISCONNECTED:
+            advertised, masked_inputs = round_.server.history[0].responded, round_.server.history[2].responded
+            graph = neighbours(round_.config, advertised, round_.server.session_id)
+            assert not graph.is_connected(masked_inputs)
 
 
 @settings(max_examples=15, deadline=None)

@@ -14,7 +14,7 @@ from secagg.hazmat.keys import AgreementKeyPair
 from secagg.hazmat.randomness import DeterministicRandom
 from secagg.messages import MaskedInput, RevealedShare, encode
 from secagg.protocol import advertise_statement
-from secagg.server import ServerSession, ServerStage
+from secagg.server import InconsistentShare, SecretKind, ServerSession, ServerStage
 from tests.secagg.harness import advance_to, collect, deliver, make_round, start
 
 
@@ -201,29 +201,50 @@ def test_r4_refuses_a_share_that_is_not_a_field_element():
     _assert_rejected(round_.server, forged, RejectReason.WRONG_SHARES)
 
 
-def test_r4_detects_and_names_a_corrupted_self_mask_share():
+def test_r4_detects_a_corrupted_self_mask_share_and_names_its_holder_not_its_owner():
     round_ = _in_stage(4)
     message = round_.pending[0]
-    first = message.self_mask_shares[0]
-    corrupted = replace(first, share=(int.from_bytes(first.share, "big") ^ 1).to_bytes(33, "big"))
-    round_.pending[0] = replace(message, self_mask_shares=(corrupted,) + message.self_mask_shares[1:])
-    with pytest.raises(ProtocolAbort) as caught:
-        collect(round_)
-    assert caught.value.reason is AbortReason.CORRUPT_SHARE
-    assert f"participant {first.owner}" in caught.value.detail
-    assert round_.server.stage is ServerStage.ABORTED
+    item = next(share for share in message.self_mask_shares if share.owner == 1)
+    corrupted = replace(item, share=(int.from_bytes(item.share, "big") ^ 1).to_bytes(33, "big"))
+    round_.pending[0] = replace(
+        message, self_mask_shares=tuple(corrupted if share.owner == 1 else share for share in message.self_mask_shares)
+    )
+    collect(round_)
+    assert round_.server.stage is ServerStage.COMPLETED
+    np.testing.assert_array_equal(round_.server.result, round_.expected_sum(range(7)))
+    assert round_.server.inconsistent_shares == (InconsistentShare(holder=0, owner=1, secret=SecretKind.SELF_MASK_SEED),)
 
 
-def test_r4_detects_and_names_a_corrupted_masking_key_share():
+def test_r4_detects_a_corrupted_masking_key_share_and_names_its_holder_not_its_owner():
     round_ = _in_stage(4, drop={2: {6}})
     message = round_.pending[0]
     first = message.masking_key_shares[0]
     corrupted = replace(first, share=(int.from_bytes(first.share, "big") + 1).to_bytes(33, "big"))
     round_.pending[0] = replace(message, masking_key_shares=(corrupted,))
+    collect(round_)
+    assert round_.server.stage is ServerStage.COMPLETED
+    np.testing.assert_array_equal(round_.server.result, round_.expected_sum(range(6)))
+    assert round_.server.inconsistent_shares == (InconsistentShare(holder=0, owner=6, secret=SecretKind.MASKING_KEY),)
+
+
+def test_r4_aborts_naming_the_holders_when_no_consistent_set_of_shares_exists():
+    """Exactly t answer R4 and one share is wrong: no spare share to single it out."""
+    round_ = _in_stage(4)
+    for member in range(round_.config.threshold, 7):
+        del round_.pending[member]
+    message = round_.pending[0]
+    item = next(share for share in message.self_mask_shares if share.owner == 1)
+    corrupted = replace(item, share=(int.from_bytes(item.share, "big") + 1).to_bytes(33, "big"))
+    round_.pending[0] = replace(
+        message, self_mask_shares=tuple(corrupted if share.owner == 1 else share for share in message.self_mask_shares)
+    )
     with pytest.raises(ProtocolAbort) as caught:
         collect(round_)
-    assert caught.value.reason is AbortReason.CORRUPT_SHARE
-    assert "participant 6" in caught.value.detail
+    assert caught.value.reason is AbortReason.INCONSISTENT_SHARES
+    assert caught.value.participants == frozenset({0, 2, 3, 4})
+    assert "self-mask seed of participant 1" in caught.value.detail
+    assert round_.server.stage is ServerStage.ABORTED
+    assert round_.server.abort_participants == frozenset({0, 2, 3, 4})
 
 
 # ---------------------------------------------------------------- lifecycle

@@ -10,6 +10,8 @@
   same statistic rejects when t shares are shown.
 * Detection: a corrupted share always changes the reconstruction, and the caller's
   checks (public key for s_sk, commitment for b_u) catch it.
+* Verified reconstruction: spare shares single out every wrong share whenever a
+  consistent t-subset exists, within a bounded number of tested subsets.
 * Lagrange coefficients: cached per responder set, and correct.
 """
 
@@ -29,8 +31,10 @@ from secagg.hazmat.keys import AgreementKeyPair, agreement_public_key
 from secagg.hazmat.randomness import DeterministicRandom
 from secagg.hazmat.shamir import (
     FIELD_PRIME,
+    MAX_RECONSTRUCTION_CANDIDATES,
     SECRET_BYTES,
     SHARE_BYTES,
+    InconsistentShares,
     ShamirError,
     ShamirScheme,
     int_to_secret,
@@ -336,6 +340,144 @@ def test_a_corrupted_self_mask_share_is_detected_by_the_commitment_check() -> No
         except ShamirError:
             continue
         assert self_mask_commitment(session, owner, candidate) != commitment
+
+
+# --- verified reconstruction ----------------------------------------------------------------
+
+
+@st.composite
+def corrupted_case(draw: st.DrawFn) -> tuple[ShamirScheme, int, int, dict[int, int], dict[int, int], frozenset[int]]:
+    """(scheme, secret, threshold, honest shares of the responders, revealed shares, wrong holders)."""
+    scheme, secret, threshold, ids, responders, seed = draw(sharing_case())
+    shares = scheme.split(secret, threshold, ids, DeterministicRandom.from_int(seed))
+    honest = {pid: shares[pid] for pid in responders}
+    wrong = frozenset(draw(st.sets(st.sampled_from(sorted(responders)), max_size=len(responders))))
+    revealed = dict(honest)
+    for pid in wrong:
+        revealed[pid] = (revealed[pid] + draw(st.integers(min_value=1, max_value=scheme.prime - 1))) % scheme.prime
+    return scheme, secret, threshold, honest, revealed, wrong
+
+
+@settings(max_examples=200, deadline=None)
+@given(case=corrupted_case())
+def test_verified_reconstruction_finds_the_secret_whenever_t_right_shares_exist_and_names_no_honest_holder(case: tuple) -> None:
+    scheme, secret, threshold, _, revealed, wrong = case
+    r, e = len(revealed), len(wrong)
+    assume(r - e >= threshold)
+    assume(math.comb(r, threshold) <= MAX_RECONSTRUCTION_CANDIDATES)
+    result = scheme.reconstruct_verified(revealed, threshold, lambda value: value == secret)
+    assert result.secret == secret
+    assert len(result.used) == threshold
+    assert result.inconsistent <= wrong
+    default = sorted(revealed)[:threshold]
+    if not wrong & set(default):
+        assert result.used == tuple(default) and result.inconsistent == frozenset() and not result.unattributed
+    elif 2 * e <= r - threshold + 1:
+        assert result.inconsistent == wrong and not result.unattributed and not set(result.used) & wrong
+    else:
+        assert result.inconsistent == wrong or (result.unattributed and result.inconsistent == frozenset())
+
+
+def test_two_colluding_holders_whose_errors_cancel_cannot_get_honest_holders_named() -> None:
+    """Holders 0 and 1 shift their shares so that the subset {0, 1, 3, 4} still reconstructs the secret:
+    its polynomial is not the dealt one and puts the honest shares of 2 and 5 off it. With r = t + 2 and
+    e = 2 the naming rule refuses that polynomial (and the dealt one cannot outvote two wrong shares);
+    with one more honest share the dealt polynomial names exactly the two colluders."""
+    scheme, threshold, secret = ShamirScheme(), 4, 424242
+    shares = scheme.split(secret, threshold, range(7), DeterministicRandom.from_int(8))
+    framing = scheme.lagrange_at_zero((0, 1, 3, 4))
+    revealed = {pid: shares[pid] for pid in range(6)}
+    revealed[0] = (shares[0] + 1000 * framing[1]) % FIELD_PRIME
+    revealed[1] = (shares[1] - 1000 * framing[0]) % FIELD_PRIME
+    assert scheme.reconstruct({pid: revealed[pid] for pid in (0, 1, 3, 4)}, threshold) == secret
+    assert scheme.reconstruct(revealed, threshold) != secret
+
+    result = scheme.reconstruct_verified(revealed, threshold, lambda value: value == secret)
+    assert result.secret == secret
+    assert result.inconsistent == frozenset() and result.unattributed
+
+    result = scheme.reconstruct_verified({**revealed, 6: shares[6]}, threshold, lambda value: value == secret)
+    assert result.secret == secret
+    assert result.inconsistent == frozenset({0, 1}) and not result.unattributed
+
+
+@settings(max_examples=100, deadline=None)
+@given(case=corrupted_case())
+def test_verified_reconstruction_without_t_right_shares_tests_every_subset_and_gives_up(case: tuple) -> None:
+    """Unless wrong shares happen to cancel at zero (small test fields), nothing passes: every subset is tested."""
+    scheme, secret, threshold, _, revealed, wrong = case
+    assume(len(revealed) - len(wrong) < threshold)
+    assume(math.comb(len(revealed), threshold) <= MAX_RECONSTRUCTION_CANDIDATES)
+    tested = []
+    try:
+        result = scheme.reconstruct_verified(revealed, threshold, lambda value: tested.append(value) or value == secret)
+    except InconsistentShares as failure:
+        assert failure.exhaustive
+        assert failure.candidates == len(tested) == math.comb(len(revealed), threshold)
+        assert failure.holders == tuple(sorted(revealed))
+        assert secret not in tested
+    else:
+        assert result.secret == secret and scheme.prime != FIELD_PRIME
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=corrupted_case(), bound=st.integers(min_value=1, max_value=30))
+def test_verified_reconstruction_tests_at_most_the_bound_of_subsets(case: tuple, bound: int) -> None:
+    scheme, secret, threshold, _, revealed, _ = case
+    tested = []
+    try:
+        scheme.reconstruct_verified(
+            revealed, threshold, lambda value: tested.append(value) or value == secret, max_candidates=bound
+        )
+    except InconsistentShares as failure:
+        assert failure.candidates == len(tested)
+        assert failure.exhaustive is (len(tested) == math.comb(len(revealed), threshold))
+    assert len(tested) <= bound
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=sharing_case())
+def test_verified_reconstruction_of_right_shares_is_one_plain_reconstruction(case: tuple) -> None:
+    scheme, secret, threshold, ids, responders, seed = case
+    shares = scheme.split(secret, threshold, ids, DeterministicRandom.from_int(seed))
+    revealed = {pid: shares[pid] for pid in responders}
+    tested = []
+    result = scheme.reconstruct_verified(revealed, threshold, lambda value: tested.append(value) or True)
+    assert tested == [scheme.reconstruct(revealed, threshold)] == [secret]
+    assert result.used == tuple(sorted(revealed)[:threshold]) and result.inconsistent == frozenset()
+
+
+def test_one_wrong_share_among_the_lowest_is_found_within_t_more_subsets() -> None:
+    scheme, threshold = ShamirScheme(), 20
+    shares = scheme.split(12345, threshold, range(40), DeterministicRandom.from_int(3))
+    shares[7] = (shares[7] + 1) % FIELD_PRIME
+    tested = []
+    result = scheme.reconstruct_verified(shares, threshold, lambda value: tested.append(value) or value == 12345)
+    assert result.inconsistent == frozenset({7})
+    assert len(tested) <= 1 + threshold
+
+
+def test_verified_reconstruction_leaves_the_shared_cache_to_the_default_subsets() -> None:
+    scheme = ShamirScheme()
+    shares = scheme.split(99, 3, range(6), DeterministicRandom.from_int(4))
+    shares[0] = (shares[0] + 1) % FIELD_PRIME
+    own_cache: dict = {}
+    scheme.reconstruct_verified(shares, 3, lambda value: value == 99, coefficient_cache=own_cache)
+    assert list(scheme._lagrange_cache) == [(0, 1, 2)]
+    assert own_cache
+
+
+@pytest.mark.parametrize("bad", [-1, FIELD_PRIME])
+def test_verified_reconstruction_refuses_a_share_that_is_not_a_field_element(bad: int) -> None:
+    with pytest.raises(ShamirError, match="field element"):
+        ShamirScheme().reconstruct_verified({0: 1, 1: bad, 2: 3}, 2, lambda value: True)
+
+
+def test_verified_reconstruction_refuses_too_few_shares_and_a_bound_below_one() -> None:
+    with pytest.raises(ShamirError, match="needed"):
+        ShamirScheme().reconstruct_verified({0: 1}, 2, lambda value: True)
+    with pytest.raises(ShamirError, match="max_candidates"):
+        ShamirScheme().reconstruct_verified({0: 1, 1: 2}, 2, lambda value: True, max_candidates=0)
 
 
 @pytest.mark.parametrize("value", [-1, 2**256, 2**256 + 1, FIELD_PRIME - 1])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import httpx
 import numpy as np
 import pytest
 
-from secagg.http_contract import sign_request
+from secagg.http_contract import BODY_SHA256_HEADER, body_digest, sign_request
 from secagg.messages import (
     AdvertiseKeys,
     KeyList,
@@ -108,6 +109,10 @@ def _raw(cat: Catalogue, party: Party, method: str, path: str, body: bytes = b""
     headers.update(overrides.pop("headers", {}))
     assert not overrides, overrides
     return cat.api.http.request(method, path, content=body or None, headers=headers)
+
+
+def _admin(cat: Catalogue) -> dict[str, str]:
+    return {"Authorization": f"Bearer {cat.api.server.admin_token}"}
 
 
 def _pending(cat: Catalogue, stage: str, index: int) -> bytes:
@@ -220,7 +225,13 @@ CASES: list[tuple[str, str, Callable[[Catalogue], httpx.Response], int, str]] = 
         401,
         "stale-timestamp",
     ),
-    ("unknown participant", "R2", lambda c: _raw(c, c.stranger, "POST", c.path("R2"), _pending(c, "R2", 1)), 401, "unknown-key"),
+    (
+        "unknown participant",
+        "R2",
+        lambda c: _raw(c, c.stranger, "POST", c.path("R2"), _pending(c, "R2", 1)),
+        401,
+        "bad-request-signature",
+    ),
     ("revoked key", "R2", lambda c: _raw(c, c.revoked, "GET", "/v1/work"), 401, "revoked-key"),
     (
         "signed by another key",
@@ -233,8 +244,29 @@ CASES: list[tuple[str, str, Callable[[Catalogue], httpx.Response], int, str]] = 
         "body altered after signing",
         "R2",
         lambda c: _post(c, "R2", 1, _pending(c, "R2", 1), signed_body=_pending(c, "R2", 2)),
+        400,
+        "body-digest-mismatch",
+    ),
+    (
+        "declared body digest altered after signing",
+        "R2",
+        lambda c: _post(c, "R2", 1, _pending(c, "R2", 1), headers={BODY_SHA256_HEADER: body_digest(_pending(c, "R2", 2))}),
         401,
         "bad-request-signature",
+    ),
+    (
+        "upload without its declared body digest",
+        "R2",
+        lambda c: _post(c, "R2", 1, _pending(c, "R2", 1), drop=(BODY_SHA256_HEADER,)),
+        401,
+        "missing-credentials",
+    ),
+    (
+        "malformed declared body digest",
+        "R2",
+        lambda c: _post(c, "R2", 1, _pending(c, "R2", 1), headers={BODY_SHA256_HEADER: "AB" * 32}),
+        401,
+        "malformed-credentials",
     ),
     (
         "signature for another path",
@@ -458,8 +490,22 @@ CASES: list[tuple[str, str, Callable[[Catalogue], httpx.Response], int, str]] = 
     (
         "unauthenticated admin body above the JSON limit",
         "R2",
+        lambda c: _answer_before_the_body(c, "/v1/admin/rounds", declared_length=(5 << 20) + 2),
+        401,
+        "admin-unauthorized",
+    ),
+    (
+        "unauthenticated malformed admin JSON",
+        "R2",
+        lambda c: c.api.http.post("/v1/admin/rounds", content=b"{not json", headers={"Content-Type": "application/json"}),
+        401,
+        "admin-unauthorized",
+    ),
+    (
+        "admin body above the JSON limit",
+        "R2",
         lambda c: c.api.http.post(
-            "/v1/admin/rounds", content=b"{" + b" " * (5 << 20) + b"}", headers={"Content-Type": "application/json"}
+            "/v1/admin/rounds", content=b"{" + b" " * (5 << 20) + b"}", headers={"Content-Type": "application/json", **_admin(c)}
         ),
         413,
         "payload-too-large",
@@ -468,10 +514,21 @@ CASES: list[tuple[str, str, Callable[[Catalogue], httpx.Response], int, str]] = 
         "chunked admin body above the JSON limit",
         "R2",
         lambda c: c.api.http.post(
-            "/v1/admin/rounds", content=iter([b"{", b" " * (5 << 20), b"}"]), headers={"Content-Type": "application/json"}
+            "/v1/admin/rounds",
+            content=iter([b"{", b" " * (5 << 20), b"}"]),
+            headers={"Content-Type": "application/json", **_admin(c)},
         ),
         413,
         "payload-too-large",
+    ),
+    (
+        "malformed admin JSON with the token",
+        "R2",
+        lambda c: c.api.http.post(
+            "/v1/admin/rounds", content=b"{not json", headers={"Content-Type": "application/json", **_admin(c)}
+        ),
+        422,
+        "validation-error",
     ),
     ("admin call without a token", "R2", lambda c: c.api.http.get("/v1/admin/participants"), 401, "admin-unauthorized"),
     (
@@ -528,6 +585,29 @@ CASES: list[tuple[str, str, Callable[[Catalogue], httpx.Response], int, str]] = 
 def _state(cat: Catalogue, stage: str) -> dict[str, Any]:
     status = cat.api.status(cat.rounds[stage].round_id)
     return {key: status[key] for key in ("stage", "expected", "responded", "history", "outcome")}
+
+
+def _answer_before_the_body(catalogue: Catalogue, path: str, *, declared_length: int) -> httpx.Response:
+    """POST a head that announces ``declared_length`` bytes, send only the first 64 KiB, and read the answer.
+
+    A server that refuses from the headers answers and closes without reading the rest;
+    a client that went on writing the whole body could meet a reset before it reads the
+    answer, so this one stops writing and reads.
+    """
+    url = httpx.URL(catalogue.api.server.base_url)
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {url.host}:{url.port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {declared_length}\r\nConnection: close\r\n\r\n"
+    ).encode("ascii")
+    with socket.create_connection((url.host, url.port), timeout=30) as connection:
+        connection.sendall(head + b"{" + b" " * (64 << 10))
+        received = b""
+        while chunk := connection.recv(65536):
+            received += chunk
+    status_line, _, rest = received.partition(b"\r\n")
+    header_block, _, content = rest.partition(b"\r\n\r\n")
+    headers = [tuple(line.decode("latin-1").split(": ", 1)) for line in header_block.split(b"\r\n") if line]
+    return httpx.Response(int(status_line.split()[1]), headers=headers, content=content)
 
 
 @pytest.mark.parametrize(("name", "target", "request_", "status", "problem"), CASES, ids=[case[0] for case in CASES])
