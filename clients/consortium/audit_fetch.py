@@ -26,6 +26,10 @@ import typer
 
 from clients.runtime.errors import ClientError, ExitCode
 
+MAX_LEDGER_BYTES = 1 << 30
+"""The largest server ledger fetched (about two million round records); a larger answer is refused unread."""
+MAX_DOCUMENT_BYTES = 4 << 20
+
 
 def fetch_command(
     server: Annotated[str, typer.Option("--server", help="The aggregation server's URL.")],
@@ -52,12 +56,15 @@ def fetch_command(
         )
         verify: bool | str = str(ca_bundle) if ca_bundle is not None else True
         with HttpTransport(server, key_id=participant_id, identity=identity, verify=verify) as transport:
-            wanted = {"server-ledger.jsonl": "/v1/audit/ledger", "server-ledger.jsonl.head": "/v1/audit/ledger/head"}
+            wanted = {
+                "server-ledger.jsonl": ("/v1/audit/ledger", MAX_LEDGER_BYTES),
+                "server-ledger.jsonl.head": ("/v1/audit/ledger/head", MAX_DOCUMENT_BYTES),
+            }
             if training is not None:
-                wanted[f"{training}.manifest.json"] = f"/v1/audit/trainings/{training}"
+                wanted[f"{training}.manifest.json"] = (f"/v1/audit/trainings/{training}", MAX_DOCUMENT_BYTES)
             fetched: dict[str, bytes] = {}
-            for name, path in wanted.items():
-                response = transport.signed_get(path)
+            for name, (path, cap) in wanted.items():
+                response = transport.signed_get(path, max_bytes=cap)
                 if response.status_code != 200:
                     transport.refuse(response)
                 fetched[name] = response.content

@@ -480,11 +480,12 @@ class HttpTransport:
             return RoundAborted(str(body.get("abort_reason") or "aborted"))
         self._refuse(response)
 
-    def signed_get(self, path: str) -> httpx.Response:
-        """A signed GET of any participant endpoint (the auditor's ledger, a training's rounds), retried like the rest."""
-        return self._signed("GET", path)
+    def signed_get(self, path: str, *, max_bytes: int) -> Answer:
+        """A signed GET of any participant endpoint (the auditor's ledger, a training's rounds), retried
+        like the rest, its body read up to ``max_bytes``."""
+        return self._signed("GET", path, max_bytes=max_bytes)
 
-    def refuse(self, response: httpx.Response) -> NoReturn:
+    def refuse(self, response: Answer) -> NoReturn:
         """Raise :class:`ServerRefused` with the response's problem type."""
         self._refuse(response)
 

@@ -53,7 +53,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 
 from clients.runtime.errors import (
@@ -64,7 +63,6 @@ from clients.runtime.errors import (
     PolicyViolation,
     ResumeRefused,
     RoundAbortedByServer,
-    ServerRefused,
     ServerUnavailable,
 )
 from clients.runtime.inputs import ClientInput, RealVectorInput, RingVectorInput
@@ -103,7 +101,7 @@ from secagg.config import RoundConfig
 from secagg.consortium import Manifest, ManifestError, MemberRole, SignedManifest
 from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import SystemRandom
-from secagg.http_contract import NONCE_BYTES, ProblemType, problem_suffix, sign_request
+from secagg.http_contract import ProblemType, problem_suffix
 
 PROGRESS_FILE = "progress.jsonl"
 MODEL_FILE = "global-model.npy"
@@ -119,6 +117,8 @@ POLL = PollSchedule(initial_interval=0.2, multiplier=1.3, max_interval=1.0, time
 """Polls for the next stage: start at 0.2 s, never wait more than 1 s (a consortium of a handful of banks)."""
 LIST_INTERVAL_SECONDS = 0.3
 """How often a bank waiting for its next round reads the training's round list."""
+LIST_MAX_BYTES = 4 << 20
+"""The largest answer to the round list a bank reads (a training's rounds and manifest)."""
 _NOT_ENROLLED_YET = frozenset({ProblemType.UNKNOWN_KEY.suffix, ProblemType.BAD_REQUEST_SIGNATURE.suffix})
 
 
@@ -243,7 +243,7 @@ class ProgressLog:
 # --------------------------------------------------------------------------- the training's round list
 
 
-def _problem_type(response: httpx.Response) -> str:
+def _problem_type(response: Any) -> str:
     try:
         value = response.json()
     except ValueError:
@@ -253,61 +253,42 @@ def _problem_type(response: httpx.Response) -> str:
 
 
 class TrainingRounds:
-    """The rounds of this bank's training: signed ``GET /v1/trainings/{id}`` (docs/API.md section 5)."""
+    """The rounds of this bank's training: signed ``GET /v1/trainings/{id}`` (docs/API.md section 5).
 
-    def __init__(
-        self,
-        base_url: str,
-        training_id: str,
-        *,
-        key_id: str,
-        identity: SigningKey,
-        verify: bool | str = True,
-        unreachable_timeout: float = DEFAULT_SERVER_TIMEOUT,
-    ) -> None:
-        from clients.runtime.http_transport import shared_tls_context
+    Read through the bank's :class:`~clients.runtime.http_transport.HttpTransport` (signed,
+    retried, the answer bounded like every other). A bank not enrolled yet, or a training
+    not registered yet, is waited for like a round that has not opened (``--round-timeout``);
+    a server unreachable past ``unreachable_timeout`` ends the run.
+    """
 
-        self._base_url = base_url.rstrip("/")
+    def __init__(self, http: Any, training_id: str, *, unreachable_timeout: float = DEFAULT_SERVER_TIMEOUT) -> None:
+        self._http = http
         self._path = f"/v1/trainings/{training_id}"
-        self._key_id = key_id
-        self._identity = identity
-        self._client = httpx.Client(timeout=30.0, verify=shared_tls_context(verify))
-        self._source = SystemRandom()
         self._unreachable_timeout = unreachable_timeout
         self._unreachable_since: float | None = None
         self.waiting_for_registration = False
 
-    def close(self) -> None:
-        self._client.close()
-
     def list(self) -> list[dict[str, Any]] | None:
         """The training's rounds (step, outcome, stage), or None while the server or the training is not there yet."""
-        headers = sign_request(
-            self._identity, "GET", self._path, b"", key_id=self._key_id, now=int(time.time()),
-            nonce=self._source.random_bytes(NONCE_BYTES).hex(),
-        )  # fmt: skip
         try:
-            response = self._client.get(self._base_url + self._path, headers=headers)
-        except httpx.TransportError as error:
-            self._unavailable(f"cannot reach {self._base_url}: {type(error).__name__}: {error}")
-            return None
-        problem = _problem_type(response)
-        if response.status_code in (429, 502, 503, 504):
-            self._unavailable(f"HTTP {response.status_code}")
+            answer = self._http.signed_get(self._path, max_bytes=LIST_MAX_BYTES)
+        except ServerUnavailable as unavailable:
+            self._unavailable(str(unavailable))
             return None
         self._unreachable_since = None
-        if (response.status_code == 401 and problem in _NOT_ENROLLED_YET) or (
-            response.status_code == 404 and problem == ProblemType.TRAINING_NOT_FOUND.suffix
-        ):
-            # Not enrolled, or the training not registered, yet: the coordinator does both;
-            # the bank waits for its round as long as for any other (--round-timeout). The
-            # server answers an unknown id like a wrong signature, so strangers cannot probe ids.
-            self.waiting_for_registration = True
-            return None
+        if answer.status_code != 200:
+            problem = _problem_type(answer)
+            if (answer.status_code == 401 and problem in _NOT_ENROLLED_YET) or (
+                answer.status_code == 404 and problem == ProblemType.TRAINING_NOT_FOUND.suffix
+            ):
+                # Not enrolled, or the training not registered, yet: the coordinator does both;
+                # the bank waits for its round as long as for any other (--round-timeout). The
+                # server answers an unknown id like a wrong signature, so strangers cannot probe ids.
+                self.waiting_for_registration = True
+                return None
+            self._http.refuse(answer)
         self.waiting_for_registration = False
-        if response.status_code != 200:
-            raise ServerRefused(response.status_code, problem, response.text[:200])
-        return list(response.json().get("rounds", []))
+        return list(answer.json().get("rounds", []))
 
     def _unavailable(self, reason: str) -> None:
         now = time.monotonic()
@@ -315,7 +296,6 @@ class TrainingRounds:
             self._unreachable_since = now
         if now - self._unreachable_since >= self._unreachable_timeout:
             raise ServerUnavailable(f"{reason} (for {self._unreachable_timeout:g} s); giving up")
-        return None
 
 
 # --------------------------------------------------------------------------- contributions
@@ -796,19 +776,9 @@ def train_federated(
         verify = str(job.ca_bundle) if job.ca_bundle is not None else True
         with HttpTransport(job.server, key_id=member.id, identity=key, retry=RetryPolicy(max_attempts=10), verify=verify) as http:
             transport: RoundTransport = http if wrap_transport is None else wrap_transport(http)
-            listing = TrainingRounds(
-                job.server,
-                manifest.training_id,
-                key_id=member.id,
-                identity=key,
-                verify=verify,
-                unreachable_timeout=job.server_timeout,
-            )
+            listing = TrainingRounds(http, manifest.training_id, unreachable_timeout=job.server_timeout)
             bank = _Bank(job, member.id, key, manifest, rules, policy, table, progress, state, transport, listing, guard, schema)
-            try:
-                _train(bank)
-            finally:
-                listing.close()
+            _train(bank)
         final = {
             "training_id": manifest.training_id,
             "participant_id": member.id,
