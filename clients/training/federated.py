@@ -273,7 +273,7 @@ class TrainingRounds:
         try:
             answer = self._http.signed_get(self._path, max_bytes=LIST_MAX_BYTES)
         except ServerUnavailable as unavailable:
-            self._unavailable(str(unavailable))
+            self._unavailable(f"cannot reach the server: {unavailable}")
             return None
         self._unreachable_since = None
         if answer.status_code != 200:
