@@ -774,9 +774,13 @@ def train_federated(
         charged_already = state.current is not None and bool(guard.spent_in(str(state.current["round_id"])))
         check_plan_budget(rules, guard, len(remaining) - int(charged_already))
         verify = str(job.ca_bundle) if job.ca_bundle is not None else True
-        with HttpTransport(job.server, key_id=member.id, identity=key, retry=RetryPolicy(max_attempts=10), verify=verify) as http:
+        with (
+            HttpTransport(job.server, key_id=member.id, identity=key, retry=RetryPolicy(max_attempts=10), verify=verify) as http,
+            # The round list is read again and again while waiting: one attempt each, the waiting is the loop's.
+            HttpTransport(job.server, key_id=member.id, identity=key, retry=RetryPolicy(max_attempts=1), verify=verify) as lister,
+        ):
             transport: RoundTransport = http if wrap_transport is None else wrap_transport(http)
-            listing = TrainingRounds(http, manifest.training_id, unreachable_timeout=job.server_timeout)
+            listing = TrainingRounds(lister, manifest.training_id, unreachable_timeout=job.server_timeout)
             bank = _Bank(job, member.id, key, manifest, rules, policy, table, progress, state, transport, listing, guard, schema)
             _train(bank)
         final = {
