@@ -571,10 +571,11 @@ def _join(bank: _Bank, step: int, round_id: str) -> StepEnd:
         )
         result = outcome.result if outcome.result is not None else _await_result(transport, round_id, bank.job.round_timeout)
         contributed = outcome.outcome is Outcome.COMPLETED
-    except (ExcludedFromRound, ServerUnavailable, ResumeRefused) as left:
-        # Left out of a stage, network lost mid-round, or the round's state file already
-        # closed before a crash: the round goes on (or went on) without this bank's next
-        # message; its public result tells whether this bank's input is in it.
+    except (ExcludedFromRound, ServerUnavailable, ResumeRefused, PolicyViolation) as left:
+        # Left out of a stage, network lost mid-round, the round's state file already closed
+        # before a crash, or the round closed before this (restarted) bank had started it:
+        # the round goes on (or went on) without this bank's next message; its public result
+        # tells whether this bank's input is in it.
         bank.progress.write("left-out", round_id=round_id, reason=f"{type(left).__name__}: {left}")
         result = _await_result(transport, round_id, bank.job.round_timeout)
         if result is not None:
