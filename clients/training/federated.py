@@ -507,7 +507,10 @@ def _participant_spent(bank: _Bank) -> float | None:
 
 def _catch_up(bank: _Bank, step: int, round_id: str) -> StepEnd:
     """Apply the public result of a step's round that completed without this bank (it was away)."""
-    description = bank.transport.describe_round(round_id)
+    try:
+        description = bank.transport.describe_round(round_id)
+    except (PolicyViolation, ServerRefused) as unusable:
+        return _refuse(bank, round_id, RoundRefused(RefusalReason.POLICY, str(unusable)))
     try:
         bank.rules.check_round(description, step=step)
     except RoundRefused as refusal:
@@ -526,7 +529,10 @@ def _join(bank: _Bank, step: int, round_id: str) -> StepEnd:
     from dp.audit.privacy_ledger import UnreleasedReason
 
     transport = bank.transport
-    description = transport.describe_round(round_id)
+    try:
+        description = transport.describe_round(round_id)
+    except (PolicyViolation, ServerRefused) as unusable:  # a digest that does not match, a description it cannot use
+        return _refuse(bank, round_id, RoundRefused(RefusalReason.POLICY, str(unusable)))
     resuming = bank.state.current is not None and bank.state.current.get("round_id") == round_id
     try:
         bank.rules.check_round(description, step=step)
