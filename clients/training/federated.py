@@ -63,6 +63,7 @@ from clients.runtime.errors import (
     PolicyViolation,
     ResumeRefused,
     RoundAbortedByServer,
+    ServerRefused,
     ServerUnavailable,
 )
 from clients.runtime.inputs import ClientInput, RealVectorInput, RingVectorInput
