@@ -11,11 +11,12 @@ install: $(STAMP)
 
 # Idempotent: re-runs only when the project's dependency list or pins change.
 # torch is pinned by constraints.txt to the local CPU wheel and installed in the same
-# pip run as opacus, so pip never reaches for a CUDA build.
+# pip run as opacus, so pip never reaches for a CUDA build. The flower extra (Flower and
+# Ray, for clients/flower and its tests) comes in the same run, under the same pin.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -c constraints.txt -e '.[all,dev]'
+	$(PIP) install --quiet -c constraints.txt -e '.[all,flower,dev]'
 	touch $(STAMP)
 
 # A server deployment from the hashed lock file: every package pinned and checked against its
