@@ -35,10 +35,12 @@ Every refusal is an error reply whose reason names it
 Between messages the round lives in the node's ``Context`` (``context.state``, kept by
 the bank's own SuperNode, never sent to the SuperLink): the setup, a 256-bit seed from
 the OS CSPRNG, the encoded input, the server messages received and the SHA-256 of every
-message sent. Each message rebuilds the session over ``DeterministicRandom(seed)`` and
-replays the recorded server messages, checking that each regenerated message is the
-one sent (as :mod:`clients.runtime.runner` does after a crash): a node never sends two
-different messages, in particular two different masked inputs, for one round. When the
+message sent. A message that reaches a process without the node's live session (Flower
+may run each message in another worker or process) rebuilds it over
+``DeterministicRandom(seed)`` and replays the recorded server messages, checking that
+each regenerated message is the one sent (as :mod:`clients.runtime.runner` does after a
+crash): a node never sends two different messages, in particular two different masked
+inputs, for one round. When the
 round ends the seed, the input and the messages are erased; the round id stays, so the
 round is never run twice on this node.
 """
@@ -79,6 +81,8 @@ from secagg.hazmat.randomness import SEED_BYTES, DeterministicRandom, RandomSour
 from secagg.messages import ROUND_OF_CLIENT_MESSAGE, encode, peek_type
 from secagg.rounds import Round
 
+MAX_LIVE_SESSIONS = 64
+"""Live sessions a mod keeps in memory between a node's messages (it replays the round without one)."""
 STATE_RECORD = "secagg.round"
 """The ConfigRecord in ``context.state`` holding the round in progress."""
 FINISHED_RECORD = "secagg.finished"
@@ -206,6 +210,14 @@ class SecAggMod:
 
     def __init__(self, bank: Callable[[Context], BankSettings] = BankSettings.from_node_config) -> None:
         self._bank = bank
+        self._sessions: dict[tuple[int, int, str], tuple[ClientSession, int, bytes]] = {}
+
+    def __getstate__(self) -> dict[str, object]:
+        # Live sessions hold round secrets: they never travel with a pickled ClientApp.
+        return {"_bank": self._bank, "_sessions": {}}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
 
     def __call__(self, msg: Message, ctxt: Context, call_next: Callable[[Message, Context], Message]) -> Message:
         if msg.metadata.message_type != MessageType.TRAIN:
@@ -344,6 +356,30 @@ class SecAggMod:
                 FlowerRefusalReason.NO_ROUND_IN_PROGRESS.value, f"round {round_id} is not the round in progress on this node"
             )
         payload = cast(bytes, _field(record, "payload", bytes))
+        key = (ctxt.run_id, ctxt.node_id, round_id)
+        cached = self._sessions.pop(key, None)
+        if cached is not None and cached[1] == len(progress.received) and cached[2] == progress.sent_sha256[-1]:
+            session = cached[0]
+        else:
+            session = self._replay(progress, settings)
+        reply = encode(session.receive_bytes(payload))
+        reply_round = ROUND_OF_CLIENT_MESSAGE[peek_type(reply)]
+        if reply_round.value != stage:
+            raise FlowerRefusal(
+                FlowerRefusalReason.MALFORMED_REQUEST.value, f"the request was labelled {stage}, it asks for {reply_round.value}"
+            )
+        if reply_round is Round.UNMASKING:
+            _finish(ctxt, round_id)
+        else:
+            progress.received.append(payload)
+            progress.sent_sha256.append(_sha256(reply))
+            ctxt.state.config_records[STATE_RECORD] = progress.to_record()
+            self._keep(key, session, len(progress.received), progress.sent_sha256[-1])
+        return _protocol_reply(round_id, reply)
+
+    @staticmethod
+    def _replay(progress: _Progress, settings: BankSettings) -> ClientSession:
+        """Rebuild the session from the recorded round, checking every regenerated message against its hash."""
         setup = RoundSetup.from_json(progress.setup)
         config = setup.description.config
         encoded = np.frombuffer(progress.encoded_input, dtype=config.ring.dtype).copy()
@@ -357,25 +393,19 @@ class SecAggMod:
             raise FlowerRefusal(
                 FlowerRefusalReason.RESUME_REFUSED.value, "the regenerated last message differs from the one sent"
             )
-        reply = encode(session.receive_bytes(payload))
-        reply_round = ROUND_OF_CLIENT_MESSAGE[peek_type(reply)]
-        if reply_round.value != stage:
-            raise FlowerRefusal(
-                FlowerRefusalReason.MALFORMED_REQUEST.value, f"the request was labelled {stage}, it asks for {reply_round.value}"
-            )
-        if reply_round is Round.UNMASKING:
-            _finish(ctxt, round_id)
-        else:
-            progress.received.append(payload)
-            progress.sent_sha256.append(_sha256(reply))
-            ctxt.state.config_records[STATE_RECORD] = progress.to_record()
-        return _protocol_reply(round_id, reply)
+        return session
+
+    def _keep(self, key: tuple[int, int, str], session: ClientSession, received: int, last_sent: bytes) -> None:
+        """Keep the live session for this node's next message, a few rounds at most."""
+        while len(self._sessions) >= MAX_LIVE_SESSIONS:
+            self._sessions.pop(next(iter(self._sessions)))
+        self._sessions[key] = (session, received, last_sent)
 
     # -------------------------------------------------------------- refusal
-    @staticmethod
-    def _refuse(msg: Message, ctxt: Context, reason: str, detail: str) -> Message:
+    def _refuse(self, msg: Message, ctxt: Context, reason: str, detail: str) -> Message:
         stored = ctxt.state.config_records.get(STATE_RECORD)
         if stored is not None:
+            self._sessions.pop((ctxt.run_id, ctxt.node_id, cast(str, stored["round"])), None)
             _finish(ctxt, cast(str, stored["round"]))
         return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=refusal_text(reason, detail)), reply_to=msg)
 
