@@ -16,7 +16,7 @@ answer is an error, or whose message the session rejects, is a dropout from that
 on; the session recovers its masks from the survivors' shares (Bonawitz et al. 2017,
 section 4) as long as t of them answer, and aborts the round by name otherwise.
 
-What the coordinator sees (threat_model.md, section 3): identity public keys, signed
+What the coordinator sees (threat_model.md, section 4): identity public keys, signed
 round keys, AES-GCM ciphertexts of shares it cannot open, masked vectors, consistency
 signatures, at most one share per owner of each secret, and the unmasked weighted sum.
 It never holds a bank's signing key, a bank's update, its ``num_examples`` or its fit
