@@ -60,7 +60,6 @@ class Consortium:
     """The banks' keys and the roster, shared by the test's client and server apps."""
 
     keys: tuple[SigningKey, ...]
-    ledger_dir: str | None = None
 
     @property
     def roster(self) -> Roster:

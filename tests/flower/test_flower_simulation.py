@@ -9,6 +9,7 @@ crashes after R1 (its shares are with the others, its masked input never arrives
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ CLIP = 1.5
 
 @pytest.fixture(scope="module")
 def simulated() -> tuple[list, list]:
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # Ray's notice about GPU variables; none here
     from flwr.simulation import run_simulation
 
     consortium = Consortium(tuple(SigningKey.generate(SystemRandom()) for _ in range(CLIENTS)))
