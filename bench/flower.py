@@ -5,13 +5,15 @@ array of D parameters per client, D = 1e5 and 1e6) runs its fit rounds through t
 project's protocol (:class:`clients.flower.SecAggWorkflow` with
 :class:`clients.flower.SecAggMod`; active mode, t = 7, full graph, 32-bit ring) and
 through Flower's own ``SecAggPlusWorkflow`` with ``secaggplus_mod`` (semi-honest, 10
-shares, reconstruction threshold 7, its defaults otherwise), alternating round by
-round in one simulation per D, so both see the same machine, the same Ray actors and
+shares, reconstruction threshold 7, its defaults otherwise), and through this
+project's protocol in semi-honest mode (the same four message rounds as SecAgg+, still
+with signed keys and verified reconstruction), rotating round by round in one
+simulation per D, so all three see the same machine, the same Ray actors and
 the same load. The first round of each is a warm-up (Ray starts its actors and imports
 the apps; this project's workflow also binds nodes to the roster) and is not counted.
 
 Figures: the median wall time of a fit round (from ``configure_fit`` to the new global
-model), the ratio Flower / ours, the time per protocol stage, and the largest error of
+model), the ratios Flower / ours, the time per protocol stage, and the largest error of
 the aggregate against the exact mean of the same updates. Each client's ``fit``
 returns fixed arrays (no training), so the rounds measure secure aggregation and
 Flower's message passing only.
@@ -54,6 +56,7 @@ def _one_simulation(dim: int, measured_rounds: int) -> dict:
     from clients.flower import BankSettings, Roster, SecAggMod, SecAggWorkflow
     from clients.flower.records import RECORD_KEY
     from clients.runtime.policy import ClientPolicy
+    from secagg.config import ProtocolMode
     from secagg.hazmat.keys import SigningKey
     from secagg.hazmat.randomness import SystemRandom
 
@@ -73,16 +76,30 @@ def _one_simulation(dim: int, measured_rounds: int) -> dict:
     def client_fn(context: Context):  # type: ignore[no-untyped-def]
         return FixedUpdateClient(int(context.node_config["partition-id"])).to_client()
 
-    def bank(context: Context) -> BankSettings:
-        partition = int(context.node_config["partition-id"])
-        return BankSettings(participant_id=f"bank-{partition}", identity=keys[partition], roster=roster, policy=ClientPolicy())
+    def bank_requiring(mode: ProtocolMode):  # type: ignore[no-untyped-def]
+        def bank(context: Context) -> BankSettings:
+            partition = int(context.node_config["partition-id"])
+            return BankSettings(
+                participant_id=f"bank-{partition}",
+                identity=keys[partition],
+                roster=roster,
+                policy=ClientPolicy(required_mode=mode),
+            )
 
-    ours_mod = SecAggMod(bank)
+        return bank
+
+    our_mods = {
+        "ours": SecAggMod(bank_requiring(ProtocolMode.ACTIVE)),
+        "ours-hbc": SecAggMod(bank_requiring(ProtocolMode.HONEST_BUT_CURIOUS)),
+    }
+    names = ["ours", "ours-hbc", "flower"]
+    schedule = names * (1 + measured_rounds)
 
     def either_protocol(msg: Message, ctxt: Context, call_next):  # type: ignore[no-untyped-def]
-        """Bench-only dispatch: this project's records go to SecAggMod, everything else to secaggplus_mod."""
+        """Bench-only dispatch by the round's place in the schedule: SecAggMod (active or
+        semi-honest policy) for this project's records, secaggplus_mod for Flower's."""
         if msg.metadata.message_type == MessageType.TRAIN and RECORD_KEY in msg.content.config_records:
-            return ours_mod(msg, ctxt, call_next)
+            return our_mods[schedule[int(msg.metadata.group_id) - 1]](msg, ctxt, call_next)
         return secaggplus_mod(msg, ctxt, call_next)
 
     client_app = ClientApp(client_fn=client_fn, mods=[either_protocol])
@@ -111,9 +128,12 @@ def _one_simulation(dim: int, measured_rounds: int) -> dict:
             return self._timed("unmask", super().unmask_stage, *args)
 
     ours = SecAggWorkflow(roster, clip=CLIP, max_weight=1000.0, threshold=THRESHOLD)
+    ours_semi_honest = SecAggWorkflow(
+        roster, clip=CLIP, max_weight=1000.0, threshold=THRESHOLD, mode=ProtocolMode.HONEST_BUT_CURIOUS
+    )
     flower = TimedSecAggPlus(num_shares=CLIENTS, reconstruction_threshold=THRESHOLD, clipping_range=CLIP)
-    schedule = ["ours", "flower"] + ["ours", "flower"] * measured_rounds
-    figures: dict[str, dict[str, list]] = {name: {"seconds": [], "stages": [], "max_error": []} for name in ("ours", "flower")}
+    workflows = {"ours": ours, "ours-hbc": ours_semi_honest, "flower": flower}
+    figures: dict[str, dict[str, list]] = {name: {"seconds": [], "stages": [], "max_error": []} for name in workflows}
     exact_mean = np.mean([update_of(i).astype(np.float64) for i in range(CLIENTS)], axis=0)
 
     server_app = ServerApp()
@@ -133,15 +153,16 @@ def _one_simulation(dim: int, measured_rounds: int) -> dict:
             server_round = int(context.state.config_records[MAIN_CONFIGS_RECORD]["current_round"])
             name = schedule[server_round - 1]
             started = time.perf_counter()
-            (ours if name == "ours" else flower)(grid, context)
+            workflows[name](grid, context)
             seconds = time.perf_counter() - started
-            if server_round <= 2:
+            if server_round <= len(names):
                 return
             model = parameters_to_ndarrays(
                 compat.arrayrecord_to_parameters(context.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
             )[0]
             figures[name]["seconds"].append(seconds)
-            figures[name]["stages"].append(dict(ours.reports[-1].stage_seconds) if name == "ours" else dict(flower.stage_seconds))
+            stages = flower.stage_seconds if name == "flower" else workflows[name].reports[-1].stage_seconds
+            figures[name]["stages"].append(dict(stages))
             figures[name]["max_error"].append(float(np.max(np.abs(model.astype(np.float64) - exact_mean))))
 
         DefaultWorkflow(fit_workflow=alternate)(grid, legacy)
@@ -190,9 +211,13 @@ def run(argv: list[str] | None = None) -> dict:
     for dim in DIMS:
         figures = _in_subprocess(dim, measured_rounds)
         figures["ratio_flower_over_ours"] = figures["flower"]["median_round_seconds"] / figures["ours"]["median_round_seconds"]
+        figures["ratio_flower_over_ours_hbc"] = (
+            figures["flower"]["median_round_seconds"] / figures["ours-hbc"]["median_round_seconds"]
+        )
         by_dim[str(dim)] = figures
         print(
-            f"flower D={dim:.0e}: ours {figures['ours']['median_round_seconds']:.2f} s, "
+            f"flower D={dim:.0e}: ours {figures['ours']['median_round_seconds']:.2f} s "
+            f"(semi-honest {figures['ours-hbc']['median_round_seconds']:.2f} s), "
             f"Flower SecAgg+ {figures['flower']['median_round_seconds']:.2f} s, "
             f"ratio {figures['ratio_flower_over_ours']:.2f}x",
             flush=True,
@@ -219,30 +244,31 @@ def _markdown(results: dict) -> str:
         "# Secure aggregation in a Flower app: this project against Flower's SecAgg+",
         "",
         f"`python -m bench flower`. Flower {results['flwr']}, its simulation engine (Ray), {results['clients']} ClientApps, "
-        f"threshold {results['threshold']}, FedAvg; the two workflows alternate round by round in one simulation per D, "
-        f"{results['measured_rounds_each']} measured rounds each after one warm-up round each. "
+        f"threshold {results['threshold']}, FedAvg; the three variants rotate round by round in one simulation per D, "
+        f"{results['measured_rounds_each']} measured rounds each (medians) after one warm-up round each. "
         f"Machine: {results['machine']['platform']}, Python {results['machine']['python']}, {results['machine']['cpus']} CPUs.",
         "",
-        "| D | ours: round s (median) | Flower SecAgg+: round s (median) | Flower / ours | ours: max error | Flower: max error |",
-        "|---|---|---|---|---|---|",
+        "| D | ours, active: round s | ours, semi-honest: round s | Flower SecAgg+ (semi-honest): round s | Flower / ours active | Flower / ours semi-honest | ours: max error | Flower: max error |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for dim, figures in results["by_dim"].items():
-        ours, flower = figures["ours"], figures["flower"]
+        ours, hbc, flower = figures["ours"], figures["ours-hbc"], figures["flower"]
         lines.append(
-            f"| {int(dim):.0e} | {ours['median_round_seconds']:.2f} | {flower['median_round_seconds']:.2f} | "
-            f"{figures['ratio_flower_over_ours']:.2f}x | {ours['max_error']:.1e} | {flower['max_error']:.1e} |"
+            f"| {int(dim):.0e} | {ours['median_round_seconds']:.2f} | {hbc['median_round_seconds']:.2f} | "
+            f"{flower['median_round_seconds']:.2f} | {figures['ratio_flower_over_ours']:.2f}x | "
+            f"{figures['ratio_flower_over_ours_hbc']:.2f}x | {ours['max_error']:.1e} | {flower['max_error']:.1e} |"
         )
     lines += ["", "Median seconds per stage:", ""]
     for dim, figures in results["by_dim"].items():
-        for name, label in (("ours", "ours (active)"), ("flower", "Flower SecAgg+")):
+        for name, label in (("ours", "ours (active)"), ("ours-hbc", "ours (semi-honest)"), ("flower", "Flower SecAgg+")):
             stages = ", ".join(f"{stage} {seconds:.2f}" for stage, seconds in figures[name]["median_stage_seconds"].items())
             lines.append(f"- D = {int(dim):.0e}, {label}: {stages}")
     lines += [
         "",
         "Max error: the largest |global model - exact mean of the same updates| after a round (float32 model).",
-        "Ours is active mode (one more stage, R3, than Flower's semi-honest SecAgg+) with signed keys,",
-        "AES-CTR masks and verified reconstruction; Flower's masks come from numpy's Mersenne Twister seeded",
-        "with 32 bits (see docs/FLOWER.md).",
+        "Ours, active (the default) has one stage more, R3, than Flower's semi-honest SecAgg+; ours, semi-honest",
+        "has the same four message rounds. Both keep signed keys, AES-CTR masks and verified reconstruction;",
+        "Flower's masks come from numpy's Mersenne Twister seeded with 32 bits (see docs/FLOWER.md).",
         "",
     ]
     return "\n".join(lines)
