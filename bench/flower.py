@@ -190,12 +190,18 @@ def _one_simulation(dim: int, measured_rounds: int) -> dict:
     return outcome
 
 
+def flower_python() -> Path:
+    """Flower's environment (``make install`` creates .venv-flower), or this interpreter if Flower is here."""
+    candidate = Path(__file__).resolve().parent.parent / ".venv-flower" / "bin" / "python"
+    return candidate if candidate.exists() else Path(sys.executable)
+
+
 def _in_subprocess(dim: int, measured_rounds: int) -> dict:
     """Each D gets its own process: a fresh Ray, and the figures on the last line of stdout."""
     code = f"import json; from bench.flower import _one_simulation; print(json.dumps(_one_simulation({dim}, {measured_rounds})))"
     env = dict(os.environ, RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0")
     completed = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent, env=env
+        [str(flower_python()), "-c", code], capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent, env=env
     )
     if completed.returncode != 0:
         sys.stderr.write(completed.stderr[-4000:])
@@ -222,11 +228,12 @@ def run(argv: list[str] | None = None) -> dict:
             f"ratio {figures['ratio_flower_over_ours']:.2f}x",
             flush=True,
         )
-    import flwr
-
+    flwr_version = subprocess.run(
+        [str(flower_python()), "-c", "import flwr; print(flwr.__version__)"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     results = {
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
-        "flwr": flwr.__version__,
+        "flwr": flwr_version,
         "clients": CLIENTS,
         "threshold": THRESHOLD,
         "measured_rounds_each": measured_rounds,

@@ -6,12 +6,17 @@ the refusals are decided by the mod and the core, not by Flower's transport.
 
 from __future__ import annotations
 
+import pytest
+
+from tests.flower.conftest import FLOWER_MISSING
+
+pytest.importorskip("flwr", reason=FLOWER_MISSING)
+
 import dataclasses
 import math
 from pathlib import Path
 
 import numpy as np
-import pytest
 from flwr.app import ConfigRecord, Message
 from flwr.app.message_type import MessageType
 from flwr.client import ClientApp

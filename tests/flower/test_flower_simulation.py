@@ -8,11 +8,16 @@ crashes after R1 (its shares are with the others, its masked input never arrives
 
 from __future__ import annotations
 
+import pytest
+
+from tests.flower.conftest import FLOWER_MISSING
+
+pytest.importorskip("flwr", reason=FLOWER_MISSING)
+
 import math
 import os
 
 import numpy as np
-import pytest
 
 from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import SystemRandom
