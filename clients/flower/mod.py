@@ -82,7 +82,8 @@ from secagg.messages import ROUND_OF_CLIENT_MESSAGE, encode, peek_type
 from secagg.rounds import Round
 
 MAX_LIVE_SESSIONS = 64
-"""Live sessions a mod keeps in memory between a node's messages (it replays the round without one)."""
+"""Live sessions a process keeps in memory between a node's messages (it replays the round without one)."""
+_LIVE_SESSIONS: dict[tuple[int, int, str], tuple[ClientSession, int, bytes]] = {}
 STATE_RECORD = "secagg.round"
 """The ConfigRecord in ``context.state`` holding the round in progress."""
 FINISHED_RECORD = "secagg.finished"
@@ -210,14 +211,9 @@ class SecAggMod:
 
     def __init__(self, bank: Callable[[Context], BankSettings] = BankSettings.from_node_config) -> None:
         self._bank = bank
-        self._sessions: dict[tuple[int, int, str], tuple[ClientSession, int, bytes]] = {}
-
-    def __getstate__(self) -> dict[str, object]:
-        # Live sessions hold round secrets: they never travel with a pickled ClientApp.
-        return {"_bank": self._bank, "_sessions": {}}
-
-    def __setstate__(self, state: dict[str, object]) -> None:
-        self.__dict__.update(state)
+        # Per process, not per mod: Flower's simulation engine unpickles the ClientApp (and
+        # so this mod) for every message, while a worker process lives for the whole run.
+        self._sessions = _LIVE_SESSIONS
 
     def __call__(self, msg: Message, ctxt: Context, call_next: Callable[[Message, Context], Message]) -> Message:
         if msg.metadata.message_type != MessageType.TRAIN:
