@@ -15,6 +15,7 @@ SUITES = {
     "dp": "bench.dp",
     "http": "bench.http",
     "hardening": "bench.hardening",
+    "flower": "bench.flower",
 }
 
 
