@@ -182,7 +182,7 @@ def bank_policy(budget_epsilon: float, delta: float, mode: ProtocolMode) -> str:
 
 def _wait_for_url(process: subprocess.Popen[bytes], log: Path) -> str:
     deadline = time.monotonic() + SERVER_START_SECONDS
-    pattern = re.compile(r"Uvicorn running on (http://127\.0\.0\.1:\d+)")
+    pattern = re.compile(r'"event": "server_listening".*"url": "(http://127\.0\.0\.1:\d+)"')
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise DemoError(f"the server exited with {process.returncode}: see {log}")

@@ -154,7 +154,7 @@ mkdir -p "$out/server"   # the server creates its data directory 0700
 started+=($!)
 url=""
 for _ in $(seq 1 600); do
-    url="$(sed -n 's/.*Uvicorn running on \(http:\/\/127\.0\.0\.1:[0-9]*\).*/\1/p' "$logs/server.log" | head -n 1)"
+    url="$(sed -n 's/.*"event": "server_listening".*"url": "\(http:\/\/127\.0\.0\.1:[0-9]*\)".*/\1/p' "$logs/server.log" | head -n 1)"
     [ -n "$url" ] && break
     kill -0 "${started[0]}" 2>/dev/null || fail "the server exited (see $logs/server.log)"
     sleep 0.1
