@@ -32,7 +32,7 @@ from secagg.messages import (
     encode,
 )
 from secagg.protocol import advertise_statement
-from tests.service.harness import Api, Party, RoundDriver, ServerProcess, make_parties
+from tests.service.harness import Api, InProcessServer, Party, RoundDriver, make_parties
 
 N = 5
 DIM = 16
@@ -69,20 +69,20 @@ def _park(api: Api, seed: int, target: str) -> RoundDriver:
         driver.send([0])
         return driver
     driver.send(range(N))
-    driver.wait_for_stage("R1-share-keys")
+    driver.expect_stage("R1-share-keys")
     driver.fetch(range(N))
     if target == "R1":
         driver.send([0])
         return driver
     driver.send(range(N))
-    driver.wait_for_stage("R2-masked-input-collection")
+    driver.expect_stage("R2-masked-input-collection")
     driver.fetch(range(N))
     driver.send([0])
     return driver
 
 
 @pytest.fixture(scope="module")
-def catalogue(shared_server: ServerProcess, shared_api: Api) -> Iterator[Catalogue]:
+def catalogue(shared_server: InProcessServer, shared_api: Api) -> Iterator[Catalogue]:
     api = shared_api
     rounds = {"R0": _park(api, 301, "R0"), "R1": _park(api, 302, "R1"), "R2": _park(api, 303, "R2")}
     outsider, stranger = make_parties(2, prefix="outsider", seed=310)
