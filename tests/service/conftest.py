@@ -76,7 +76,7 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProces
 
 
 @pytest.fixture(scope="module")
-def shared_api(shared_server: ServerProcess) -> Iterator[Api]:
+def shared_api(shared_server: InProcessServer) -> Iterator[Api]:
     api = Api(shared_server)
     yield api
     api.close()
