@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import contextlib
 import logging
 import secrets
 import tempfile
@@ -34,7 +35,7 @@ from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import httpx
 import numpy as np
@@ -50,7 +51,6 @@ from secagg.hazmat.randomness import DeterministicRandom
 from secagg.http_contract import sign_request
 from secagg.messages import encode
 from service.app import create_app
-from service.logs import JsonFormatter
 from service.settings import ServiceSettings
 from service.watch import RoundWatch
 
@@ -261,10 +261,11 @@ class InProcessServer:
 
     The settings are those :class:`LocalServer` gives ``python -m service`` (a data
     directory, an admin token file of mode 0600, production checks unless ``dev``), with
-    the background task polling every ``poll_seconds``. The server's log records (the
-    ``secagg`` and ``uvicorn`` loggers, formatted by the server's own
-    :class:`~service.logs.JsonFormatter`) also go to a file, as a subprocess's stderr
-    does; logging is process-wide, so start no other app while a test reads them.
+    the background task polling every ``poll_seconds``. The lifespan starts with the
+    process's stderr pointed at a log file, so the log handler the app installs writes
+    there from its first line to its last, as a subprocess's redirected stderr does;
+    :meth:`stop` gives the loggers back as they were. Logging is process-wide: start no
+    other app while a test reads this one's log.
     """
 
     base_url = IN_PROCESS_BASE_URL
@@ -287,7 +288,8 @@ class InProcessServer:
         self._temporary: tempfile.TemporaryDirectory[str] | None = None
         self.root: Path | None = None
         self.log_path: Path | None = None
-        self._log_handler: logging.Handler | None = None
+        self._log_file: TextIO | None = None
+        self._saved_loggers: list[tuple[logging.Logger, list[logging.Handler], bool, int]] = []
         self._app_loop: AppLoop | None = None
         self.long_polls: ObservedLongPolls | None = None
 
@@ -319,15 +321,19 @@ class InProcessServer:
             admin_token_file=self.root / "admin-token",
             deadline_poll_seconds=self.poll_seconds,
         )
-        self._app_loop = AppLoop(create_app(settings, clock=self.clock))
+        self._saved_loggers = [
+            (logger, list(logger.handlers), logger.propagate, logger.level) for logger in map(logging.getLogger, SERVER_LOGGERS)
+        ]
+        self.log_path = self.root / f"server-{time.time_ns() // 1_000_000}.log"
+        self._log_file = open(self.log_path, "a", encoding="utf-8")  # noqa: SIM115 - the app's log handler writes to it until stop()
+        try:
+            with contextlib.redirect_stderr(self._log_file):  # the app's log handler takes sys.stderr as it is created
+                self._app_loop = AppLoop(create_app(settings, clock=self.clock))
+        except BaseException:
+            self._restore_logging()
+            raise
         self.long_polls = ObservedLongPolls(self._app_loop.app.state.watch)
         self._app_loop.app.state.watch = self.long_polls
-        # After the lifespan's startup, which configured the server's loggers.
-        self.log_path = self.root / f"server-{time.time_ns() // 1_000_000}.log"
-        self._log_handler = logging.FileHandler(self.log_path, encoding="utf-8")
-        self._log_handler.setFormatter(JsonFormatter())
-        for name in SERVER_LOGGERS:
-            logging.getLogger(name).addHandler(self._log_handler)
         return self
 
     def client(self) -> httpx.Client:
@@ -347,22 +353,30 @@ class InProcessServer:
         return RoundChange(self._app_loop, self._app_loop.call(take(), timeout=EXCHANGE_MARGIN_SECONDS))
 
     def log_tail(self, characters: int = 4000) -> str:
-        if self._log_handler is not None:
-            self._log_handler.flush()
+        if self._log_file is not None:
+            self._log_file.flush()
         if self.log_path is None or not self.log_path.exists():
             return ""
         return self.log_path.read_text(errors="replace")[-characters:]
 
     def stop(self) -> None:
         """Shut the app down (its lifespan's exit: the background task stops, the database closes)."""
-        if self._app_loop is not None:
-            app_loop, self._app_loop = self._app_loop, None
-            app_loop.close()
-        if self._log_handler is not None:
-            for name in SERVER_LOGGERS:
-                logging.getLogger(name).removeHandler(self._log_handler)
-            self._log_handler.close()
-            self._log_handler = None
+        try:
+            if self._app_loop is not None:
+                app_loop, self._app_loop = self._app_loop, None
+                app_loop.close()
+        finally:
+            self._restore_logging()
+
+    def _restore_logging(self) -> None:
+        for logger, handlers, propagate, level in self._saved_loggers:
+            logger.handlers[:] = handlers
+            logger.propagate = propagate
+            logger.setLevel(level)
+        self._saved_loggers = []
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
 
     def __enter__(self) -> InProcessServer:
         return self.start()
