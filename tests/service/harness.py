@@ -215,13 +215,16 @@ class ObservedLongPolls:
     Installed as ``app.state.watch`` (what the long-poll route reads per request) in front
     of the app's own watch, to which it forwards everything; the engine keeps notifying
     the app's own watch. :meth:`parked` is set once a long poll on the round found nothing
-    to answer and started waiting, so a test changes the round only then.
+    to answer and started waiting, so a test changes the round only then;
+    :meth:`wake_ups` tells how each wait ended: ``"changed"`` (the engine's notice) or
+    ``"timed-out"`` (the wait or the fallback re-check ran out).
     """
 
     def __init__(self, watch: RoundWatch) -> None:
         self._watch = watch
         self._round_of_event: weakref.WeakKeyDictionary[asyncio.Event, str] = weakref.WeakKeyDictionary()
         self._parked: dict[str, threading.Event] = {}
+        self._wake_ups: dict[str, list[str]] = {}
         self._lock = threading.Lock()
 
     def event(self, round_id: str) -> asyncio.Event:
@@ -237,10 +240,17 @@ class ObservedLongPolls:
         if round_id is not None:
             self.parked(round_id).set()
         await self._watch.wait(event, timeout)
+        if round_id is not None:
+            with self._lock:
+                self._wake_ups.setdefault(round_id, []).append("changed" if event.is_set() else "timed-out")
 
     def parked(self, round_id: str) -> threading.Event:
         with self._lock:
             return self._parked.setdefault(round_id, threading.Event())
+
+    def wake_ups(self, round_id: str) -> list[str]:
+        with self._lock:
+            return list(self._wake_ups.get(round_id, []))
 
 
 class RoundChange:

@@ -274,6 +274,7 @@ def test_long_poll_answers_with_the_message_once_the_stage_closes(shared_server:
     assert response.status_code == 200
     assert response.headers["X-Secagg-Stage"] == "R1-share-keys"
     assert isinstance(decode(response.content), KeyList)
+    assert shared_server.long_polls.wake_ups(driver.round_id)[-1] == "changed"  # woken by the closing, not a re-check
     driver.fetch([0])
     driver.send([0])
     idle = shared_api.signed(parties[0], "GET", f"/v1/rounds/{driver.round_id}/messages/me?wait=0.5")
