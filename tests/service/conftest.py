@@ -80,3 +80,11 @@ def shared_api(shared_server: InProcessServer) -> Iterator[Api]:
     api = Api(shared_server)
     yield api
     api.close()
+
+
+@pytest.fixture(scope="module")
+def socket_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One SQLite server subprocess for tests that need what only a real one has: its sockets."""
+    server = ServerProcess(directory=tmp_path_factory.mktemp("socket-server"), poll_seconds=0.1, dev=False).start()
+    yield server
+    server.kill()

@@ -52,12 +52,15 @@ from secagg.http_contract import sign_request
 from secagg.messages import encode
 from service.app import create_app
 from service.settings import ServiceSettings
+from service.storage import check_private_storage
 from service.watch import RoundWatch
 
 ServerProcess = LocalServer
 """The subprocess server: the same harness as the demo and the simulations."""
 
-IN_PROCESS_BASE_URL = "http://in-process.test"
+IN_PROCESS_HOST = "in-process.test"
+IN_PROCESS_PORT = 8000
+IN_PROCESS_OPERATOR_PORT = 8001
 SERVER_LOGGERS = ("secagg", "uvicorn", "uvicorn.error", "uvicorn.access")
 LIFESPAN_TIMEOUT_SECONDS = 60.0
 EXCHANGE_TIMEOUT_SECONDS = 60.0
@@ -210,22 +213,23 @@ class OnAppLoop(httpx.BaseTransport):
 
 
 class ObservedLongPolls:
-    """The app's :class:`~service.watch.RoundWatch`, seen by a test: which rounds have a long poll waiting.
+    """The app's :class:`~service.watch.RoundWatch`, seen by a test: which long polls are waiting, and why they woke.
 
     Installed as ``app.state.watch`` (what the long-poll route reads per request) in front
     of the app's own watch, to which it forwards everything; the engine keeps notifying
-    the app's own watch. :meth:`parked` is set once a long poll on the round found nothing
-    to answer and started waiting, so a test changes the round only then;
-    :meth:`wake_ups` tells how each wait ended: ``"changed"`` (the engine's notice) or
-    ``"timed-out"`` (the wait or the fallback re-check ran out).
+    the app's own watch. :meth:`wait_for_parked` returns once the given number of long
+    polls on a round found nothing to answer and are waiting, so a test changes the round
+    (or sends the next poll) only then; :meth:`wake_ups` tells how each wait ended:
+    ``"changed"`` (the engine's notice) or ``"timed-out"`` (the wait or the fallback
+    re-check ran out).
     """
 
     def __init__(self, watch: RoundWatch) -> None:
         self._watch = watch
         self._round_of_event: weakref.WeakKeyDictionary[asyncio.Event, str] = weakref.WeakKeyDictionary()
-        self._parked: dict[str, threading.Event] = {}
+        self._waiting: dict[str, int] = {}
         self._wake_ups: dict[str, list[str]] = {}
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()
 
     def event(self, round_id: str) -> asyncio.Event:
         event = self._watch.event(round_id)
@@ -237,19 +241,27 @@ class ObservedLongPolls:
 
     async def wait(self, event: asyncio.Event, timeout: float) -> None:
         round_id = self._round_of_event.get(event)
-        if round_id is not None:
-            self.parked(round_id).set()
-        await self._watch.wait(event, timeout)
-        if round_id is not None:
-            with self._lock:
+        if round_id is None:
+            await self._watch.wait(event, timeout)
+            return
+        with self._changed:
+            self._waiting[round_id] = self._waiting.get(round_id, 0) + 1
+            self._changed.notify_all()
+        try:
+            await self._watch.wait(event, timeout)
+        finally:
+            with self._changed:
+                self._waiting[round_id] -= 1
                 self._wake_ups.setdefault(round_id, []).append("changed" if event.is_set() else "timed-out")
+                self._changed.notify_all()
 
-    def parked(self, round_id: str) -> threading.Event:
-        with self._lock:
-            return self._parked.setdefault(round_id, threading.Event())
+    def wait_for_parked(self, round_id: str, count: int = 1, *, timeout: float) -> bool:
+        """Block until ``count`` long polls on ``round_id`` are waiting at once (True), or ``timeout`` (False)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._waiting.get(round_id, 0) >= count, timeout)
 
     def wake_ups(self, round_id: str) -> list[str]:
-        with self._lock:
+        with self._changed:
             return list(self._wake_ups.get(round_id, []))
 
 
@@ -269,16 +281,21 @@ class RoundChange:
 class InProcessServer:
     """``create_app(settings)`` served in this process, with what the tests read of a server.
 
-    The settings are those :class:`LocalServer` gives ``python -m service`` (a data
-    directory, an admin token file of mode 0600, production checks unless ``dev``), with
-    the background task polling every ``poll_seconds``. The lifespan starts with the
+    The settings are those :class:`LocalServer` gives ``python -m service`` (a private
+    data directory, an admin token file of mode 0600, an operator listener, production
+    checks unless ``dev``), with the background task polling every ``poll_seconds`` and
+    any further ``settings`` (fields of ``ServiceSettings``, which a subprocess gets as
+    ``SECAGG_*`` variables).
+    Requests reach the app with the port of their URL as the listener's
+    (``scope["server"]``), so :attr:`operator_url` is the operator listener as it is for a
+    real server; every client of :meth:`client` reaches both. The lifespan starts with the
     process's stderr pointed at a log file, so the log handler the app installs writes
     there from its first line to its last, as a subprocess's redirected stderr does;
     :meth:`stop` gives the loggers back as they were. Logging is process-wide: start no
     other app while a test reads this one's log.
     """
 
-    base_url = IN_PROCESS_BASE_URL
+    port = IN_PROCESS_PORT
 
     def __init__(
         self,
@@ -288,8 +305,12 @@ class InProcessServer:
         poll_seconds: float = 0.1,
         dev: bool = False,
         clock: OffsetClock | None = None,
+        operator_listener: bool = True,
+        settings: dict[str, Any] | None = None,
     ) -> None:
         self._directory = directory
+        self._settings = dict(settings or {})
+        self.operator_port: int | None = IN_PROCESS_OPERATOR_PORT if operator_listener else None
         self.database_url = database_url
         self.poll_seconds = poll_seconds
         self.dev = dev
@@ -302,6 +323,16 @@ class InProcessServer:
         self._saved_loggers: list[tuple[logging.Logger, list[logging.Handler], bool, int]] = []
         self._app_loop: AppLoop | None = None
         self.long_polls: ObservedLongPolls | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{IN_PROCESS_HOST}:{self.port}"
+
+    @property
+    def operator_url(self) -> str:
+        """The operator listener: ``/docs``, ``/openapi.json``, ``/metrics`` (and health)."""
+        assert self.operator_port is not None, "this server has no operator listener"
+        return f"http://{IN_PROCESS_HOST}:{self.operator_port}"
 
     @property
     def data_dir(self) -> Path:
@@ -323,14 +354,21 @@ class InProcessServer:
                 self.root = self._directory
                 self.root.mkdir(parents=True, exist_ok=True)
             write_private_file(self.root / "admin-token", self.admin_token.encode("ascii"), overwrite=True)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self.data_dir.exists():
+            self.data_dir.mkdir(mode=0o700)
+            self.data_dir.chmod(0o700)  # private whatever the umask: the server refuses a shared one
         settings = _ArgumentsOnly(
             dev=self.dev,
+            port=self.port,
+            operator_port=self.operator_port,
             data_dir=self.data_dir,
             database_url=self.database_url,
             admin_token_file=self.root / "admin-token",
             deadline_poll_seconds=self.poll_seconds,
+            **self._settings,
         )
+        settings.read_admin_token()  # what `secagg server` checks before it listens
+        check_private_storage(settings)
         self._saved_loggers = [
             (logger, list(logger.handlers), logger.propagate, logger.level) for logger in map(logging.getLogger, SERVER_LOGGERS)
         ]

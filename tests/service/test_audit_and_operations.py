@@ -10,7 +10,6 @@ import json
 import ssl
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
@@ -152,7 +151,7 @@ def test_work_lists_a_round_until_the_member_has_answered_its_stage(shared_api: 
 
 
 def test_metrics_count_finished_rounds_and_bytes_in(shared_api: Api, finished_rounds) -> None:
-    text = httpx.get(shared_api.server.operator_url + "/metrics").text
+    text = shared_api.http.get(shared_api.server.operator_url + "/metrics").text
     completed = [line for line in text.splitlines() if line.startswith('secagg_rounds_finished_total{outcome="completed"')]
     assert completed and float(completed[0].split()[-1]) >= 1
     assert any(line.startswith('secagg_message_bytes_in_total{stage="R2-masked-input-collection"}') for line in text.splitlines())
@@ -175,7 +174,7 @@ def test_health_and_readiness(shared_api: Api) -> None:
 
 
 def test_openapi_declares_binary_bodies_and_problem_responses(shared_api: Api) -> None:
-    document = httpx.get(shared_api.server.operator_url + "/openapi.json").json()
+    document = shared_api.http.get(shared_api.server.operator_url + "/openapi.json").json()
     upload = document["paths"]["/v1/rounds/{round_id}/messages"]["post"]
     assert upload["requestBody"]["content"]["application/octet-stream"]["schema"] == {"type": "string", "format": "binary"}
     assert (
@@ -191,7 +190,7 @@ def test_openapi_declares_binary_bodies_and_problem_responses(shared_api: Api) -
                 if "application/problem+json" in response.get("content", {})
             ]  # fmt: skip
             assert problem_statuses, f"{method.upper()} {path} documents no problem response"
-    assert httpx.get(shared_api.server.operator_url + "/docs").status_code == 200
+    assert shared_api.http.get(shared_api.server.operator_url + "/docs").status_code == 200
 
 
 def test_server_serves_https_with_the_given_certificate(tmp_path: Path) -> None:
@@ -265,7 +264,7 @@ def test_long_poll_answers_with_the_message_once_the_stage_closes(shared_server:
     poller = threading.Thread(target=long_poll)
     poller.start()
     assert shared_server.long_polls is not None
-    assert shared_server.long_polls.parked(driver.round_id).wait(timeout=30), "the long poll never started waiting"
+    assert shared_server.long_polls.wait_for_parked(driver.round_id, timeout=30), "the long poll never started waiting"
     assert poller.is_alive() and "response" not in waited
     driver.send([1, 2])  # closes R0 while the request is waiting
     poller.join(timeout=60)
