@@ -291,7 +291,9 @@ def define_model(reference: str, num_features: int) -> ModelDefinition:
     if isinstance(produced, tuple) and len(produced) in (2, 3):
         produced = ModelDefinition(*produced)
     if not isinstance(produced, ModelDefinition):
-        raise ModelRefused(f"{reference} must return a ModelDefinition or (module, loss[, adapter]), got {type(produced).__name__}")
+        raise ModelRefused(
+            f"{reference} must return a ModelDefinition or (module, loss[, adapter]), got {type(produced).__name__}"
+        )
     produced.module.float().train()
     return produced
 
@@ -370,7 +372,9 @@ def define_checked_model(layout: ModelLayout) -> ModelDefinition:
             f"this bank's {layout.factory} is not the manifest's model (shapes {layout.shapes_sha256[:16]}…): {difference}"
         )
     if definition.loss is not layout.loss:
-        raise ModelDiffers(f"this bank's {layout.factory} trains with {definition.loss.value}, the manifest's with {layout.loss.value}")
+        raise ModelDiffers(
+            f"this bank's {layout.factory} trains with {definition.loss.value}, the manifest's with {layout.loss.value}"
+        )
     return definition
 
 
