@@ -135,7 +135,7 @@ def test_a_model_from_a_test_module_is_federated_over_the_real_server_and_a_bank
     width = standardized_schema().num_features
     assert f"parameter '0.weight' has shape [5, {width}], the manifest's model has [4, {width}]" in str(refused.error)
     assert not other.work_dir.exists()  # nothing trained, spent or sent
-    with pytest.raises(ModelFileError, match="'0.weight' has shape"):
+    with pytest.raises(ModelFileError, match=r"'0\.weight' has shape"):
         ModelArtefact.load(jobs["bank-a"].work_dir / "model.json")
 
 
