@@ -5,7 +5,12 @@
 # per bank, the model evaluated, each bank alone for comparison, the audit verified.
 #
 #   examples/consortium/run.sh --target COLUMN --positive VALUE --test TEST.csv --out DIR \
-#       BANK_1.csv BANK_2.csv BANK_3.csv [...] [--rounds N] [--epsilon E] [--negative VALUE]
+#       BANK_1.csv BANK_2.csv BANK_3.csv [...] [--rounds N] [--epsilon E] [--negative VALUE] \
+#       [--sample-rate Q] [--model-factory package.module:function]
+#
+# --model-factory trains a bank's own model (it must be importable: PYTHONPATH): the first
+# bank proposes it (`secagg consortium plan --model-factory`, which imports it and has
+# Opacus check it), the coordinator puts its layout in the manifest without importing it.
 #
 # Writes DIR/summary.json (auc_federated, auc_local, auc_pooled_dp, epsilon_per_bank, delta,
 # rounds_completed, audit_ok, report, ...) and exits non-zero when any step fails.
@@ -13,11 +18,11 @@
 set -euo pipefail
 
 usage() {
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
-target="" positive="" test_file="" out="" rounds=10 epsilon=3 negative=()
+target="" positive="" test_file="" out="" rounds=10 epsilon=3 negative=() sample_rate=0.05 model_factory=""
 banks_files=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -28,6 +33,8 @@ while [ $# -gt 0 ]; do
         --out) out="$2"; shift 2 ;;
         --rounds) rounds="$2"; shift 2 ;;
         --epsilon) epsilon="$2"; shift 2 ;;
+        --sample-rate) sample_rate="$2"; shift 2 ;;
+        --model-factory) model_factory="$2"; shift 2 ;;
         -h|--help) usage ;;
         --*) echo "run.sh: unknown option $1" >&2; usage ;;
         *) banks_files+=("$1"); shift ;;
@@ -127,10 +134,22 @@ for id in "${bank_ids[@]}"; do
 done
 "${secagg[@]}" consortium schema merge "${drafts[@]}" --out "$out/coordinator/schema.json" > "$logs/merge.log" 2>&1 \
     || fail "merging the drafts (see $logs/merge.log)"
-"${secagg[@]}" consortium plan --out "$out/coordinator/plan.json" --rounds "$rounds" --target-epsilon "$epsilon" \
-    > "$logs/plan.log" 2>&1 || fail "writing the plan"
+model_layout=()
+if [ -n "$model_factory" ]; then
+    # Importing the factory runs the bank's code: the proposing bank writes the plan and the layout.
+    proposer="$out/${bank_ids[0]}"
+    "${secagg[@]}" consortium plan --out "$proposer/plan.json" --rounds "$rounds" --target-epsilon "$epsilon" \
+        --sample-rate "$sample_rate" --model-factory "$model_factory" --schema "$out/coordinator/schema.json" \
+        --model-out "$proposer/model-layout.json" > "$logs/plan.log" 2>&1 || fail "the proposed model (see $logs/plan.log)"
+    cp "$proposer/plan.json" "$out/coordinator/plan.json"
+    cp "$proposer/model-layout.json" "$out/coordinator/model-layout.json"
+    model_layout=(--model "$out/coordinator/model-layout.json")
+else
+    "${secagg[@]}" consortium plan --out "$out/coordinator/plan.json" --rounds "$rounds" --target-epsilon "$epsilon" \
+        --sample-rate "$sample_rate" > "$logs/plan.log" 2>&1 || fail "writing the plan"
+fi
 "${secagg[@]}" consortium manifest create --training-id "$training" --schema "$out/coordinator/schema.json" \
-    --plan "$out/coordinator/plan.json" "${roster[@]}" --auditor "auditor=$out/auditor/identity.key.pub" \
+    --plan "$out/coordinator/plan.json" ${model_layout[@]+"${model_layout[@]}"} "${roster[@]}" --auditor "auditor=$out/auditor/identity.key.pub" \
     --out "$out/coordinator/manifest.unsigned.json" > "$logs/manifest.log" 2>&1 || fail "building the manifest"
 pids=()
 for member in "${members[@]}"; do
