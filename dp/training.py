@@ -315,7 +315,7 @@ def module_problems(module: torch.nn.Module) -> list[str]:
     from opacus.utils.module_utils import trainable_modules
     from opacus.validators import ModuleValidator
 
-    problems = []
+    problems: list[str] = []
     for name, layer in trainable_modules(module):
         label = name or "the model"
         validator = ModuleValidator.VALIDATORS.get(type(layer))
@@ -341,7 +341,8 @@ def describe_model(reference: str, num_features: int, *, classes: tuple[str, ...
         raise ModelRefused(f"Opacus cannot train {reference} with DP-SGD: " + "; ".join(problems))
     with torch.no_grad():
         outputs = definition.module(definition.inputs(np.zeros((2, num_features), dtype=np.float32)))
-    shape = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else None
+    shape: tuple[int, ...] | None = tuple(int(d) for d in outputs.shape) if isinstance(outputs, torch.Tensor) else None
+    count = 1
     if definition.loss is LossKind.CROSS_ENTROPY:
         if shape is None or len(shape) != 2 or shape[0] != 2:
             raise ModelRefused(f"a cross-entropy model returns N x classes outputs, {reference} returned {shape}")
@@ -355,7 +356,7 @@ def describe_model(reference: str, num_features: int, *, classes: tuple[str, ...
             factory=reference,
             num_features=num_features,
             loss=definition.loss,
-            outputs=1 if definition.loss is not LossKind.CROSS_ENTROPY else int(shape[1]),  # type: ignore[index]
+            outputs=count,
             parameters=module_parameters(definition.module),
             classes=classes,
         )

@@ -5,8 +5,9 @@
 Each row is a customer: for each of the last 8 transactions (oldest first) its amount and
 whether the merchant is abroad, and the label. A customer is ``fraud`` when a card-testing
 pattern ends the history: a run of small foreign transactions followed by a large foreign
-one. The order matters (the same amounts in another order are not the pattern), which is
-what the sequence model learns. Fraudsters are about one customer in five; the banks'
+one. Some honest customers have the same transactions in the other order (a large purchase
+abroad, then small ones), so the order matters, which is what the sequence model reads; 3%
+of the labels are flipped. Fraudsters are about one customer in five; the banks'
 customers differ in spending level. Same seed, same files (secagg's deterministic CSPRNG
 stream, not Python's or numpy's generators).
 """
@@ -27,20 +28,22 @@ def customers(count: int, seed: int, spending: float) -> tuple[np.ndarray, np.nd
     """Amounts and foreign flags (count x STEPS) and the fraud labels of ``count`` customers."""
     source = DeterministicRandom.from_int(seed)
     u = uniform_floats(source, count * STEPS * 3).reshape(3, count, STEPS)
-    amounts = spending * np.exp(1.2 * (u[0] - 0.5) * 2.0) * 40.0
-    foreign = u[1] < 0.1
+    amounts = spending * 40.0 * np.exp(2.4 * (u[0] - 0.5) * 2.0)
+    foreign = u[1] < 0.2
     fraud = uniform_floats(source, count) < 0.2
-    start = (STEPS - 4 + np.floor(uniform_floats(source, count) * 2)).astype(int)
-    for row in np.flatnonzero(fraud):
-        first = start[row]
-        amounts[row, first:-1] = 1.0 + 2.0 * u[2, row, first:-1]
-        amounts[row, -1] = spending * (400.0 + 300.0 * u[2, row, -1])
+    runs = (2 + np.floor(uniform_floats(source, count) * 2)).astype(int)
+    large = spending * (150.0 + 300.0 * uniform_floats(source, count))
+    decoys = ~fraud & (uniform_floats(source, count) < 0.3)
+    for row in np.flatnonzero(fraud | decoys):
+        first = STEPS - 1 - runs[row]
+        small = 1.0 + 19.0 * u[2, row, first:-1]
+        if fraud[row]:  # small foreign transactions, then a large one: the card-testing pattern
+            amounts[row, first:-1], amounts[row, -1] = small, large[row]
+        else:  # the same transactions in the other order: a large purchase abroad, then small ones
+            amounts[row, first], amounts[row, first + 1 :] = large[row], small
         foreign[row, first:] = True
-    decoys = ~fraud & (uniform_floats(source, count) < 0.2)
-    for row in np.flatnonzero(decoys):  # a large foreign purchase without the testing run before it
-        amounts[row, 0] = spending * (400.0 + 300.0 * u[2, row, 0])
-        foreign[row, 0] = True
-    return amounts, foreign, fraud
+    flipped = uniform_floats(source, count) < 0.03  # label noise: no model is perfect on these
+    return amounts, foreign, fraud ^ flipped
 
 
 def write_csv(path: Path, amounts: np.ndarray, foreign: np.ndarray, fraud: np.ndarray) -> None:
