@@ -250,3 +250,26 @@ def test_a_regression_model_learns_its_target_with_dp_sgd(tmp_path: Path) -> Non
     start = initial_parameters(layout, DeterministicRandom(bytes(32)))
     trained = start + trainer.train_round(start, features, targets).model_update
     assert mean_loss(layout, trained, features, targets) < 0.5 * mean_loss(layout, start, features, targets)
+
+
+def test_the_coordinator_reads_a_custom_models_manifest_without_torch_or_the_factory(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    assert plan_with_factory(tmp_path, SMALL_NET).exit_code == 0
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    layout = json.loads((tmp_path / "model.json").read_text())
+    manifest = write_manifest(
+        tmp_path / "manifest.json", build_manifest("t-torchless", BANKS, schema=standardized_schema(), plan=plan, model=layout)
+    )
+    code = (
+        "import sys\n"
+        "from secagg.consortium import SignedManifest\n"
+        "from clients.training.rules import TrainingRules\n"
+        "rules = TrainingRules(SignedManifest.from_bytes(open(sys.argv[1], 'rb').read()).manifest)\n"
+        "print(rules.round_request(1)['dim'])\n"
+        "assert not {'torch', 'opacus', 'dp.training', 'tests.clients.own_models'} & set(sys.modules), sorted(sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(manifest)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) == layout["parameter_count"]
