@@ -6,11 +6,13 @@
 #
 #   examples/consortium/run.sh --target COLUMN --positive VALUE --test TEST.csv --out DIR \
 #       BANK_1.csv BANK_2.csv BANK_3.csv [...] [--rounds N] [--epsilon E] [--negative VALUE] \
-#       [--sample-rate Q] [--model-factory package.module:function]
+#       [--sample-rate Q] [--model-factory package.module:function] [--federated-only]
 #
 # --model-factory trains a bank's own model (it must be importable: PYTHONPATH): the first
 # bank proposes it (`secagg consortium plan --model-factory`, which imports it and has
 # Opacus check it), the coordinator puts its layout in the manifest without importing it.
+# --federated-only skips the comparison with each bank alone and the pooled files
+# (auc_local is then empty and auc_pooled_dp null).
 #
 # Writes DIR/summary.json (auc_federated, auc_local, auc_pooled_dp, epsilon_per_bank, delta,
 # rounds_completed, audit_ok, report, ...) and exits non-zero when any step fails.
@@ -18,11 +20,11 @@
 set -euo pipefail
 
 usage() {
-    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
-target="" positive="" test_file="" out="" rounds=10 epsilon=3 negative=() sample_rate=0.05 model_factory=""
+target="" positive="" test_file="" out="" rounds=10 epsilon=3 negative=() sample_rate=0.05 model_factory="" compare=true
 banks_files=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -35,6 +37,7 @@ while [ $# -gt 0 ]; do
         --epsilon) epsilon="$2"; shift 2 ;;
         --sample-rate) sample_rate="$2"; shift 2 ;;
         --model-factory) model_factory="$2"; shift 2 ;;
+        --federated-only) compare=false; shift ;;
         -h|--help) usage ;;
         --*) echo "run.sh: unknown option $1" >&2; usage ;;
         *) banks_files+=("$1"); shift ;;
@@ -237,6 +240,7 @@ for file in "${banks_files[@]}"; do
     case "$file" in *.gz) same_header=false ;; esac
     [ "$(head -n 1 "$file")" = "$header" ] || same_header=false
 done
+$compare || same_header=false
 if $same_header; then
     mkdir -p "$out/pooled"
     { printf '%s\n' "$header"; for file in "${banks_files[@]}"; do tail -n +2 "$file"; done; } > "$out/pooled/pooled.csv"
@@ -244,7 +248,9 @@ if $same_header; then
 fi
 mkdir -p "$out/local"
 pids=()
-for name in "${bank_ids[@]}" ${pooled_args[@]+"${pooled_args[@]}"}; do
+alone=()
+$compare && alone=("${bank_ids[@]}")
+for name in ${alone[@]+"${alone[@]}"} ${pooled_args[@]+"${pooled_args[@]}"}; do
     if [ "$name" = pooled ]; then data="$out/pooled/pooled.csv"; else
         for index in "${!bank_ids[@]}"; do [ "${bank_ids[$index]}" = "$name" ] && data="${banks_files[$index]}"; done
     fi
@@ -252,7 +258,7 @@ for name in "${bank_ids[@]}" ${pooled_args[@]+"${pooled_args[@]}"}; do
         > "$out/local/$name.json" 2> "$logs/local-$name.log" &
     pids+=($!)
 done
-wait_all "a bank's local training" "${pids[@]}"
+wait_all "a bank's local training" ${pids[@]+"${pids[@]}"}
 auc() { "${secagg[@]}" evaluate --model "$1" --data "$test_file" --metric auc 2>> "$logs/evaluate.log"; }
 auc_federated="$(auc "$out/${bank_ids[0]}/work/model.json")" || fail "evaluating the federated model"
 "${secagg[@]}" evaluate --model "$out/${bank_ids[0]}/work/model.json" --data "$test_file" --json > "$out/evaluation.json"
@@ -260,9 +266,11 @@ auc_pooled=null
 if [ "${#pooled_args[@]}" -gt 0 ]; then auc_pooled="$(auc "$out/local/pooled/model.json")" || fail "evaluating the pooled model"; fi
 local_json="" epsilon_json="" separator=""
 for id in "${bank_ids[@]}"; do
-    local_auc="$(auc "$out/local/$id/model.json")" || fail "evaluating $id alone"
+    if $compare; then
+        local_auc="$(auc "$out/local/$id/model.json")" || fail "evaluating $id alone"
+        local_json="$local_json$separator\"$id\": $local_auc"
+    fi
     spent="$(json_value epsilon "$out/$id/train.json")"
-    local_json="$local_json$separator\"$id\": $local_auc"
     epsilon_json="$epsilon_json$separator\"$id\": $spent"
     separator=", "
 done

@@ -5,19 +5,20 @@
 # walk-through as examples/consortium/run.sh (keys, schema, plan, signed manifest, server,
 # coordinator, banks, audit), with --model-factory transactions:fraud_gru.
 #
-#   examples/own_model/run.sh --out DIR [--customers 600] [--rounds 5] [--epsilon 3]
+#   examples/own_model/run.sh --out DIR [--customers 600] [--rounds 5] [--epsilon 3] [--federated-only]
 #
 # Writes DIR/summary.json (as examples/consortium/run.sh). The banks import the model from
 # this directory (it is put on PYTHONPATH); the coordinator, the server and the auditor never do.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-out="" customers=600 rounds=5 epsilon=3
+out="" customers=600 rounds=5 epsilon=3 only=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --out) out="$2"; shift 2 ;;
         --customers) customers="$2"; shift 2 ;;
         --rounds) rounds="$2"; shift 2 ;;
         --epsilon) epsilon="$2"; shift 2 ;;
+        --federated-only) only=(--federated-only); shift ;;
         *) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
     esac
 done
@@ -27,5 +28,5 @@ python="${PYTHON:-$here/../../.venv/bin/python}"
 export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
 "$python" "$here/generate.py" --out "$out/data" --customers "$customers"
 exec "$here/../consortium/run.sh" --target label --positive fraud --test "$out/data/test.csv" --out "$out/run" \
-    --rounds "$rounds" --epsilon "$epsilon" --sample-rate 0.1 --model-factory transactions:fraud_gru \
+    --rounds "$rounds" --epsilon "$epsilon" --sample-rate 0.1 --model-factory transactions:fraud_gru ${only[@]+"${only[@]}"} \
     "$out/data/bank-a.csv" "$out/data/bank-b.csv" "$out/data/bank-c.csv"
