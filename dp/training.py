@@ -277,8 +277,8 @@ def load_factory(reference: str) -> Callable[..., Any]:
     module_name, _, function_name = reference.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ModelRefused(f"cannot import the model factory's module {module_name!r}: {exc}") from None
+    except Exception as exc:  # ImportError, or any error the bank's module raises while it is imported
+        raise ModelRefused(f"cannot import the model factory's module {module_name!r}: {type(exc).__name__}: {exc}") from None
     factory = getattr(module, function_name, None)
     if not callable(factory):
         raise ModelRefused(f"{module_name} has no function {function_name!r}")
@@ -287,7 +287,11 @@ def load_factory(reference: str) -> Callable[..., Any]:
 
 def define_model(reference: str, num_features: int) -> ModelDefinition:
     """Call the factory ``reference`` with ``num_features=num_features``; its module in float32, training mode."""
-    produced = load_factory(reference)(num_features=num_features)
+    factory = load_factory(reference)
+    try:
+        produced = factory(num_features=num_features)
+    except Exception as exc:  # the bank's own code: any failure is a refusal of its model, with its message
+        raise ModelRefused(f"{reference}(num_features={num_features}) raised {type(exc).__name__}: {exc}") from None
     if isinstance(produced, tuple) and len(produced) in (2, 3):
         produced = ModelDefinition(*produced)
     if not isinstance(produced, ModelDefinition):

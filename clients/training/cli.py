@@ -20,6 +20,9 @@ rules are in that module's docstring):
   its own budget (the policy's ``[budget]``), and resumes where it stopped when run
   again with the same work directory. The bank's participant id is the one the manifest
   lists for its key.
+  The command is a thin layer over the Python API, :func:`clients.training.api.train`.
+  A bank's own model (the plan's ``model`` is ``custom``) is imported from the factory the
+  manifest's layout names, which must be importable here (``PYTHONPATH``).
 * **Local** (``--local``): nothing leaves the machine. The schema and plan are the
   manifest's (``--manifest``), or ``--schema`` and ``--plan``, or drafted from this file
   and the default plan; the model is trained with the plan's DP-SGD, every round charged

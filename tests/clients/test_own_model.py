@@ -273,3 +273,11 @@ def test_the_coordinator_reads_a_custom_models_manifest_without_torch_or_the_fac
     done = subprocess.run([sys.executable, "-c", code, str(manifest)], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) == layout["parameter_count"]
+
+
+def test_a_factory_that_cannot_be_imported_or_that_fails_is_refused_with_its_reason(tmp_path: Path) -> None:
+    missing = plan_with_factory(tmp_path, "no_such_package.models:net")
+    assert missing.exit_code == 2 and "cannot import the model factory's module 'no_such_package.models'" in missing.output
+    failing = plan_with_factory(tmp_path, "tests.clients.own_models:three_classes")
+    assert failing.exit_code == 2 and "names at least two distinct classes" in failing.output
+    assert not (tmp_path / "plan.json").exists()
