@@ -8,7 +8,9 @@ derives from it what every round must be. :func:`train_federated` then, in order
    checks the rounds it implies against the bank's policy (:class:`~clients.runtime.policy.ClientPolicy`)
    and the plan's whole spend against the bank's own budget (the policy's ``[budget]``,
    :mod:`clients.training.budget_store`): a stricter budget than the plan's is refused
-   here, before anything is trained or sent;
+   here, before anything is trained or sent; for a bank's own model, builds the module with
+   this bank's factory and refuses (:class:`ModelDiffers`) unless its parameter names and
+   shapes are the manifest's layout and Opacus can train it;
 2. for each step (0: the statistics round when the schema has no standardisation; 1..R:
    the training rounds), finds its round in the training's round list
    (``GET /v1/trainings/{id}``; a bank sees only its own training), and checks it
