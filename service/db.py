@@ -13,7 +13,11 @@ the number of server processes:
   constraint, so a duplicate is impossible even under a race between two workers;
 * ``nonces``: a (key id, nonce) pair is inserted at most once (primary key), which is
   how replayed requests are refused;
-* ``outbound``: one server message per (round, stage it opens, recipient).
+* ``outbound``: one server message per (round, stage it opens, recipient);
+* ``masked_input_uploads`` / ``masked_input_chunks``: at most one declared upload per
+  (round, sender) and one stored chunk per (round, sender, chunk) (primary keys), so a
+  chunk is stored once whatever the retries and the workers;
+* ``round_chunks``: the running sum and the result, one row per (round, chunk).
 
 Serialisation of a round: every write that depends on a round's state (accepting a
 message, closing a stage, aborting) runs in a transaction that first locks the round's
@@ -23,8 +27,11 @@ without the lock and see the last committed state.
 
 What is stored about a round is what replaying its session needs (the accepted R0,
 R1, R3 and R4 messages in acceptance order, and the order of stage closures), the
-messages the server sent, a running sum of the accepted masked inputs (never the
-individual masked inputs: see :mod:`service.rounds`) and, at the end, the result.
+messages the server sent, a running sum of the accepted masked inputs in chunks and, at
+the end, the result in chunks. An individual masked input rests on disk only while its
+chunks wait to be folded into the running sum (:mod:`service.rounds.chunks`).
+
+The schema is created and upgraded by Alembic migrations (:mod:`service.migrations`).
 """
 
 from __future__ import annotations
@@ -131,6 +138,62 @@ class OutboundRow(Base):
     recipient: Mapped[int] = mapped_column(Integer, primary_key=True)
     message_type: Mapped[str] = mapped_column(String(40))
     body: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    fetched_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """When the recipient first fetched it: progress of the stage, for its silence deadline."""
+
+
+class MaskedInputUploadRow(Base):
+    """A declared chunked upload of one masked input: its header and the SHA-256 of each chunk."""
+
+    __tablename__ = "masked_input_uploads"
+
+    round_id: Mapped[str] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"), primary_key=True)
+    sender: Mapped[int] = mapped_column(Integer, primary_key=True)
+    header: Mapped[bytes] = mapped_column(LargeBinary(46))
+    chunk_sha256: Mapped[bytes] = mapped_column(LargeBinary)
+    """The declared digests, 32 bytes per chunk, in chunk order."""
+    upload_sha256: Mapped[str] = mapped_column(String(64))
+    declared_at: Mapped[float] = mapped_column(Float)
+
+
+class MaskedInputChunkRow(Base):
+    """One stored chunk of a declared upload, until it is folded into the running sum."""
+
+    __tablename__ = "masked_input_chunks"
+
+    round_id: Mapped[str] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"), primary_key=True)
+    sender: Mapped[int] = mapped_column(Integer, primary_key=True)
+    chunk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    body: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    received_at: Mapped[float] = mapped_column(Float)
+
+
+class RoundChunkRow(Base):
+    """One chunk of a round's running sum of masked inputs and, once unmasked, of its result."""
+
+    __tablename__ = "round_chunks"
+
+    round_id: Mapped[str] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"), primary_key=True)
+    chunk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    masked_sum: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
+    folded: Mapped[int] = mapped_column(Integer, default=0)
+    """How many masked inputs the running sum of this chunk contains."""
+    result: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
+    result_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class MaskExpansionRow(Base):
+    """A round in (or past) the mask-expansion stage: who is expanding it, until when."""
+
+    __tablename__ = "mask_expansions"
+
+    round_id: Mapped[str] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"), primary_key=True)
+    started_at: Mapped[float] = mapped_column(Float)
+    lease_owner: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    lease_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+    chunks: Mapped[int] = mapped_column(Integer)
+    tasks_run: Mapped[int] = mapped_column(Integer, default=0)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class NonceBase(DeclarativeBase):

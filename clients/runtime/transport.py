@@ -46,6 +46,8 @@ class RoundDescription:
     member_ids: tuple[str, ...] | None = None
     dp_policy: Mapping[str, object] | None = field(default=None, compare=False)
     server_identity: str | None = None
+    chunk_bytes: int | None = None
+    """The round's chunk size (``docs/API.md``): a masked input larger than one chunk is uploaded in chunks."""
 
 
 @dataclass(frozen=True, slots=True)
