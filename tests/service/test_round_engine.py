@@ -70,12 +70,15 @@ def _coordinator(url: str, clock: FakeClock, ledger: RoundLedger | None = None) 
 class Round:
     """Clients of one round, driven straight through a engine (no HTTP)."""
 
-    def __init__(self, engine: RoundEngine, *, seed: int, mode: str = "active", threshold: int = 4, **extra) -> None:
+    def __init__(
+        self, engine: RoundEngine, *, seed: int, mode: str = "active", threshold: int = 4, dim: int = DIM, **extra
+    ) -> None:
+        self.dim = dim
         self.parties = make_parties(N, prefix=f"co{seed}", seed=seed)
         for party in self.parties:
             engine.enroll(party.participant_id, party.key.public_bytes, ParticipantRole.BANK)
         request = RoundCreate(
-            cohort=[party.participant_id for party in self.parties], threshold=threshold, mode=mode, dim=DIM, **extra
+            cohort=[party.participant_id for party in self.parties], threshold=threshold, mode=mode, dim=dim, **extra
         )
         self.round_id = engine.create_round(request)
         with engine.database.read() as session:
@@ -88,7 +91,7 @@ class Round:
                 self.config,
                 index,
                 party.key,
-                client_input(index, DIM, 32, seed),
+                client_input(index, dim, 32, seed),
                 source=DeterministicRandom.from_int(seed + index),
             )
             for index, party in enumerate(self.parties)
@@ -110,9 +113,9 @@ class Round:
         return engine.current_stage(self.round_id)
 
     def expected_sum(self, survivors) -> np.ndarray:
-        total = np.zeros(DIM, dtype=np.uint32)
+        total = np.zeros(self.dim, dtype=np.uint32)
         for index in survivors:
-            total += client_input(index, DIM, 32, self.seed)
+            total += client_input(index, self.dim, 32, self.seed)
         return total
 
     def expand(self, engine: RoundEngine) -> bool:
@@ -201,7 +204,10 @@ def test_masked_inputs_are_only_in_the_running_sum_and_message_bodies_are_droppe
     assert round_.expand(engine)
     assert round_.stage(engine) == "completed"
     with engine.database.read() as session:
-        assert session.execute(select(RoundChunkRow.masked_sum).where(RoundChunkRow.round_id == round_.round_id)).scalar_one() is None
+        assert (
+            session.execute(select(RoundChunkRow.masked_sum).where(RoundChunkRow.round_id == round_.round_id)).scalar_one()
+            is None
+        )
         remaining_bodies = session.execute(
             select(SubmissionRow.body).where(SubmissionRow.round_id == round_.round_id, SubmissionRow.body.is_not(None))
         ).all()
