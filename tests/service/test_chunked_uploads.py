@@ -109,6 +109,7 @@ def test_a_round_with_masked_inputs_in_chunks_completes_with_the_exact_sum(share
         assert committed.json()["closed_stage"] is (index == N - 1)
     finish(driver)
     result, survivors = driver.result()
+    assert survivors == list(range(N))
     np.testing.assert_array_equal(result, driver.expected_sum(range(N)))
     chunks = [driver.api.signed(driver.parties[1], "GET", f"/v1/rounds/{driver.round_id}/result/chunks/{k}") for k in range(4)]
     assert [len(chunk.content) for chunk in chunks] == [1024, 1024, 1024, 928]
