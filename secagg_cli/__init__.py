@@ -15,7 +15,7 @@ from clients.runtime.cli import client_app
 from clients.training.cli import train_command
 from dp.audit.cli import audit_app
 from dp.cli import dp_app
-from service.cli import server_command
+from service.cli import db_app, server_command
 
 app = typer.Typer(
     name="secagg",
@@ -29,6 +29,7 @@ app.add_typer(client_app, name="client")
 app.add_typer(dp_app, name="dp")
 app.add_typer(audit_app, name="audit")
 app.command(name="server")(server_command)
+app.add_typer(db_app, name="db")
 app.command(name="train")(train_command)
 app.command(name="demo")(demo_command)
 

@@ -98,9 +98,8 @@ class RoundRow(Base):
     abort_detail: Mapped[str | None] = mapped_column(Text, nullable=True)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     survivors: Mapped[str | None] = mapped_column(Text, nullable=True)
-    masked_sum: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
-    result: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
     result_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """SHA-256 of the whole result; the result itself is in ``round_chunks``."""
     ledger_recorded: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
 
 
@@ -223,15 +222,19 @@ class Database:
         self._write_sessions = sessionmaker(self._write_engine, expire_on_commit=False)
 
     def create_schema(self) -> None:
-        """Create missing tables (idempotent; safe with several processes starting at once)."""
+        """Create or upgrade the schema to the newest migration (idempotent; safe with several
+        processes starting at once: SQLite's write lock or a PostgreSQL advisory lock)."""
+        from service.migrations import upgrade_to_head
+
         if self.is_sqlite:
             self.data_directory_ready()
-            Base.metadata.create_all(self._write_engine)
+            with self._write_engine.begin() as connection:  # BEGIN IMMEDIATE: the database's write lock
+                upgrade_to_head(connection)
             NonceBase.metadata.create_all(self._nonce_engine)
             return
         with self.engine.begin() as connection:
             connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7264217)")
-            Base.metadata.create_all(connection)
+            upgrade_to_head(connection)
             NonceBase.metadata.create_all(connection)
 
     @contextmanager
