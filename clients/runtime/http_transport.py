@@ -420,7 +420,9 @@ class HttpTransport:
         digests = [hashlib.sha256(piece).hexdigest() for piece in pieces]
         declaration = json.dumps({"header": base64.b64encode(header).decode("ascii"), "chunk_sha256": digests}).encode("ascii")
         base = f"/v1/rounds/{round_id}/masked-input"
-        response = self._signed("POST", base, declaration, headers={"Content-Type": "application/json"})
+        response = self._signed(
+            "POST", base, declaration, headers={"Content-Type": "application/json"}, max_bytes=MAX_OTHER_BODY_BYTES
+        )
         if response.status_code not in (200, 201):
             return self._upload_refusal(response)
         status = response.json()
@@ -435,15 +437,16 @@ class HttpTransport:
                     f"{base}/chunks/{index}",
                     body,
                     headers={"Content-Type": "application/octet-stream", BODY_SHA256_HEADER: digests[index]},
+                    max_bytes=MAX_PROBLEM_BODY_BYTES,
                 )
                 if response.status_code not in (200, 202):
                     return self._upload_refusal(response)
-        response = self._signed("POST", f"{base}/commit")
+        response = self._signed("POST", f"{base}/commit", max_bytes=MAX_PROBLEM_BODY_BYTES)
         if response.status_code in (200, 202):
             return Accepted(already_accepted=response.json().get("status") == "already-accepted")
         return self._upload_refusal(response)
 
-    def _upload_refusal(self, response: httpx.Response) -> SubmitOutcome:
+    def _upload_refusal(self, response: Answer) -> SubmitOutcome:
         problem_type, _, body = _problem(response)
         if problem_type == ProblemType.WRONG_STAGE.suffix:
             return StageClosed()
@@ -482,7 +485,7 @@ class HttpTransport:
             return RoundAborted(str(body.get("abort_reason") or "aborted"))
         self._refuse(response)
 
-    def _fetch_result_in_chunks(self, round_id: str, first: httpx.Response) -> RoundResult:
+    def _fetch_result_in_chunks(self, round_id: str, first: Answer) -> RoundResult:
         """The rest of a chunked result after its chunk 0 (``first``); every digest checked."""
         try:
             ring = Ring(int(first.headers["X-Secagg-Bits"]))
@@ -499,7 +502,10 @@ class HttpTransport:
         for index, start, stop in layout.ranges():
             if index:
                 response = self._signed(
-                    "GET", f"/v1/rounds/{round_id}/result/chunks/{index}", headers={"Accept": "application/octet-stream"}
+                    "GET",
+                    f"/v1/rounds/{round_id}/result/chunks/{index}",
+                    headers={"Accept": "application/octet-stream"},
+                    max_bytes=layout.chunk_bytes,
                 )
                 if response.status_code != 200:
                     self._refuse(response)
@@ -557,7 +563,7 @@ class HttpTransport:
             return RoundResult(vector=vector, survivors=survivors)
         return self._result_refusal(round_id, response)
 
-    def _result_refusal(self, round_id: str, response: httpx.Response) -> ResultDelivery:
+    def _result_refusal(self, round_id: str, response: Answer) -> ResultDelivery:
         problem_type, _, body = _problem(response)
         if problem_type == ProblemType.RESULT_NOT_READY.suffix:
             not_ready = Pending(parse_retry_after(response.headers.get("Retry-After"), now=self._wall_clock()))

@@ -197,10 +197,9 @@ class MessageAcceptance:
                     try:
                         server_session.receive(message)
                     except MessageRejected as exc:
-                        # The core refuses without changing the session, so it stays valid for this
-                        # revision: keep it (or the one just replayed) cached, or every refused message
-                        # would make the next request replay the whole round.
-                        context.sessions.remember(round_id, row.revision, server_session, known_sum)
+                        # The core refuses without changing the session, so it stays cached for this
+                        # revision (the cache holds it already), or every refused message would make
+                        # the next request replay the whole round.
                         raise ServiceProblem(PROBLEM_OF_REJECT_REASON[exc.reason], exc.detail) from None
                     # From here on the cached session is ahead of the database until the commit.
                     session_changed = True

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import re
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request
@@ -41,7 +40,6 @@ from service.schemas import ChunkAck, MessageAck, ParticipantRole, RoundId, Uplo
 
 OCTET_STREAM = "application/octet-stream"
 JSON = "application/json"
-_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 UPLOAD_PROBLEMS = (
     ProblemType.ROUND_NOT_FOUND,
     ProblemType.NOT_IN_COHORT,
@@ -120,14 +118,19 @@ async def _read_bounded(request: Request, size: int, *, exact: bool) -> bytes:
     },
 )
 async def declare_upload(round_id: RoundIdPath, request: Request, engine: EngineDep, settings: SettingsDep) -> Response:
-    pending = await run_in_threadpool(check_credentials, request, engine, settings)
-    if _media_type(request) != JSON:
-        raise ServiceProblem(ProblemType.UNSUPPORTED_MEDIA_TYPE, f"an upload declaration is {JSON}")
+    def authenticate() -> tuple[Caller, str]:
+        pending = check_credentials(request, engine, settings, with_body=True)
+        caller = require_role(complete_authentication(request, engine, settings, pending), ParticipantRole.BANK)
+        if _media_type(request) != JSON:
+            raise ServiceProblem(ProblemType.UNSUPPORTED_MEDIA_TYPE, f"an upload declaration is {JSON}")
+        return caller, pending.body_sha256
+
+    caller, declared = await run_in_threadpool(authenticate)
     body = await _read_bounded(request, MAX_OTHER_BODY_BYTES, exact=False)
+    if hashlib.sha256(body).hexdigest() != declared:
+        raise ServiceProblem(ProblemType.BODY_DIGEST_MISMATCH, f"the body's SHA-256 is not the declared {BODY_SHA256_HEADER}")
 
     def declare() -> tuple[UploadState, bool]:
-        caller = complete_authentication(request, engine, settings, pending, body_sha256=hashlib.sha256(body).hexdigest())
-        require_role(caller, ParticipantRole.BANK)
         try:
             declaration = UploadDeclaration.model_validate_json(body)
         except ValidationError as exc:
@@ -182,22 +185,15 @@ async def upload_status(round_id: RoundIdPath, caller: BankCaller, engine: Engin
 async def put_chunk(
     round_id: RoundIdPath, index: ChunkIndex, request: Request, engine: EngineDep, settings: SettingsDep
 ) -> Response:
-    declared = request.headers.get(BODY_SHA256_HEADER, "")
-
-    def authenticate() -> tuple[Caller, ChunkSlot]:
-        pending = check_credentials(request, engine, settings)
-        if not _DIGEST.fullmatch(declared):
-            raise ServiceProblem(ProblemType.MISSING_CREDENTIALS, f"a chunk upload declares {BODY_SHA256_HEADER} (64 hex digits)")
+    def authenticate() -> tuple[str, ChunkSlot]:
+        pending = check_credentials(request, engine, settings, with_body=True)
+        caller = require_role(complete_authentication(request, engine, settings, pending), ParticipantRole.BANK)
         if _media_type(request) != OCTET_STREAM:
             raise ServiceProblem(ProblemType.UNSUPPORTED_MEDIA_TYPE, f"chunks are {OCTET_STREAM}")
-        engine.parameters(round_id)
-        caller = require_role(
-            complete_authentication(request, engine, settings, pending, body_sha256=declared), ParticipantRole.BANK
-        )
-        return caller, engine.chunk_slot(round_id, caller.participant_id, index, declared)
+        return pending.body_sha256, engine.chunk_slot(round_id, caller.participant_id, index, pending.body_sha256)
 
     with engine.context.upload_in_flight(round_id):
-        _, slot = await run_in_threadpool(authenticate)
+        declared, slot = await run_in_threadpool(authenticate)
         body = await _read_bounded(request, slot.size, exact=True)
         if hashlib.sha256(body).hexdigest() != declared:
             raise ServiceProblem(ProblemType.BODY_DIGEST_MISMATCH, f"the body's SHA-256 is not the declared {BODY_SHA256_HEADER}")
