@@ -59,7 +59,6 @@ def dropout_stage_deadline(clients: int, dim: int) -> float:
 @dataclass(slots=True)
 class HttpSimulationReport(SimulationReport):
     transport: str = "http"
-    wall_seconds: float = 0.0
     server_start_seconds: float = 0.0
     setup_seconds: float = 0.0
     round_wall_seconds: float = 0.0

@@ -96,6 +96,16 @@ def test_a_header_of_another_message_type_or_version_is_malformed() -> None:
             MaskedInputHeader.decode(tampered)
 
 
+def test_the_upload_digest_is_the_formula_of_wire_md_section_17_1() -> None:
+    header = MaskedInputHeader(session_id=bytes(range(32)), sender=3, bits=32, dim=600).encode()
+    chunks = [bytes([k]) * 1024 for k in range(2)] + [bytes(352)]
+    written = hashlib.sha256(
+        b"secagg/v1" + b"/masked-input-upload/" + header + (1024).to_bytes(4, "big") + (3).to_bytes(4, "big")
+        + b"".join(hashlib.sha256(chunk).digest() for chunk in chunks)
+    ).digest()  # fmt: skip
+    assert upload_digest(header, 1024, [hashlib.sha256(chunk).digest() for chunk in chunks]) == written
+
+
 def test_the_upload_digest_binds_header_chunk_size_and_every_chunk_digest_in_order() -> None:
     header = MaskedInputHeader(session_id=bytes(32), sender=1, bits=32, dim=600).encode()
     digests = [hashlib.sha256(bytes([k])).digest() for k in range(3)]
