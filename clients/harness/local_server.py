@@ -174,6 +174,18 @@ class LocalServer:
         ticks = os.sysconf("SC_CLK_TCK")
         return (int(fields[11]) + int(fields[12])) / ticks
 
+    def peak_rss_bytes(self) -> int | None:
+        """Peak resident memory of the server's main process so far (Linux ``VmHWM``; None elsewhere)."""
+        if self.process is None:
+            return None
+        try:
+            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+        return None
+
     def kill(self) -> None:
         """SIGKILL the whole process group (workers included): no shutdown hook runs."""
         if self.process is not None and self.process.poll() is None:
@@ -235,3 +247,24 @@ class AdminClient:
 
     def round_status(self, round_id: str) -> Any:
         return self._check(self._client.get(f"/v1/admin/rounds/{round_id}"), 200)
+
+
+def metric_samples(server: LocalServer, name: str) -> dict[str, float]:
+    """The samples of one Prometheus metric by label set, from the operator listener (or with the admin token)."""
+    if server.operator_port is not None:
+        response = httpx.get(server.operator_url + "/metrics", timeout=30.0, verify=server.verify)
+    else:
+        response = httpx.get(
+            server.base_url + "/metrics",
+            headers={"Authorization": f"Bearer {server.admin_token}"},
+            timeout=30.0,
+            verify=server.verify,
+        )
+    if response.status_code != 200:
+        return {}
+    samples: dict[str, float] = {}
+    for line in response.text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            labels, _, value = line.rpartition(" ")
+            samples[labels[len(name) :]] = float(value)
+    return samples

@@ -270,6 +270,14 @@ def _problem(response: Answer) -> tuple[str, str, dict[str, Any]]:
     return suffix, str(body.get("detail", response.reason_phrase)), body
 
 
+def _accepted(response: Answer) -> Accepted:
+    try:
+        ack = response.json()
+        return Accepted(already_accepted=ack.get("status") == "already-accepted", closed_stage=ack.get("closed_stage") is True)
+    except (ValueError, AttributeError):
+        raise ServerRefused(response.status_code, "unusable-acknowledgement", "the upload's answer is not JSON") from None
+
+
 class HttpTransport:
     """A :class:`~clients.runtime.transport.RoundTransport` speaking API version 1 to one server."""
 
@@ -401,11 +409,7 @@ class HttpTransport:
             max_bytes=MAX_PROBLEM_BODY_BYTES,
         )
         if response.status_code in (200, 202):
-            try:
-                status = response.json().get("status")
-            except (ValueError, AttributeError):
-                raise ServerRefused(response.status_code, "unusable-acknowledgement", "the upload's answer is not JSON") from None
-            return Accepted(already_accepted=status == "already-accepted")
+            return _accepted(response)
         problem_type, _, body = _problem(response)
         if problem_type == ProblemType.WRONG_STAGE.suffix:
             return StageClosed()
@@ -443,7 +447,7 @@ class HttpTransport:
                     return self._upload_refusal(response)
         response = self._signed("POST", f"{base}/commit", max_bytes=MAX_PROBLEM_BODY_BYTES)
         if response.status_code in (200, 202):
-            return Accepted(already_accepted=response.json().get("status") == "already-accepted")
+            return _accepted(response)
         return self._upload_refusal(response)
 
     def _upload_refusal(self, response: Answer) -> SubmitOutcome:

@@ -93,6 +93,8 @@ class Accepted:
     """The server durably accepted the message (or already had exactly these bytes)."""
 
     already_accepted: bool = False
+    closed_stage: bool = False
+    """The server says this message completed its stage."""
 
 
 @dataclass(frozen=True, slots=True)
