@@ -374,6 +374,7 @@ async def _background(engine: RoundEngine, interval: float) -> None:
         await asyncio.sleep(interval)
         try:
             await run_in_threadpool(engine.tick)
+            await run_in_threadpool(engine.database.checkpoint)
             ticks += 1
             if ticks % NONCE_PURGE_EVERY_TICKS == 0:
                 await run_in_threadpool(engine.database.purge_nonces, engine.clock())

@@ -303,7 +303,8 @@ def _round_key_of_stage(stage: str) -> str | None:
 
 
 def _stage_durations(status: dict) -> dict[str, float]:
-    """Wall-clock duration of each closed stage, from the server's round history."""
+    """Wall-clock duration of each closed stage, from the server's round history; ``expansion``:
+    from R4's closing to the round's completion (the mask-expansion stage)."""
     durations: dict[str, float] = {}
     previous = float(status.get("created_at") or 0.0)
     for record in status.get("history") or []:
@@ -313,4 +314,6 @@ def _stage_durations(status: dict) -> dict[str, float]:
             continue
         durations[name] = float(closed) - previous
         previous = float(closed)
+    if status.get("outcome") == "completed" and status.get("finished_at") is not None and Round.UNMASKING.key in durations:
+        durations["expansion"] = float(status["finished_at"]) - previous
     return durations

@@ -66,6 +66,7 @@ class LocalServer:
         scheme: str = "http",
         verify: ssl.SSLContext | bool = True,
         extra_env: dict[str, str] | None = None,
+        cwd: Path | None = None,
         operator_listener: bool = True,
     ) -> None:
         self._directory = directory
@@ -77,6 +78,7 @@ class LocalServer:
         self.scheme = scheme
         self.verify = verify
         self._extra_env = dict(extra_env or {})
+        self._cwd = cwd
         self._temporary: tempfile.TemporaryDirectory[str] | None = None
         self.process: subprocess.Popen[bytes] | None = None
         self.port = free_loopback_port()
@@ -137,7 +139,9 @@ class LocalServer:
         environment.update(self._extra_env)
         self.log_path = self.root / f"server-{time.time_ns() // 1_000_000}.log"
         log = open(self.log_path, "wb")  # noqa: SIM115 - owned by the subprocess until it exits
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment, start_new_session=True)
+        self.process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=environment, start_new_session=True, cwd=self._cwd
+        )
         log.close()
         self._wait_ready()
         return self

@@ -1,0 +1,479 @@
+"""Benchmarks of big vectors, heavy load and several workers: ``python -m bench scale [part ...] [--quick]``.
+
+Parts (each writes ``bench/results/scale_<part>.json``; ``scale.md`` is rebuilt from all):
+
+* ``big``: N = 10, 10% dropout, over HTTP on loopback, at D = 10^7 and D = 10^8 (b = 32):
+  exact sum; the server's peak RSS; R2 upload throughput against a raw loopback copy of
+  the same bytes measured in the same run; the mask expansion against the AES-CTR time
+  of its masks on the cores it used (AES measured in the same run); the latency of the
+  R4-completing request.
+* ``unmask``: the mask expansion of N = 100, D = 10^7, 30% dropout (full graph), with 1
+  and 2 workers, on the local process pool and on a local Ray cluster: speedup at 2
+  workers, and the per-task cost that the projection to more cores uses.
+* ``ray``: ``secagg simulate --engine ray --clients 2000 --graph harary --dim 10000 --dropout 0.1``.
+* ``round``: N = 100, D = 10^5 over HTTP against the in-process simulation.
+* ``load``: N = 200 (full, Harary) and N = 1000 (Harary), D = 10^4, 10% dropout over HTTP,
+  ten runs each: every run must complete with exactly the dropped clients missing; the
+  server's CPU per client per stage and the requests per second it sustained.
+* ``replays``: N = 100 on two workers over PostgreSQL (``SECAGG_TEST_POSTGRES_URL``):
+  full replays per round with this code and with the code before catch-up (the commit
+  named by ``BASELINE_REF``, run from ``git archive``).
+
+The machine is a shared 2-core one; ratios against limits measured in the same run are
+the figures.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import platform
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BASELINE_REF = "c17dea4"
+"""The main branch before vectors in chunks and catch-up replays (for the ``replays`` baseline)."""
+
+
+# ----------------------------------------------------------------------------- limits
+def aes_ctr_bytes_per_second(total_bytes: int = 1 << 30) -> float:
+    from bench.core import aes_ctr_bytes_per_second as measure
+
+    return measure(total_bytes=total_bytes)
+
+
+def _sink(port_queue, streams: int) -> None:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(streams)
+    port_queue.put(listener.getsockname()[1])
+
+    def serve(connection: socket.socket) -> None:
+        with connection:
+            header = b""
+            while len(header) < 8:
+                header += connection.recv(8 - len(header))
+            (length,) = struct.unpack(">Q", header)
+            buffer = bytearray(1 << 20)
+            view = memoryview(buffer)
+            remaining = length
+            while remaining:
+                received = connection.recv_into(view, min(remaining, len(buffer)))
+                if not received:
+                    return
+                remaining -= received
+            connection.sendall(b"k")
+
+    workers = []
+    for _ in range(streams):
+        connection, _ = listener.accept()
+        worker = threading.Thread(target=serve, args=(connection,))
+        worker.start()
+        workers.append(worker)
+    for worker in workers:
+        worker.join()
+    listener.close()
+
+
+def raw_loopback_copy(sizes: list[int]) -> float:
+    """Aggregate bytes/s of concurrent TCP streams of ``sizes`` bytes into a sink process (one shared zero buffer)."""
+    from bench.http import _union_seconds
+
+    context = multiprocessing.get_context("spawn")
+    port_queue = context.Queue()
+    sink = context.Process(target=_sink, args=(port_queue, len(sizes)))
+    sink.start()
+    port = port_queue.get(timeout=60)
+    zeros = memoryview(bytes(min(max(sizes), 64 << 20)))
+    intervals: list[tuple[float, float]] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(len(sizes))
+
+    def send(size: int) -> None:
+        with socket.create_connection(("127.0.0.1", port)) as connection:
+            barrier.wait()
+            started = time.perf_counter()
+            connection.sendall(struct.pack(">Q", size))
+            remaining = size
+            while remaining:
+                piece = zeros[: min(remaining, len(zeros))]
+                connection.sendall(piece)
+                remaining -= len(piece)
+            connection.recv(1)
+            finished = time.perf_counter()
+        with lock:
+            intervals.append((started, finished))
+
+    threads = [threading.Thread(target=send, args=(size,)) for size in sizes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    sink.join(timeout=120)
+    return sum(sizes) / _union_seconds(intervals)
+
+
+# -------------------------------------------------------------------------------- big
+def big_round(dim: int, clients: int = 10, dropout: float = 0.1) -> dict:
+    from bench.http import _union_seconds
+    from clients.harness.http_simulation import run_http_simulation
+    from clients.harness.simulation import SimulationParameters
+    from secagg.rounds import Round
+
+    uploads: list[tuple[int, float, float]] = []
+    lock = threading.Lock()
+
+    def observe(protocol_round: Round, size: int, started: float, finished: float, closed: bool) -> None:
+        if protocol_round is Round.MASKED_INPUT_COLLECTION:
+            with lock:
+                uploads.append((size, started, finished))
+
+    workers = os.cpu_count() or 1
+    aes_before = aes_ctr_bytes_per_second(256 << 20)
+    report = run_http_simulation(
+        SimulationParameters(clients=clients, dim=dim, dropout=dropout, silence_seconds=60.0), on_submit=observe
+    )
+    aes = max(aes_before, aes_ctr_bytes_per_second(256 << 20))
+    sizes = [size for size, _, _ in uploads]
+    busy = _union_seconds([(start, end) for _, start, end in uploads])
+    http_rate = sum(sizes) / busy
+    raw_rate = raw_loopback_copy(sizes)
+    survivors = report.survivors
+    dropped = clients - survivors
+    masks = survivors + dropped * survivors  # self-masks of U3, pairwise masks of each dropped client with U3 (full graph)
+    mask_bytes = masks * dim * 4
+    expansion_seconds = report.server_round_seconds.get("expansion")
+    aes_floor = mask_bytes / (aes * workers)
+    return {
+        "clients": clients,
+        "dim": dim,
+        "dropout": dropout,
+        "verified": report.verified,
+        "survivors": survivors,
+        "client_aborts": report.client_aborts,
+        "chunk_bytes": report.chunk_bytes,
+        "unmask_tasks": report.unmask_tasks,
+        "server_peak_rss_bytes": report.server_peak_rss_bytes,
+        "rss_target_bytes": 1_500_000_000,
+        "r2_bytes": sum(sizes),
+        "r2_busy_seconds": busy,
+        "r2_http_bytes_per_second": http_rate,
+        "raw_loopback_bytes_per_second": raw_rate,
+        "r2_fraction_of_raw": http_rate / raw_rate,
+        "r2_target_fraction": 0.25,
+        "aes_bytes_per_second_per_core": aes,
+        "cores": workers,
+        "masks": masks,
+        "expansion_seconds": expansion_seconds,
+        "expansion_aes_floor_seconds": aes_floor,
+        "expansion_ratio_to_aes": (expansion_seconds / aes_floor) if expansion_seconds else None,
+        "expansion_target_ratio": 1.5,
+        "r4_completing_request_seconds": report.r4_completing_request_seconds,
+        "r4_target_seconds": 0.1,
+        "round_wall_seconds": report.round_wall_seconds,
+        "server_round_seconds": report.server_round_seconds,
+        "server_cpu_seconds": report.server_cpu_seconds,
+    }
+
+
+# ----------------------------------------------------------------------------- unmask
+def _plan_masks(clients: int, dropout: float, seed: int):
+    from clients.harness.simulation import DropoutRound, SimulationParameters, run_simulation
+    from secagg.server import ServerSession
+
+    captured: list = []
+    original = ServerSession.__init__
+
+    def capture(self, *args, **kwargs):  # the simulation's server: keep it to read its plan
+        original(self, *args, **kwargs)
+        captured.append(self)
+
+    ServerSession.__init__ = capture  # type: ignore[method-assign]
+    try:
+        report = run_simulation(
+            SimulationParameters(clients=clients, dim=64, dropout=dropout, dropout_round=DropoutRound("R2"), seed=seed)
+        )
+    finally:
+        ServerSession.__init__ = original  # type: ignore[method-assign]
+    assert report.verified
+    from secagg.server.chunk_tasks import unmasking_masks
+
+    return unmasking_masks(captured[-1].unmasking_plan)
+
+
+def unmask_scaling(clients: int = 100, dim: int = 10_000_000, dropout: float = 0.3, chunk_bytes: int = 1 << 20) -> dict:
+    from secagg.chunks import ChunkLayout
+    from secagg.server.chunk_tasks import chunk_tasks
+    from service.rounds.engines import EngineKind, RayEngine, make_engine
+
+    masks = _plan_masks(clients, dropout, seed=5)
+    layout = ChunkLayout(dim, 32, chunk_bytes)
+    tasks = chunk_tasks(layout, masks)
+    aes = aes_ctr_bytes_per_second(256 << 20)
+    mask_bytes = len(masks) * layout.vector_bytes
+    runs: dict[str, dict[int, float]] = {"process": {}, "ray": {}}
+    for workers in (1, 2):
+        engine = make_engine(EngineKind.PROCESS, workers=workers)
+        list(engine.run(tasks[:workers]))  # start the pool outside the timing
+        started = time.perf_counter()
+        count = sum(1 for _ in engine.run(tasks))
+        runs["process"][workers] = time.perf_counter() - started
+        engine.close()
+        assert count == len(tasks)
+    try:
+        import ray
+
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        for workers in (1, 2):
+            engine = RayEngine(None, workers=workers)
+            list(engine.run(tasks[:workers]))
+            started = time.perf_counter()
+            count = sum(1 for _ in engine.run(tasks))
+            runs["ray"][workers] = time.perf_counter() - started
+            assert count == len(tasks)
+        ray.shutdown()
+    except ImportError:
+        runs.pop("ray")
+    per_task = {name: times[1] / len(tasks) for name, times in runs.items()}
+    projection = {
+        name: {
+            str(cores): {
+                "tasks_per_core": -(-len(tasks) // cores),
+                "seconds": -(-len(tasks) // cores) * per_task[name],
+                "chunks_needed_for_full_use": 4 * cores,
+            }
+            for cores in (16, 64)
+        }
+        for name in runs
+    }
+    return {
+        "clients": clients,
+        "dim": dim,
+        "dropout": dropout,
+        "chunk_bytes": chunk_bytes,
+        "tasks": len(tasks),
+        "masks": len(masks),
+        "mask_bytes": mask_bytes,
+        "aes_bytes_per_second_per_core": aes,
+        "aes_floor_one_core_seconds": mask_bytes / aes,
+        "seconds": {name: {str(k): v for k, v in times.items()} for name, times in runs.items()},
+        "speedup_at_2": {name: times[1] / times[2] for name, times in runs.items()},
+        "speedup_target": 1.7,
+        "per_task_seconds": per_task,
+        "projection": projection,
+    }
+
+
+# -------------------------------------------------------------------------------- ray
+def ray_simulation(clients: int = 2000, dim: int = 10_000, dropout: float = 0.1) -> dict:
+    command = [
+        sys.executable, "-m", "secagg_cli", "simulate", "--engine", "ray", "--clients", str(clients), "--graph", "harary",
+        "--dim", str(dim), "--dropout", str(dropout), "--json",
+    ]  # fmt: skip
+    started = time.perf_counter()
+    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - started
+    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    keys = ("verified", "survivors", "dropped", "degree", "client_aborts", "unmask_tasks", "server_seconds", "server_round_seconds",
+            "client_seconds_median", "server_peak_rss_bytes", "wall_seconds")  # fmt: skip
+    return {"command": " ".join(command[2:]), "process_wall_seconds": wall, **{key: report[key] for key in keys}}
+
+
+# ------------------------------------------------------------------------------ round
+def http_round(clients: int = 100, dim: int = 100_000) -> dict:
+    from bench.http import round_overhead
+
+    result = round_overhead(clients, dim)
+    result["target_ratio"] = 2.0
+    return result
+
+
+# ------------------------------------------------------------------------------- load
+class StageCpuMonitor:
+    """Samples the server's CPU time at every stage change of a round (polling its status)."""
+
+    def __init__(self, server, admin, round_id_holder: list[str]) -> None:
+        self.server, self.admin, self.holder = server, admin, round_id_holder
+        self.samples: list[tuple[str, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        last = None
+        while not self._stop.is_set():
+            if self.holder:
+                try:
+                    stage = self.admin.round_status(self.holder[0])["stage"]
+                except Exception:
+                    stage = last
+                if stage != last:
+                    self.samples.append((stage, self.server.cpu_seconds() or 0.0))
+                    last = stage
+            time.sleep(0.1)
+
+    def __enter__(self) -> StageCpuMonitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def load_run(clients: int, graph: str, dim: int = 10_000, dropout: float = 0.1, seed: int = 0) -> dict:
+    from clients.harness.http_simulation import run_http_simulation
+    from clients.harness.simulation import SimulationParameters
+    from secagg.config import GraphKind, ProtocolMode
+    from secagg.graph import recommended_harary_degree
+
+    degree = None
+    if graph == "harary":
+        degree = recommended_harary_degree(clients, ProtocolMode.ACTIVE, dropout_rate=dropout, corrupt_fraction=0.0)
+    params = SimulationParameters(
+        clients=clients,
+        dim=dim,
+        dropout=dropout,
+        graph=GraphKind(graph if degree is not None or graph == "full" else "full"),
+        degree=degree,
+        silence_seconds=10.0,
+        seed=seed,
+    )
+    report = run_http_simulation(params)
+    dropped = params.dropped_count
+    stages = report.server_round_seconds
+    return {
+        "clients": clients,
+        "graph": report.graph,
+        "degree": report.degree,
+        "verified": report.verified,
+        "survivors": report.survivors,
+        "expected_survivors": clients - dropped,
+        "honest_excluded": clients - dropped - report.survivors,
+        "client_aborts": report.client_aborts,
+        "round_wall_seconds": report.round_wall_seconds,
+        "http_requests": report.http_requests,
+        "requests_per_second": report.http_requests / report.round_wall_seconds if report.round_wall_seconds else None,
+        "server_cpu_seconds": report.server_cpu_seconds,
+        "server_cpu_per_client_per_stage_ms": (
+            1000 * report.server_cpu_seconds / clients / max(1, len(stages)) if report.server_cpu_seconds else None
+        ),
+        "stage_seconds": stages,
+    }
+
+
+def load(runs: int = 10) -> dict:
+    configurations = [(200, "full"), (200, "harary"), (1000, "harary")]
+    results = []
+    for clients, graph in configurations:
+        for run in range(runs):
+            result = load_run(clients, graph, seed=1000 * clients + run)
+            print(
+                f"load N={clients} {graph} run {run + 1}/{runs}: verified={result['verified']} "
+                f"excluded={result['honest_excluded']} {result['round_wall_seconds']:.1f}s "
+                f"{result['requests_per_second'] or 0:.0f} req/s",
+                flush=True,
+            )
+            results.append(result)
+    return {"runs_per_configuration": runs, "results": results}
+
+
+# ---------------------------------------------------------------------------- replays
+def _replay_round(source: Path | None, database_url: str, clients: int, workers: int) -> dict:
+    """One round of ``clients`` on ``workers`` workers; the full replays the server logged."""
+    import httpx
+
+    from clients.harness.local_server import LocalServer
+    from tests.service.harness import Api, RoundDriver, make_parties
+
+    environment = {"PYTHONPATH": str(source)} if source is not None else {}
+    with tempfile.TemporaryDirectory(prefix="secagg-bench-replays-") as scratch:
+        server = LocalServer(
+            directory=Path(scratch), database_url=database_url, workers=workers, dev=False, extra_env=environment, cwd=source
+        )
+        with server:
+            api = Api(server)
+            api.http.close()
+            api.http = httpx.Client(base_url=server.base_url, timeout=120.0, headers={"Connection": "close"})
+            parties = make_parties(clients, prefix="rp", seed=clients)
+            for party in parties:
+                api.enroll(party)
+            round_id = api.create_round(parties, threshold=clients * 2 // 3 + 1, mode="active", dim=1000, bits=32)
+            driver = RoundDriver(api, parties, round_id, seed=3)
+            everyone = range(clients)
+            driver.send(everyone)
+            for stage in ("R1-share-keys", "R2-masked-input-collection", "R3-consistency-check", "R4-unmasking"):
+                driver.wait_for_stage(stage, timeout=300)
+                driver.fetch(everyone)
+                driver.send(everyone)
+            driver.wait_for_stage("completed", timeout=300)
+            log = server.log_tail(200_000_000)
+            api.close()
+    replays = 0
+    for line in log.splitlines():
+        if line.startswith("{") and '"session_replayed"' in line:
+            replays += json.loads(line).get("round_id") == round_id
+    return {"full_replays": replays, "messages": 5 * clients}
+
+
+def replays(clients: int = 100, workers: int = 2) -> dict:
+    from tests.service.conftest import fresh_postgres_database
+
+    base = os.environ.get("SECAGG_TEST_POSTGRES_URL")
+    if not base:
+        return {"skipped": "needs SECAGG_TEST_POSTGRES_URL (a PostgreSQL server)"}
+    after = _replay_round(None, fresh_postgres_database(base), clients, workers)
+    with tempfile.TemporaryDirectory(prefix="secagg-baseline-") as scratch:
+        archive = subprocess.run(["git", "archive", BASELINE_REF], capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", scratch], input=archive, check=True)
+        before = _replay_round(Path(scratch), fresh_postgres_database(base), clients, workers)
+    return {"clients": clients, "workers": workers, "baseline_ref": BASELINE_REF, "before": before, "after": after}
+
+
+# ------------------------------------------------------------------------------ driver
+PARTS = {
+    "unmask": lambda quick: unmask_scaling(dim=2_000_000 if quick else 10_000_000),
+    "big": lambda quick: {"rounds": [big_round(dim) for dim in ((1_000_000,) if quick else (10_000_000, 100_000_000))]},
+    "round": lambda quick: http_round(20 if quick else 100),
+    "replays": lambda quick: replays(clients=20 if quick else 100),
+    "ray": lambda quick: ray_simulation(clients=200 if quick else 2000),
+    "load": lambda quick: load(runs=1 if quick else 10),
+}
+
+
+def run(argv: list[str] | None = None) -> dict:
+    arguments = sys.argv[2:] if argv is None else argv
+    quick = "--quick" in arguments
+    chosen = [name for name in arguments if not name.startswith("-")] or list(PARTS)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    machine = {"platform": platform.platform(), "python": platform.python_version(), "cpus": multiprocessing.cpu_count()}
+    for name in chosen:
+        started = time.perf_counter()
+        load_before = os.getloadavg()
+        result = PARTS[name](quick)
+        result = {
+            **result,
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+            "part": name,
+            "quick": quick,
+            "machine": machine,
+            "bench_seconds": time.perf_counter() - started,
+        }
+        (RESULTS / f"scale_{name}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        print(f"scale {name}: done in {result['bench_seconds']:.0f} s", flush=True)
+    from bench.scale_report import write_markdown
+
+    write_markdown(RESULTS)
+    return {}
+
+
+if __name__ == "__main__":
+    run()
