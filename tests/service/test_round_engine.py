@@ -112,6 +112,11 @@ class Round:
     def stage(self, engine: RoundEngine) -> str:
         return engine.current_stage(self.round_id)
 
+    def status(self, engine: RoundEngine) -> dict:
+        with engine.database.read() as session:
+            row = session.get(RoundRow, self.round_id)
+            return {"stage": row.stage, "history": json.loads(row.history)}
+
     def expected_sum(self, survivors) -> np.ndarray:
         total = np.zeros(self.dim, dtype=np.uint32)
         for index in survivors:
