@@ -16,10 +16,18 @@ from pathlib import Path
 import pytest
 
 from secagg.chunks import split_masked_input
+from tests.service.conftest import database_url_for
 from tests.service.test_mask_expansion import send_in_chunks
-from tests.service.test_round_engine import FakeClock, N, Round, _coordinator, database_url  # noqa: F401 (a fixture)
+from tests.service.test_round_engine import _OPEN_DATABASES, FakeClock, N, Round, _coordinator
 
 WINDOW = 30
+
+
+@pytest.fixture
+def database_url(backend: str, tmp_path: Path):
+    yield database_url_for(backend) or f"sqlite:///{tmp_path / 'deadlines.db'}"
+    while _OPEN_DATABASES:
+        _OPEN_DATABASES.pop().dispose()
 
 
 @pytest.fixture
