@@ -30,13 +30,6 @@ def database_url(backend: str, tmp_path: Path):
         _OPEN_DATABASES.pop().dispose()
 
 
-@pytest.fixture
-def database_url(backend: str, tmp_path: Path):
-    yield database_url_for(backend) or f"sqlite:///{tmp_path / 'deadlines.db'}"
-    while _OPEN_DATABASES:
-        _OPEN_DATABASES.pop().dispose()
-
-
 def at_r2(engine, seed: int, **extra) -> Round:
     round_ = Round(engine, seed=seed, mode="honest-but-curious", threshold=3, deadlines={"R2": WINDOW}, **extra)
     round_.send(engine, range(N))
