@@ -45,6 +45,10 @@ class ChunkEngine(Protocol):
 
     def run(self, tasks: Iterable[MaskChunkTask]) -> Iterator[tuple[MaskChunkTask, np.ndarray]]: ...
 
+    def warm(self) -> None:
+        """Start the workers now (not at the first expansion, where it would compete with requests)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -90,6 +94,12 @@ class ExecutorEngine:
                 task = pending.pop(future)
                 yield task, future.result()
 
+    def warm(self) -> None:
+        pool = self._pool()
+        empty = MaskChunkTask(bits=32, start=0, stop=0, masks=())
+        for future in [pool.submit(run_mask_chunk_task, empty) for _ in range(self.workers)]:
+            future.result()
+
     def close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
@@ -134,6 +144,9 @@ class RayEngine:
             for reference in done:
                 task = pending.pop(reference)
                 yield task, ray.get(reference)
+
+    def warm(self) -> None:
+        """Connected to the cluster already (in the constructor)."""
 
     def close(self) -> None:
         """The cluster stays up (it is the operator's); this process disconnects at exit."""

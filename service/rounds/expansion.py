@@ -131,6 +131,10 @@ class MaskExpansion:
 
     # --------------------------------------------------------------------- loops
     def _loop(self) -> None:
+        try:
+            self.engine.warm()
+        except Exception:  # an engine that cannot start is retried at the first expansion
+            LOGGER.exception("unmask_engine_start_failed")
         while not self._stop.is_set():
             self._wake.wait(POLL_SECONDS)
             self._wake.clear()

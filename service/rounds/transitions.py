@@ -116,9 +116,17 @@ class StageTransitions:
 
         def due(session: Session) -> RoundRow | None:
             row = self.context.database.lock_round(session, round_id)
-            if row is None or not self.is_due(session, row):
+            if row is None:
                 return None
-            return row
+            if self.is_due(session, row):
+                return row
+            if row.outcome is None and row.stage != EXPANSION:
+                # Not due because of progress since: record the later deadline, so that requests
+                # stop asking until that one passes.
+                later = self.effective_deadline(session, row)
+                if later is not None and row.stage_deadline is not None and later > row.stage_deadline:
+                    row.stage_deadline = later
+            return None
 
         return self._close_locked(round_id, due)
 
