@@ -56,6 +56,7 @@ from sqlalchemy import (
     event,
     insert,
     select,
+    text,
 )
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError
@@ -218,8 +219,10 @@ class Database:
         self._nonce_engine = (
             _create_engine(nonce_database_url(url), immediate=True, synchronous="NORMAL") if self.is_sqlite else self.engine
         )
+        self._recomputable_engine = _create_engine(url, immediate=True, synchronous="NORMAL") if self.is_sqlite else self.engine
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._write_sessions = sessionmaker(self._write_engine, expire_on_commit=False)
+        self._recomputable_sessions = sessionmaker(self._recomputable_engine, expire_on_commit=False)
 
     def create_schema(self) -> None:
         """Create or upgrade the schema to the newest migration (idempotent; safe with several
@@ -248,6 +251,28 @@ class Database:
         """A write transaction: committed on success, rolled back on any exception."""
         with self._write_sessions() as session:
             try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    @contextmanager
+    def write_recomputable(self) -> Iterator[Session]:
+        """A write transaction whose loss in a machine crash costs only recomputation (folds, chunk results).
+
+        Committed without waiting for the disk (SQLite ``synchronous=NORMAL`` in WAL mode,
+        PostgreSQL ``synchronous_commit=off``): atomic and consistent like every commit, and
+        it survives a crash of the server process; a crash of the machine or of the database
+        server can drop the last such commits, which only means they are done again (every
+        use is idempotent). The next durable commit (:meth:`write`) makes every earlier one
+        durable too, since both go through the same write-ahead log in order, so a round
+        that completes durably has durable results.
+        """
+        with self._recomputable_sessions() as session:
+            try:
+                if not self.is_sqlite:
+                    session.execute(text("SET LOCAL synchronous_commit TO OFF"))
                 yield session
                 session.commit()
             except BaseException:
@@ -322,7 +347,7 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
-        for engine in {self._write_engine, self._nonce_engine} - {self.engine}:
+        for engine in {self._write_engine, self._nonce_engine, self._recomputable_engine} - {self.engine}:
             engine.dispose()
 
 

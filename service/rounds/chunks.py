@@ -270,8 +270,10 @@ class ChunkStore:
             )
 
     def fold(self, round_id: str, index: int) -> int:
-        """Fold the stored chunk ``index`` of every committed sender into the running sum; how many were folded."""
-        with self.context.database.write() as session:
+        """Fold the stored chunk ``index`` of every committed sender into the running sum; how many were folded.
+
+        Recomputable: lost in a machine crash, the chunks are simply still there to fold."""
+        with self.context.database.write_recomputable() as session:
             return self.fold_in(session, round_id, index)
 
     def fold_in(self, session: Session, round_id: str, index: int) -> int:

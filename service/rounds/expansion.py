@@ -13,7 +13,9 @@ then runs here, in a background thread of whichever server process holds the rou
    stored goes to the engine (:mod:`service.rounds.engines`);
 3. each finished task commits in its own short transaction: any input chunks still
    waiting are folded, the chunk's result is the running sum plus the mask total, and the
-   running sum of the chunk is dropped. A chunk whose result already exists is left as is,
+   running sum of the chunk is dropped. These commits do not wait for the disk
+   (:meth:`~service.db.Database.write_recomputable`): one lost in a machine crash is
+   recomputed, and the durable commit that completes the round makes them all durable. A chunk whose result already exists is left as is,
    so a task that runs twice (two processes, a retry, a restart) changes nothing;
 4. when every chunk has its result, the round completes under its row lock with the
    SHA-256 of the whole result (read back chunk by chunk).
@@ -212,7 +214,7 @@ class MaskExpansion:
     def _commit_chunk(self, round_id: str, task: MaskChunkTask, total: np.ndarray, survivors: int) -> bool:
         """Fold what is left, store the chunk's result, drop its running sum; False if the round left the stage."""
         context = self.context
-        with context.database.write() as session:
+        with context.database.write_recomputable() as session:  # the completing commit makes it durable
             if not self._still_expanding(session, round_id):
                 return False
             row = _lock_chunk(session, round_id, task.index)
