@@ -4,10 +4,16 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
+# Flower pins fastapi, starlette, uvicorn, typer and rich below the versions the server
+# needs, so the Flower integration (clients/flower, tests/flower, bench/flower.py) has
+# its own environment: the project without torch, plus the flower extra.
+FLOWER_VENV  := .venv-flower
+FLOWER_PY    := $(FLOWER_VENV)/bin/python
+FLOWER_STAMP := $(FLOWER_VENV)/.installed
 
 .PHONY: install install-server lock test check bench demo clean
 
-install: $(STAMP)
+install: $(STAMP) $(FLOWER_STAMP)
 
 # Idempotent: re-runs only when the project's dependency list or pins change.
 # torch is pinned by constraints.txt to the local CPU wheel and installed in the same
@@ -17,6 +23,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -c constraints.txt -e '.[all,dev]'
 	touch $(STAMP)
+
+$(FLOWER_STAMP): pyproject.toml constraints.txt
+	test -x $(FLOWER_PY) || $(PYTHON) -m venv $(FLOWER_VENV)
+	$(FLOWER_PY) -m pip install --quiet --upgrade pip
+	$(FLOWER_PY) -m pip install --quiet -c constraints.txt -e '.[flower,dev]'
+	touch $(FLOWER_STAMP)
 
 # A server deployment from the hashed lock file: every package pinned and checked against its
 # SHA-256 (pip --require-hashes), then the project itself without dependencies. No torch.
@@ -36,10 +48,13 @@ check: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(FLOWER_VENV)/bin/mypy clients/flower
 	$(VENV)/bin/lint-imports
 
+# The Flower tests run in Flower's environment (in the main one they skip, saying so).
 test: check
 	$(PY) -m pytest -q
+	$(FLOWER_PY) -m pytest -q tests/flower
 
 bench: install
 	$(PY) -m bench
@@ -48,4 +63,4 @@ demo: install
 	$(VENV)/bin/secagg demo
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(FLOWER_VENV) .pytest_cache .hypothesis

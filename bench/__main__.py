@@ -16,6 +16,7 @@ SUITES = {
     "http": "bench.http",
     "hardening": "bench.hardening",
     "scale": "bench.scale",
+    "flower": "bench.flower",
 }
 SUITES_WITH_PARTS = {"scale": ("unmask", "big", "round", "replays", "ray", "load")}
 """Suites whose own arguments may follow them: ``python -m bench scale big unmask``."""

@@ -11,7 +11,12 @@ ever reach. :class:`BudgetGuard` is the only door to the ledger's spends:
   refusal and raises :class:`BudgetExceeded`; the cumulative epsilon is unchanged;
 * :meth:`BudgetGuard.charge_round` does the same for a round that spends several units
   at once (DP-SGD plus noise in the ring): every unit is checked first, and if any would
-  exceed its budget, none is spent.
+  exceed its budget, none is spent;
+* :meth:`BudgetGuard.check_round` refuses a round (recording the refusal) that would
+  exceed a budget, without spending: a bank calls it before it trains, and
+  :meth:`charge_round` at the point of release (before its masked input leaves);
+* :meth:`BudgetGuard.record_unreleased` records that a contribution prepared for a round
+  never left (the round ended first): nothing is spent.
 
 Invariant: the recorded cumulative epsilon of a unit never exceeds its budget, and a
 contribution is released only after :meth:`charge` returned. A unit the policy does not
@@ -53,7 +58,7 @@ from types import MappingProxyType
 from typing import Any
 
 from dp.accounting import AccountantKind, MechanismEvent
-from dp.audit.privacy_ledger import LedgerEntry, PrivacyLedger, PrivacyUnit, RefusalReason
+from dp.audit.privacy_ledger import EntryKind, LedgerEntry, PrivacyLedger, PrivacyUnit, RefusalReason, UnreleasedReason
 from dp.errors import DPError
 
 __all__ = ["Authorization", "BudgetExceeded", "BudgetGuard", "BudgetPolicy", "BudgetPolicyError", "UnitBudget"]
@@ -238,34 +243,79 @@ class BudgetGuard:
         :class:`BudgetExceeded`. Call before training or releasing anything."""
         return self.charge_round(round_id=round_id, contributions={unit: event})[0]
 
+    def check_round(self, *, round_id: str, contributions: Mapping[PrivacyUnit, MechanismEvent]) -> tuple[Authorization, ...]:
+        """What spending the round would do; if any unit would exceed its budget, a refusal
+        is recorded for each such unit and :class:`BudgetExceeded` is raised. Spends nothing."""
+        if not contributions:
+            raise BudgetPolicyError("a round contribution spends at least one unit")
+        authorizations = tuple(self.authorize(round_id=round_id, unit=unit, event=event) for unit, event in contributions.items())
+        self._refuse_if_over(round_id, authorizations)
+        return authorizations
+
+    def spent_in(self, round_id: str) -> frozenset[PrivacyUnit]:
+        """The units already charged for ``round_id`` (a resumed round is not charged twice)."""
+        return frozenset(entry.unit for entry in self.ledger.entries_for(round_id) if entry.kind is EntryKind.SPEND)
+
+    def record_unreleased(
+        self, *, round_id: str, contributions: Mapping[PrivacyUnit, MechanismEvent], reason: UnreleasedReason
+    ) -> tuple[LedgerEntry, ...]:
+        """Record that the contribution prepared for ``round_id`` never left; nothing is spent.
+
+        Units already charged for the round, or already recorded as unreleased, are left alone.
+        """
+        recorded = {
+            entry.unit for entry in self.ledger.entries_for(round_id) if entry.kind in (EntryKind.SPEND, EntryKind.UNRELEASED)
+        }
+        entries = []
+        for unit, event in contributions.items():
+            if unit in recorded:
+                continue
+            budget = self.policy.budget_for(unit)
+            entries.append(
+                self.ledger.record_unreleased(
+                    round_id=round_id,
+                    unit=unit,
+                    event=event,
+                    delta=budget.delta,
+                    accountant=budget.accountant,
+                    budget_epsilon=budget.max_epsilon,
+                    reason=reason,
+                )
+            )
+        return tuple(entries)
+
+    def _refuse_if_over(self, round_id: str, authorizations: tuple[Authorization, ...]) -> None:
+        refused = [authorization for authorization in authorizations if not authorization.allowed]
+        if not refused:
+            return
+        for authorization in refused:
+            self.ledger.record_refusal(
+                round_id=round_id,
+                unit=authorization.unit,
+                event=authorization.event,
+                delta=authorization.budget.delta,
+                accountant=authorization.budget.accountant,
+                budget_epsilon=authorization.budget.max_epsilon,
+                reason=RefusalReason.BUDGET_EXCEEDED,
+            )
+        first = refused[0]
+        raise BudgetExceeded(
+            unit=first.unit,
+            round_id=round_id,
+            spent=first.spent,
+            would_reach=first.would_reach,
+            budget=first.budget.max_epsilon,
+            delta=first.budget.delta,
+        )
+
     def charge_round(self, *, round_id: str, contributions: Mapping[PrivacyUnit, MechanismEvent]) -> tuple[LedgerEntry, ...]:
         """Spend every unit's event of one round, or none: if any unit would exceed its
         budget, a refusal is recorded for each such unit and :class:`BudgetExceeded` (for
         the first) is raised before any spend is written."""
         if not contributions:
             raise BudgetPolicyError("a round contribution spends at least one unit")
-        authorizations = [self.authorize(round_id=round_id, unit=unit, event=event) for unit, event in contributions.items()]
-        refused = [authorization for authorization in authorizations if not authorization.allowed]
-        if refused:
-            for authorization in refused:
-                self.ledger.record_refusal(
-                    round_id=round_id,
-                    unit=authorization.unit,
-                    event=authorization.event,
-                    delta=authorization.budget.delta,
-                    accountant=authorization.budget.accountant,
-                    budget_epsilon=authorization.budget.max_epsilon,
-                    reason=RefusalReason.BUDGET_EXCEEDED,
-                )
-            first = refused[0]
-            raise BudgetExceeded(
-                unit=first.unit,
-                round_id=round_id,
-                spent=first.spent,
-                would_reach=first.would_reach,
-                budget=first.budget.max_epsilon,
-                delta=first.budget.delta,
-            )
+        authorizations = tuple(self.authorize(round_id=round_id, unit=unit, event=event) for unit, event in contributions.items())
+        self._refuse_if_over(round_id, authorizations)
         return tuple(
             self.ledger.record_spend(
                 round_id=round_id,

@@ -40,6 +40,10 @@ ROUND_ID_MAX_BYTES = 64
 MAX_DIM = 1 << 30
 MAX_PARTICIPANTS = 1 << 16
 SESSION_ID_BYTES = 32
+MANIFEST_HASH_BYTES = 32
+MAX_TRAINING_ROUND = (1 << 32) - 1
+TRAINING_BINDING_LABEL = b"/training/"
+"""Separates the training binding from the cohort's keys in the digest (docs/WIRE.md section 8)."""
 
 
 class ProtocolMode(str, Enum):
@@ -99,6 +103,12 @@ class RoundConfig:
 
     ``degree`` is the Harary graph's degree k (even, 2 <= k <= n - 2) and must be
     ``None`` for the full graph.
+
+    ``manifest_hash`` and ``training_round`` bind the round to one step of a consortium's
+    training (:mod:`secagg.consortium`): the SHA-256 of the manifest every member signed
+    and the step's number (0 for the statistics round, 1.. for the training rounds). Both
+    or neither; without them the digest is exactly the version-1 digest of a round that
+    belongs to no training.
     """
 
     round_id: bytes
@@ -109,6 +119,8 @@ class RoundConfig:
     mode: ProtocolMode = ProtocolMode.ACTIVE
     graph: GraphKind = GraphKind.FULL
     degree: int | None = None
+    manifest_hash: bytes | None = None
+    training_round: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "identity_keys", tuple(self.identity_keys))
@@ -143,6 +155,14 @@ class RoundConfig:
                 raise ConfigurationError(
                     f"harary degree must be even and in 2..{n - 2} for {n} participants (use the full graph otherwise)"
                 )
+        if (self.manifest_hash is None) != (self.training_round is None):
+            raise ConfigurationError("manifest_hash and training_round go together")
+        if self.manifest_hash is not None:
+            if not isinstance(self.manifest_hash, bytes) or len(self.manifest_hash) != MANIFEST_HASH_BYTES:
+                raise ConfigurationError(f"manifest_hash must be {MANIFEST_HASH_BYTES} bytes")
+            round_number = self.training_round
+            if isinstance(round_number, bool) or not isinstance(round_number, int) or not 0 <= round_number <= MAX_TRAINING_ROUND:
+                raise ConfigurationError(f"training_round must be an integer in 0..{MAX_TRAINING_ROUND}")
 
     @property
     def participant_count(self) -> int:
@@ -178,7 +198,13 @@ class RoundConfig:
         return neighbourhood_threshold(self.mode, self.degree)
 
     def digest(self) -> bytes:
-        """SHA-256 of a canonical encoding of every parameter; signed in R0."""
+        """SHA-256 of a canonical encoding of every parameter; signed in R0.
+
+        A round bound to a training appends ``"/training/" || manifest_hash || u32
+        training_round`` after the cohort's keys (docs/WIRE.md section 8); the encoding
+        before it has a length fixed by its own fields, so no unbound round can share a
+        digest with a bound one.
+        """
         header = struct.pack(
             ">BBBBIIIH",
             PROTOCOL_VERSION,
@@ -194,6 +220,9 @@ class RoundConfig:
         hasher.update(header + self.round_id + struct.pack(">I", self.participant_count))
         for key in self.identity_keys:
             hasher.update(key)
+        if self.manifest_hash is not None:
+            assert self.training_round is not None
+            hasher.update(TRAINING_BINDING_LABEL + self.manifest_hash + struct.pack(">I", self.training_round))
         return hasher.digest()
 
 

@@ -322,6 +322,9 @@ class ProblemType(Enum):
     UNSUPPORTED_MEDIA_TYPE = ("unsupported-media-type", 415, "Unsupported media type")
     VALIDATION_ERROR = ("validation-error", 422, "Request does not match its schema")
     UNSAFE_ROUND = ("unsafe-round", 422, "Round parameters refused")
+    INVALID_MANIFEST = ("invalid-manifest", 422, "Consortium manifest refused")
+    TRAINING_EXISTS = ("training-exists", 409, "Another manifest is registered under this training id")
+    TRAINING_NOT_FOUND = ("training-not-found", 404, "No such training")
     SERVICE_UNAVAILABLE = ("service-unavailable", 503, "Service unavailable")
     # The core's RejectReason values (secagg.errors), one each.
     MALFORMED = ("malformed", 400, "Malformed protocol message")

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import typer
 
+from clients.consortium.audit_fetch import fetch_command
+from clients.consortium.cli import consortium_app
 from clients.harness.demo import demo_command
 from clients.harness.simulation import simulate_command
 from clients.runtime.cli import client_app
-from clients.training.cli import train_command
+from clients.training.cli import evaluate_command, predict_command, train_command
 from dp.audit.cli import audit_app
 from dp.cli import dp_app
 from service.cli import db_app, server_command
@@ -27,10 +29,14 @@ app = typer.Typer(
 app.command(name="simulate")(simulate_command)
 app.add_typer(client_app, name="client")
 app.add_typer(dp_app, name="dp")
+audit_app.command(name="fetch")(fetch_command)
 app.add_typer(audit_app, name="audit")
 app.command(name="server")(server_command)
 app.add_typer(db_app, name="db")
 app.command(name="train")(train_command)
+app.command(name="predict")(predict_command)
+app.command(name="evaluate")(evaluate_command)
+app.add_typer(consortium_app, name="consortium")
 app.command(name="demo")(demo_command)
 
 

@@ -9,6 +9,7 @@ anything listens) and handed to the worker processes through the environment, wh
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from pathlib import Path
@@ -139,6 +140,12 @@ def server_command(
     sockets = [_listen(settings.host, settings.port)]
     if settings.operator_port is not None:
         sockets.append(_listen(settings.operator_host, settings.operator_port))
+    scheme = "https" if settings.tls_cert else "http"
+    listening: dict[str, str] = {"url": _url(scheme, sockets[0])}
+    if len(sockets) > 1:
+        listening["operator_url"] = _url("http", sockets[1])
+    # The bound port, not the requested one: with --port 0 this line is how a script finds the server.
+    logging.getLogger("secagg.service").info("server_listening", extra=listening)
     if workers > 1:
         Multiprocess(config, sockets=sockets).run()
     else:
@@ -147,6 +154,11 @@ def server_command(
         server.run(sockets=sockets)
         if not server.started:
             raise typer.Exit(code=3)
+
+
+def _url(scheme: str, listener: socket.socket) -> str:
+    host, port = listener.getsockname()[:2]
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 def _listen(host: str, port: int) -> socket.socket:

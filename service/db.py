@@ -18,6 +18,8 @@ the number of server processes:
   (round, sender) and one stored chunk per (round, sender, chunk) (primary keys), so a
   chunk is stored once whatever the retries and the workers;
 * ``round_chunks``: the running sum and the result, one row per (round, chunk).
+* ``trainings``: one signed consortium manifest per training id (its hash unique), and
+  ``training_rounds``: the training and step of each round that belongs to one.
 
 Serialisation of a round: every write that depends on a round's state (accepting a
 message, closing a stage, aborting) runs in a transaction that first locks the round's
@@ -112,6 +114,28 @@ class RoundMemberRow(Base):
     index: Mapped[int] = mapped_column(Integer, primary_key=True)
     participant_id: Mapped[str] = mapped_column(ForeignKey("participants.id"), index=True)
     public_key: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+class TrainingRow(Base):
+    """A consortium's training: the signed manifest every member signed (``secagg.consortium``)."""
+
+    __tablename__ = "trainings"
+
+    id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    manifest_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    document: Mapped[str] = mapped_column(Text)
+    """The signed manifest as canonical JSON (``SignedManifest.to_dict``): manifest and signatures."""
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class TrainingRoundRow(Base):
+    """Which training a round belongs to, and its step (0 statistics, 1.. training rounds)."""
+
+    __tablename__ = "training_rounds"
+
+    round_id: Mapped[str] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"), primary_key=True)
+    training_id: Mapped[str] = mapped_column(ForeignKey("trainings.id"), index=True)
+    step: Mapped[int] = mapped_column(Integer)
 
 
 class SubmissionRow(Base):

@@ -156,8 +156,10 @@ def round_record(
     survivors: Mapping[str, Sequence[str]],
     outcome: str,
     abort_reason: str | None,
+    training: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ledger body of one finished round (the fields of ``dp.audit.round_records.ServerRoundRecord``)."""
+    """The ledger body of one finished round (the fields of ``dp.audit.round_records.ServerRoundRecord``);
+    ``training`` only for a round of a consortium's training."""
     return {
         "round": round_id,
         "cohort": list(cohort),
@@ -169,6 +171,7 @@ def round_record(
         "survivors": {stage: list(survivors.get(stage, ())) for stage in STAGE_NAMES},
         "outcome": outcome,
         "abort_reason": abort_reason,
+        **({} if training is None else {"training": dict(training)}),
     }
 
 

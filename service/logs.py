@@ -40,6 +40,8 @@ ALLOWED_FIELDS = frozenset(
         "closed_stages",
         "count",
         "ledger_public_key",
+        "url",
+        "operator_url",
     }
 )
 

@@ -16,6 +16,7 @@ from secagg.config import MAX_PARTICIPANTS, GraphKind, ProtocolMode
 
 ParticipantId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
 RoundId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+TrainingId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
 StageSeconds = Annotated[float, Field(gt=0, le=7 * 24 * 3600)]
 
 
@@ -103,6 +104,59 @@ class RoundCreate(_Request):
         default=DEFAULT_CHUNK_BYTES,
         description="Bytes per chunk of the round's vectors (upload, storage, unmasking, download); not in the config digest.",
     )
+    training: TrainingRef | None = Field(
+        default=None, description="The consortium training and step this round belongs to (its manifest hash is bound in)."
+    )
+
+
+class TrainingRef(_Request):
+    """The training a new round belongs to, and its step (0 statistics, 1.. training rounds)."""
+
+    id: TrainingId
+    round: Annotated[int, Field(ge=0, le=(1 << 32) - 1)]
+
+
+class SignedManifestIn(_Request):
+    """A signed consortium manifest (``secagg.consortium.SignedManifest``, docs/CONSORTIUM.md)."""
+
+    format: Literal["secagg-signed-manifest/1"]
+    manifest: dict[str, Any]
+    signatures: dict[str, str]
+
+
+class TrainingBinding(_Response):
+    id: str
+    manifest_hash: str = Field(description="Hex SHA-256 of the manifest's canonical JSON (in the round's config digest).")
+    round: int
+
+
+class TrainingMember(_Response):
+    id: str
+    role: Literal["bank", "auditor"]
+    public_key: str = Field(description="Standard base64 of the raw Ed25519 identity key.")
+
+
+class TrainingRound(_Response):
+    round_id: str
+    round: int
+    stage: str
+    outcome: Literal["completed", "aborted"] | None
+    abort_reason: str | None
+    created_at: float
+    finished_at: float | None
+
+
+class TrainingOut(_Response):
+    training_id: str
+    manifest_hash: str
+    members: list[TrainingMember]
+    created_at: float
+    rounds: list[TrainingRound]
+    document: dict[str, Any] = Field(description="The signed manifest as registered (format, manifest, signatures).")
+
+
+class TrainingList(_Response):
+    trainings: list[TrainingOut]
 
 
 class AbortRequest(_Request):
@@ -127,6 +181,7 @@ class RoundParameters(_Response):
     bits: int
     dp_policy: dict[str, Any]
     deadlines: dict[str, float]
+    training: TrainingBinding | None = None
     config_digest: str = Field(description="Hex of secagg.config.RoundConfig.digest().")
     max_message_bytes: int = Field(description="The largest body POST messages accepts for this round.")
     chunk_bytes: int = Field(description="Bytes per chunk of the round's vectors.")
@@ -210,6 +265,8 @@ class WorkItem(_Response):
     stage: str
     action: Literal["advertise-keys", "respond"]
     stage_deadline: float | None
+    training_id: str | None = None
+    training_round: int | None = None
 
 
 class WorkList(_Response):

@@ -1,41 +1,33 @@
-"""``secagg demo``: five banks train a credit-default model together through the real server.
+"""``secagg demo``: a consortium of banks trains a credit-default model, with the shipped commands only.
 
-What runs (everything on loopback, in a fresh ``runs/<UTC timestamp>/``):
+Every step is a ``secagg`` command run as its own process, exactly as the README's
+walk-through and ``examples/consortium/run.sh`` run them; the demo only starts them,
+watches the server's admin API and the banks' progress logs, and prints what happens.
+In a fresh ``runs/<UTC timestamp>/``:
 
-1. The Lending Club data (:mod:`clients.training.datasets`, SHA-256 verified) is split into a
-   stratified hold-out test set and five non-IID banks by US census region; each bank's
-   loans are written to that bank's own directory as a CSV, the only data its process
-   ever reads.
-2. The server: ``python -m service --dev`` as a subprocess (uvicorn, SQLite and the
-   signed round ledger under ``server/data``), :class:`clients.harness.local_server.LocalServer`.
-3. One operating-system process per bank (``python -m clients.harness.bank_process JOB.json``):
-   each generates its own Ed25519 identity key in its directory (the private key never
-   leaves it) and announces the public key; the demo, acting as the consortium's
-   administrator, enrols it. Each bank then runs :func:`clients.training.federated.run_bank`,
-   the same code as ``secagg train``: secure statistics round for standardisation, then
-   ``rounds`` rounds of DP-SGD, masking and secure aggregation over HTTP, each bank with
-   its own signed privacy ledger and budget.
-4. In round ``rounds // 2 + 1`` one bank (``bank-c`` with five banks) stops answering
-   after sharing its keys (before its masked input, R2): the stage closes at its short
-   deadline, the other banks reveal the shares of its masking key, and the round
-   completes without it (Bonawitz et al. 2017, section 4). The bank fetches the public
-   result and continues with the next round.
-5. After each round the demo, as the consortium's evaluator, checks every bank holds the
-   same global model (SHA-256) and evaluates it on the public hold-out set; a live table
-   shows round, survivors, test AUC and accuracy, epsilon spent per bank, wall time.
-6. Baselines for comparison, computed by the demo on the pooled training rows (which
-   the consortium could not do without pooling): centralized non-private training of
-   the same model (full-batch Adam to convergence, L2 penalty 1e-3), centralized DP-SGD
-   and each bank alone with DP-SGD, both with the plan's DP parameters and the same
-   number of epochs as the federated run, at the same target epsilon.
-7. ``summary.json`` (AUCs, epsilon per bank, delta, dropouts, the per-round table) and
-   ``audit.html`` (:mod:`dp.audit.report`: every bank's ledger verified and recomputed, the
-   server's signed round records and the cross-check between them).
+1. ``secagg consortium example-data``: the shipped Lending Club loans (SHA-256 checked),
+   a stratified hold-out test set and one CSV per bank by US region;
+2. each bank and the auditor: ``secagg client keygen`` (passphrase-protected key); each
+   bank drafts a schema from its own file (``secagg train --draft-schema``);
+3. the coordinator: ``secagg consortium schema merge``, ``secagg consortium plan``,
+   ``secagg consortium manifest create``; every member signs its own copy
+   (``manifest sign``); the copies are combined (``manifest combine``);
+4. the server: ``secagg server`` (SQLite, loopback, a free port, production checks on);
+5. the coordinator ``secagg consortium run`` and one ``secagg train`` process per bank,
+   each with its own key, data, policy (with its own budget) and work directory;
+6. **a crash and a resume**: in round ``rounds // 2 + 1`` the demo SIGKILLs one bank's
+   process as soon as the server has its masked input, waits until that stage has
+   closed, and starts the same command again: the bank resumes the round from its state
+   files (byte-identical messages) and the round completes; its privacy was charged
+   once, before the masked input left;
+7. ``secagg evaluate`` of the federated model on the test set; the same plan trained by
+   each bank alone and on the pooled loans (``secagg train --local``, the pooled file
+   standing for what no consortium can do) for comparison;
+8. the auditor: ``secagg audit fetch`` (signed requests), ``secagg audit verify`` and
+   ``secagg audit report`` scoped to the training by the manifest.
 
-Privacy: example level, epsilon ``target_epsilon`` (default 3) at ``delta`` (1e-5) per
-bank over the whole run (see :mod:`clients.training.federated`); with ``--participant-epsilon``
-also participant level, Skellam noise in the ring. The evaluation uses only the public
-hold-out set.
+It writes ``summary.json`` (AUCs, epsilon per bank, delta, rounds, the resume, the audit
+verdict) and ``audit.html``.
 
 The DP noise is fresh in every run, and the hold-out set holds only about a hundred
 defaults, so AUCs differ by a few hundredths between runs; the README quotes measured
@@ -45,6 +37,10 @@ figures.
 from __future__ import annotations
 
 import json
+import os
+import re
+import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -53,32 +49,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 import typer
 
-from clients.training.datasets import BANK_REGIONS, POSITIVE, TARGET, lending_club_schema, load_lending_club, split_banks
-from clients.training.federated import LEDGER_FILE, MODEL_FILE, PROGRESS_FILE, BankJob, ProgressLog
-from clients.training.metrics import accuracy, roc_auc
-from clients.training.plan import FederatedError, FederatedPlan, predict_logits, statistics_dim
-from clients.training.tabular import Preprocessor, TabularSchema
-from dp.models import ModelKind, ModelSpec
+from clients.runtime.errors import ClientError, ServerRefused
 from secagg.config import ProtocolMode, minimum_threshold
-from secagg.rounds import Round
 
 MIN_BANKS = 3
-"""Below three banks, the sum of two reveals the other's update to each (clients.runtime.policy.DEFAULT_MIN_COHORT_SIZE)."""
-READY_TIMEOUT_SECONDS = 180.0
-ROUND_TIMEOUT_SECONDS = 300.0
-DROPOUT_STAGE_DEADLINE_SECONDS = 6.0
-"""How long the stage where the bank drops out stays open: the honest banks answer within a second on loopback."""
-NORMAL_DEADLINES: dict[str, float] = {item.key: 300.0 if item is Round.ADVERTISE_KEYS else 120.0 for item in Round}
-CENTRALIZED_ITERATIONS = 300
-CENTRALIZED_LEARNING_RATE = 0.01
-CENTRALIZED_L2 = 1e-3
+MAX_BANKS = 5
+BANK_IDS = ("bank-a", "bank-b", "bank-c", "bank-d", "bank-e")
+STEP_TIMEOUT_SECONDS = 900.0
+SERVER_START_SECONDS = 60.0
+DEADLINES = {"R0": 300.0, "R1": 60.0, "R2": 60.0, "R3": 60.0, "R4": 60.0}
+"""Stage deadlines the demo's coordinator uses: R0 covers the banks' training; the rest take a second on loopback."""
 
 
-class DemoError(FederatedError):
-    """The demo could not complete (a bank process failed, the server refused, a timeout)."""
+class DemoError(ClientError):
+    """The demo could not complete (a command failed, a timeout); the message names the log to read."""
 
 
 @dataclass(frozen=True)
@@ -86,84 +72,84 @@ class DemoConfig:
     banks: int = 5
     rounds: int = 10
     mode: ProtocolMode = ProtocolMode.ACTIVE
-    dropout: bool = True
+    restart: bool = True
     runs_dir: Path = Path("runs")
     target_epsilon: float = 3.0
     delta: float = 1e-5
-    local_epochs: int = 1
-    learning_rate: float = 1.0
-    model: ModelKind = ModelKind.LOGISTIC_REGRESSION
-    update_clip: float = 10.0
-    participant_epsilon: float | None = None
+    fraction: float = 1.0
+    model: str = "logistic-regression"
 
     def __post_init__(self) -> None:
-        if not MIN_BANKS <= self.banks <= len(BANK_REGIONS):
-            raise DemoError(f"the demo runs {MIN_BANKS} to {len(BANK_REGIONS)} banks, got {self.banks}")
+        if not MIN_BANKS <= self.banks <= MAX_BANKS:
+            raise DemoError(f"the demo runs {MIN_BANKS} to {MAX_BANKS} banks, got {self.banks}")
         if self.rounds < 1:
             raise DemoError("the demo needs at least one round")
-        threshold = minimum_threshold(ProtocolMode(self.mode), self.banks)
-        if self.dropout and self.banks - 1 < threshold:
-            raise DemoError(
-                f"with {self.banks} banks in {ProtocolMode(self.mode).value} mode the threshold is {threshold}, so a dropout "
-                "would abort the round: use more banks, --mode honest-but-curious or --no-dropout"
-            )
+        object.__setattr__(self, "mode", ProtocolMode(self.mode))
 
     @property
-    def dropout_bank(self) -> int:
-        return min(2, self.banks - 1)
+    def bank_ids(self) -> list[str]:
+        return list(BANK_IDS[: self.banks])
 
     @property
-    def dropout_round(self) -> int:
-        """0-based index of the training round with the dropout."""
-        return self.rounds // 2
+    def restarted_bank(self) -> str:
+        return self.bank_ids[min(2, self.banks - 1)]
+
+    @property
+    def restart_round(self) -> int:
+        """The training round (1-based) in which one bank is killed and restarted."""
+        return self.rounds // 2 + 1
+
+    @property
+    def threshold(self) -> int:
+        return minimum_threshold(self.mode, self.banks)
 
 
-# --------------------------------------------------------------------------- model evaluation (numpy)
+def secagg_command(*arguments: str) -> list[str]:
+    """The shipped command line, run by this interpreter (``python -m secagg_cli`` is ``secagg``)."""
+    return [sys.executable, "-m", "secagg_cli", *arguments]
 
 
-def evaluate(spec: ModelSpec, parameters: np.ndarray, features: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    logits = predict_logits(spec, parameters, features)
-    probabilities = 1.0 / (1.0 + np.exp(-np.clip(logits, -50, 50)))
-    return roc_auc(labels, logits), accuracy(labels, probabilities)
+class Runner:
+    """Runs ``secagg`` commands in the run directory, each with its own log file."""
 
+    def __init__(self, run_dir: Path, console: Any) -> None:
+        self.run_dir = run_dir
+        self.logs = run_dir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.console = console
+        self.environment = {key: value for key, value in os.environ.items() if not key.startswith("SECAGG_")}
+        self.environment["PYTHONUNBUFFERED"] = "1"
 
-# --------------------------------------------------------------------------- baselines (torch)
+    def run(self, name: str, *arguments: str) -> str:
+        """Run one command to completion; its stdout, or :class:`DemoError` naming its log."""
+        log = self.logs / f"{name}.log"
+        with open(log, "wb") as errors:
+            done = subprocess.run(
+                secagg_command(*arguments), cwd=self.run_dir, stdout=subprocess.PIPE, stderr=errors,
+                env=self.environment, timeout=STEP_TIMEOUT_SECONDS, check=False,
+            )  # fmt: skip
+        if done.returncode != 0:
+            raise DemoError(f"`secagg {' '.join(arguments[:2])}` exited with {done.returncode}: see {log}")
+        return done.stdout.decode("utf-8")
 
+    def run_all(self, commands: dict[str, tuple[str, ...]]) -> None:
+        """Run independent commands at once (each bank's own step); :class:`DemoError` if one fails."""
+        started = {name: self.start(name, *arguments) for name, arguments in commands.items()}
+        for name, process in started.items():
+            if process.wait(timeout=STEP_TIMEOUT_SECONDS) != 0:
+                raise DemoError(
+                    f"`secagg {' '.join(commands[name][:2])}` exited with {process.returncode}: see {self.logs / name}.log"
+                )
 
-def train_centralized(spec: ModelSpec, start: np.ndarray, features: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Non-private reference: full-batch Adam on the pooled rows, L2 penalty (see the module docstring)."""
-    from dp.training import train_non_private
-
-    return train_non_private(
-        spec,
-        start,
-        features,
-        labels,
-        iterations=CENTRALIZED_ITERATIONS,
-        learning_rate=CENTRALIZED_LEARNING_RATE,
-        l2_penalty=CENTRALIZED_L2,
-    )
-
-
-def train_dp_alone(
-    plan: FederatedPlan, spec: ModelSpec, start: np.ndarray, features: np.ndarray, labels: np.ndarray, accountant: Path
-) -> np.ndarray:
-    """DP-SGD on one party's rows with the plan's parameters, all epochs of the run in one go, same target epsilon."""
-    from dp.training import BankTrainer, DPSGDConfig, EpsilonTarget
-
-    config = DPSGDConfig(
-        max_grad_norm=plan.max_grad_norm,
-        sample_rate=plan.sample_rate,
-        local_steps=plan.local_steps * plan.rounds,
-        learning_rate=plan.learning_rate,
-        noise=EpsilonTarget(plan.target_epsilon, 1),
-        delta=plan.delta,
-    )
-    update = BankTrainer(spec, config, accountant_path=accountant).train_round(start, features, labels)
-    return start + update.model_update
-
-
-# --------------------------------------------------------------------------- the run
+    def start(self, name: str, *arguments: str) -> subprocess.Popen[bytes]:
+        """Start a long-running command (server, coordinator, bank); its output goes to its log."""
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child until it exits
+        process = subprocess.Popen(
+            secagg_command(*arguments), cwd=self.run_dir, stdout=log, stderr=subprocess.STDOUT,
+            env=self.environment, start_new_session=True,
+        )  # fmt: skip
+        log.close()
+        return process
 
 
 def _fresh_run_dir(runs_dir: Path) -> Path:
@@ -172,410 +158,304 @@ def _fresh_run_dir(runs_dir: Path) -> Path:
         candidate = runs_dir / f"{stamp}{suffix}"
         try:
             candidate.mkdir(parents=True)
-            return candidate
+            return candidate.resolve()
         except FileExistsError:
             continue
     raise DemoError(f"cannot create a fresh run directory under {runs_dir}")
 
 
-class _Banks:
-    """The bank processes and their progress logs."""
-
-    def __init__(self, ids: list[str], directories: dict[str, Path]) -> None:
-        self.ids = ids
-        self.directories = directories
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, jobs: dict[str, Path]) -> None:
-        for bank_id in self.ids:
-            log = open(self.directories[bank_id] / "bank.log", "ab")  # noqa: SIM115 - owned by the subprocess until it exits
-            self.processes[bank_id] = subprocess.Popen(
-                [sys.executable, "-m", "clients.harness.bank_process", str(jobs[bank_id])],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-            log.close()
-
-    def events(self, bank_id: str) -> list[dict[str, Any]]:
-        return ProgressLog.read(self.directories[bank_id] / PROGRESS_FILE)
-
-    def check_alive(self) -> None:
-        for bank_id in self.ids:
-            failed = [event for event in self.events(bank_id) if event["event"] == "failed"]
-            if failed:
-                raise DemoError(f"{bank_id} failed: {failed[-1]['error']} (see {self.directories[bank_id] / 'bank.log'})")
-            process = self.processes.get(bank_id)
-            finished = any(event["event"] == "finished" for event in self.events(bank_id))
-            if (process is not None and process.poll() not in (None, 0)) or (
-                process is not None and process.poll() == 0 and not finished
-            ):
-                raise DemoError(f"{bank_id} exited with code {process.returncode} (see {self.directories[bank_id] / 'bank.log'})")
-
-    def wait_for(self, predicate, *, what: str, timeout: float) -> dict[str, dict[str, Any]]:
-        """Wait until every bank has an event matching ``predicate``; return it per bank."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = {}
-            for bank_id in self.ids:
-                matching = [event for event in self.events(bank_id) if predicate(event)]
-                if matching:
-                    found[bank_id] = matching[-1]
-            if len(found) == len(self.ids):
-                return found
-            self.check_alive()
-            if time.monotonic() > deadline:
-                raise DemoError(f"timed out waiting for {what} from {sorted(set(self.ids) - set(found))}")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes.values():
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-
-
-def _wait_round_finished(admin: Any, round_id: str, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = admin.round_status(round_id)
-        if status.get("outcome") is not None:
-            return status
-        time.sleep(0.2)
-    raise DemoError(f"round {round_id} did not finish within {timeout:g} s")
-
-
-def _wait_ledger(path: Path, entries: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and len(path.read_text(encoding="utf-8").splitlines()) >= entries:
-            return
-        time.sleep(0.2)
-    raise DemoError(f"the server ledger {path} did not reach {entries} entries within {timeout:g} s")
-
-
-def _round_table(rows: list[dict[str, Any]], bank_ids: list[str], title: str):
-    from rich import box
-    from rich.table import Table
-
-    table = Table(
-        title=title,
-        box=box.SIMPLE_HEAD,
-        caption="surv.: banks in the sum (↓ dropped out mid-round); AUC, acc.: global model on the hold-out set; "
-        "ε: example-level epsilon spent per bank; s: round wall time",
+def bank_policy(budget_epsilon: float, delta: float, mode: ProtocolMode) -> str:
+    """The policy each demo bank runs with (the README's example policy)."""
+    return (
+        "min_cohort_size = 3\n"
+        f'required_mode = "{mode.value}"\n'
+        "[dp]\n"
+        "required = true\n"
+        "allow_exact_statistics = true\n"
+        "[budget]\n"
+        'state_dir = "budget"\n'
+        "[budget.example]\n"
+        f"max_epsilon = {budget_epsilon!r}\n"
+        f"delta = {delta!r}\n"
     )
-    for header in ("round", "surv.", "AUC", "acc.", *[f"ε {bank.removeprefix('bank-')}" for bank in bank_ids], "s"):
-        table.add_column(header, justify="right", no_wrap=True)
-    for row in rows:
-        table.add_row(
-            str(row["round"]),
-            f"{row['survivors']}/{len(bank_ids)}"
-            + (" ↓" + ",".join(bank.removeprefix("bank-") for bank in row["dropouts"]) if row["dropouts"] else ""),
-            f"{row['auc']:.4f}",
-            f"{row['accuracy']:.4f}",
-            *[f"{row['epsilon'][bank]:.2f}" for bank in bank_ids],
-            f"{row['seconds']:.1f}",
-        )
-    return table
+
+
+def _wait_for_url(process: subprocess.Popen[bytes], log: Path) -> str:
+    deadline = time.monotonic() + SERVER_START_SECONDS
+    pattern = re.compile(r'"event": "server_listening".*"url": "(http://127\.0\.0\.1:\d+)"')
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise DemoError(f"the server exited with {process.returncode}: see {log}")
+        match = pattern.search(log.read_text(errors="replace")) if log.exists() else None
+        if match:
+            return match.group(1)
+        time.sleep(0.1)
+    raise DemoError(f"the server did not start within {SERVER_START_SECONDS:g} s: see {log}")
+
+
+def _stop(process: subprocess.Popen[bytes] | None, *, kill: bool = False) -> None:
+    if process is None or process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=20)
+
+
+def _wait_all(processes: dict[str, subprocess.Popen[bytes]], logs: Path) -> None:
+    """Wait for every process to exit 0; the first one that fails stops the demo (its log named)."""
+    deadline = time.monotonic() + 2 * STEP_TIMEOUT_SECONDS
+    while True:
+        codes = {name: process.poll() for name, process in processes.items()}
+        for name, code in codes.items():
+            if code not in (None, 0):
+                log = logs / ("coordinator.log" if name == "coordinator" else f"train-{name}.log")
+                raise DemoError(f"{name} exited with {code}: see {log}")
+        if all(code == 0 for code in codes.values()):
+            return
+        if time.monotonic() > deadline:
+            raise DemoError(f"{', '.join(name for name, code in codes.items() if code is None)} did not finish: see {logs}")
+        time.sleep(0.2)
+
+
+def _last_json(text: str) -> dict[str, Any]:
+    return dict(json.loads(text.strip().splitlines()[-1]))
+
+
+def _crash_and_resume(
+    config: DemoConfig, admin: Any, training_id: str, banks: dict[str, subprocess.Popen[bytes]], start_bank: Any, console: Any
+) -> dict[str, Any] | None:
+    """SIGKILL one bank as soon as the server holds its masked input in the chosen round; restart it once R2 closed.
+
+    "Holds its masked input": the bank is among R2's responders, or the round is already
+    past R2 (the stage closes only once the bank's input is in or its deadline passed).
+    """
+    bank_id = config.restarted_bank
+    index = config.bank_ids.index(bank_id)
+    deadline = time.monotonic() + STEP_TIMEOUT_SECONDS
+    round_id = None
+    while time.monotonic() < deadline:
+        if any(process.poll() not in (None, 0) for process in banks.values()):
+            return None
+        if round_id is None:
+            try:
+                listed = admin.training(training_id)["rounds"]
+            except ServerRefused as refused:
+                if refused.problem_type != "training-not-found":
+                    raise
+                listed = []  # the coordinator has not registered it yet
+            running = [r for r in listed if r["round"] == config.restart_round and r["outcome"] is None]
+            round_id = running[0]["round_id"] if running else None
+            time.sleep(0.05)
+            continue
+        status = admin.round_status(round_id)
+        past_r2 = status["stage"] in ("R3-consistency-check", "R4-unmasking", "completed")
+        in_r2 = status["stage"] == "R2-masked-input-collection" and index in status["responded"]
+        if status["outcome"] == "aborted":
+            round_id = None
+            continue
+        if past_r2 or in_r2:
+            _stop(banks[bank_id], kill=True)
+            killed_in = status["stage"]
+            console.print(
+                f"[yellow]{bank_id} SIGKILLed in round {config.restart_round} ({killed_in}), its masked input sent[/yellow]"
+            )
+            while admin.round_status(round_id)["stage"] == "R2-masked-input-collection":
+                time.sleep(0.05)
+            banks[bank_id] = start_bank(bank_id)
+            console.print(f"[yellow]{bank_id} restarted with the same command: it resumes from its state files[/yellow]")
+            return {"bank": bank_id, "round": config.restart_round, "round_id": round_id, "stage_at_kill": killed_in}
+        time.sleep(0.005)
+    return None
 
 
 def run_demo(config: DemoConfig, *, console: Any = None) -> dict[str, Any]:
-    """Run the whole demo; returns the summary (also written to ``summary.json``)."""
+    """Run the whole demo (module docstring); returns the summary, also written to ``summary.json``."""
     from rich.console import Console
-    from rich.live import Live
 
-    from clients.harness.local_server import AdminClient, LocalServer
+    from clients.consortium.admin import AdminClient
 
     console = console or Console()
-    wall_started = time.monotonic()
+    started = time.monotonic()
     run_dir = _fresh_run_dir(Path(config.runs_dir))
+    runner = Runner(run_dir, console)
+    bank_ids = config.bank_ids
+    training_id = re.sub(r"[^a-z0-9._-]", "-", f"demo-{run_dir.name.lower()}")[:63]
     console.print(f"[bold]secagg demo[/bold]: {config.banks} banks, {config.rounds} rounds, run directory {run_dir}")
 
-    table = load_lending_club()
-    split = split_banks(table, banks=config.banks)
-    schema = lending_club_schema()
-    plan = FederatedPlan(
-        rounds=config.rounds,
-        model=config.model,
-        target_epsilon=config.target_epsilon,
-        delta=config.delta,
-        local_epochs=config.local_epochs,
-        learning_rate=config.learning_rate,
-        mode=config.mode,
-        update_clip=config.update_clip,
-        participant_epsilon=config.participant_epsilon,
+    runner.run(
+        "example-data",
+        "consortium",
+        "example-data",
+        "--banks",
+        str(config.banks),
+        "--out",
+        "data",
+        "--fraction",
+        str(config.fraction),
     )
-    consortium = run_dir / "consortium"
-    consortium.mkdir()
-    plan.save(consortium / "plan.json")
-    schema.save(consortium / "schema.json")
-    bank_ids = list(split.banks)
-    directories = {bank_id: run_dir / "banks" / bank_id for bank_id in bank_ids}
-    jobs: dict[str, Path] = {}
-    for index, bank_id in enumerate(bank_ids):
-        directories[bank_id].mkdir(parents=True)
-        (directories[bank_id] / "loans.csv").write_bytes(split.banks[bank_id].to_csv_bytes())
-        dropout = (
-            {"round_index": config.dropout_round, "protocol_round": Round.MASKED_INPUT_COLLECTION.key}
-            if config.dropout and index == config.dropout_bank
-            else None
-        )
-        job = BankJob(
-            participant_id=bank_id,
-            data=directories[bank_id] / "loans.csv",
-            target=TARGET,
-            positive=POSITIVE,
-            schema=consortium / "schema.json",
-            plan=consortium / "plan.json",
-            work_dir=directories[bank_id],
-            key=directories[bank_id] / "identity.key",
-        )
-        jobs[bank_id] = directories[bank_id] / "job.json"
-        jobs[bank_id].write_text(json.dumps({**job.to_dict(), "dropout": dropout}, indent=2), encoding="utf-8")
+    members = [*bank_ids, "auditor"]
+    for member in members:
+        directory = run_dir / member
+        directory.mkdir(mode=0o700)
+        passphrase = directory / "passphrase"
+        passphrase.write_text(secrets.token_urlsafe(24) + "\n")
+        passphrase.chmod(0o600)
+    runner.run_all(
+        {f"keygen-{member}": ("client", "keygen", "--out", f"{member}/identity.key", "--passphrase-file", f"{member}/passphrase")
+         for member in members}
+    )  # fmt: skip
+    runner.run_all(
+        {f"draft-{bank}": ("train", "--data", f"data/{bank}.csv", "--target", "Class", "--positive", "bad",
+                           "--draft-schema", f"{bank}/draft-schema.json") for bank in bank_ids}
+    )  # fmt: skip
+    coordinator_dir = run_dir / "coordinator"
+    coordinator_dir.mkdir()
+    runner.run("schema-merge", "consortium", "schema", "merge", *[f"{bank}/draft-schema.json" for bank in bank_ids],
+               "--out", "coordinator/schema.json")  # fmt: skip
+    runner.run("plan", "consortium", "plan", "--out", "coordinator/plan.json", "--rounds", str(config.rounds),
+               "--target-epsilon", repr(config.target_epsilon), "--delta", repr(config.delta), "--mode", config.mode.value,
+               "--model", config.model)  # fmt: skip
+    roster = [argument for bank in bank_ids for argument in ("--bank", f"{bank}={bank}/identity.key.pub")]
+    runner.run("manifest-create", "consortium", "manifest", "create", "--training-id", training_id,
+               "--schema", "coordinator/schema.json", "--plan", "coordinator/plan.json", *roster,
+               "--auditor", "auditor=auditor/identity.key.pub", "--out", "coordinator/manifest.unsigned.json")  # fmt: skip
+    runner.run_all(
+        {f"sign-{member}": ("consortium", "manifest", "sign", "coordinator/manifest.unsigned.json",
+                            "--key", f"{member}/identity.key", "--passphrase-file", f"{member}/passphrase",
+                            "--out", f"{member}/manifest.json") for member in members}
+    )  # fmt: skip
+    runner.run("manifest-combine", "consortium", "manifest", "combine", *[f"{member}/manifest.json" for member in members],
+               "--out", "coordinator/manifest.json")  # fmt: skip
+    console.print(f"manifest of {training_id} signed by {', '.join(members)}")
 
-    banks = _Banks(bank_ids, directories)
-    rows: list[dict[str, Any]] = []
     server_dir = run_dir / "server"
-    threshold = minimum_threshold(plan.mode, len(bank_ids))
-    with LocalServer(directory=server_dir) as server:
-        for bank_id in bank_ids:
-            job_value = json.loads(jobs[bank_id].read_text(encoding="utf-8"))
-            job_value["server"] = server.base_url
-            jobs[bank_id].write_text(json.dumps(job_value, indent=2), encoding="utf-8")
-        console.print(f"server up at {server.base_url} (SQLite in {server.data_dir}); starting {len(bank_ids)} bank processes")
-        banks.start(jobs)
-        try:
-            ready = banks.wait_for(lambda event: event["event"] == "ready", what="identity keys", timeout=READY_TIMEOUT_SECONDS)
-            with AdminClient(server.base_url, server.admin_token) as admin:
-                for bank_id in bank_ids:
-                    admin.enroll(bank_id, bytes.fromhex(ready[bank_id]["public_key"]))
-                base_round = {
-                    "cohort": bank_ids,
-                    "threshold": threshold,
-                    "mode": plan.mode.value,
-                    "graph": "full",
-                    "degree": None,
-                }
-                total_rounds = 0
-                if not schema.is_standardized:
-                    created = admin.create_round(
-                        {**base_round, "dim": statistics_dim(schema), "bits": 64, "deadlines": NORMAL_DEADLINES}
-                    )
-                    _wait_round_finished(admin, created["round_id"], ROUND_TIMEOUT_SECONDS)
-                    banks.wait_for(lambda event: event["event"] == "statistics", what="statistics", timeout=ROUND_TIMEOUT_SECONDS)
-                    total_rounds += 1
-                    console.print("standardisation statistics computed by secure aggregation (sums only, no rows pooled)")
-                standardized = TabularSchema.load(directories[bank_ids[0]] / "schema-standardized.json")
-                preprocessor = Preprocessor(standardized)
-                test = preprocessor.transform(split.test)
-                spec = plan.model_spec(standardized.num_features)
-                cohort = {"min_survivors": threshold, "max_clients": len(bank_ids)}
-                privacy = {
-                    "privacy": plan.round_privacy(spec.parameter_count, **cohort),
-                    "notes": "secagg demo: example-level DP-SGD at every bank"
-                    + ("; participant-level Skellam noise in the ring" if plan.participant_epsilon is not None else ""),
-                }
-                round_dim = plan.round_dim(spec.parameter_count, **cohort)
-                with Live(_round_table(rows, bank_ids, "federated rounds"), console=console, refresh_per_second=4) as live:
-                    for round_index in range(plan.rounds):
-                        started = time.monotonic()
-                        deadlines = dict(NORMAL_DEADLINES)
-                        dropping = config.dropout and round_index == config.dropout_round
-                        if dropping:
-                            deadlines.update(
-                                {
-                                    item.key: DROPOUT_STAGE_DEADLINE_SECONDS
-                                    for item in Round
-                                    if item.number >= Round.MASKED_INPUT_COLLECTION.number
-                                }
-                            )
-                        created = admin.create_round(
-                            {**base_round, "dim": round_dim, "bits": plan.ring_bits, "dp_policy": privacy, "deadlines": deadlines}
-                        )
-                        round_id = created["round_id"]
-                        status = _wait_round_finished(admin, round_id, ROUND_TIMEOUT_SECONDS)
-                        if status["outcome"] != "completed":
-                            raise DemoError(
-                                f"round {round_index + 1} aborted: {status.get('abort_reason')} {status.get('abort_detail')}"
-                            )
-                        reports = banks.wait_for(
-                            lambda event, rid=round_id: event["event"] == "round" and event["round_id"] == rid,
-                            what=f"round {round_index + 1}", timeout=ROUND_TIMEOUT_SECONDS,
-                        )  # fmt: skip
-                        total_rounds += 1
-                        digests = {report["model_sha256"] for report in reports.values()}
-                        if len(digests) != 1:
-                            raise DemoError(f"the banks disagree on the global model after round {round_index + 1}")
-                        model = np.load(directories[bank_ids[0]] / MODEL_FILE, allow_pickle=False)
-                        auc, acc = evaluate(spec, model, test.features, test.labels)
-                        dropped = [bank for bank, report in reports.items() if not report["contributed"]]
-                        rows.append(
-                            {
-                                "round": round_index + 1,
-                                "round_id": round_id,
-                                "survivors": next(iter(reports.values()))["survivors"],
-                                "dropouts": dropped,
-                                "auc": auc,
-                                "accuracy": acc,
-                                "epsilon": {bank: float(report["epsilon"]) for bank, report in reports.items()},
-                                "seconds": time.monotonic() - started,
-                            }
-                        )
-                        live.update(_round_table(rows, bank_ids, "federated rounds"))
-                console.print()
-                finals = banks.wait_for(
-                    lambda event: event["event"] == "finished", what="final reports", timeout=ROUND_TIMEOUT_SECONDS
-                )
-                server_ledger = server.data_dir / "server-ledger.jsonl"
-                _wait_ledger(server_ledger, total_rounds, timeout=60.0)
-                history = {row["round_id"]: admin.round_status(row["round_id"]) for row in rows}
-        finally:
-            banks.stop()
+    server_dir.mkdir()  # the server creates its data directory itself, 0700
+    token = server_dir / "admin-token"
+    token.write_text(secrets.token_urlsafe(32) + "\n")
+    token.chmod(0o600)
+    server = runner.start("server", "server", "--host", "127.0.0.1", "--port", "0", "--data-dir", "server/data",
+                          "--admin-token-file", "server/admin-token")  # fmt: skip
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    coordinator: subprocess.Popen[bytes] | None = None
+    resume: dict[str, Any] | None = None
+    try:
+        url = _wait_for_url(server, runner.logs / "server.log")
+        console.print(f"server up at {url} (SQLite in {server_dir / 'data'})")
+        for bank in bank_ids:
+            (run_dir / bank / "policy.toml").write_text(bank_policy(config.target_epsilon, config.delta, config.mode))
+        deadlines = [argument for stage, seconds in DEADLINES.items() for argument in ("--deadline", f"{stage}={seconds:g}")]
+        coordinator = runner.start("coordinator", "consortium", "run", "--manifest", "coordinator/manifest.json",
+                                   "--server", url, "--admin-token-file", "server/admin-token", *deadlines, "--json")  # fmt: skip
 
-    report_path = run_dir / "audit.html"
-    audit_ok, verdict = _write_audit(run_dir, bank_ids, directories, ready, server_dir, report_path)
-    console.print("computing the baselines (centralized, centralized DP, each bank alone with DP)")
-    baselines = _baselines(plan, spec, preprocessor, split, test, run_dir)
-    final_model = np.load(directories[bank_ids[0]] / MODEL_FILE, allow_pickle=False)
-    auc_federated, accuracy_federated = evaluate(spec, final_model, test.features, test.labels)
-    dropouts = [
-        {"round": row["round"], "round_id": row["round_id"], "banks": row["dropouts"], "survivors": row["survivors"]}
-        for row in rows
-        if row["dropouts"]
-    ]
+        def start_bank(bank: str) -> subprocess.Popen[bytes]:
+            return runner.start(f"train-{bank}", "train", "--data", f"data/{bank}.csv", "--work-dir", f"{bank}/work",
+                                "--manifest", "coordinator/manifest.json", "--server", url, "--key", f"{bank}/identity.key",
+                                "--passphrase-file", f"{bank}/passphrase", "--policy", f"{bank}/policy.toml", "--json")  # fmt: skip
+
+        for bank in bank_ids:
+            processes[bank] = start_bank(bank)
+        if config.restart:
+            with AdminClient(url, token.read_text().strip(), unavailable_timeout=30.0) as admin:
+                resume = _crash_and_resume(config, admin, training_id, processes, start_bank, console)
+        _wait_all({"coordinator": coordinator, **processes}, runner.logs)
+        coordinator_summary = _last_json((runner.logs / "coordinator.log").read_text())
+        finals = {bank: _last_json((runner.logs / f"train-{bank}.log").read_text()) for bank in bank_ids}
+        console.print(f"training done: {coordinator_summary['rounds_completed']} rounds; auditing")
+        runner.run("audit-fetch", "audit", "fetch", "--server", url, "--key", "auditor/identity.key", "--passphrase-file",
+                   "auditor/passphrase", "--participant-id", "auditor", "--training", training_id, "--out", "auditor/fetched")  # fmt: skip
+    finally:
+        _stop(coordinator)
+        for bank_process in processes.values():
+            _stop(bank_process)
+        _stop(server)
+    audit_arguments = [*[finals[bank]["ledger"] for bank in bank_ids], "--manifest", "coordinator/manifest.json", "--server-ledger", "auditor/fetched/server-ledger.jsonl",
+                       "--server-public-key", "server/data/server-ledger.key.pub"]  # fmt: skip
+    verification = subprocess.run(secagg_command("audit", "verify", *audit_arguments, "--json"), cwd=run_dir,
+                                  capture_output=True, env=runner.environment, check=False)  # fmt: skip
+    audit_ok = verification.returncode == 0
+    report = run_dir / "audit.html"
+    subprocess.run(secagg_command("audit", "report", *audit_arguments, "--out", str(report)), cwd=run_dir,
+                   capture_output=True, env=runner.environment, check=False)  # fmt: skip
+
+    console.print("evaluating on the test set, and training each bank alone and the pooled loans (secagg train --local)")
+    pooled = run_dir / "data" / "pooled.csv"
+    lines = [(run_dir / "data" / f"{bank}.csv").read_text().splitlines() for bank in bank_ids]
+    pooled.write_text("\n".join([lines[0][0], *[row for table in lines for row in table[1:]]]) + "\n")
+    local_runs = {name: runner.start(f"local-{name}", "train", "--local", "--data", f"data/{name}.csv", "--manifest",
+                                     "coordinator/manifest.json", "--holdout", "0", "--work-dir", f"baselines/{name}")
+                  for name in [*bank_ids, "pooled"]}  # fmt: skip
+    for name, process in local_runs.items():
+        if process.wait(timeout=STEP_TIMEOUT_SECONDS) != 0:
+            raise DemoError(f"the local training of {name} failed: see {runner.logs / f'local-{name}.log'}")
+
+    def auc(model: str) -> float:
+        return float(
+            runner.run(
+                f"evaluate-{Path(model).parent.name}", "evaluate", "--model", model, "--data", "data/test.csv", "--metric", "auc"
+            )
+        )
+
+    federated = _last_json(runner.run("evaluate-federated", "evaluate", "--model", f"{bank_ids[0]}/work/model.json",
+                                      "--data", "data/test.csv", "--json"))  # fmt: skip
+    model_hashes = {
+        bank: json.loads((run_dir / bank / "work" / "model.json").read_text())["parameters_sha256"] for bank in bank_ids
+    }
+    auc_local = {bank: auc(f"baselines/{bank}/model.json") for bank in bank_ids}
     summary = {
-        "rounds": plan.rounds,
+        "training_id": training_id,
         "banks": bank_ids,
-        "auc_federated": auc_federated,
-        "accuracy_federated": accuracy_federated,
-        "auc_centralized": baselines["auc_centralized"],
-        "auc_centralized_dp": baselines["auc_centralized_dp"],
-        "auc_local_mean": float(np.mean(list(baselines["auc_local"].values()))),
-        "auc_local": baselines["auc_local"],
-        "epsilon_per_bank": {bank: float(finals[bank]["epsilon"]) for bank in bank_ids},
-        "participant_epsilon_per_bank": {bank: finals[bank].get("participant_epsilon") for bank in bank_ids},
-        "participant_delta": plan.participant_delta if plan.participant_epsilon is not None else None,
-        "delta": plan.delta,
-        "target_epsilon": plan.target_epsilon,
-        "dropouts": len(dropouts),
-        "dropout_rounds": dropouts,
-        "server_outcomes": {round_id: status.get("outcome") for round_id, status in history.items()},
-        "server_r2_responded": {round_id: _r2_responded(status) for round_id, status in history.items()},
-        "threshold": threshold,
-        "mode": plan.mode.value,
-        "test_rows": test.rows,
-        "train_rows": {bank: split.banks[bank].rows for bank in bank_ids},
-        "features": spec.num_features,
-        "model": plan.model.value,
-        "plan": plan.to_dict(),
-        "round_table": rows,
-        "report": str(report_path),
+        "rounds": config.rounds,
+        "rounds_completed": coordinator_summary["rounds_completed"],
+        "aborted_rounds": coordinator_summary["aborted_rounds"],
+        "auc_federated": federated["auc"],
+        "accuracy_federated": federated["accuracy"],
+        "balanced_accuracy_federated": federated["balanced_accuracy"],
+        "threshold": federated["threshold"],
+        "auc_pooled_dp": auc("baselines/pooled/model.json"),
+        "auc_local": auc_local,
+        "auc_local_mean": sum(auc_local.values()) / len(auc_local),
+        "epsilon_per_bank": {bank: finals[bank]["epsilon"] for bank in bank_ids},
+        "budget_epsilon": config.target_epsilon,
+        "delta": config.delta,
+        "model_sha256": model_hashes,
+        "same_model_everywhere": len(set(model_hashes.values())) == 1,
+        "resume": resume,
         "audit_ok": audit_ok,
-        "audit_verdict": verdict,
+        "audit": json.loads(verification.stdout) if verification.stdout.strip() else None,
+        "report": str(report),
+        "threshold_rule": f"{config.threshold} of {config.banks} ({config.mode.value})",
         "run_dir": str(run_dir),
-        "wall_seconds": time.monotonic() - wall_started,
+        "wall_seconds": time.monotonic() - started,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     _print_comparison(console, summary)
     return summary
 
 
-def _r2_responded(status: dict[str, Any]) -> list[int]:
-    for record in status.get("history") or []:
-        if record.get("stage") == "R2-masked-input-collection":
-            return list(record.get("responded") or [])
-    return []
-
-
-def _write_audit(
-    run_dir: Path,
-    bank_ids: list[str],
-    directories: dict[str, Path],
-    ready: dict[str, dict[str, Any]],
-    server_dir: Path,
-    report_path: Path,
-) -> tuple[bool, str]:
-    from dp.audit.chain import load_public_key
-    from dp.audit.report import build_report, render_html, run_audit
-
-    data_dir = server_dir / "data"
-    key_file = data_dir / "server-ledger.key.pub"
-    if not key_file.exists():
-        raise DemoError(f"the server's ledger public key {key_file} is missing")
-    audit = run_audit(
-        [directories[bank] / LEDGER_FILE for bank in bank_ids],
-        keys_by_party={bank: bytes.fromhex(ready[bank]["public_key"]) for bank in bank_ids},
-        server_ledger=data_dir / "server-ledger.jsonl",
-        server_public_key=load_public_key(key_file),
-    )
-    report = build_report(audit)
-    report_path.write_text(render_html(report), encoding="utf-8")
-    return audit.ok, str(report.to_dict().get("verdict", ""))
-
-
-def _baselines(
-    plan: FederatedPlan, spec: ModelSpec, preprocessor: Preprocessor, split: Any, test: Any, run_dir: Path
-) -> dict[str, Any]:
-    from dp.training import use_threads
-
-    use_threads(1)
-    start = plan.initial_model(spec.num_features)
-    datasets = {bank: preprocessor.transform(table) for bank, table in split.banks.items()}
-    pooled_x = np.vstack([data.features for data in datasets.values()])
-    pooled_y = np.concatenate([data.labels for data in datasets.values()])
-    work = run_dir / "baselines"
-    work.mkdir()
-    centralized = train_centralized(spec, start, pooled_x, pooled_y)
-    centralized_dp = train_dp_alone(plan, spec, start, pooled_x, pooled_y, work / "centralized-dp-accountant.json")
-    local = {
-        bank: evaluate(
-            spec,
-            train_dp_alone(plan, spec, start, data.features, data.labels, work / f"{bank}-accountant.json"),
-            test.features,
-            test.labels,
-        )[0]
-        for bank, data in datasets.items()
-    }
-    return {
-        "auc_centralized": evaluate(spec, centralized, test.features, test.labels)[0],
-        "auc_centralized_dp": evaluate(spec, centralized_dp, test.features, test.labels)[0],
-        "auc_local": local,
-    }
-
-
 def _print_comparison(console: Any, summary: dict[str, Any]) -> None:
     from rich.table import Table
 
-    table = Table(title=f"test AUC on {summary['test_rows']} held-out loans")
+    table = Table(title="test AUC on the held-out loans")
     table.add_column("model")
     table.add_column("test AUC", justify="right")
     table.add_column("privacy")
     epsilon = max(summary["epsilon_per_bank"].values())
+    table.add_row("federated (secure aggregation + DP-SGD)", f"{summary['auc_federated']:.4f}",
+                  f"ε ≤ {epsilon:.2f} per bank, δ = {summary['delta']:g}")  # fmt: skip
     table.add_row(
-        "federated (secure aggregation + DP-SGD)",
-        f"{summary['auc_federated']:.4f}",
-        f"ε ≤ {epsilon:.2f} per bank, δ = {summary['delta']:g}",
+        "pooled loans, DP-SGD (what no bank may do)", f"{summary['auc_pooled_dp']:.4f}", f"ε ≤ {summary['budget_epsilon']:g}"
     )
-    participant = [value for value in summary["participant_epsilon_per_bank"].values() if value is not None]
-    if participant:
-        table.add_row(
-            "  + participant-level Skellam in the ring",
-            "",
-            f"ε ≤ {max(participant):.2f} per bank's whole contribution, δ = {summary['participant_delta']:g}",
-        )
-    table.add_row("centralized, pooled data, non-private", f"{summary['auc_centralized']:.4f}", "none (raw data pooled)")
-    table.add_row(
-        "centralized, pooled data, DP-SGD",
-        f"{summary['auc_centralized_dp']:.4f}",
-        f"ε ≤ {summary['target_epsilon']:g} (raw data pooled)",
-    )
-    table.add_row("each bank alone, DP-SGD (mean)", f"{summary['auc_local_mean']:.4f}", f"ε ≤ {summary['target_epsilon']:g}")
+    for bank, value in summary["auc_local"].items():
+        table.add_row(f"{bank} alone, DP-SGD", f"{value:.4f}", f"ε ≤ {summary['budget_epsilon']:g}")
     console.print(table)
+    resume = summary["resume"]
+    if resume:
+        console.print(f"{resume['bank']} was killed in round {resume['round']} after its masked input and resumed it")
     console.print(
-        f"dropouts: {summary['dropouts']} (recovered); audit: {'verified' if summary['audit_ok'] else 'FAILED'} — {summary['audit_verdict']}"
+        f"same model at every bank: {summary['same_model_everywhere']}; audit: {'verified' if summary['audit_ok'] else 'FAILED'}"
     )
     console.print(
         f"summary: {summary['run_dir']}/summary.json   report: {summary['report']}   wall time {summary['wall_seconds']:.0f} s"
@@ -583,51 +463,32 @@ def _print_comparison(console: Any, summary: dict[str, Any]) -> None:
 
 
 def demo_command(
-    banks: Annotated[int, typer.Option("--banks", min=3, max=5, help="Number of banks (regions), 3 to 5.")] = 5,
+    banks: Annotated[int, typer.Option("--banks", min=MIN_BANKS, max=MAX_BANKS, help="Number of banks (regions), 3 to 5.")] = 5,
     rounds: Annotated[int, typer.Option("--rounds", min=1, help="Federated rounds.")] = 10,
     mode: Annotated[ProtocolMode, typer.Option("--mode", help="Secure-aggregation adversary mode.")] = ProtocolMode.ACTIVE,
-    dropout: Annotated[bool, typer.Option("--dropout/--no-dropout", help="One bank drops out mid-protocol in one round.")] = True,
+    restart: Annotated[bool, typer.Option("--restart/--no-restart", help="Kill one bank mid-round and let it resume.")] = True,
     runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Parent of the run directory runs/<timestamp>/.")] = Path("runs"),
     target_epsilon: Annotated[float, typer.Option("--target-epsilon", help="Example-level epsilon per bank over the run.")] = 3.0,
-    delta: Annotated[float, typer.Option("--delta", help="delta of the example-level guarantee.")] = 1e-5,
-    local_epochs: Annotated[int, typer.Option("--local-epochs", min=1, help="Local DP-SGD epochs per round.")] = 1,
-    learning_rate: Annotated[float, typer.Option("--learning-rate", help="Local DP-SGD learning rate.")] = 1.0,
-    model: Annotated[ModelKind, typer.Option("--model", help="Shared model.")] = ModelKind.LOGISTIC_REGRESSION,
-    update_clip: Annotated[
-        float, typer.Option("--update-clip", help="L2 bound on each bank's model update before encoding.")
-    ] = 10.0,
-    participant_epsilon: Annotated[
-        float | None,
-        typer.Option(
-            "--participant-epsilon", help="Also add participant-level Skellam noise in the ring for this epsilon over the run."
-        ),
-    ] = None,
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print the summary's main figures as one JSON line at the end.")
-    ] = False,
+    fraction: Annotated[float, typer.Option("--fraction", min=0.01, max=1.0, help="Share of each bank's loans to use.")] = 1.0,
+    model: Annotated[str, typer.Option("--model", help="logistic-regression or mlp.")] = "logistic-regression",
+    json_output: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON line at the end.")] = False,
 ) -> None:
-    """Five banks train a credit-default model through the real server, with DP and secure aggregation."""
+    """A consortium of banks trains a credit-default model through the real server, with the shipped commands."""
     try:
-        config = DemoConfig(
-            banks=banks, rounds=rounds, mode=mode, dropout=dropout, runs_dir=runs_dir, target_epsilon=target_epsilon,
-            delta=delta, local_epochs=local_epochs, learning_rate=learning_rate, model=model, update_clip=update_clip,
-            participant_epsilon=participant_epsilon,
-        )  # fmt: skip
-        summary = run_demo(config)
-    except (FederatedError, ValueError) as error:
+        summary = run_demo(
+            DemoConfig(
+                banks=banks,
+                rounds=rounds,
+                mode=mode,
+                restart=restart,
+                runs_dir=runs_dir,
+                target_epsilon=target_epsilon,
+                fraction=fraction,
+                model=model,
+            )
+        )
+    except ClientError as error:
         typer.echo(f"secagg demo: {error}", err=True)
         raise typer.Exit(code=1) from None
     if json_output:
-        keys = (
-            "rounds",
-            "auc_federated",
-            "auc_centralized",
-            "auc_centralized_dp",
-            "auc_local_mean",
-            "epsilon_per_bank",
-            "delta",
-            "dropouts",
-            "report",
-            "wall_seconds",
-        )
-        typer.echo(json.dumps({key: summary[key] for key in keys}, sort_keys=True))
+        typer.echo(json.dumps(summary, sort_keys=True))

@@ -1,7 +1,7 @@
 """Fault injection for the simulations, the demo and the tests: a transport that drops out.
 
 Faults are injected by wrapping the transport a caller passes to the bank's code
-(:func:`clients.runtime.runner.run_round`, :func:`clients.training.federated.run_bank`),
+(:func:`clients.runtime.runner.run_round`, :func:`clients.training.federated.train_federated`),
 never by flags inside that code: the production runtime and training loop know nothing
 about simulated failures. A dropped client looks to them exactly like a bank whose
 network went away: :class:`SimulatedDropout` is a :class:`~clients.runtime.errors.ServerUnavailable`.

@@ -29,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
+from clients.consortium.admin import AdminClient
 from clients.harness.faults import DroppingTransport, SimulatedDropout
-from clients.harness.local_server import AdminClient, LocalServer, metric_samples
+from clients.harness.local_server import LocalServer, metric_samples
 from clients.harness.simulation import SimulationParameters, SimulationReport
 from clients.runtime.errors import ClientError, ClientRefusedRound, ExcludedFromRound, RoundAbortedByServer
 from clients.runtime.http_transport import HttpTransport

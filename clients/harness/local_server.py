@@ -8,13 +8,12 @@ loopback port (``/docs``, ``/openapi.json``, ``/metrics``: :attr:`LocalServer.op
 waits until ``/readyz`` answers, and stops the
 process group it started (SIGTERM, then SIGKILL after a grace period) on exit. A test can
 SIGKILL it at any moment (:meth:`LocalServer.kill`) and start it again on the same data
-and port (:meth:`LocalServer.start`). :class:`AdminClient` is the thin bearer-token
-client of the admin API (``docs/API.md`` section 4).
+and port (:meth:`LocalServer.start`). The admin API's client is
+:class:`clients.consortium.admin.AdminClient`, the coordinator's own.
 """
 
 from __future__ import annotations
 
-import base64
 import os
 import secrets
 import signal
@@ -26,11 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 import httpx
 
-from clients.runtime.errors import ServerRefused, ServerUnavailable
+from clients.runtime.errors import ServerUnavailable
 from dp.atomic_files import write_private_file
 
 READY_TIMEOUT_SECONDS = 60.0
@@ -216,41 +214,6 @@ class LocalServer:
         self.stop()
         if self._temporary is not None:
             self._temporary.cleanup()
-
-
-class AdminClient:
-    """The admin API with the bearer token (no retries: the simulation's server is local)."""
-
-    def __init__(self, base_url: str, token: str) -> None:
-        self._client = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=60.0)
-
-    def close(self) -> None:
-        self._client.close()
-
-    def __enter__(self) -> AdminClient:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def _check(self, response: httpx.Response, expected: int) -> Any:
-        if response.status_code != expected:
-            try:
-                body = response.json()
-            except ValueError:
-                body = {}
-            raise ServerRefused(response.status_code, str(body.get("type", "")), str(body.get("detail", response.text[:200])))
-        return response.json()
-
-    def enroll(self, participant_id: str, public_key: bytes, *, role: str = "bank") -> Any:
-        body = {"id": participant_id, "public_key": base64.b64encode(public_key).decode("ascii"), "role": role}
-        return self._check(self._client.post("/v1/admin/participants", json=body), 201)
-
-    def create_round(self, body: dict[str, Any]) -> Any:
-        return self._check(self._client.post("/v1/admin/rounds", json=body), 201)
-
-    def round_status(self, round_id: str) -> Any:
-        return self._check(self._client.get(f"/v1/admin/rounds/{round_id}"), 200)
 
 
 def metric_samples(server: LocalServer, name: str) -> dict[str, float]:

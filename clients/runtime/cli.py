@@ -52,7 +52,7 @@ def keygen_command(
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing key file.")] = False,
 ) -> None:
-    """Generate an Ed25519 identity key; print the public key (base64) to enrol with the server."""
+    """Generate an Ed25519 identity key; print the public key (hex, also written to KEY.pub)."""
     from clients.runtime.keyfile import generate_key_file, read_passphrase
 
     try:
@@ -60,7 +60,7 @@ def keygen_command(
         generated = generate_key_file(out, passphrase=passphrase, overwrite=force)
     except ClientError as error:
         raise _fail(error) from None
-    print(generated.public_key_base64)
+    print(generated.public_key_hex)
     print(f"private key: {generated.key_path} (mode 0600); public key: {generated.public_key_path}", file=sys.stderr)
 
 

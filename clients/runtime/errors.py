@@ -24,6 +24,8 @@ class ExitCode(IntEnum):
     UNAVAILABLE = 8
     KEY_FILE = 9
     EXCLUDED = 10
+    TRAINING_INCOMPLETE = 11
+    """``secagg train``: the consortium opened no round of the next step within ``--round-timeout``."""
 
 
 class ClientError(Exception):

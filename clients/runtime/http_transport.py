@@ -78,6 +78,7 @@ from clients.runtime.transport import (
     RoundResult,
     StageClosed,
     SubmitOutcome,
+    TrainingBinding,
 )
 from secagg.chunks import ChunkLayout, split_masked_input
 from secagg.config import RoundConfig
@@ -278,6 +279,19 @@ def _accepted(response: Answer) -> Accepted:
         raise ServerRefused(response.status_code, "unusable-acknowledgement", "the upload's answer is not JSON") from None
 
 
+def _training_binding(value: Any) -> TrainingBinding | None:
+    """The round's ``training`` member (docs/API.md section 5), or None when absent or null."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"id", "manifest_hash", "round"}:
+        raise ValueError("training must be {id, manifest_hash, round}")
+    manifest_hash = bytes.fromhex(str(value["manifest_hash"]))
+    step = value["round"]
+    if not isinstance(value["id"], str) or isinstance(step, bool) or not isinstance(step, int):
+        raise ValueError("training id must be a string and round an integer")
+    return TrainingBinding(training_id=value["id"], manifest_hash=manifest_hash, step=step)
+
+
 class HttpTransport:
     """A :class:`~clients.runtime.transport.RoundTransport` speaking API version 1 to one server."""
 
@@ -359,6 +373,7 @@ class HttpTransport:
             cohort = sorted(body["cohort"], key=lambda member: int(member["index"]))
             if [int(member["index"]) for member in cohort] != list(range(len(cohort))):
                 raise ValueError("cohort indices are not 0..n-1")
+            training = _training_binding(body.get("training"))
             config = RoundConfig(
                 round_id=bytes.fromhex(body["round_id"]),
                 identity_keys=tuple(base64.b64decode(member["public_key"], validate=True) for member in cohort),
@@ -368,6 +383,8 @@ class HttpTransport:
                 mode=body["mode"],
                 graph=body["graph"],
                 degree=body.get("degree"),
+                manifest_hash=None if training is None else training.manifest_hash,
+                training_round=None if training is None else training.step,
             )
         except (KeyError, TypeError, ValueError, binascii.Error, ConfigurationError) as exc:
             raise ServerRefused(200, "unusable-round-description", f"the round description cannot be used: {exc}") from None
@@ -390,6 +407,7 @@ class HttpTransport:
             dp_policy=body.get("dp_policy"),
             server_identity=response.headers.get("X-Secagg-Server-Id"),
             chunk_bytes=chunk_bytes if isinstance(chunk_bytes, int) else None,
+            training=training,
         )
 
     def submit(self, round_id: str, protocol_round: Round, payload: bytes) -> SubmitOutcome:
@@ -583,6 +601,15 @@ class HttpTransport:
             return not_ready
         if problem_type == ProblemType.ROUND_ABORTED.suffix:
             return RoundAborted(str(body.get("abort_reason") or "aborted"))
+        self._refuse(response)
+
+    def signed_get(self, path: str, *, max_bytes: int) -> Answer:
+        """A signed GET of any participant endpoint (the auditor's ledger, a training's rounds), retried
+        like the rest, its body read up to ``max_bytes``."""
+        return self._signed("GET", path, max_bytes=max_bytes)
+
+    def refuse(self, response: Answer) -> NoReturn:
+        """Raise :class:`ServerRefused` with the response's problem type."""
         self._refuse(response)
 
     # ------------------------------------------------------------- plumbing

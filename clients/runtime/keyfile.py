@@ -4,8 +4,11 @@
 ``cryptography``), serialises it as PKCS #8 PEM, encrypted with the best
 encryption ``cryptography`` offers when a passphrase is given, and writes it with
 mode 0600 atomically (:mod:`dp.atomic_files`); an existing file is never
-overwritten unless asked. The public key goes to ``<key>.pub`` as base64 of the raw
-32 bytes, the form an administrator enrols.
+overwritten unless asked. The public key goes to ``<key>.pub`` as 64 lowercase hex
+digits of the raw 32 bytes and a newline: the one public-key file format every command
+reads (manifest building, enrolment by the coordinator, ``secagg audit``), and the form
+the server exports its ledger key in (``docs/LEDGER.md`` section 8).
+:func:`load_public_key_file` reads it (and PEM, or the 32 raw bytes).
 
 ``load_identity_key`` refuses a key file that group or others can read, a wrong or
 missing passphrase, and any key that is not Ed25519, each with a specific error.
@@ -38,15 +41,33 @@ MIN_PASSPHRASE_BYTES = 8
 
 @dataclass(frozen=True, slots=True)
 class GeneratedKey:
-    """Where the new key went and its public key (base64 of the raw 32 bytes)."""
+    """Where the new key went and its public key (64 lowercase hex digits)."""
 
     key_path: Path
     public_key_path: Path
-    public_key_base64: str
+    public_key_hex: str
 
 
 def public_key_base64(public_bytes: bytes) -> str:
+    """The form the admin API enrols a key in (``docs/API.md`` section 4)."""
     return base64.b64encode(public_bytes).decode("ascii")
+
+
+def public_key_file_bytes(public_bytes: bytes) -> bytes:
+    """The public-key file format: 64 lowercase hex digits and a newline."""
+    return (public_bytes.hex() + "\n").encode("ascii")
+
+
+def load_public_key_file(path: Path) -> bytes:
+    """A raw Ed25519 public key from a public-key file (hex, PEM or raw; ``docs/LEDGER.md`` section 8)."""
+    from dp.audit.chain import LedgerError, load_public_key
+
+    try:
+        return load_public_key(Path(path))
+    except OSError as exc:
+        raise KeyFileError(f"cannot read public key file {path}: {exc.strerror}") from None
+    except LedgerError as exc:
+        raise KeyFileError(str(exc)) from None
 
 
 def read_passphrase(*, passphrase_file: Path | None = None, passphrase_env: str | None = None) -> bytes | None:
@@ -82,15 +103,15 @@ def generate_key_file(path: Path, *, passphrase: bytes | None = None, overwrite:
     private = Ed25519PrivateKey.generate()
     encryption = BestAvailableEncryption(passphrase) if passphrase else NoEncryption()
     pem = private.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, encryption)
-    public = public_key_base64(private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+    public_bytes = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     try:
         write_private_file(path, pem, overwrite=overwrite)
     except PrivateFileExists:
         raise KeyFileError(f"{path} already exists; refusing to overwrite it (use --force to replace it)") from None
     except OSError as exc:
         raise KeyFileError(f"cannot write {path}: {exc.strerror}") from None
-    write_atomic(public_path, (public + "\n").encode("ascii"), mode=PUBLIC_MODE)
-    return GeneratedKey(key_path=path, public_key_path=public_path, public_key_base64=public)
+    write_atomic(public_path, public_key_file_bytes(public_bytes), mode=PUBLIC_MODE)
+    return GeneratedKey(key_path=path, public_key_path=public_path, public_key_hex=public_bytes.hex())
 
 
 def load_identity_key(path: Path, *, passphrase: bytes | None = None) -> SigningKey:

@@ -29,9 +29,25 @@ are refused, so a typo cannot silently relax the policy)::
     server_identity = "..."           # optional
     [dp]
     required = true
+    allow_exact_statistics = true     # also join a training's statistics round (step 0)
     min_noise_multiplier = 0.8
     max_epsilon_per_round = 2.0
     accounting_delta = 1e-5
+    [budget]                          # the bank's own privacy budget (secagg train)
+    state_dir = "/var/lib/bank-a/secagg-budget"   # relative to the policy file's directory
+    id_column = "customer_id"         # optional: what identifies a customer in the data
+    [budget.example]
+    max_epsilon = 3.0
+    delta = 1e-5
+    accountant = "rdp"                # optional
+    [budget.participant]              # optional, needed only for participant-level noise
+    max_epsilon = 8.0
+    delta = 1e-5
+
+The ``[budget]`` table is what ``secagg train`` charges: per privacy unit, the largest
+epsilon the bank's data may ever reach, cumulative over every training on the same data,
+kept in ``state_dir`` (:mod:`clients.training.budget_store` says what counts as the same
+data). A federated training needs it; ``secagg client run`` ignores it.
 
 The DP checks never trust a number the server computed: the client rebuilds every
 declared mechanism (:class:`dp.audit.round_records.RoundPrivacy`) and computes its noise
@@ -49,11 +65,15 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clients.runtime.errors import PolicyFileError, PolicyViolation, PolicyViolationReason
 from clients.runtime.transport import RoundDescription
 from secagg.config import GraphKind, ProtocolMode, minimum_threshold
 from secagg.encoding import MAX_BITS, MIN_BITS
+
+if TYPE_CHECKING:
+    from dp.budget import BudgetPolicy
 
 DEFAULT_MIN_COHORT_SIZE = 3
 """Below three parties a sum of two reveals the other's input to each of them."""
@@ -69,6 +89,9 @@ class DPRequirements:
     """Minimums for a round's declared differential-privacy parameters."""
 
     required: bool = False
+    allow_exact_statistics: bool = False
+    """With ``required``: still join the statistics round of a consortium training (step 0), which
+    releases the consortium's exact column sums for standardisation and declares no DP mechanism."""
     min_noise_multiplier: float | None = None
     max_epsilon_per_round: float | None = None
     accounting_delta: float = DEFAULT_ACCOUNTING_DELTA
@@ -82,12 +105,47 @@ class DPRequirements:
                 raise PolicyFileError(f"dp.{name} must be a positive finite number, got {value!r}")
         if self.accounting_delta >= 1:
             raise PolicyFileError("dp.accounting_delta must be below 1")
-        if not isinstance(self.required, bool):
-            raise PolicyFileError("dp.required must be true or false")
+        if not isinstance(self.required, bool) or not isinstance(self.allow_exact_statistics, bool):
+            raise PolicyFileError("dp.required and dp.allow_exact_statistics must be true or false")
 
     @property
     def constrains_anything(self) -> bool:
         return self.required or any(value is not None for value in (self.min_noise_multiplier, self.max_epsilon_per_round))
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetSettings:
+    """The bank's own privacy budget: where it is kept, what identifies a customer, the limits per unit."""
+
+    state_dir: Path
+    units: BudgetPolicy
+    id_column: str | None = None
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, object], *, base_dir: Path | None) -> BudgetSettings:
+        from dp.budget import BudgetPolicy, BudgetPolicyError
+
+        known = {"state_dir", "id_column", "example", "participant"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise PolicyFileError(f"unknown budget keys: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        state_dir = data.get("state_dir")
+        if not isinstance(state_dir, str) or not state_dir:
+            raise PolicyFileError("budget.state_dir must name the directory that keeps this bank's budgets")
+        id_column = data.get("id_column")
+        if id_column is not None and (not isinstance(id_column, str) or not id_column):
+            raise PolicyFileError("budget.id_column must be a column name")
+        units = {name: data[name] for name in ("example", "participant") if name in data}
+        if not units:
+            raise PolicyFileError("the budget names no unit: add [budget.example] (max_epsilon, delta)")
+        try:
+            policy = BudgetPolicy.from_dict({"budgets": units})
+        except BudgetPolicyError as exc:
+            raise PolicyFileError(f"budget: {exc}") from None
+        directory = Path(state_dir).expanduser()
+        if not directory.is_absolute() and base_dir is not None:
+            directory = base_dir / directory
+        return cls(state_dir=directory, units=policy, id_column=id_column)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +160,7 @@ class ClientPolicy:
     allowed_bits: frozenset[int] = frozenset(range(MIN_BITS, MAX_BITS + 1))
     server_identity: str | None = None
     dp: DPRequirements = field(default_factory=DPRequirements)
+    budget: BudgetSettings | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.min_cohort_size, bool) or not isinstance(self.min_cohort_size, int) or self.min_cohort_size < 2:
@@ -128,7 +187,7 @@ class ClientPolicy:
             raise PolicyFileError("server_identity must be a non-empty string")
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, object]) -> ClientPolicy:
+    def from_mapping(cls, data: Mapping[str, object], *, base_dir: Path | None = None) -> ClientPolicy:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -144,7 +203,13 @@ class ClientPolicy:
         for name in ("allowed_graphs", "allowed_bits"):
             if name in values and not isinstance(values[name], list):
                 raise PolicyFileError(f"{name} must be a list")
-        return cls(**values, dp=DPRequirements(**dp_values))  # type: ignore[arg-type]
+        budget_values = values.pop("budget", None)
+        budget = None
+        if budget_values is not None:
+            if not isinstance(budget_values, Mapping):
+                raise PolicyFileError("budget must be a table/object")
+            budget = BudgetSettings.from_mapping(budget_values, base_dir=base_dir)
+        return cls(**values, dp=DPRequirements(**dp_values), budget=budget)  # type: ignore[arg-type]
 
     @classmethod
     def load(cls, path: Path) -> ClientPolicy:
@@ -164,7 +229,7 @@ class ClientPolicy:
             raise PolicyFileError(f"cannot parse policy file {path}: {exc}") from None
         if not isinstance(data, dict):
             raise PolicyFileError(f"policy file {path} must hold one object/table")
-        return cls.from_mapping(data)
+        return cls.from_mapping(data, base_dir=path.resolve().parent)
 
     def check(self, round_description: RoundDescription, *, identity_public_key: bytes, participant_id: str | None) -> int:
         """Refuse the round unless it satisfies this policy; return this client's participant id."""
@@ -207,8 +272,18 @@ class ClientPolicy:
         requirements = self.dp
         items = _declared_privacy(round_description.dp_policy)
         if not items:
-            if requirements.required:
-                raise PolicyViolation(PolicyViolationReason.DP_POLICY_REQUIRED, "the round declares no DP mechanism")
+            training = round_description.training
+            statistics = training is not None and training.step == 0 and requirements.allow_exact_statistics
+            if requirements.required and not statistics:
+                raise PolicyViolation(
+                    PolicyViolationReason.DP_POLICY_REQUIRED,
+                    "the round declares no DP mechanism"
+                    + (
+                        " (a training's statistics round: set dp.allow_exact_statistics to join it)"
+                        if training is not None
+                        else ""
+                    ),
+                )
             return
         if not requirements.constrains_anything:
             return

@@ -129,12 +129,18 @@ def run_round(
     clock: Callable[[], float] = time.monotonic,
     seed_source: RandomSource | None = None,
     wait_for_result: bool = True,
+    before_release: Callable[[], None] | None = None,
 ) -> RoundOutcome:
     """Run (or resume) this client's side of round ``round_id``; see the module docstring.
 
     ``participant_id`` is this client's enrolled id; when given, the cohort must list
     it at the index where this client's identity key is. ``seed_source`` draws the
     state file's seeds (the OS CSPRNG unless a test injects one).
+
+    ``before_release`` is called before every submission of this client's masked input
+    (R2), the first message that depends on its data; it must be idempotent (a resumed
+    client calls it again before re-sending the same bytes). A bank charges its privacy
+    budget there (docs/LEDGER.md section 9.3); if it raises, nothing is sent.
     """
     emit = on_event or (lambda event: None)
     description = transport.describe_round(round_id)
@@ -195,6 +201,8 @@ def run_round(
     bytes_sent = 0
     while True:
         protocol_round = protocol_round_of(outgoing)
+        if protocol_round is Round.MASKED_INPUT_COLLECTION and before_release is not None:
+            before_release()
         # StageClosed: the stage closed before this message arrived, or (after a crash) the server
         # already holds it and moved on. Either way the next poll tells: the next request, or excluded.
         submitted = transport.submit(round_id, protocol_round, outgoing)

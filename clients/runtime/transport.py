@@ -30,6 +30,19 @@ from secagg.rounds import Round
 
 
 @dataclass(frozen=True, slots=True)
+class TrainingBinding:
+    """The consortium training a round belongs to (``docs/CONSORTIUM.md``), as the round declares it.
+
+    The manifest hash and the step are in the round's config digest
+    (:attr:`secagg.config.RoundConfig.manifest_hash`), so every R0 signature covers them.
+    """
+
+    training_id: str
+    manifest_hash: bytes
+    step: int
+
+
+@dataclass(frozen=True, slots=True)
 class RoundDescription:
     """A round as the server describes it, before this client sends anything.
 
@@ -48,6 +61,7 @@ class RoundDescription:
     server_identity: str | None = None
     chunk_bytes: int | None = None
     """The round's chunk size (``docs/API.md``): a masked input larger than one chunk is uploaded in chunks."""
+    training: TrainingBinding | None = None
 
 
 @dataclass(frozen=True, slots=True)

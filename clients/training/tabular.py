@@ -23,7 +23,11 @@ Preprocessing rules (:class:`Preprocessor`), column by column:
   list therefore never fails and never creates a new feature: every bank produces the
   same feature layout.
 * **Target.** ``1`` where the target column equals ``positive`` (after stripping
-  spaces), else ``0``; a row without a target value is refused.
+  spaces), ``0`` where it equals one of the schema's ``negative`` values (or, when the
+  schema names none, the one other value the column holds). Any other value, and a
+  missing one, is refused with its row number: a stray ``defaulted`` is never silently
+  counted as negative.
+* **Errors** name the data row (1-based, the header not counted) and the value.
 
 Which statistics need other banks' data, and where they come from:
 
@@ -102,6 +106,8 @@ class RawTable:
 
     columns: tuple[str, ...]
     cells: np.ndarray = field(repr=False)
+    row_numbers: np.ndarray | None = field(default=None, repr=False, compare=False)
+    """The 1-based data row of each row in the file it was read from (None: 1..rows)."""
 
     def __post_init__(self) -> None:
         if self.cells.ndim != 2 or self.cells.shape[1] != len(self.columns):
@@ -122,7 +128,14 @@ class RawTable:
             raise TabularError(f"the data has no column {name!r} (columns: {', '.join(self.columns)})") from None
 
     def take(self, rows: np.ndarray) -> RawTable:
-        return RawTable(self.columns, self.cells[np.asarray(rows)].copy())
+        chosen = np.asarray(rows)
+        return RawTable(self.columns, self.cells[chosen].copy(), self.data_row_numbers()[chosen])
+
+    def data_row_numbers(self) -> np.ndarray:
+        """The 1-based data row numbers of the rows, in the file they came from."""
+        if self.row_numbers is not None:
+            return self.row_numbers
+        return np.arange(1, self.rows + 1)
 
     def to_csv_bytes(self) -> bytes:
         text = io.StringIO(newline="")
@@ -184,16 +197,33 @@ def missing_mask(values: np.ndarray) -> np.ndarray:
     return np.isin(np.char.lower(values.astype(str)), list(MISSING_TOKENS))
 
 
-def parse_numeric(values: np.ndarray, *, column: str) -> tuple[np.ndarray, np.ndarray]:
-    """The column as float64 (NaN where missing) and its missing mask; refuses text and infinities."""
+def _first_row(rows: np.ndarray | None, position: int) -> int:
+    return int(rows[position]) if rows is not None else position + 1
+
+
+def parse_numeric(values: np.ndarray, *, column: str, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The column as float64 (NaN where missing) and its missing mask; refuses text and infinities,
+    naming the first offending data row (``rows`` gives the row numbers; default 1..n) and its value."""
     missing = missing_mask(values)
     numbers = np.full(values.shape, np.nan)
     try:
         numbers[~missing] = values[~missing].astype(np.float64)
     except ValueError:
-        raise TabularError(f"column {column!r} is numeric in the schema but holds a non-numeric value") from None
-    if not np.all(np.isfinite(numbers[~missing])):
-        raise TabularError(f"column {column!r} holds an infinite value")
+        for position in np.flatnonzero(~missing):
+            try:
+                float(values[position])
+            except ValueError:
+                raise TabularError(
+                    f"column {column!r} is numeric in the schema, but data row {_first_row(rows, int(position))} holds "
+                    f"{str(values[position])!r}"
+                ) from None
+        raise
+    infinite = np.flatnonzero(~missing & ~np.isfinite(numbers))
+    if infinite.size:
+        first = int(infinite[0])
+        raise TabularError(
+            f"column {column!r}: data row {_first_row(rows, first)} holds {str(values[first])!r}, not a finite number"
+        )
     return numbers, missing
 
 
@@ -276,8 +306,14 @@ class TabularSchema:
     target: str
     positive: str
     columns: tuple[Column, ...]
+    negative: tuple[str, ...] | None = None
+    """The target values that count as 0; None: the one other value the target column holds."""
 
     def __post_init__(self) -> None:
+        if self.negative is not None:
+            object.__setattr__(self, "negative", tuple(self.negative))
+            if not self.negative or self.positive in self.negative or len(set(self.negative)) != len(self.negative):
+                raise TabularError("negative must list distinct values, none of them the positive value")
         names = [column.name for column in self.columns]
         if len(set(names)) != len(names):
             raise TabularError("the schema lists a column twice")
@@ -313,7 +349,7 @@ class TabularSchema:
             else c
             for c in self.columns
         )
-        return TabularSchema(self.target, self.positive, columns)
+        return TabularSchema(self.target, self.positive, columns, self.negative)
 
     # ------------------------------------------------------------- files
     def to_dict(self) -> dict[str, Any]:
@@ -333,18 +369,21 @@ class TabularSchema:
                 result["scale"] = column.standardization.scale
             return result
 
-        return {
+        value: dict[str, Any] = {
             "format": SCHEMA_FORMAT,
             "target": self.target,
             "positive": self.positive,
             "columns": [column_dict(column) for column in self.columns],
         }
+        if self.negative is not None:
+            value["negative"] = list(self.negative)
+        return value
 
     @classmethod
     def from_dict(cls, value: Mapping[str, Any]) -> TabularSchema:
         if not isinstance(value, Mapping) or value.get("format") != SCHEMA_FORMAT:
             raise TabularError(f"not a {SCHEMA_FORMAT} schema")
-        unknown = set(value) - {"format", "target", "positive", "columns"}
+        unknown = set(value) - {"format", "target", "positive", "negative", "columns"}
         if unknown:
             raise TabularError(f"unknown schema keys {sorted(unknown)}")
         columns: list[Column] = []
@@ -374,7 +413,15 @@ class TabularSchema:
                 if isinstance(exc, TabularError):
                     raise
                 raise TabularError(f"invalid schema column {raw!r}: {exc}") from None
-        return cls(str(value.get("target", "")), str(value.get("positive", "")), tuple(columns))
+        negative = value.get("negative")
+        if negative is not None and (not isinstance(negative, list) or not all(isinstance(item, str) for item in negative)):
+            raise TabularError("negative must be a list of strings")
+        return cls(
+            str(value.get("target", "")),
+            str(value.get("positive", "")),
+            tuple(columns),
+            None if negative is None else tuple(negative),
+        )
 
     def save(self, path: Path) -> None:
         write_atomic(path, (json.dumps(self.to_dict(), indent=2) + "\n").encode("utf-8"), mode=PUBLIC_MODE)
@@ -398,6 +445,7 @@ def draft_schema(
     max_categories: int = DEFAULT_MAX_CATEGORIES,
     clip_quantile: float = DEFAULT_CLIP_QUANTILE,
     exclude: Sequence[str] = (),
+    negative: Sequence[str] | None = None,
 ) -> TabularSchema:
     """A schema proposed from one party's data (see the module docstring for what it reveals).
 
@@ -406,12 +454,25 @@ def draft_schema(
     ``1 - clip_quantile`` quantiles, with ``log1p`` for heavy-tailed non-negative
     columns (:data:`HEAVY_TAIL_RATIO`) and a missing indicator where values are missing.
     No means or scales: those are agreed separately or computed with secure aggregation.
+    The negative target values are ``negative`` if given, else the one value other than
+    ``positive`` the target holds (more than one is refused: say which count as 0).
     """
     if max_categories < 1 or not 0 <= clip_quantile < 0.5:
         raise TabularError("max_categories must be positive and clip_quantile in [0, 0.5)")
     labels = table.column(target)
     if not np.any(labels == positive):
         raise TabularError(f"no row has {target} == {positive!r}")
+    others = sorted(set(labels[~missing_mask(labels)].tolist()) - {positive})
+    if negative is None:
+        if len(others) > 1:
+            raise TabularError(
+                f"the target {target!r} holds {len(others)} values besides {positive!r} ({', '.join(map(repr, others[:5]))}): "
+                "say which count as negative (--negative, repeatable)"
+            )
+        negative = others
+    stray = sorted(set(others) - set(negative))
+    if stray:
+        raise TabularError(f"the target {target!r} holds {stray[0]!r}, which is neither positive nor a listed negative value")
     columns: list[Column] = []
     for name, kind in infer_kinds(table, exclude=(target, *exclude)).items():
         values = table.column(name)
@@ -421,7 +482,7 @@ def draft_schema(
             ranked = sorted(counts, key=lambda category: (-counts[category], category))[:max_categories]
             columns.append(CategoricalColumn(name, tuple(ranked)))
             continue
-        numbers, missing = parse_numeric(values, column=name)
+        numbers, missing = parse_numeric(values, column=name, rows=table.data_row_numbers())
         present = numbers[~missing]
         lower, upper = (float(q) for q in np.quantile(present, [clip_quantile, 1.0 - clip_quantile]))
         transform = Transform.IDENTITY
@@ -431,7 +492,7 @@ def draft_schema(
         if not lower < upper:
             upper = lower + 1.0  # a constant column: any range with lower < upper clips it to lower
         columns.append(NumericColumn(name, lower, upper, transform, bool(np.any(missing))))
-    return TabularSchema(target, positive, tuple(columns))
+    return TabularSchema(target, positive, tuple(columns), tuple(negative) if negative else None)
 
 
 # --------------------------------------------------------------------------- features
@@ -439,7 +500,7 @@ def draft_schema(
 
 def _numeric_values(table: RawTable, column: NumericColumn) -> tuple[np.ndarray, np.ndarray]:
     """Transformed and clipped values (NaN where missing) and the missing mask."""
-    numbers, missing = parse_numeric(table.column(column.name), column=column.name)
+    numbers, missing = parse_numeric(table.column(column.name), column=column.name, rows=table.data_row_numbers())
     transformed = np.full(numbers.shape, np.nan)
     transformed[~missing] = np.clip(column.transform.apply(numbers[~missing]), column.lower, column.upper)
     return transformed, missing
@@ -521,6 +582,36 @@ class Dataset:
         return int(self.labels.size)
 
 
+def target_labels(schema: TabularSchema, table: RawTable) -> np.ndarray:
+    """The 0/1 labels of ``table`` under ``schema``'s target rule (module docstring); anything else refused with its row."""
+    values = table.column(schema.target)
+    rows = table.data_row_numbers()
+    missing = np.flatnonzero(missing_mask(values))
+    if missing.size:
+        raise TabularError(
+            f"{missing.size} row(s) have no value in the target column {schema.target!r} (first: data row {int(rows[missing[0]])})"
+        )
+    positive = values == schema.positive
+    if schema.negative is None:
+        others, first_positions = np.unique(values[~positive], return_index=True)
+        if others.size > 1:
+            where = np.flatnonzero(~positive)[first_positions]
+            listed = ", ".join(f"{str(value)!r} (data row {int(rows[p])})" for value, p in zip(others, where, strict=True))
+            raise TabularError(
+                f"the target {schema.target!r} holds several values besides the positive {schema.positive!r}: {listed}; "
+                "the schema names no negative value, so none is counted as 0 (list them in the schema's negative)"
+            )
+        return positive.astype(np.float32)
+    stray = np.flatnonzero(~positive & ~np.isin(values, list(schema.negative)))
+    if stray.size:
+        first = int(stray[0])
+        raise TabularError(
+            f"data row {int(rows[first])}: the target {schema.target!r} is {str(values[first])!r}, neither the positive "
+            f"value {schema.positive!r} nor a negative one ({', '.join(map(repr, schema.negative))})"
+        )
+    return positive.astype(np.float32)
+
+
 @dataclass(frozen=True)
 class Preprocessor:
     """Applies a standardised :class:`TabularSchema` to a :class:`RawTable` (rules in the module docstring)."""
@@ -532,11 +623,8 @@ class Preprocessor:
             raise TabularError("the schema has numeric columns without mean and scale: agree them or compute them first")
 
     def labels(self, table: RawTable) -> np.ndarray:
-        values = table.column(self.schema.target)
-        missing = missing_mask(values)
-        if np.any(missing):
-            raise TabularError(f"{int(missing.sum())} row(s) have no value in the target column {self.schema.target!r}")
-        return (values == self.schema.positive).astype(np.float32)
+        """1 for the positive value, 0 for a negative one; anything else refused with its row number."""
+        return target_labels(self.schema, table)
 
     def features(self, table: RawTable) -> np.ndarray:
         blocks: list[np.ndarray] = []

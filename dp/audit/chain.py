@@ -182,6 +182,9 @@ class ChainFormat:
     body_fields: frozenset[str]
     entry_domain: bytes
     head_domain: bytes
+    optional_body_fields: frozenset[str] = frozenset()
+    """Body members an entry may carry in addition to ``body_fields`` (added to the format
+    later; an entry without them is exactly an entry of the format's first definition)."""
 
     @property
     def head_name(self) -> str:
@@ -319,7 +322,7 @@ def _is_hex(value: Any, length: int) -> bool:
 def _envelope_problem(entry: JsonObject, fmt: ChainFormat) -> str | None:
     expected = ENVELOPE_FIELDS | {fmt.owner_field} | fmt.body_fields
     missing = expected - entry.keys()
-    extra = entry.keys() - expected
+    extra = entry.keys() - expected - fmt.optional_body_fields
     if missing:
         return f"missing fields {sorted(missing)}"
     if extra:
@@ -735,7 +738,7 @@ class ChainWriter:
 
     def seal(self, body: Mapping[str, Any]) -> JsonObject:
         """The full signed entry for ``body`` at the next index (not yet written)."""
-        if body.keys() != self.fmt.body_fields:
+        if not self.fmt.body_fields <= body.keys() <= self.fmt.body_fields | self.fmt.optional_body_fields:
             raise LedgerError(f"entry body fields {sorted(body.keys())}, expected {sorted(self.fmt.body_fields)}")
         entry: JsonObject = dict(body)
         moment = format_time(self.clock())

@@ -13,6 +13,13 @@ after writing the report that says so.
 audit; the ledger (or the server ledger) of that owner must still contain what it
 covered, which catches a party rolling back or rewriting its own ledger.
 
+``--training ID`` scopes the audit to one training of a shared server: every ledger and
+the whole server ledger are still verified, but the cross-check and the report cover only
+that training's rounds. ``--manifest FILE`` (the consortium's signed manifest, which the
+auditor signed too) implies ``--training`` and pins every bank's key from its roster; the
+manifest must be signed by every member. ``secagg audit fetch`` downloads the server's
+ledger with a signed request (``clients.consortium.audit_fetch``).
+
 A public key file holds the raw 32-byte Ed25519 key as 64 hex digits, as raw bytes, or
 as PEM. ``--public-key FILE`` pins the key of the only ledger given; with several
 ledgers, name the party: ``--public-key bank-a=keys/bank-a.pub``. Neither torch nor (for
@@ -63,6 +70,35 @@ ServerPublicKey = Annotated[
     Path | None,
     typer.Option("--server-public-key", help="Pin the server's Ed25519 key.", exists=True, dir_okay=False),
 ]
+Training = Annotated[
+    str | None, typer.Option("--training", help="Scope the cross-check and the report to this training's rounds.")
+]
+ManifestFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--manifest",
+        help="The training's signed manifest: pins the banks' keys and scopes the audit.",
+        exists=True,
+        dir_okay=False,
+    ),
+]
+
+
+def _manifest_scope(manifest: Path | None, training: str | None) -> tuple[str | None, dict[str, bytes]]:
+    """The training id and the banks' pinned keys a signed manifest gives (nothing without one)."""
+    if manifest is None:
+        return training, {}
+    from secagg.consortium import ManifestError, MemberRole, SignedManifest
+
+    try:
+        signed = SignedManifest.from_bytes(manifest.read_bytes())
+        signed.require_complete()
+    except (ManifestError, OSError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--manifest") from exc
+    if training is not None and training != signed.manifest.training_id:
+        raise typer.BadParameter(f"the manifest is for {signed.manifest.training_id}, not {training}", param_hint="--training")
+    keys = {member.id: member.public_key for member in signed.manifest.members if member.role is MemberRole.BANK}
+    return signed.manifest.training_id, keys
 
 
 def _keys(ledgers: list[Path], specs: list[str] | None) -> tuple[dict[Path, bytes], dict[str, bytes]]:
@@ -96,10 +132,16 @@ def _audit(
     server_ledger: Path | None,
     server_public_key: Path | None,
     anchors: list[Path] | None,
+    training: str | None = None,
+    manifest: Path | None = None,
 ) -> Audit:
     from dp.audit.report import run_audit
 
     by_path, by_party = _keys(ledgers, public_key)
+    training, from_manifest = _manifest_scope(manifest, training)
+    for party, key in from_manifest.items():
+        if by_party.setdefault(party, key) != key:
+            raise typer.BadParameter(f"the key given for {party} is not the manifest's", param_hint="--public-key")
     server_key = None
     if server_public_key is not None:
         try:
@@ -114,6 +156,7 @@ def _audit(
             server_ledger=server_ledger,
             server_public_key=server_key,
             anchors=anchors or (),
+            training=training,
         )
     except LedgerError as exc:
         raise typer.BadParameter(str(exc)) from exc
@@ -126,13 +169,16 @@ def verify_command(
     server_ledger: ServerLedgerPath = None,
     server_public_key: ServerPublicKey = None,
     anchor: Anchors = None,
+    training: Training = None,
+    manifest: ManifestFile = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
 ) -> None:
     """Verify privacy ledgers: integrity, signatures, truncation and every epsilon claim."""
-    audit = _audit(ledgers, public_key, server_ledger, server_public_key, anchor)
+    audit = _audit(ledgers, public_key, server_ledger, server_public_key, anchor, training, manifest)
     if as_json:
         payload = {
             "ok": audit.ok,
+            "training": audit.training,
             "ledgers": [ledger.to_dict() for ledger in audit.ledgers],
             "server_ledger": None if audit.server is None else audit.server.to_dict(),
             "cross_check": [finding.to_dict() for finding in audit.cross_findings],
@@ -172,13 +218,15 @@ def report_command(
     server_ledger: ServerLedgerPath = None,
     server_public_key: ServerPublicKey = None,
     anchor: Anchors = None,
+    training: Training = None,
+    manifest: ManifestFile = None,
 ) -> None:
     """Build the auditor's report (one self-contained HTML file, or JSON / CSV)."""
     from dp.audit.report import build_report, render
 
     if not out.parent.is_dir():
         raise typer.BadParameter(f"directory {out.parent} does not exist", param_hint="--out")
-    audit = _audit(ledgers, public_key, server_ledger, server_public_key, anchor)
+    audit = _audit(ledgers, public_key, server_ledger, server_public_key, anchor, training, manifest)
     report = build_report(audit)
     atomic_write(out, render(report, report_format).encode("utf-8"))
     typer.echo(report.verdict)

@@ -10,18 +10,19 @@ One append-only JSONL file per party. Each line is one :class:`LedgerEntry`:
 ``round``              the round id (as the server names it)
 ``unit``               :class:`PrivacyUnit`: ``example`` (a bank's customers, DP-SGD) or
                        ``participant`` (a bank's whole contribution, noise in the ring)
-``kind``               :class:`EntryKind`: ``spend`` or ``refusal``
+``kind``               :class:`EntryKind`: ``spend``, ``refusal`` or ``unreleased``
 ``mechanism``          :class:`dp.accounting.MechanismKind` value
 ``parameters``         the mechanism event's ``to_dict()``
 ``delta``              the delta at which every epsilon of the entry is stated
 ``accountant``         :class:`dp.accounting.AccountantKind` value
 ``epsilon_increment``  cumulative after minus cumulative before (0 for a refusal)
 ``epsilon_cumulative`` epsilon of the composition of *all spends of this unit so far*
-``epsilon_would_reach`` for a spend, equal to the cumulative; for a refusal, the
-                       cumulative the refused contribution would have reached
+``epsilon_would_reach`` for a spend, equal to the cumulative; for a refusal or an
+                       unreleased contribution, the cumulative it would have reached
                        (``null`` if unbounded)
 ``budget_epsilon``     the policy's maximum for the unit when the entry was written
-``reason``             :class:`RefusalReason` for a refusal, else ``null``
+``reason``             :class:`RefusalReason` for a refusal, :class:`UnreleasedReason`
+                       for an unreleased contribution, ``null`` for a spend
 ``public_key``         the party's Ed25519 identity key, hex
 ``previous_hash``,     chaining and signature: see :mod:`dp.audit.chain` for the
 ``hash``, ``signature`` canonical encoding, the domain-separated signed message
@@ -86,6 +87,7 @@ __all__ = [
     "PrivacyUnit",
     "RecomputedEpsilon",
     "RefusalReason",
+    "UnreleasedReason",
     "verify_ledger",
 ]
 
@@ -104,10 +106,28 @@ class EntryKind(str, Enum):
     """Privacy was spent: the contribution was (or is about to be) released."""
     REFUSAL = "refusal"
     """The party refused a contribution; nothing was spent."""
+    UNRELEASED = "unreleased"
+    """The party prepared a contribution for a round that ended before the contribution
+    left it (the point of release is the masked input, docs/LEDGER.md section 9.3); nothing
+    was spent. Added after the first definition of the format; older ledgers have none."""
 
 
 class RefusalReason(str, Enum):
     BUDGET_EXCEEDED = "budget-exceeded"
+
+
+class UnreleasedReason(str, Enum):
+    ROUND_ABORTED = "round-aborted"
+    """The round aborted before this party sent its masked input."""
+    LEFT_OUT = "left-out"
+    """The round went on without this party's masked input (it missed that stage)."""
+
+
+_REASONS_OF_KIND: dict[EntryKind, type[Enum] | None] = {
+    EntryKind.SPEND: None,
+    EntryKind.REFUSAL: RefusalReason,
+    EntryKind.UNRELEASED: UnreleasedReason,
+}
 
 
 PRIVACY_LEDGER_FORMAT = ChainFormat(
@@ -177,7 +197,7 @@ class LedgerEntry:
     epsilon_cumulative: float
     epsilon_would_reach: float | None
     budget_epsilon: float | None
-    reason: RefusalReason | None
+    reason: RefusalReason | UnreleasedReason | None
     public_key: str
     previous_hash: str
     hash: str
@@ -195,7 +215,10 @@ class LedgerEntry:
             kind = EntryKind(entry["kind"])
             mechanism = MechanismKind(entry["mechanism"])
             accountant = AccountantKind(entry["accountant"])
-            reason = None if entry["reason"] is None else RefusalReason(entry["reason"])
+            reasons = _REASONS_OF_KIND[kind]
+            if (reasons is None) != (entry["reason"] is None):
+                raise ValueError(f"a {kind.value} entry {'carries no' if reasons is None else 'needs a'} reason")
+            reason = None if reasons is None else reasons(entry["reason"])
         except ValueError as exc:
             raise ValueError(f"unknown value: {exc}") from exc
         if not isinstance(entry["parameters"], dict):
@@ -211,8 +234,6 @@ class LedgerEntry:
         assert increment is not None and cumulative is not None
         if budget is not None and budget <= 0:
             raise ValueError("budget_epsilon is not positive")
-        if (kind is EntryKind.REFUSAL) != (reason is not None):
-            raise ValueError("a refusal, and only a refusal, carries a reason")
         if kind is EntryKind.SPEND and would_reach is None:
             raise ValueError("a spend must state epsilon_would_reach")
         return cls(
@@ -230,7 +251,7 @@ class LedgerEntry:
             epsilon_cumulative=cumulative,
             epsilon_would_reach=would_reach,
             budget_epsilon=budget,
-            reason=reason,
+            reason=reason,  # type: ignore[arg-type]
             public_key=entry["public_key"],
             previous_hash=entry["previous_hash"],
             hash=entry["hash"],
@@ -412,7 +433,7 @@ def _recompute(
             findings.append(
                 Finding(
                     FindingKind.EPSILON_REFUSAL_MISMATCH
-                    if entry.kind is EntryKind.REFUSAL
+                    if entry.kind is not EntryKind.SPEND
                     else FindingKind.EPSILON_CUMULATIVE_MISMATCH,
                     position,
                     f"claims epsilon_would_reach {entry.epsilon_would_reach!r}, recomputed {with_event!r}",
@@ -586,6 +607,38 @@ class PrivacyLedger:
             reason=reason,
         )
 
+    def record_unreleased(
+        self,
+        *,
+        round_id: str,
+        unit: PrivacyUnit,
+        event: MechanismEvent,
+        delta: float,
+        accountant: AccountantKind = AccountantKind.RDP,
+        budget_epsilon: float | None,
+        reason: UnreleasedReason,
+    ) -> LedgerEntry:
+        """Record that a contribution prepared for ``round_id`` never left; nothing is spent."""
+        before = self.cumulative_epsilon(unit, delta=delta, accountant=accountant)
+        would_reach = self.epsilon_with(unit, event, delta=delta, accountant=accountant)
+        return self._append(
+            round_id=round_id,
+            unit=unit,
+            kind=EntryKind.UNRELEASED,
+            event=event,
+            delta=delta,
+            accountant=accountant,
+            increment=0.0,
+            cumulative=before,
+            would_reach=would_reach if math.isfinite(would_reach) else None,
+            budget_epsilon=budget_epsilon,
+            reason=UnreleasedReason(reason),
+        )
+
+    def entries_for(self, round_id: str) -> tuple[LedgerEntry, ...]:
+        """Every entry recorded for ``round_id``, in order."""
+        return tuple(entry for entry in self._entries if entry.round_id == round_id)
+
     def _append(
         self,
         *,
@@ -599,7 +652,7 @@ class PrivacyLedger:
         cumulative: float,
         would_reach: float | None,
         budget_epsilon: float | None,
-        reason: RefusalReason | None,
+        reason: RefusalReason | UnreleasedReason | None,
     ) -> LedgerEntry:
         if not isinstance(round_id, str) or not round_id:
             raise LedgerError("round_id must be a non-empty string")

@@ -20,6 +20,10 @@ ledger (:mod:`dp.audit.chain`), with its own signature domains
                     ``R4-unmasking`` (U5); each a subset of the previous one
 ``outcome``         :class:`RoundOutcome`
 ``abort_reason``    the service's stable abort-reason string iff aborted, else ``null``
+``training``        only for a round of a consortium's training (docs/CONSORTIUM.md):
+                    ``{"id", "manifest_hash", "round"}``, the training, the hash of the manifest
+                    its members signed and the step; absent for any other round (a ledger of
+                    such rounds is exactly the format's first definition)
 ==================  ==========================================================================
 
 The stage names are the values of ``secagg.server.stages.ServerStage``.
@@ -68,6 +72,7 @@ __all__ = [
     "RoundOutcome",
     "RoundPrivacy",
     "RoundStage",
+    "RoundTraining",
     "ServerLedger",
     "ServerLedgerEntry",
     "ServerLedgerVerification",
@@ -98,7 +103,38 @@ SERVER_LEDGER_FORMAT = ChainFormat(
     ),
     entry_domain=b"secagg/server-ledger/v1/entry\x00",
     head_domain=b"secagg/server-ledger/v1/head\x00",
+    optional_body_fields=frozenset({"training"}),
 )
+
+
+@dataclass(frozen=True, slots=True)
+class RoundTraining:
+    """The training a round belongs to: its id, the hash of its signed manifest and the step."""
+
+    training_id: str
+    manifest_hash: str
+    step: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.training_id, str) or not self.training_id:
+            raise ValueError("a training id is a non-empty string")
+        if (
+            not isinstance(self.manifest_hash, str)
+            or len(self.manifest_hash) != 64
+            or set(self.manifest_hash) - set("0123456789abcdef")
+        ):
+            raise ValueError("a manifest hash is 64 lowercase hex digits")
+        if not _is_count(self.step) or self.step < 0:
+            raise ValueError("a training round is a non-negative integer")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.training_id, "manifest_hash": self.manifest_hash, "round": self.step}
+
+    @classmethod
+    def from_dict(cls, value: Any) -> RoundTraining:
+        if not isinstance(value, Mapping) or set(value) != {"id", "manifest_hash", "round"}:
+            raise ValueError("training is exactly {id, manifest_hash, round}")
+        return cls(training_id=value["id"], manifest_hash=value["manifest_hash"], step=value["round"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +181,7 @@ class ServerRoundRecord:
     survivors: Mapping[RoundStage, tuple[str, ...]]
     outcome: RoundOutcome
     abort_reason: str | None = None
+    training: RoundTraining | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.round_id, str) or not self.round_id:
@@ -193,6 +230,7 @@ class ServerRoundRecord:
             "survivors": {stage.value: list(self.survivors[stage]) for stage in RoundStage},
             "outcome": self.outcome.value,
             "abort_reason": self.abort_reason,
+            **({} if self.training is None else {"training": self.training.to_dict()}),
         }
 
     @classmethod
@@ -219,6 +257,7 @@ class ServerRoundRecord:
                 survivors={RoundStage(stage): tuple(parties) for stage, parties in survivors.items()},
                 outcome=RoundOutcome(value["outcome"]),
                 abort_reason=value["abort_reason"],
+                training=RoundTraining.from_dict(value["training"]) if "training" in value else None,
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not a server round record: {exc!r}") from exc
@@ -314,14 +353,25 @@ class CrossCheckFinding:
         return {"party": self.party, "round": self.round_id, **self.finding.to_dict()}
 
 
-def cross_check(ledgers: Sequence[LedgerVerification], server: ServerLedgerVerification) -> tuple[CrossCheckFinding, ...]:
+def in_scope(record: ServerRoundRecord, training: str | None) -> bool:
+    """True iff the record is one of ``training``'s rounds (every record when ``training`` is None)."""
+    return training is None or (record.training is not None and record.training.training_id == training)
+
+
+def cross_check(
+    ledgers: Sequence[LedgerVerification], server: ServerLedgerVerification, *, training: str | None = None
+) -> tuple[CrossCheckFinding, ...]:
     """Every R2 contributor of every recorded round whose ledger was given must charge the
     round, for each unit the round prescribes, with exactly the prescribed parameters.
-    Parties without a ledger here are not judged (see :func:`parties_without_ledger`)."""
+    Parties without a ledger here are not judged (see :func:`parties_without_ledger`).
+    With ``training``, only that training's rounds are checked (the other trainings of a
+    shared server are other consortia's business; their records still count for the chain)."""
     by_party = {ledger.party: ledger for ledger in ledgers if ledger.party is not None}
     findings: list[CrossCheckFinding] = []
     for server_entry in server.entries:
         record = server_entry.record
+        if not in_scope(record, training):
+            continue
         for party in record.contributors:
             ledger = by_party.get(party)
             if ledger is None:
@@ -363,8 +413,16 @@ def cross_check(ledgers: Sequence[LedgerVerification], server: ServerLedgerVerif
     return tuple(findings)
 
 
-def parties_without_ledger(ledgers: Sequence[LedgerVerification], server: ServerLedgerVerification) -> tuple[str, ...]:
-    """R2 contributors in the server's records whose ledger the auditor was not given."""
+def parties_without_ledger(
+    ledgers: Sequence[LedgerVerification], server: ServerLedgerVerification, *, training: str | None = None
+) -> tuple[str, ...]:
+    """R2 contributors in the server's records (of ``training``, if given) whose ledger the auditor was not given."""
     known = {ledger.party for ledger in ledgers}
-    missing = {party for entry in server.entries for party in entry.record.contributors if party not in known}
+    missing = {
+        party
+        for entry in server.entries
+        if in_scope(entry.record, training)
+        for party in entry.record.contributors
+        if party not in known
+    }
     return tuple(sorted(missing))

@@ -76,6 +76,7 @@ def ledger_body(row: RoundRow) -> dict[str, Any]:
         survivors=survivors_by_stage(row, parameters),
         outcome=row.outcome or "",
         abort_reason=row.abort_reason,
+        training=parameters.training,
     )
 
 

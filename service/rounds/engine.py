@@ -16,8 +16,9 @@ process, safe to use from many threads and many processes, composed of one part 
   an engine of :mod:`service.rounds.engines`;
 * :mod:`service.rounds.background` — the periodic tick and the server ledger's outbox.
 
-This module holds what is left: enrolment, round creation, and the reads the
-participant and admin routes answer from.
+This module holds what is left: enrolment, round creation (for a consortium's training,
+checked against its manifest by :mod:`service.trainings`), and the reads the participant
+and admin routes answer from.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from secagg.errors import ConfigurationError
 from secagg.hazmat.keys import PUBLIC_KEY_BYTES
 from secagg.hazmat.randomness import RandomSource, SystemRandom
 from secagg.server import ServerStage
-from service.db import Database, OutboundRow, ParticipantRow, RoundMemberRow, RoundRow, SubmissionRow
+from service.db import Database, OutboundRow, ParticipantRow, RoundMemberRow, RoundRow, SubmissionRow, TrainingRoundRow
 from service.ledger import RoundLedger, validate_privacy_policy
 from service.metrics import ServiceMetrics
 from service.problems import ProblemType, ServiceProblem
@@ -51,6 +52,7 @@ from service.rounds.group_commit import GroupCommit
 from service.rounds.parameters import ROUND_ID_BYTES, StoredParameters
 from service.rounds.transitions import StageTransitions
 from service.schemas import ParticipantRole, RoundCreate
+from service.trainings import TrainingRegistry
 
 LOGGER = logging.getLogger("secagg.service.rounds")
 
@@ -107,6 +109,7 @@ class RoundEngine:
             on_masked_input=self.expansion.fold_soon,
         )
         self.background = BackgroundWork(self.context, self.transitions, self.outbox, self.expansion)
+        self.trainings = TrainingRegistry(database, clock)
 
     # ------------------------------------------------------------ participants
     def enroll(self, participant_id: str, public_key: bytes, role: ParticipantRole) -> ParticipantRow:
@@ -185,6 +188,19 @@ class RoundEngine:
                     raise ServiceProblem(ProblemType.UNSAFE_ROUND, f"cohort member {pid!r} is revoked")
                 if row.role != ParticipantRole.BANK.value:
                     raise ServiceProblem(ProblemType.UNSAFE_ROUND, f"cohort member {pid!r} is not a bank")
+            training = None
+            if request.training is not None:
+                training = self.trainings.binding_for(
+                    session,
+                    request.training.id,
+                    request.training.round,
+                    cohort=request.cohort,
+                    identity_keys=[rows[pid].public_key for pid in request.cohort],
+                    mode=request.mode,
+                    graph=request.graph,
+                    degree=request.degree,
+                    threshold=request.threshold,
+                )
             parameters = StoredParameters(
                 round_id=round_id,
                 cohort_ids=tuple(request.cohort),
@@ -198,6 +214,7 @@ class RoundEngine:
                 deadlines=request.deadlines.model_dump(),
                 dp_policy=dp_policy,
                 chunk_bytes=request.chunk_bytes,
+                training=training,
             )
             try:
                 parameters.config()
@@ -222,6 +239,8 @@ class RoundEngine:
             for index, pid in enumerate(request.cohort):
                 session.add(RoundMemberRow(round_id=round_id, index=index, participant_id=pid, public_key=rows[pid].public_key))
             ChunkStore.create_rows(session, round_id, parameters)
+            if training is not None:
+                self.trainings.record_round(session, round_id, training)
         LOGGER.info("round_created", extra={"round_id": round_id, "count": len(request.cohort)})
         return round_id
 
@@ -368,16 +387,21 @@ class RoundEngine:
     def commit_upload(self, round_id: str, participant_id: str) -> Acceptance:
         return self.acceptance.commit_upload(round_id, participant_id)
 
-    def work_for(self, participant_id: str) -> list[dict[str, Any]]:
+    def work_for(self, participant_id: str, *, training: str | None = None) -> list[dict[str, Any]]:
+        """The running rounds where the caller has something to do; with ``training``, only that training's."""
         with self.database.read() as session:
-            memberships = session.execute(
-                select(RoundRow, RoundMemberRow.index)
+            query = (
+                select(RoundRow, RoundMemberRow.index, TrainingRoundRow.training_id, TrainingRoundRow.step)
                 .join(RoundMemberRow, RoundMemberRow.round_id == RoundRow.id)
+                .outerjoin(TrainingRoundRow, TrainingRoundRow.round_id == RoundRow.id)
                 .where(RoundMemberRow.participant_id == participant_id, RoundRow.outcome.is_(None))
                 .order_by(RoundRow.created_at)
-            ).all()
+            )
+            if training is not None:
+                query = query.where(TrainingRoundRow.training_id == training)
+            memberships = session.execute(query).all()
             items: list[dict[str, Any]] = []
-            for row, index in memberships:
+            for row, index, training_id, step in memberships:
                 answered = session.execute(
                     select(SubmissionRow.id).where(
                         SubmissionRow.round_id == row.id, SubmissionRow.stage == row.stage, SubmissionRow.sender == index
@@ -396,7 +420,16 @@ class RoundEngine:
                     if waiting is None:
                         continue
                     action = "respond"
-                items.append({"round_id": row.id, "stage": row.stage, "action": action, "stage_deadline": row.stage_deadline})
+                items.append(
+                    {
+                        "round_id": row.id,
+                        "stage": row.stage,
+                        "action": action,
+                        "stage_deadline": row.stage_deadline,
+                        "training_id": training_id,
+                        "training_round": step,
+                    }
+                )
             return items
 
     # ------------------------------------------------------- messages and stages

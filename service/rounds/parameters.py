@@ -2,7 +2,8 @@
 
 A round's parameters never change once it is created: the cohort (enrolled ids and their
 identity keys, in protocol order), the threshold, mode, neighbour graph, dimension and
-ring, the per-stage deadlines and the declared DP policy. They are stored as canonical
+ring, the per-stage deadlines, the declared DP policy and, for a round of a consortium's
+training, the training it belongs to (id, manifest hash, step). They are stored as canonical
 JSON in ``rounds.parameters`` and rebuild the core's :class:`~secagg.config.RoundConfig`
 (whose digest the clients sign in R0). The body limit of a round's uploads follows from
 them through the shared contract (:func:`secagg.http_contract.max_client_message_bytes`).
@@ -53,6 +54,8 @@ class StoredParameters:
     deadlines: dict[str, float]
     dp_policy: dict[str, Any]
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    training: dict[str, Any] | None = None
+    """``{"id", "manifest_hash" (hex), "round"}`` for a round of a training, else None."""
 
     def config(self) -> RoundConfig:
         return RoundConfig(
@@ -64,6 +67,8 @@ class StoredParameters:
             mode=self.mode,
             graph=self.graph,
             degree=self.degree,
+            manifest_hash=None if self.training is None else bytes.fromhex(self.training["manifest_hash"]),
+            training_round=None if self.training is None else int(self.training["round"]),
         )
 
     @property
@@ -113,6 +118,7 @@ class StoredParameters:
                 "deadlines": self.deadlines,
                 "dp_policy": self.dp_policy,
                 "chunk_bytes": self.chunk_bytes,
+                **({} if self.training is None else {"training": self.training}),
             },
             sort_keys=True,
             separators=(",", ":"),
@@ -134,6 +140,7 @@ class StoredParameters:
             deadlines=raw["deadlines"],
             dp_policy=raw["dp_policy"],
             chunk_bytes=raw.get("chunk_bytes", DEFAULT_CHUNK_BYTES),
+            training=raw.get("training"),
         )
 
     def public_dict(self, row: RoundRow) -> dict[str, Any]:
@@ -153,6 +160,7 @@ class StoredParameters:
             "bits": self.bits,
             "dp_policy": self.dp_policy,
             "deadlines": self.deadlines,
+            "training": self.training,
             "config_digest": self.config().digest().hex(),
             "max_message_bytes": self.max_message_bytes,
             "chunk_bytes": self.chunk_bytes,

@@ -1,4 +1,4 @@
-"""Admin API (bearer token): enrol and revoke participants, create, inspect and abort rounds."""
+"""Admin API (bearer token): enrol and revoke participants, register trainings, create, inspect and abort rounds."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
 from service.auth import AdminCaller, EngineDep
@@ -23,6 +24,10 @@ from service.schemas import (
     RoundId,
     RoundList,
     RoundStatus,
+    SignedManifestIn,
+    TrainingId,
+    TrainingList,
+    TrainingOut,
 )
 from service.views import participant_view, round_status_view
 
@@ -35,6 +40,7 @@ router = APIRouter(
 
 RoundIdPath = Annotated[RoundId, Path(description="The round id (32 hex digits).")]
 ParticipantIdPath = Annotated[ParticipantId, Path(description="The participant id.")]
+TrainingIdPath = Annotated[TrainingId, Path(description="The training id (the manifest's training_id).")]
 
 
 @router.post(
@@ -118,6 +124,51 @@ async def close_stage(round_id: RoundIdPath, engine: EngineDep) -> dict:
 async def abort_round(round_id: RoundIdPath, body: AbortRequest, engine: EngineDep) -> dict:
     await run_in_threadpool(engine.abort, round_id, body.detail)
     return await run_in_threadpool(_status, engine, round_id)
+
+
+@router.post(
+    "/trainings",
+    status_code=201,
+    response_model=TrainingOut,
+    responses={
+        200: {"model": TrainingOut, "description": "The same manifest was already registered."},
+        **problem_responses(ProblemType.INVALID_MANIFEST, ProblemType.TRAINING_EXISTS),
+    },
+    summary="Register a consortium training with the manifest every member signed",
+)
+async def register_training(body: SignedManifestIn, engine: EngineDep) -> JSONResponse:
+    registered = await run_in_threadpool(engine.trainings.register, body.model_dump())
+    view = await run_in_threadpool(_training, engine, registered.signed.manifest.training_id)
+    return JSONResponse(TrainingOut(**view).model_dump(), status_code=201 if registered.created else 200)
+
+
+@router.get("/trainings", response_model=TrainingList, summary="Every registered training with its rounds")
+async def list_trainings(engine: EngineDep) -> dict:
+    def load() -> dict:
+        with engine.database.read() as session:
+            return {"trainings": [engine.trainings.view(session, row) for row in engine.trainings.all(session)]}
+
+    return await run_in_threadpool(load)
+
+
+@router.get(
+    "/trainings/{training_id}",
+    response_model=TrainingOut,
+    responses=problem_responses(ProblemType.TRAINING_NOT_FOUND),
+    summary="One training: its members, its manifest and its rounds with their step and outcome",
+)
+async def get_training(training_id: TrainingIdPath, engine: EngineDep) -> dict:
+    return await run_in_threadpool(_training, engine, training_id)
+
+
+def _training(engine, training_id: str) -> dict:
+    from service.db import TrainingRow
+
+    with engine.database.read() as session:
+        row = session.get(TrainingRow, training_id)
+        if row is None:
+            raise ServiceProblem(ProblemType.TRAINING_NOT_FOUND, f"no training {training_id!r}")
+        return engine.trainings.view(session, row)
 
 
 def _status(engine, round_id: str) -> dict:

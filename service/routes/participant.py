@@ -29,7 +29,7 @@ from service.auth import (
 )
 from service.problems import ProblemType, ServiceProblem, problem_responses
 from service.rounds import Acceptance, RoundEngine
-from service.schemas import MessageAck, ParticipantRole, ResultOut, RoundId, RoundParameters, WorkList
+from service.schemas import MessageAck, ParticipantRole, ResultOut, RoundId, RoundParameters, TrainingId, TrainingOut, WorkList
 from service.settings import ServiceSettings
 from service.watch import FALLBACK_RECHECK_SECONDS, MAX_WAIT_SECONDS, RoundWatch
 
@@ -76,8 +76,38 @@ RoundIdPath = Annotated[RoundId, Path(description="The round id (32 hex digits).
 
 
 @router.get("/work", response_model=WorkList, summary="Running rounds where the caller has something to do")
-async def work(caller: BankCaller, engine: EngineDep) -> dict:
-    return {"items": await run_in_threadpool(engine.work_for, caller.participant_id)}
+async def work(
+    caller: BankCaller,
+    engine: EngineDep,
+    training: Annotated[
+        TrainingId | None, Query(description="Only the rounds of this consortium training (a bank's own training).")
+    ] = None,
+) -> dict:
+    return {"items": await run_in_threadpool(lambda: engine.work_for(caller.participant_id, training=training))}
+
+
+@router.get(
+    "/trainings/{training_id}",
+    response_model=TrainingOut,
+    responses=problem_responses(ProblemType.TRAINING_NOT_FOUND),
+    summary="The caller's training: its signed manifest and its rounds, with their step and outcome",
+)
+async def training(
+    training_id: Annotated[TrainingId, Path(description="The training id.")], caller: BankCaller, engine: EngineDep
+) -> dict:
+    def load() -> dict:
+        from secagg.consortium import MemberRole
+        from service.db import TrainingRow
+
+        with engine.database.read() as session:
+            row = session.get(TrainingRow, training_id)
+            if row is None or row.id not in {
+                t.id for t in engine.trainings.of_member(session, caller.participant_id, MemberRole.BANK)
+            }:
+                raise ServiceProblem(ProblemType.TRAINING_NOT_FOUND, f"no training {training_id!r} of yours")
+            return engine.trainings.view(session, row)
+
+    return await run_in_threadpool(load)
 
 
 @router.get(

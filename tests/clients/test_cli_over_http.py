@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import threading
 from pathlib import Path
@@ -11,8 +10,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from clients.consortium.admin import AdminClient
 from clients.harness.http_simulation import run_http_simulation
-from clients.harness.local_server import AdminClient, LocalServer
+from clients.harness.local_server import LocalServer
 from clients.harness.simulation import DropoutRound, SimulationParameters
 from clients.runtime.bank import run_bank_round
 from clients.runtime.retry import PollSchedule
@@ -33,7 +33,7 @@ def test_cli_keygen_then_run_completes_the_round_and_prints_a_summary(server, tm
     runner = CliRunner()
     result = runner.invoke(app, ["client", "keygen", "--out", str(tmp_path / "bank.key")])
     assert result.exit_code == 0, result.output
-    cli_public_key = base64.b64decode(result.stdout.strip())
+    cli_public_key = bytes.fromhex(result.stdout.strip())
     others = [SigningKey.generate(DeterministicRandom.from_int(30 + i)) for i in range(3)]
     names = ["cli-bank", "cli-other-0", "cli-other-1", "cli-other-2"]
     with AdminClient(server.base_url, server.admin_token) as admin:

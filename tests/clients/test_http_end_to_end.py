@@ -1,4 +1,11 @@
-"""The bank client against the real server (uvicorn subprocess on 127.0.0.1, --dev, fresh SQLite)."""
+"""The bank client's HTTP transport against the server's app, whole rounds with crashes and refusals.
+
+The app runs in process (:class:`tests.service.harness.InProcessServer`: its lifespan,
+background task and long polls included, fresh SQLite) and each bank's
+:class:`~clients.runtime.http_transport.HttpTransport` reaches it through an httpx client
+of its own. The crashes here are the client's; the same transport over a real socket
+and a server subprocess is exercised by ``test_cli_over_http.py``.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clients.harness.local_server import AdminClient, LocalServer
 from clients.runtime.errors import PolicyViolation, PolicyViolationReason, ResumeRefused
 from clients.runtime.http_transport import HttpTransport
 from clients.runtime.inputs import RingVectorInput
@@ -19,6 +25,7 @@ from secagg.encoding import Ring
 from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import DeterministicRandom
 from secagg.rounds import Round
+from tests.service.harness import Api, InProcessServer, Party
 
 N = 5
 DIM = 64
@@ -54,13 +61,13 @@ class CrashAfterSubmit:
 
 
 @pytest.fixture(scope="module")
-def server():
-    with LocalServer() as handle:
+def server(tmp_path_factory: pytest.TempPathFactory):
+    with InProcessServer(directory=tmp_path_factory.mktemp("server"), dev=True) as handle:
         yield handle
 
 
 class Cohort:
-    def __init__(self, server, tag: str, seed: int) -> None:
+    def __init__(self, server: InProcessServer, tag: str, seed: int) -> None:
         source = DeterministicRandom.from_int(seed)
         self.server = server
         self.names = [f"{tag}-{index}" for index in range(N)]
@@ -71,19 +78,18 @@ class Cohort:
             vector = np.empty(DIM, dtype=ring.dtype)
             source.fill(vector)
             self.inputs.append(vector)
-        with AdminClient(server.base_url, server.admin_token) as admin:
-            for name, identity in zip(self.names, self.identities, strict=True):
-                admin.enroll(name, identity.public_bytes)
-            created = admin.create_round(
-                {"cohort": self.names, "threshold": 4, "mode": "active", "graph": "full", "degree": None, "dim": DIM, "bits": 32}
-            )
-        self.round_id = created["round_id"]
-
-    def transport(self, member: int) -> HttpTransport:
-        return HttpTransport(self.server.base_url, key_id=self.names[member], identity=self.identities[member])
+        parties = [Party(name, identity) for name, identity in zip(self.names, self.identities, strict=True)]
+        admin = Api(server)
+        try:
+            for party in parties:
+                admin.enroll(party)
+            self.round_id = admin.create_round(parties, threshold=4, mode="active", graph="full", degree=None, dim=DIM, bits=32)
+        finally:
+            admin.close()
 
     def run(self, member: int, state_dir: Path, *, transport=None, client_input=None, policy=None) -> RoundOutcome:
-        http = self.transport(member)
+        client = self.server.client()
+        http = HttpTransport(self.server.base_url, key_id=self.names[member], identity=self.identities[member], client=client)
         try:
             return run_round(
                 transport=transport(http) if transport else http,
@@ -97,10 +103,14 @@ class Cohort:
             )
         finally:
             http.close()
+            client.close()
 
     def status(self) -> dict:
-        with AdminClient(self.server.base_url, self.server.admin_token) as admin:
-            return admin.round_status(self.round_id)
+        admin = Api(self.server)
+        try:
+            return admin.status(self.round_id)
+        finally:
+            admin.close()
 
     def expected_sum(self) -> np.ndarray:
         return np.sum(np.stack(self.inputs), axis=0, dtype=np.uint32)

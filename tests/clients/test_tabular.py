@@ -124,10 +124,41 @@ def test_malformed_csv_is_refused_with_a_specific_error(csv_bytes: bytes, messag
         parse_csv(csv_bytes)
 
 
-def test_text_in_an_agreed_numeric_column_is_refused() -> None:
+def test_text_in_an_agreed_numeric_column_is_refused_naming_the_row_and_the_value() -> None:
     column = NumericColumn("x", 0.0, 1.0, standardization=Standardization(0.0, 1.0))
-    with pytest.raises(TabularError, match="non-numeric"):
-        Preprocessor(TabularSchema("y", "1", (column,))).transform(parse_csv(b"x,y\nabc,1\n"))
+    with pytest.raises(TabularError, match=r"data row 3 holds '12,5'"):
+        Preprocessor(TabularSchema("y", "1", (column,))).transform(parse_csv(b'x,y\n0.1,1\n0.2,0\n"12,5",1\n'))
+    with pytest.raises(TabularError, match=r"data row 2 holds 'inf'"):
+        Preprocessor(TabularSchema("y", "1", (column,))).transform(parse_csv(b"x,y\n0.1,1\ninf,0\n"))
+
+
+def test_a_stray_target_value_is_refused_with_its_row_not_counted_as_negative() -> None:
+    column = NumericColumn("x", 0.0, 1.0, standardization=Standardization(0.0, 1.0))
+    data = parse_csv(b"x,y\n0.1,Bad\n0.2,Good\n0.3,defaulted\n0.4,Good\n")
+    with pytest.raises(TabularError, match=r"'Good' \(data row 2\), 'defaulted' \(data row 3\); the schema names no negative"):
+        Preprocessor(TabularSchema("y", "Bad", (column,))).labels(data)
+    with pytest.raises(TabularError, match=r"data row 3: the target 'y' is 'defaulted', neither the positive value 'Bad' nor"):
+        Preprocessor(TabularSchema("y", "Bad", (column,), negative=("Good",))).labels(data)
+    both = Preprocessor(TabularSchema("y", "Bad", (column,), negative=("Good", "defaulted"))).labels(data)
+    assert both.tolist() == [1.0, 0.0, 0.0, 0.0]
+    binary = parse_csv(b"x,y\n0.1,Bad\n0.2,Good\n")
+    assert Preprocessor(TabularSchema("y", "Bad", (column,))).labels(binary).tolist() == [1.0, 0.0]
+
+
+def test_a_row_number_survives_taking_a_subset_of_the_rows() -> None:
+    column = NumericColumn("x", 0.0, 1.0, standardization=Standardization(0.0, 1.0))
+    table = parse_csv(b"x,y\n0.1,1\n0.2,0\nbad,1\n").take(np.array([2]))
+    with pytest.raises(TabularError, match=r"data row 3 holds 'bad'"):
+        Preprocessor(TabularSchema("y", "1", (column,))).features(table)
+
+
+def test_a_draft_asks_which_values_are_negative_when_the_target_holds_several() -> None:
+    table = parse_csv(b"x,y\n0.1,Bad\n0.2,Good\n0.3,defaulted\n")
+    with pytest.raises(TabularError, match="say which count as negative"):
+        draft_schema(table, target="y", positive="Bad")
+    drafted = draft_schema(table, target="y", positive="Bad", negative=["Good", "defaulted"])
+    assert drafted.negative == ("Good", "defaulted")
+    assert TabularSchema.from_dict(drafted.to_dict()) == drafted
 
 
 def test_a_row_without_target_is_refused() -> None:

@@ -78,7 +78,7 @@ def test_a_second_run_past_the_planned_budget_is_refused(tmp_path: Path, bank_cs
                  "--work-dir", str(tmp_path / "work"), "--plan", str(short_plan), "--local"]  # fmt: skip
     assert CliRunner().invoke(app, arguments).exit_code == 0
     again = CliRunner().invoke(app, arguments)
-    assert again.exit_code == 1
+    assert again.exit_code == 3  # refused by the budget, as documented
     assert "epsilon" in again.output and "refused" in again.output
 
 
@@ -86,7 +86,7 @@ def test_a_text_target_without_positive_is_refused_with_the_values(tmp_path: Pat
     result = CliRunner().invoke(
         app, ["train", "--data", str(bank_csv), "--target", "default", "--work-dir", str(tmp_path), "--local"]
     )
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "--positive" in result.output and "no, yes" in result.output
 
 
@@ -119,7 +119,7 @@ def test_federated_mode_needs_the_agreed_schema_server_and_key(tmp_path: Path, b
         app, ["train", "--data", str(bank_csv), "--target", "default", "--positive", "yes", "--work-dir", str(tmp_path)]
     )
     assert result.exit_code != 0
-    assert "--schema" in result.output and "--server" in result.output
+    assert "--manifest" in result.output and "--server" in result.output and "--policy" in result.output
 
 
 def test_plan_round_trips_through_its_file_and_refuses_unknown_keys(tmp_path: Path) -> None:
@@ -161,18 +161,70 @@ def test_federated_mode_gives_up_on_an_unreachable_server_with_a_clear_error(
     tmp_path: Path, bank_csv: Path, short_plan: Path
 ) -> None:
     from clients.harness.local_server import free_loopback_port
-    from clients.runtime.keyfile import generate_key_file
+    from clients.runtime.keyfile import generate_key_file, load_identity_key
     from clients.training.tabular import draft_schema, read_csv
+    from secagg.consortium import Manifest, Member, MemberRole, ProtocolRule, SignedManifest
+    from secagg.hazmat.keys import SigningKey
+    from secagg.hazmat.randomness import DeterministicRandom
 
-    schema = tmp_path / "schema.json"
-    draft_schema(read_csv(bank_csv), target="default", positive="yes").save(schema)
-    generate_key_file(tmp_path / "bank.key")
+    generate_key_file(tmp_path / "bank.key", passphrase=b"correct horse battery")
+    (tmp_path / "pass").write_text("correct horse battery\n")
+    mine = load_identity_key(tmp_path / "bank.key", passphrase=b"correct horse battery")
+    others = [SigningKey.generate(DeterministicRandom.from_int(index)) for index in (1, 2)]
+    members = [Member("bank-a", MemberRole.BANK, mine.public_bytes)]
+    members += [Member(f"bank-{name}", MemberRole.BANK, key.public_bytes) for name, key in zip("bc", others, strict=True)]
+    schema = draft_schema(read_csv(bank_csv), target="default", positive="yes").to_dict()
+    manifest = Manifest("t-unreachable", tuple(members), ProtocolRule(), schema, FederatedPlan.load(short_plan).to_dict())
+    signed = SignedManifest(manifest).with_signature(mine).with_signature(others[0]).with_signature(others[1])
+    (tmp_path / "manifest.json").write_bytes(signed.to_bytes())
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        '[dp]\nallow_exact_statistics = true\n[budget]\nstate_dir = "budget"\n[budget.example]\nmax_epsilon = 3.0\ndelta = 1e-5\n'
+    )
     result = CliRunner().invoke(
         app,
-        ["train", "--data", str(bank_csv), "--target", "default", "--positive", "yes", "--work-dir", str(tmp_path / "w"),
-         "--schema", str(schema), "--plan", str(short_plan), "--server", f"http://127.0.0.1:{free_loopback_port()}",
-         "--key", str(tmp_path / "bank.key"), "--participant-id", "bank-a", "--server-timeout", "1"],
+        ["train", "--data", str(bank_csv), "--work-dir", str(tmp_path / "w"), "--manifest", str(tmp_path / "manifest.json"),
+         "--server", f"http://127.0.0.1:{free_loopback_port()}", "--key", str(tmp_path / "bank.key"),
+         "--passphrase-file", str(tmp_path / "pass"), "--policy", str(policy), "--server-timeout", "1"],
     )  # fmt: skip
-    assert result.exit_code == 1
+    assert result.exit_code == 8, result.output  # the server stayed unreachable, as documented
     assert "cannot reach" in result.output
-    assert not (tmp_path / "w" / "privacy-ledger.jsonl").exists()  # nothing was spent
+    from dp.audit.privacy_ledger import verify_ledger
+
+    (ledger,) = (tmp_path / "budget" / "budgets").glob("*/privacy-ledger.jsonl")
+    assert verify_ledger(ledger).entries == ()  # nothing was spent
+
+
+def test_a_passphrase_protected_key_trains_locally_and_the_model_file_scores_and_evaluates(
+    tmp_path: Path, bank_csv: Path, short_plan: Path
+) -> None:
+    from clients.runtime.keyfile import generate_key_file
+
+    generate_key_file(tmp_path / "bank.key", passphrase=b"correct horse battery")
+    (tmp_path / "pass").write_text("correct horse battery\n")
+    work = tmp_path / "work"
+    base = ["train", "--data", str(bank_csv), "--target", "default", "--positive", "yes", "--work-dir", str(work),
+            "--plan", str(short_plan), "--local", "--key", str(tmp_path / "bank.key")]  # fmt: skip
+    refused = CliRunner().invoke(app, base)
+    assert refused.exit_code == 9 and "--passphrase-file" in refused.output  # the option it names exists
+    result = CliRunner().invoke(app, [*base, "--passphrase-file", str(tmp_path / "pass"), "--json"])
+    assert result.exit_code == 0, result.output
+    model = json.loads((work / "model.json").read_text())
+    assert model["format"] == "secagg-model/1" and model["schema"]["target"] == "default"
+    assert model["threshold_source"].startswith("a stratified 0.2 hold-out")
+    evaluated = CliRunner().invoke(app, ["evaluate", "--model", str(work / "model.json"), "--data", str(bank_csv), "--json"])
+    assert evaluated.exit_code == 0, evaluated.output
+    figures = last_json_line(evaluated.output)
+    assert 0.0 <= figures["auc"] <= 1.0 and figures["threshold"] == model["threshold"] and figures["rows"] == 120
+    scores = tmp_path / "scores.csv"
+    scored = CliRunner().invoke(
+        app, ["predict", "--model", str(work / "model.json"), "--data", str(bank_csv), "--out", str(scores)]
+    )
+    assert scored.exit_code == 0, scored.output
+    lines = scores.read_text().splitlines()
+    assert lines[0] == "row,probability,predicted" and len(lines) == 121
+    assert {line.split(",")[2] for line in lines[1:]} <= {"0", "1"}
+    tampered = dict(model, parameters=[value + 1.0 for value in model["parameters"]])
+    (tmp_path / "tampered.json").write_text(json.dumps(tampered))
+    refused_model = CliRunner().invoke(app, ["evaluate", "--model", str(tmp_path / "tampered.json"), "--data", str(bank_csv)])
+    assert refused_model.exit_code == 2 and "parameters_sha256" in refused_model.output

@@ -165,6 +165,7 @@ class SpecKind:
     body: frozenset[str]
     entry_domain: bytes
     head_domain: bytes
+    optional: frozenset[str] = frozenset()
 
 
 PRIVACY = SpecKind(
@@ -195,6 +196,7 @@ SERVER = SpecKind(
     frozenset({"round", "cohort", "threshold", "mode", "dim", "bits", "privacy", "survivors", "outcome", "abort_reason"}),
     b"secagg/server-ledger/v1/entry\x00",
     b"secagg/server-ledger/v1/head\x00",
+    frozenset({"training"}),
 )
 STAGES = ("R0-advertise-keys", "R1-share-keys", "R2-masked-input-collection", "R3-consistency-check", "R4-unmasking")
 
@@ -233,7 +235,8 @@ def spec_time(text: str) -> datetime | None:
 
 def _envelope_ok(entry: dict[str, Any], kind: SpecKind) -> bool:
     """Section 3 / 12.1 step 2."""
-    if set(entry) != ENVELOPE | {kind.owner} | kind.body:
+    required = ENVELOPE | {kind.owner} | kind.body
+    if not required <= set(entry) <= required | kind.optional:
         return False
     return (
         isinstance(entry["format"], str)
@@ -470,7 +473,8 @@ def _matches(claim: float, recomputed: float) -> bool:
 
 def _privacy_body_ok(e: dict[str, Any]) -> bool:
     """Section 9.1."""
-    kind_ok = e["kind"] in ("spend", "refusal")
+    reasons = {"spend": (None,), "refusal": ("budget-exceeded",), "unreleased": ("round-aborted", "left-out")}
+    kind_ok = e["kind"] in reasons and e["reason"] in reasons.get(e["kind"], ())
     return (
         isinstance(e["round"], str)
         and e["round"] != ""
@@ -478,7 +482,6 @@ def _privacy_body_ok(e: dict[str, Any]) -> bool:
         and kind_ok
         and e["mechanism"] in ("gaussian", "skellam")
         and e["accountant"] in ("rdp", "prv")
-        and e["reason"] in (None, "budget-exceeded")
         and isinstance(e["parameters"], dict)
         and _number(e["delta"])
         and 0 < e["delta"] < 1
@@ -486,7 +489,6 @@ def _privacy_body_ok(e: dict[str, Any]) -> bool:
         and _number(e["epsilon_cumulative"])
         and (e["epsilon_would_reach"] is None or _number(e["epsilon_would_reach"]))
         and (e["budget_epsilon"] is None or (_number(e["budget_epsilon"]) and e["budget_epsilon"] > 0))
-        and ((e["kind"] == "refusal") == (e["reason"] is not None))
         and not (e["kind"] == "spend" and e["epsilon_would_reach"] is None)
     )
 
@@ -573,6 +575,14 @@ def _record_ok(e: dict[str, Any]) -> bool:
         units.append(item["unit"])
     if len(set(units)) != len(units):
         return False
+    if "training" in e:
+        training = e["training"]
+        if not (isinstance(training, dict) and set(training) == {"id", "manifest_hash", "round"}):
+            return False
+        if not (isinstance(training["id"], str) and training["id"] and _hex(training["manifest_hash"], 64)):
+            return False
+        if not (_integer(training["round"]) and training["round"] >= 0):
+            return False
     return (e["outcome"] == "aborted") == bool(e["abort_reason"])
 
 
@@ -588,11 +598,15 @@ def spec_verify_server(path: Path, *, pinned: bytes | None = None) -> tuple[list
     return findings, records
 
 
-def spec_cross_check(ledgers: list[SpecLedger], records: list[tuple[int, dict[str, Any]]]) -> list[tuple[str, str, Finding]]:
-    """Section 11."""
+def spec_cross_check(
+    ledgers: list[SpecLedger], records: list[tuple[int, dict[str, Any]]], training: str | None = None
+) -> list[tuple[str, str, Finding]]:
+    """Section 11 (scoped to one training's records when ``training`` is given)."""
     by_party = {ledger.owner: ledger for ledger in ledgers if ledger.owner is not None}
     out = []
     for position, record in records:
+        if training is not None and record.get("training", {}).get("id") != training:
+            continue
         for party in record["survivors"]["R2-masked-input-collection"]:
             if party not in by_party:
                 continue
@@ -948,4 +962,85 @@ def test_the_key_file_formats_are_the_implementation_s(tmp_path: Path) -> None:
                 load_public_key(path)
         else:
             assert load_public_key(path) == expected == raw, name
-    assert spec_load_key(forms["base64"]) is None  # what `secagg client keygen` writes is not a key file here
+    assert spec_load_key(forms["base64"]) is None  # base64 (the admin API's form) is not a key file
+
+
+# ------------------------------------------------------------------ unreleased contributions and trainings (sections 9.3, 10, 11)
+
+
+def test_unreleased_entries_and_training_records_verify_and_the_cross_check_can_be_scoped(tmp_path: Path) -> None:
+    """Entries added to the formats later: a contribution that never left (kind unreleased), and a
+    server record naming its training. Old readers never see them in ledgers that have none."""
+    from dp.accounting import SampledGaussian
+    from dp.audit.privacy_ledger import PrivacyLedger, PrivacyUnit, UnreleasedReason, verify_ledger
+    from dp.audit.round_records import (
+        RoundOutcome,
+        RoundPrivacy,
+        RoundStage,
+        RoundTraining,
+        ServerLedger,
+        ServerRoundRecord,
+        verify_server_ledger,
+    )
+    from dp.budget import BudgetGuard, BudgetPolicy, UnitBudget
+    from secagg.config import ProtocolMode
+    from secagg.hazmat.keys import SigningKey
+    from secagg.hazmat.randomness import DeterministicRandom
+
+    bank_signer = SigningKey.generate(DeterministicRandom.from_int(21))
+    server_signer = SigningKey.generate(DeterministicRandom.from_int(22))
+    event = SampledGaussian(noise_multiplier=4.0, sample_rate=1.0, steps=2)  # a closed form (section 9.4)
+    contributions = {PrivacyUnit.EXAMPLE: event}
+    bank_path, server_path = tmp_path / "privacy-ledger.jsonl", tmp_path / "server-ledger.jsonl"
+    policy = BudgetPolicy({PrivacyUnit.EXAMPLE: UnitBudget(max_epsilon=9.0, delta=DELTA)}, "bank-a")
+    with PrivacyLedger.open(bank_path, party_id="bank-a", signing_key=bank_signer, clock=_clock()) as ledger:
+        guard = BudgetGuard(policy, ledger)
+        guard.record_unreleased(round_id=ROUNDS[0], contributions=contributions, reason=UnreleasedReason.ROUND_ABORTED)
+        guard.charge_round(round_id=ROUNDS[1], contributions=contributions)
+        guard.record_unreleased(round_id=ROUNDS[2], contributions=contributions, reason=UnreleasedReason.LEFT_OUT)
+        guard.record_unreleased(
+            round_id=ROUNDS[1], contributions=contributions, reason=UnreleasedReason.LEFT_OUT
+        )  # charged: no-op
+    entries = [json.loads(line) for line in _lines(bank_path)]
+    assert [(e["kind"], e["reason"]) for e in entries] == [
+        ("unreleased", "round-aborted"), ("spend", None), ("unreleased", "left-out")
+    ]  # fmt: skip
+    assert entries[0]["epsilon_increment"] == 0.0 and entries[0]["epsilon_cumulative"] == 0.0
+    assert entries[2]["epsilon_cumulative"] == entries[1]["epsilon_cumulative"] < entries[2]["epsilon_would_reach"]
+    bank = spec_verify_privacy(bank_path, pinned=bank_signer.public_bytes)
+    assert bank.findings == [] and verify_ledger(bank_path, public_key=bank_signer.public_bytes).ok
+
+    cohort = ("bank-a", "bank-b")
+    privacy = (RoundPrivacy(PrivacyUnit.EXAMPLE, event),)
+
+    def record(round_id: str, training: RoundTraining | None, r2: tuple[str, ...]) -> ServerRoundRecord:
+        return ServerRoundRecord(
+            round_id=round_id, cohort=cohort, threshold=2, mode=ProtocolMode.ACTIVE, dim=10, bits=32, privacy=privacy,
+            survivors={stage: cohort if stage.number < 2 else r2 for stage in RoundStage},
+            outcome=RoundOutcome.COMPLETED if r2 == cohort else RoundOutcome.ABORTED,
+            abort_reason=None if r2 == cohort else "too-few-participants", training=training,
+        )  # fmt: skip
+
+    mine, theirs = RoundTraining("t-mine", "ab" * 32, 1), RoundTraining("t-theirs", "cd" * 32, 1)
+    with ServerLedger.open(server_path, server_id="aggregator", signing_key=server_signer, clock=_clock()) as server:
+        server.append(record(ROUNDS[1], mine, cohort))
+        server.append(record(ROUNDS[3], theirs, cohort))  # bank-a contributed there too, under another ledger
+        server.append(record(ROUNDS[0], None, ()))
+    lines = [json.loads(line) for line in _lines(server_path)]
+    assert [line.get("training") for line in lines] == [mine.to_dict(), theirs.to_dict(), None]
+    assert "training" not in lines[2]  # a round of no training is exactly the first format
+    server_findings, records = spec_verify_server(server_path, pinned=server_signer.public_bytes)
+    assert server_findings == [] and verify_server_ledger(server_path, public_key=server_signer.public_bytes).ok
+    assert spec_cross_check([bank], records, "t-mine") == []
+    assert spec_cross_check([bank], records) == [("bank-a", ROUNDS[3], ("spend-missing-for-round", 1))]
+    from dp.audit.round_records import cross_check
+
+    reference = verify_ledger(bank_path, public_key=bank_signer.public_bytes)
+    server_verification = verify_server_ledger(server_path, public_key=server_signer.public_bytes)
+    assert cross_check([reference], server_verification, training="t-mine") == ()
+    assert [(c.party, c.round_id, c.finding.kind.value) for c in cross_check([reference], server_verification)] == [
+        ("bank-a", ROUNDS[3], "spend-missing-for-round")
+    ]
+    for bad in ({"id": "", "manifest_hash": "ab" * 32, "round": 1}, {"id": "x", "manifest_hash": "AB" * 32, "round": 1},
+                {"id": "x", "manifest_hash": "ab" * 32, "round": -1}, {"id": "x", "manifest_hash": "ab" * 32}):  # fmt: skip
+        assert not _record_ok({**lines[0], "training": bad})

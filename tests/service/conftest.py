@@ -1,4 +1,5 @@
-"""Fixtures for the service tests: real servers on loopback, SQLite always, PostgreSQL when configured."""
+"""Fixtures for the service tests: the app in process, real servers on loopback where a process is needed;
+SQLite always, PostgreSQL when configured."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.service.harness import Api, ServerProcess
+from tests.service.harness import Api, InProcessServer, ServerProcess
 
 POSTGRES_URL_VARIABLE = "SECAGG_TEST_POSTGRES_URL"
 BACKENDS = ("sqlite", "postgres")
@@ -67,15 +68,23 @@ def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
 
 
 @pytest.fixture(scope="module")
-def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One SQLite server for tests that only need independent rounds."""
-    server = ServerProcess(directory=tmp_path_factory.mktemp("shared-server"), poll_seconds=0.1, dev=False).start()
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessServer]:
+    """One SQLite server in process for tests that only need independent rounds."""
+    server = InProcessServer(directory=tmp_path_factory.mktemp("shared-server"), poll_seconds=0.1, dev=False).start()
     yield server
-    server.kill()
+    server.stop()
 
 
 @pytest.fixture(scope="module")
-def shared_api(shared_server: ServerProcess) -> Iterator[Api]:
+def shared_api(shared_server: InProcessServer) -> Iterator[Api]:
     api = Api(shared_server)
     yield api
     api.close()
+
+
+@pytest.fixture(scope="module")
+def socket_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One SQLite server subprocess for tests that need what only a real one has: its sockets."""
+    server = ServerProcess(directory=tmp_path_factory.mktemp("socket-server"), poll_seconds=0.1, dev=False).start()
+    yield server
+    server.kill()

@@ -1,18 +1,20 @@
-"""Auditor access, the server ledger, work listing, metrics and logs, over HTTP."""
+"""Auditor access, the server ledger, work listing, metrics, logs and long polls, over HTTP.
+
+The app runs in process (:class:`~tests.service.harness.InProcessServer`); HTTPS needs a
+real socket and runs on a server subprocess.
+"""
 
 from __future__ import annotations
 
 import json
 import ssl
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
 from service.ledger import load_or_create_signing_key
-from tests.service.harness import Api, RoundDriver, ServerProcess, make_parties
+from tests.service.harness import Api, InProcessServer, RoundDriver, ServerProcess, make_parties
 
 SKELLAM = {
     "unit": "participant",
@@ -22,7 +24,7 @@ SKELLAM = {
 
 
 @pytest.fixture(scope="module")
-def finished_rounds(shared_server: ServerProcess, shared_api: Api) -> dict[str, RoundDriver]:
+def finished_rounds(shared_server: InProcessServer, shared_api: Api) -> dict[str, RoundDriver]:
     parties = make_parties(3, prefix="audited", seed=700)
     for party in parties:
         shared_api.enroll(party)
@@ -34,18 +36,15 @@ def finished_rounds(shared_server: ServerProcess, shared_api: Api) -> dict[str, 
     )
     completed.send(range(3))
     for stage in ("R1-share-keys", "R2-masked-input-collection", "R4-unmasking"):
-        completed.wait_for_stage(stage)
+        completed.expect_stage(stage)
         completed.fetch(range(3))
         completed.send(range(3))
-    completed.wait_for_stage("completed")
+    completed.expect_stage("completed")
     aborted_id = shared_api.create_round(parties, threshold=2, mode="honest-but-curious", dim=8)
     assert shared_api.admin("POST", f"/v1/admin/rounds/{aborted_id}/abort", {"detail": "operator test"}).status_code == 200
     aborted = RoundDriver(shared_api, parties, aborted_id, seed=701)
-    for driver in (completed, aborted):
-        deadline = time.monotonic() + 30
-        while not shared_api.status(driver.round_id)["ledger_recorded"]:
-            assert time.monotonic() < deadline, "round never recorded in the ledger"
-            time.sleep(0.1)
+    for driver in (completed, aborted):  # appended as the round finished, before the answer that finished it
+        assert shared_api.status(driver.round_id)["ledger_recorded"], "round not recorded in the ledger when it finished"
     return {"completed": completed, "aborted": aborted}
 
 
@@ -74,7 +73,7 @@ def test_auditor_sees_survivors_by_id_and_outcome_but_no_vectors(shared_api: Api
 
 
 def test_server_ledger_served_to_the_auditor_verifies_under_the_server_key(
-    shared_server: ServerProcess, shared_api: Api, finished_rounds, auditor, tmp_path: Path
+    shared_server: InProcessServer, shared_api: Api, finished_rounds, auditor, tmp_path: Path
 ) -> None:
     from dp.audit.round_records import verify_server_ledger
 
@@ -138,7 +137,7 @@ def test_work_lists_a_round_until_the_member_has_answered_its_stage(shared_api: 
     driver.send([0])
     assert shared_api.signed(parties[0], "GET", "/v1/work").json()["items"] == []
     driver.send([1, 2])
-    driver.wait_for_stage("R1-share-keys")
+    driver.expect_stage("R1-share-keys")
     items = shared_api.signed(parties[0], "GET", "/v1/work").json()["items"]
     assert [(item["round_id"], item["action"]) for item in items] == [(driver.round_id, "respond")]
     waiting = shared_api.signed(parties[0], "GET", f"/v1/rounds/{driver.round_id}/messages/me")
@@ -152,14 +151,14 @@ def test_work_lists_a_round_until_the_member_has_answered_its_stage(shared_api: 
 
 
 def test_metrics_count_finished_rounds_and_bytes_in(shared_api: Api, finished_rounds) -> None:
-    text = httpx.get(shared_api.server.operator_url + "/metrics").text
+    text = shared_api.http.get(shared_api.server.operator_url + "/metrics").text
     completed = [line for line in text.splitlines() if line.startswith('secagg_rounds_finished_total{outcome="completed"')]
     assert completed and float(completed[0].split()[-1]) >= 1
     assert any(line.startswith('secagg_message_bytes_in_total{stage="R2-masked-input-collection"}') for line in text.splitlines())
     assert "secagg_stage_duration_seconds_bucket" in text
 
 
-def test_logs_are_json_lines_without_secrets(shared_server: ServerProcess, finished_rounds) -> None:
+def test_logs_are_json_lines_without_secrets(shared_server: InProcessServer, finished_rounds) -> None:
     lines = [line for line in shared_server.log_tail(10_000_000).splitlines() if line.strip()]
     entries = [json.loads(line) for line in lines]
     assert any(entry["event"] == "round_finished" for entry in entries)
@@ -175,7 +174,7 @@ def test_health_and_readiness(shared_api: Api) -> None:
 
 
 def test_openapi_declares_binary_bodies_and_problem_responses(shared_api: Api) -> None:
-    document = httpx.get(shared_api.server.operator_url + "/openapi.json").json()
+    document = shared_api.http.get(shared_api.server.operator_url + "/openapi.json").json()
     upload = document["paths"]["/v1/rounds/{round_id}/messages"]["post"]
     assert upload["requestBody"]["content"]["application/octet-stream"]["schema"] == {"type": "string", "format": "binary"}
     assert (
@@ -191,7 +190,7 @@ def test_openapi_declares_binary_bodies_and_problem_responses(shared_api: Api) -
                 if "application/problem+json" in response.get("content", {})
             ]  # fmt: skip
             assert problem_statuses, f"{method.upper()} {path} documents no problem response"
-    assert httpx.get(shared_api.server.operator_url + "/docs").status_code == 200
+    assert shared_api.http.get(shared_api.server.operator_url + "/docs").status_code == 200
 
 
 def test_server_serves_https_with_the_given_certificate(tmp_path: Path) -> None:
@@ -241,7 +240,7 @@ def test_server_serves_https_with_the_given_certificate(tmp_path: Path) -> None:
         server.kill()
 
 
-def test_long_poll_answers_with_the_message_once_the_stage_closes(shared_api: Api) -> None:
+def test_long_poll_answers_with_the_message_once_the_stage_closes(shared_server: InProcessServer, shared_api: Api) -> None:
     import threading
 
     from secagg.messages import KeyList, decode
@@ -256,22 +255,25 @@ def test_long_poll_answers_with_the_message_once_the_stage_closes(shared_api: Ap
     waited: dict[str, object] = {}
 
     def long_poll() -> None:
-        import httpx
-
-        with httpx.Client(base_url=shared_api.server.base_url, timeout=60) as http:
-            api = Api.__new__(Api)
-            api.server, api.http = shared_api.server, http
+        api = Api(shared_api.server)
+        try:
             waited["response"] = api.signed(parties[0], "GET", f"/v1/rounds/{driver.round_id}/messages/me?wait=25")
+        finally:
+            api.close()
 
     poller = threading.Thread(target=long_poll)
     poller.start()
-    time.sleep(0.5)
+    assert shared_server.long_polls is not None
+    assert shared_server.long_polls.wait_for_parked(driver.round_id, timeout=30), "the long poll never started waiting"
+    assert poller.is_alive() and "response" not in waited
     driver.send([1, 2])  # closes R0 while the request is waiting
     poller.join(timeout=60)
+    assert not poller.is_alive()
     response = waited["response"]
     assert response.status_code == 200
     assert response.headers["X-Secagg-Stage"] == "R1-share-keys"
     assert isinstance(decode(response.content), KeyList)
+    assert shared_server.long_polls.wake_ups(driver.round_id)[-1] == "changed"  # woken by the closing, not a re-check
     driver.fetch([0])
     driver.send([0])
     idle = shared_api.signed(parties[0], "GET", f"/v1/rounds/{driver.round_id}/messages/me?wait=0.5")

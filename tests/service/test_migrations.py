@@ -25,6 +25,8 @@ from service.rounds import RoundEngine
 from tests.service.conftest import database_url_for
 
 SCHEMA_BEFORE_MIGRATIONS = Path(__file__).with_name("schemas") / "before_migrations_sqlite.sql"
+SCHEMA_WITH_TRAININGS_BEFORE_MIGRATIONS = Path(__file__).with_name("schemas") / "before_migrations_with_trainings_sqlite.sql"
+"""What ``create_all`` produced once trainings existed, still before migrations (same provenance)."""
 DIM = 1_500_000  # 6 MB at 32 bits: two chunks of the default 4 MiB
 CHUNK_ELEMENTS = (4 << 20) // 4
 
@@ -110,6 +112,26 @@ def test_a_database_from_before_migrations_is_stamped_and_upgraded_with_its_data
         assert current_revision(connection) == head_revision()
     check_reshaped(database, result, running_sum)
     database.create_schema()  # a second start changes nothing
+    check_reshaped(database, result, running_sum)
+    database.dispose()
+
+
+def test_a_database_with_trainings_from_before_migrations_keeps_its_trainings(tmp_path: Path) -> None:
+    path = tmp_path / "secagg.db"
+    manifest_hash = "ab" * 32
+    with sqlite3.connect(path) as connection:
+        connection.executescript(SCHEMA_WITH_TRAININGS_BEFORE_MIGRATIONS.read_text())
+        result, running_sum = insert_rounds_of_the_old_server(lambda sql, values: connection.execute(sql, values))
+        connection.execute(
+            "INSERT INTO trainings (id, manifest_hash, document, created_at) VALUES ('credit', ?, '{}', 1.0)", (manifest_hash,)
+        )
+        connection.execute("INSERT INTO training_rounds (round_id, training_id, step) VALUES (?, 'credit', 1)", ("aa" * 16,))
+    database = Database(f"sqlite:///{path}")
+    database.create_schema()
+    with database.engine.connect() as connection:
+        assert current_revision(connection) == head_revision()
+        assert connection.execute(text("SELECT manifest_hash FROM trainings WHERE id = 'credit'")).scalar_one() == manifest_hash
+        assert connection.execute(text("SELECT training_id, step FROM training_rounds")).all() == [("credit", 1)]
     check_reshaped(database, result, running_sum)
     database.dispose()
 

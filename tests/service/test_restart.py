@@ -11,13 +11,16 @@ the round would stall or finish without that member: both fail the test.
 from __future__ import annotations
 
 import json
+import secrets
 import threading
 import time
+from collections.abc import Iterator
 
 import httpx
 import numpy as np
 import pytest
 
+from secagg.http_contract import sign_request
 from tests.service.harness import Api, RoundDriver, make_parties
 
 N = 6
@@ -41,11 +44,11 @@ def test_sigkill_at_every_stage_boundary_and_mid_r2_finishes_with_the_exact_sum(
     driver = RoundDriver(api, parties, round_id, seed=400)
 
     driver.send(range(N))
-    driver.wait_for_stage(STAGES[0])
+    driver.expect_stage(STAGES[0])
     for stage in STAGES:
         api = _restart(server, api)  # boundary: the previous stage closed, this one just opened
         driver.api = api
-        status = driver.wait_for_stage(stage)
+        status = driver.expect_stage(stage)
         assert status["responded"] == []
         responses = driver.fetch(range(N))
         assert {response.headers["X-Secagg-Stage"] for response in responses.values()} == {stage}
@@ -54,7 +57,7 @@ def test_sigkill_at_every_stage_boundary_and_mid_r2_finishes_with_the_exact_sum(
             driver.api = api
         else:
             driver.send(range(N))
-    status = driver.wait_for_stage("completed")
+    status = driver.expect_stage("completed")
     api = _restart(server, api)
     driver.api = api
     result, survivors = driver.result(0)
@@ -65,33 +68,45 @@ def test_sigkill_at_every_stage_boundary_and_mid_r2_finishes_with_the_exact_sum(
 
 
 def _uploads_interrupted_by_sigkill(server, api: Api, driver: RoundDriver) -> Api:
-    """Upload masked inputs from a thread; SIGKILL the server after the second acknowledgement."""
+    """Upload masked inputs from a thread; SIGKILL the server while the third upload's body is on the wire.
+
+    The third upload sends half its body, then holds the rest until the kill, so the
+    server dies with that request read in part and unanswered, and the uploads after it
+    find no server: each is retried after the restart with the same bytes.
+    """
     acknowledged: list[int] = []
     unanswered: list[int] = []
-    two_acknowledged = threading.Event()
+    in_flight = threading.Event()
+    killed = threading.Event()
+
+    def held_body(body: bytes) -> Iterator[bytes]:
+        yield body[: len(body) // 2]
+        in_flight.set()  # the first half was handed to the socket
+        killed.wait(timeout=60)
+        yield body[len(body) // 2 :]
 
     def upload() -> None:
         for index in range(N):
             try:
-                response = driver.post(index)
+                response = _post_streamed(driver, index, held_body(driver.pending[index])) if index == 2 else driver.post(index)
             except httpx.HTTPError:
                 unanswered.append(index)
                 continue
             if response.status_code in (200, 202):
                 acknowledged.append(index)
-                if len(acknowledged) == 2:
-                    two_acknowledged.set()
-                    time.sleep(0.05)  # let the next upload get under way before the kill
             else:
                 unanswered.append(index)
 
     uploader = threading.Thread(target=upload)
     uploader.start()
-    assert two_acknowledged.wait(timeout=60)
-    server.kill()
+    try:
+        assert in_flight.wait(timeout=60)
+        server.kill()
+    finally:
+        killed.set()
     uploader.join(timeout=120)
     assert not uploader.is_alive()
-    assert len(acknowledged) >= 2 and len(unanswered) >= 1, (acknowledged, unanswered)
+    assert acknowledged == [0, 1] and unanswered == list(range(2, N)), (acknowledged, unanswered)
     api.close()
     server.start()
     api = Api(server)
@@ -105,6 +120,22 @@ def _uploads_interrupted_by_sigkill(server, api: Api, driver: RoundDriver) -> Ap
     return api
 
 
+def _post_streamed(driver: RoundDriver, index: int, chunks: Iterator[bytes]) -> httpx.Response:
+    """Member ``index``'s pending message, signed over its bytes and sent as a chunked body from ``chunks``."""
+    path = f"/v1/rounds/{driver.round_id}/messages"
+    headers = sign_request(
+        driver.parties[index].key,
+        "POST",
+        path,
+        driver.pending[index],
+        key_id=driver.parties[index].participant_id,
+        now=int(time.time()),
+        nonce=secrets.token_hex(16),
+    )
+    headers["Content-Type"] = "application/octet-stream"
+    return driver.api.http.post(path, content=chunks, headers=headers)
+
+
 @pytest.mark.parametrize("workers", [2])
 def test_round_with_two_worker_processes_on_postgresql_completes_with_the_exact_sum(server_factory, workers: int) -> None:
     server = server_factory("postgres", workers=workers)
@@ -116,10 +147,10 @@ def test_round_with_two_worker_processes_on_postgresql_completes_with_the_exact_
     driver = RoundDriver(api, parties, round_id, seed=450)
     _send_concurrently(driver, range(N))
     for stage in STAGES:
-        driver.wait_for_stage(stage)
+        driver.expect_stage(stage)
         driver.fetch(range(N))
         _send_concurrently(driver, range(N))
-    driver.wait_for_stage("completed")
+    driver.expect_stage("completed")
     result, survivors = driver.result(0)
     assert survivors == list(range(N))
     np.testing.assert_array_equal(result, driver.expected_sum(range(N)))

@@ -1,11 +1,16 @@
-"""Whole rounds through the HTTP API with 10 clients: exact sums, dropouts, aborts below t."""
+"""Whole rounds through the HTTP API with 10 clients: exact sums, dropouts, aborts below t.
+
+The app runs in process (:class:`~tests.service.harness.InProcessServer`): a stage closes
+with its last message or an operator's close, and a deadline passes when the test moves
+the server's clock, so no test waits for wall-clock time.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from tests.service.harness import Api, RoundDriver, make_parties
+from tests.service.harness import Api, InProcessServer, RoundDriver, make_parties
 
 N = 10
 DIM = 200
@@ -31,12 +36,12 @@ def test_full_round_of_ten_clients_without_dropouts_returns_the_exact_sum(shared
     everyone = range(N)
     driver.send(everyone)
     for stage in (R1, R2, R3, R4):
-        driver.wait_for_stage(stage)
+        driver.expect_stage(stage)
         responses = driver.fetch(everyone)
         assert all(response.status_code == 200 for response in responses.values())
         assert {response.headers["X-Secagg-Stage"] for response in responses.values()} == {stage}
         driver.send(everyone)
-    status = driver.wait_for_stage("completed")
+    status = driver.expect_stage("completed")
     assert status["outcome"] == "completed"
     result, survivors = driver.result()
     assert survivors == list(everyone)
@@ -47,14 +52,14 @@ def test_full_round_of_ten_clients_without_dropouts_returns_the_exact_sum(shared
 def test_round_with_two_dropouts_completes_with_the_survivors_exact_sum(shared_api: Api, drop_round: str) -> None:
     seed = {"R1": 11, "R2": 12, "R4": 14}[drop_round]
     # The stage with dropouts is closed by the operator once the others answered (its
-    # deadline path is tested in test_coordinator.py with a controlled clock); the other
-    # stages close by themselves when everyone answered.
+    # deadline path: test_round_where_too_many_drop_at_r2_aborts_with_too_few_participants
+    # here, and test_round_engine.py); the other stages close by themselves when everyone answered.
     driver = _start_round(shared_api, seed=seed, mode="active", threshold=7)
     dropped = {3, 8}
     alive = [index for index in range(N) if index not in dropped]
     driver.send(range(N))
     for stage in (R1, R2, R3, R4):
-        driver.wait_for_stage(stage)
+        driver.expect_stage(stage)
         active = alive if int(stage[1]) >= int(drop_round[1]) else list(range(N))
         participating = [index for index in range(N) if index in active or int(stage[1]) < int(drop_round[1])]
         driver.fetch(participating)
@@ -62,7 +67,7 @@ def test_round_with_two_dropouts_completes_with_the_survivors_exact_sum(shared_a
         if stage[:2] == drop_round:  # later stages expect only the survivors and close by themselves
             closed = shared_api.admin("POST", f"/v1/admin/rounds/{driver.round_id}/close-stage")
             assert closed.status_code == 200, closed.text
-    status = driver.wait_for_stage("completed")
+    status = driver.expect_stage("completed")
     result, survivors = driver.result(alive[0])
     # Dropping before R2 removes them from U3; dropping at R4 keeps their inputs in the sum.
     expected_survivors = list(range(N)) if drop_round == "R4" else alive
@@ -72,18 +77,24 @@ def test_round_with_two_dropouts_completes_with_the_survivors_exact_sum(shared_a
     assert closed[{"R1": R1, "R2": R2, "R4": R4}[drop_round]] == alive
 
 
-def test_round_where_too_many_drop_at_r2_aborts_with_too_few_participants(shared_api: Api) -> None:
-    driver = _start_round(
-        shared_api, seed=21, mode="honest-but-curious", threshold=6, deadlines={"R2": 6}
-    )  # closed by the background task at its deadline
+def test_round_where_too_many_drop_at_r2_aborts_with_too_few_participants(
+    shared_server: InProcessServer, shared_api: Api
+) -> None:
+    driver = _start_round(shared_api, seed=21, mode="honest-but-curious", threshold=6, deadlines={"R2": 6})
     driver.send(range(N))
-    driver.wait_for_stage(R1)
+    driver.expect_stage(R1)
     driver.fetch(range(N))
     driver.send(range(N))
-    driver.wait_for_stage(R2)
+    driver.expect_stage(R2)
     driver.fetch(range(N))
     driver.send(range(5))  # 5 < t = 6
-    status = driver.wait_for_stage("aborted")
+    assert driver.expect_stage(R2)["responded"] == list(range(5))
+    # Closed by the background task at its deadline: no request reaches the server
+    # between moving its clock past the deadline and the round's change.
+    changed = shared_server.round_change(driver.round_id)
+    shared_server.clock.advance(6)
+    assert changed.wait(timeout=30), "the background task did not close the stage at its deadline"
+    status = driver.expect_stage("aborted")
     assert status["outcome"] == "aborted"
     assert status["abort_reason"] == "too-few-participants"
     response = driver.fetch([0])[0]

@@ -76,7 +76,7 @@ def test_outside_dev_the_database_wal_nonce_and_ledger_files_are_0600_in_a_0700_
         round_id = api.create_round(parties, threshold=2, mode="honest-but-curious", dim=8)
         driver = RoundDriver(api, parties, round_id, seed=870)
         driver.send(range(3))
-        driver.wait_for_stage("R1-share-keys")
+        driver.expect_stage("R1-share-keys")
         api.admin("POST", f"/v1/admin/rounds/{round_id}/abort", {"detail": "ledger entry"})
         api.close()
         data = server.data_dir

@@ -8,6 +8,11 @@ refused; DP policies outside sanity bounds are refused; an unauthenticated calle
 tell enrolled, revoked and unknown ids apart; a refused upload does not make the next
 request replay the round. The behaviour is observed from outside: the server answers
 before the client finished sending, or from its own log.
+
+What happens on the wire (answers before the body, a trickled body, the connection
+limit) is watched on a server subprocess over raw sockets; the rest runs against the app
+in process (:class:`~tests.service.harness.InProcessServer`), whose long polls a test
+sees parked before it sends the next.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import httpx
 import pytest
 
 from secagg.http_contract import sign_request
-from tests.service.harness import Api, Party, RoundDriver, ServerProcess, make_parties
+from tests.service.harness import Api, InProcessServer, Party, RoundDriver, ServerProcess, make_parties
 
 DECLARED_BODY_BYTES = 4 * 1024 * 1024
 
@@ -59,34 +64,41 @@ def limited_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerP
         directory=tmp_path_factory.mktemp("limited-server"),
         poll_seconds=0.1,
         dev=False,
-        extra_env={
-            "SECAGG_BODY_TIMEOUT_SECONDS": "2",
-            "SECAGG_MAX_LONG_POLLS_PER_PARTICIPANT": "2",
-            "SECAGG_MAX_OPEN_ROUNDS": "3",
-        },
+        extra_env={"SECAGG_BODY_TIMEOUT_SECONDS": "2"},
     ).start()
     yield server
     server.kill()
 
 
 @pytest.fixture(scope="module")
-def limited_api(limited_server: ServerProcess) -> Iterator[Api]:
-    api = Api(limited_server)
+def limited_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessServer]:
+    server = InProcessServer(
+        directory=tmp_path_factory.mktemp("limited-app"),
+        dev=False,
+        settings={"max_long_polls_per_participant": 2, "max_open_rounds": 3},
+    ).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def limited_api(limited_app: InProcessServer) -> Iterator[Api]:
+    api = Api(limited_app)
     yield api
     api.close()
 
 
-def test_an_admin_request_without_the_token_is_answered_401_before_its_body_is_read(shared_server: ServerProcess) -> None:
+def test_an_admin_request_without_the_token_is_answered_401_before_its_body_is_read(socket_server: ServerProcess) -> None:
     head = _head(
         "POST",
         "/v1/admin/rounds",
         {"Content-Type": "application/json", "Content-Length": str(DECLARED_BODY_BYTES), "Authorization": "Bearer wrong"},
     )
-    assert _status_of_partial_request(shared_server.port, head, b"{" + b" " * 1023) == 401
+    assert _status_of_partial_request(socket_server.port, head, b"{" + b" " * 1023) == 401
 
 
-def test_an_upload_with_a_bad_signature_is_answered_401_before_its_body_is_read(shared_server: ServerProcess) -> None:
-    api = Api(shared_server)
+def test_an_upload_with_a_bad_signature_is_answered_401_before_its_body_is_read(socket_server: ServerProcess) -> None:
+    api = Api(socket_server)
     parties = make_parties(3, prefix="unread", seed=810)
     for party in parties:
         api.enroll(party)
@@ -103,7 +115,7 @@ def test_an_upload_with_a_bad_signature_is_answered_401_before_its_body_is_read(
         nonce=secrets.token_hex(16),
     )
     headers.update({"Content-Type": "application/octet-stream", "Content-Length": str(DECLARED_BODY_BYTES)})
-    assert _status_of_partial_request(shared_server.port, _head("POST", path, headers), b"\x00" * 1024) == 401
+    assert _status_of_partial_request(socket_server.port, _head("POST", path, headers), b"\x00" * 1024) == 401
     api.close()
 
 
@@ -161,7 +173,9 @@ def test_connections_beyond_the_limit_are_answered_503(tmp_path_factory: pytest.
         server.kill()
 
 
-def test_long_polls_beyond_the_per_participant_cap_are_answered_429_with_retry_after(limited_api: Api) -> None:
+def test_long_polls_beyond_the_per_participant_cap_are_answered_429_with_retry_after(
+    limited_app: InProcessServer, limited_api: Api
+) -> None:
     parties = make_parties(3, prefix="poller", seed=820)
     for party in parties:
         limited_api.enroll(party)
@@ -171,19 +185,21 @@ def test_long_polls_beyond_the_per_participant_cap_are_answered_429_with_retry_a
         answers: list[httpx.Response] = []
 
         def poll() -> None:
-            with httpx.Client(base_url=limited_api.server.base_url, timeout=30) as client:
+            with limited_app.client() as client:
                 headers = sign_request(
                     parties[0].key, "GET", path, b"", key_id=parties[0].participant_id, now=int(time.time()),
                     nonce=secrets.token_hex(16),
                 )  # fmt: skip
                 answers.append(client.get(path, headers=headers))
 
-        threads = [threading.Thread(target=poll) for _ in range(3)]
-        for thread in threads:
+        held = [threading.Thread(target=poll) for _ in range(2)]
+        for thread in held:
             thread.start()
-            time.sleep(0.3)
-        for thread in threads:
-            thread.join()
+        assert limited_app.long_polls is not None
+        assert limited_app.long_polls.wait_for_parked(round_id, 2, timeout=30), "two long polls were never held at once"
+        poll()  # the third while both are held
+        for thread in held:
+            thread.join(timeout=60)
         statuses = sorted(answer.status_code for answer in answers)
         assert statuses == [204, 204, 429], [answer.text for answer in answers]
         [refused] = [answer for answer in answers if answer.status_code == 429]
@@ -291,14 +307,14 @@ def test_unknown_revoked_and_enrolled_ids_look_the_same_to_a_caller_without_thei
     assert holder.json()["type"] == "urn:secagg:problem:revoked-key"  # told only to the holder of the revoked key
 
 
-def _replays(server: ServerProcess, round_id: str) -> int:
+def _replays(server: InProcessServer, round_id: str) -> int:
     lines = [line for line in server.log_tail(50_000_000).splitlines() if line.strip().startswith("{")]
     return sum(
         1 for entry in map(json.loads, lines) if entry.get("event") == "session_replayed" and entry.get("round_id") == round_id
     )
 
 
-def test_refused_uploads_do_not_make_the_next_request_replay_the_round(shared_server: ServerProcess, shared_api: Api) -> None:
+def test_refused_uploads_do_not_make_the_next_request_replay_the_round(shared_server: InProcessServer, shared_api: Api) -> None:
     import dataclasses
 
     from secagg.messages import AdvertiseKeys, decode, encode

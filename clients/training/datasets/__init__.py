@@ -165,3 +165,36 @@ def split_banks(
     for bank_id, (_, members) in list(BANK_REGIONS.items())[:banks]:
         selected[bank_id] = table.take(np.flatnonzero(~held_out & np.isin(states, members)))
     return BankSplit(test=table.take(np.flatnonzero(held_out)), banks=MappingProxyType(selected))
+
+
+def split_regions(
+    table: RawTable,
+    *,
+    banks: int,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    keep_fraction: float = 1.0,
+    seed: bytes = SPLIT_SEED,
+) -> BankSplit:
+    """Hold out the same stratified test set as :func:`split_banks`, then share every other loan among
+    ``banks`` banks (2 to 5) by region: the five regions in order, dealt round-robin (with three banks,
+    bank-a gets the Northeast and the South Central loans, bank-b the Midwest and the West, bank-c the
+    South Atlantic). ``keep_fraction`` < 1 keeps a stratified share of each bank's loans (small runs)."""
+    if not 2 <= banks <= len(BANK_REGIONS):
+        raise DatasetError(f"2 to {len(BANK_REGIONS)} banks, got {banks}")
+    if not 0 < keep_fraction <= 1:
+        raise DatasetError(f"the kept fraction must be in (0, 1], got {keep_fraction}")
+    held_out = stratified_holdout(table.column(TARGET), test_fraction, seed)
+    states = table.column(REGION_COLUMN)
+    bank_ids = list(BANK_REGIONS)[:banks]
+    members: dict[str, list[str]] = {bank: [] for bank in bank_ids}
+    for position, (_, (_, region_states)) in enumerate(BANK_REGIONS.items()):
+        members[bank_ids[position % banks]].extend(region_states)
+    selected = {}
+    for bank_id in bank_ids:
+        rows = np.flatnonzero(~held_out & np.isin(states, members[bank_id]))
+        if keep_fraction < 1:
+            labels = table.column(TARGET)[rows]
+            kept = stratified_holdout(labels, keep_fraction, hashlib.sha256(seed + bank_id.encode()).digest())
+            rows = rows[kept]
+        selected[bank_id] = table.take(rows)
+    return BankSplit(test=table.take(np.flatnonzero(held_out)), banks=MappingProxyType(selected))

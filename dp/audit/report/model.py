@@ -54,6 +54,7 @@ from dp.audit.round_records import (
     RoundStage,
     ServerLedgerVerification,
     cross_check,
+    in_scope,
     parties_without_ledger,
     verify_server_ledger,
 )
@@ -86,6 +87,9 @@ class Audit:
     server: ServerLedgerVerification | None
     cross_findings: tuple[CrossCheckFinding, ...]
     parties_without_ledger: tuple[str, ...]
+    training: str | None = None
+    """The training the audit is scoped to (every ledger and the whole server ledger are still
+    verified; the cross-check and the report's rounds cover only this training's rounds)."""
 
     @property
     def ok(self) -> bool:
@@ -100,6 +104,7 @@ def run_audit(
     server_ledger: Path | None = None,
     server_public_key: bytes | None = None,
     anchors: Sequence[Path] = (),
+    training: str | None = None,
 ) -> Audit:
     """Verify every ledger. A ledger's signatures are checked against the key pinned for
     its path, else for the party it declares, else (unpinned) against its declared key.
@@ -136,9 +141,11 @@ def run_audit(
     missing: tuple[str, ...] = ()
     if server_ledger is not None:
         server = verify_server_ledger(server_ledger, public_key=server_public_key, anchors=server_anchors)
-        cross = cross_check(verifications, server)
-        missing = parties_without_ledger(verifications, server)
-    return Audit(ledgers=tuple(verifications), server=server, cross_findings=cross, parties_without_ledger=missing)
+        cross = cross_check(verifications, server, training=training)
+        missing = parties_without_ledger(verifications, server, training=training)
+    return Audit(
+        ledgers=tuple(verifications), server=server, cross_findings=cross, parties_without_ledger=missing, training=training
+    )
 
 
 # --------------------------------------------------------------------------- text
@@ -348,10 +355,15 @@ class AuditReport:
 
 
 def _round_order(audit: Audit) -> tuple[str, ...]:
+    """The rounds the report numbers 1..R: the server's records first, then ledger-only rounds.
+    Scoped to a training, only that training's recorded rounds."""
     order: dict[str, None] = {}
     if audit.server is not None:
         for server_entry in audit.server.entries:
-            order.setdefault(server_entry.record.round_id, None)
+            if in_scope(server_entry.record, audit.training):
+                order.setdefault(server_entry.record.round_id, None)
+    if audit.training is not None and audit.server is not None:
+        return tuple(order)
     for ledger in audit.ledgers:
         for entry in sorted(ledger.entries, key=lambda item: item.time):
             order.setdefault(entry.round_id, None)
@@ -366,6 +378,8 @@ def _rows_for(ledger: LedgerVerification, numbers: Mapping[str, int]) -> list[En
     recomputed_by_position = {item.position: item for item in ledger.recomputed}
     rows = []
     for position, entry in zip(ledger.positions, ledger.entries, strict=True):
+        if entry.round_id not in numbers:
+            continue  # a round of another training: verified, not reported
         recomputed = recomputed_by_position.get(position)
         rows.append(
             EntryRow(
@@ -423,6 +437,8 @@ def _rounds_for(server: ServerLedgerVerification, numbers: Mapping[str, int]) ->
     rounds = []
     for server_entry in server.entries:
         record = server_entry.record
+        if record.round_id not in numbers:
+            continue
         rounds.append(
             RoundRow(
                 number=numbers[record.round_id],
@@ -520,6 +536,12 @@ def build_report(audit: Audit, *, clock: Callable[[], datetime] = utc_now) -> Au
         summaries.extend(_summaries_for(ledger))
     rounds = [] if audit.server is None else _rounds_for(audit.server, numbers)
     notes = []
+    if audit.training is not None:
+        notes.append(
+            f"Scoped to training {audit.training}: every ledger and the whole server ledger were verified; the rounds and "
+            "entries shown are this training's. Each epsilon is the bank's cumulative over everything its ledger records, "
+            "other trainings included."
+        )
     if audit.parties_without_ledger:
         notes.append(
             "The server's records show contributions from parties whose ledgers were not provided: "
