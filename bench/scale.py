@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import pickle
 import platform
 import socket
 import struct
@@ -136,6 +137,100 @@ def disk_write_bytes_per_second(size: int) -> float:
         return written / (time.perf_counter() - started)
 
 
+class CpuAccount:
+    """CPU time on the whole machine (``/proc/stat``) and in this process tree, over an interval.
+
+    ``others_cpu_seconds`` is what processes outside this benchmark's tree used meanwhile
+    (another job on the shared machine), ``steal_seconds`` what the hypervisor gave to other
+    guests; both take cores away from the workers being measured. Linux only.
+    """
+
+    def __init__(self) -> None:
+        self._start = self._snapshot()
+        self._started = time.perf_counter()
+
+    @staticmethod
+    def _tree_cpu_seconds(root: int) -> float:
+        ticks = os.sysconf("SC_CLK_TCK")
+        parents: dict[int, int] = {}
+        cpu: dict[int, float] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(fields[1])
+            cpu[int(entry.name)] = (int(fields[11]) + int(fields[12])) / ticks
+        total = 0.0
+        for pid in cpu:
+            ancestor = pid
+            while ancestor not in (0, 1, root) and ancestor in parents:
+                ancestor = parents[ancestor]
+            if ancestor == root:
+                total += cpu[pid]
+        return total
+
+    @classmethod
+    def _snapshot(cls) -> tuple[float, float, float]:
+        ticks = os.sysconf("SC_CLK_TCK")
+        values = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = values
+        return (user + nice + system + irq + softirq) / ticks, steal / ticks, cls._tree_cpu_seconds(os.getpid())
+
+    def finish(self) -> dict:
+        busy, steal, ours = self._snapshot()
+        wall = time.perf_counter() - self._started
+        ours_used = ours - self._start[2]
+        others = max(0.0, busy - self._start[0] - ours_used)
+        return {
+            "wall_seconds": wall,
+            "ours_cpu_seconds": ours_used,
+            "others_cpu_seconds": others,
+            "steal_seconds": steal - self._start[1],
+            "ours_cores": ours_used / wall,
+            "others_cores": others / wall,
+        }
+
+
+def _one_task_seconds(task) -> float:
+    from secagg.server.chunk_tasks import run_mask_chunk_task
+
+    started = time.perf_counter()
+    run_mask_chunk_task(task)
+    return time.perf_counter() - started
+
+
+def parallel_task_capacity(task, repeats: int = 3) -> dict:
+    """The machine's speedup on the chunk-task kernel itself: one task alone, then two at once in two processes.
+
+    ``2 * alone / together`` is 2.0 on two free cores; it is the limit the engines' speedup
+    at two workers can reach at that moment (no engine, no scheduling, no transport).
+    """
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    alone: list[float] = []
+    together: list[float] = []
+    with ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
+        list(pool.map(_one_task_seconds, [type(task)(bits=task.bits, start=0, stop=0, masks=())] * 2))
+        for _ in range(repeats):
+            alone.append(pool.submit(_one_task_seconds, task).result())
+            started = time.perf_counter()
+            list(pool.map(_one_task_seconds, [task, task]))
+            together.append(time.perf_counter() - started)
+    import statistics
+
+    speedups = sorted(2 * one / two for one, two in zip(alone, together, strict=True))
+    return {
+        "alone_seconds": alone,
+        "two_at_once_seconds": together,
+        "speedup_median": statistics.median(speedups),
+        "speedup_best": speedups[-1],
+    }
+
+
 # -------------------------------------------------------------------------------- big
 def big_round(dim: int, clients: int = 10, dropout: float = 0.1) -> dict:
     from bench.http import _union_seconds
@@ -241,13 +336,22 @@ def unmask_scaling(clients: int = 100, dim: int = 10_000_000, dropout: float = 0
     tasks = chunk_tasks(layout, masks)
     aes = aes_ctr_bytes_per_second(256 << 20)
     mask_bytes = len(masks) * layout.vector_bytes
+    pickled = pickle.dumps(tasks[0])
+    started = time.perf_counter()
+    for task in tasks:
+        pickle.loads(pickle.dumps(task))
+    pickling_seconds = time.perf_counter() - started
+    capacity_before = parallel_task_capacity(tasks[0])
     runs: dict[str, dict[int, float]] = {"process": {}, "ray": {}}
+    accounts: dict[str, dict[int, dict]] = {"process": {}, "ray": {}}
     for workers in (1, 2):
         engine = make_engine(EngineKind.PROCESS, workers=workers)
         list(engine.run(tasks[:workers]))  # start the pool outside the timing
+        account = CpuAccount()
         started = time.perf_counter()
         count = sum(1 for _ in engine.run(tasks))
         runs["process"][workers] = time.perf_counter() - started
+        accounts["process"][workers] = account.finish()
         engine.close()
         assert count == len(tasks)
     try:
@@ -257,13 +361,17 @@ def unmask_scaling(clients: int = 100, dim: int = 10_000_000, dropout: float = 0
         for workers in (1, 2):
             engine = RayEngine(None, workers=workers)
             list(engine.run(tasks[:workers]))
+            account = CpuAccount()
             started = time.perf_counter()
             count = sum(1 for _ in engine.run(tasks))
             runs["ray"][workers] = time.perf_counter() - started
+            accounts["ray"][workers] = account.finish()
             assert count == len(tasks)
         ray.shutdown()
     except ImportError:
         runs.pop("ray")
+        accounts.pop("ray")
+    capacity_after = parallel_task_capacity(tasks[0])
     per_task = {name: times[1] / len(tasks) for name, times in runs.items()}
     projection = {
         name: {
@@ -288,6 +396,13 @@ def unmask_scaling(clients: int = 100, dim: int = 10_000_000, dropout: float = 0
         "aes_floor_one_core_seconds": mask_bytes / aes,
         "seconds": {name: {str(k): v for k, v in times.items()} for name, times in runs.items()},
         "speedup_at_2": {name: times[1] / times[2] for name, times in runs.items()},
+        "cpu": {name: {str(k): v for k, v in by_workers.items()} for name, by_workers in accounts.items()},
+        "kernel_speedup_two_processes_before": capacity_before,
+        "kernel_speedup_two_processes_after": capacity_after,
+        "task_pickle_bytes": len(pickled),
+        "pickling_seconds_all_tasks": pickling_seconds,
+        "result_bytes_per_task": layout.chunk_bytes,
+        "affinity_cpus": len(os.sched_getaffinity(0)),
         "speedup_target": 1.7,
         "per_task_seconds": per_task,
         "projection": projection,

@@ -87,6 +87,32 @@ def write_markdown(results: Path) -> None:
             "per-task cost (docs/SCALING.md).",
             "",
         ]
+        if "cpu" in unmask:
+            before = unmask["kernel_speedup_two_processes_before"]
+            after = unmask["kernel_speedup_two_processes_after"]
+            lines += [
+                "What limits the speedup: the cores the workers got. CPU in the benchmark's process tree and in "
+                "every other process on the machine during each run (`/proc`), in cores (CPU seconds / wall seconds):",
+                "",
+                "| engine | workers | wall (s) | cores used by the benchmark | cores used by other jobs | steal (s) |",
+                "|---|---|---|---|---|---|",
+            ]
+            for name, by_workers in unmask["cpu"].items():
+                for workers, account in by_workers.items():
+                    lines.append(
+                        f"| {name} | {workers} | {account['wall_seconds']:.1f} | {account['ours_cores']:.2f} "
+                        f"| {account['others_cores']:.2f} | {account['steal_seconds']:.1f} |"
+                    )
+            lines += [
+                "",
+                "The chunk-task kernel alone, one task in one process and then two at once in two processes (no engine): "
+                f"speedup {before['speedup_median']:.2f}x before the runs and {after['speedup_median']:.2f}x after "
+                f"(median of {len(before['alone_seconds'])}; best {max(before['speedup_best'], after['speedup_best']):.2f}x). "
+                f"That is the most two workers could give at that moment. A task is {unmask['task_pickle_bytes'] / 1e3:.0f} kB "
+                f"pickled and returns {unmask['result_bytes_per_task'] >> 20} MiB; pickling every task took "
+                f"{unmask['pickling_seconds_all_tasks'] * 1000:.0f} ms in all. Affinity: {unmask['affinity_cpus']} CPUs.",
+                "",
+            ]
     ray = _load(results, "ray")
     if ray:
         lines += [
