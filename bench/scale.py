@@ -576,31 +576,39 @@ def replays(clients: int = 100, workers: int = 2) -> dict:
 
 # ------------------------------------------------------------------------------ driver
 PARTS = {
-    "unmask": lambda quick: unmask_scaling(dim=2_000_000 if quick else 10_000_000),
-    "big": lambda quick: {"rounds": [big_round(dim) for dim in ((1_000_000,) if quick else (10_000_000, 100_000_000))]},
-    "round": lambda quick: http_round(20 if quick else 100),
-    "replays": lambda quick: replays(clients=20 if quick else 100),
-    "ray": lambda quick: ray_simulation(clients=200 if quick else 2000),
-    "load": lambda quick: load(runs=1 if quick else 10),
+    "unmask": lambda quick, options: unmask_scaling(dim=int(options.get("unmask-dim", 2_000_000 if quick else 10_000_000))),
+    "big": lambda quick, options: {
+        "rounds": [
+            big_round(int(dim)) for dim in options.get("big-dims", "1000000" if quick else "10000000,100000000").split(",")
+        ]
+    },
+    "round": lambda quick, options: http_round(20 if quick else 100),
+    "replays": lambda quick, options: replays(clients=20 if quick else 100),
+    "ray": lambda quick, options: ray_simulation(clients=int(options.get("ray-clients", 200 if quick else 2000))),
+    "load": lambda quick, options: load(runs=int(options.get("load-runs", 1 if quick else 10))),
 }
+"""Each part's function of ``--quick`` and the ``--name=value`` options (``--big-dims=10000000``,
+``--unmask-dim``, ``--ray-clients``, ``--load-runs``): sizes this machine can run in the time it has."""
 
 
 def run(argv: list[str] | None = None) -> dict:
     arguments = sys.argv[2:] if argv is None else argv
     quick = "--quick" in arguments
+    options = dict(argument[2:].split("=", 1) for argument in arguments if argument.startswith("--") and "=" in argument)
     chosen = [name for name in arguments if not name.startswith("-")] or list(PARTS)
     RESULTS.mkdir(parents=True, exist_ok=True)
     machine = {"platform": platform.platform(), "python": platform.python_version(), "cpus": multiprocessing.cpu_count()}
     for name in chosen:
         started = time.perf_counter()
         load_before = os.getloadavg()
-        result = PARTS[name](quick)
+        result = PARTS[name](quick, options)
         result = {
             **result,
             "load_average_before": load_before,
             "load_average_after": os.getloadavg(),
             "part": name,
             "quick": quick,
+            "options": options,
             "machine": machine,
             "bench_seconds": time.perf_counter() - started,
         }

@@ -103,7 +103,20 @@ def write_markdown(results: Path) -> None:
                         f"| {name} | {workers} | {account['wall_seconds']:.1f} | {account['ours_cores']:.2f} "
                         f"| {account['others_cores']:.2f} | {account['steal_seconds']:.1f} |"
                     )
+            one_worker_cpu = {
+                name: by_workers["1"]["ours_cpu_seconds"] / unmask["tasks"] for name, by_workers in unmask["cpu"].items()
+            }
             lines += [
+                "",
+                "CPU seconds per task with one worker (what a free core takes; the AES-CTR floor per task is "
+                f"{unmask['aes_floor_one_core_seconds'] / unmask['tasks']:.2f} s): "
+                + ", ".join(f"{name} {value:.2f} s" for name, value in one_worker_cpu.items())
+                + ". Projected from it, ceil(tasks / cores) x CPU per task: "
+                + ", ".join(
+                    f"{name} {-(-unmask['tasks'] // 16) * value:.1f} s on 16 cores, {-(-unmask['tasks'] // 64) * value:.1f} s on 64"
+                    for name, value in one_worker_cpu.items()
+                )
+                + ".",
                 "",
                 "The chunk-task kernel alone, one task in one process and then two at once in two processes (no engine): "
                 f"speedup {before['speedup_median']:.2f}x before the runs and {after['speedup_median']:.2f}x after "
