@@ -465,7 +465,7 @@ class StageCpuMonitor:
         self._thread.join()
 
 
-def load_run(clients: int, graph: str, dim: int = 10_000, dropout: float = 0.1, seed: int = 0) -> dict:
+def load_run(clients: int, graph: str, dim: int = 10_000, dropout: float = 0.1, seed: int = 0, silence: float = 10.0) -> dict:
     from clients.harness.http_simulation import run_http_simulation
     from clients.harness.simulation import SimulationParameters
     from secagg.config import GraphKind, ProtocolMode
@@ -480,7 +480,7 @@ def load_run(clients: int, graph: str, dim: int = 10_000, dropout: float = 0.1, 
         dropout=dropout,
         graph=GraphKind(graph if degree is not None or graph == "full" else "full"),
         degree=degree,
-        silence_seconds=10.0,
+        silence_seconds=silence,
         seed=seed,
     )
     report = run_http_simulation(params)
@@ -503,15 +503,17 @@ def load_run(clients: int, graph: str, dim: int = 10_000, dropout: float = 0.1, 
             1000 * report.server_cpu_seconds / clients / max(1, len(stages)) if report.server_cpu_seconds else None
         ),
         "stage_seconds": stages,
+        "silence_seconds": silence,
     }
 
 
-def load(runs: int = 10) -> dict:
-    configurations = [(200, "full"), (200, "harary"), (1000, "harary")]
+def load(runs: int = 10, configurations: list[tuple[int, str]] | None = None, silence: float = 10.0) -> dict:
+    configurations = configurations or [(200, "full"), (200, "harary"), (1000, "harary")]
     results = []
+    partial = RESULTS / "scale_load.partial.json"
     for clients, graph in configurations:
         for run in range(runs):
-            result = load_run(clients, graph, seed=1000 * clients + run)
+            result = load_run(clients, graph, seed=1000 * clients + run, silence=silence)
             print(
                 f"load N={clients} {graph} run {run + 1}/{runs}: verified={result['verified']} "
                 f"excluded={result['honest_excluded']} {result['round_wall_seconds']:.1f}s "
@@ -519,6 +521,8 @@ def load(runs: int = 10) -> dict:
                 flush=True,
             )
             results.append(result)
+            partial.write_text(json.dumps({"runs_per_configuration": runs, "results": results}, indent=2) + "\n")
+    partial.unlink(missing_ok=True)
     return {"runs_per_configuration": runs, "results": results}
 
 
@@ -585,10 +589,18 @@ PARTS = {
     "round": lambda quick, options: http_round(20 if quick else 100),
     "replays": lambda quick, options: replays(clients=20 if quick else 100),
     "ray": lambda quick, options: ray_simulation(clients=int(options.get("ray-clients", 200 if quick else 2000))),
-    "load": lambda quick, options: load(runs=int(options.get("load-runs", 1 if quick else 10))),
+    "load": lambda quick, options: load(
+        runs=int(options.get("load-runs", 1 if quick else 10)),
+        configurations=[
+            (int(clients), graph) for clients, graph in (item.split(":") for item in options["load-configs"].split(","))
+        ]
+        if "load-configs" in options
+        else None,
+        silence=float(options.get("load-silence", 10.0)),
+    ),
 }
 """Each part's function of ``--quick`` and the ``--name=value`` options (``--big-dims=10000000``,
-``--unmask-dim``, ``--ray-clients``, ``--load-runs``): sizes this machine can run in the time it has."""
+``--unmask-dim``, ``--ray-clients``, ``--load-runs``, ``--load-configs=200:full,1000:harary``, ``--load-silence``): sizes this machine can run in the time it has."""
 
 
 def run(argv: list[str] | None = None) -> dict:
