@@ -153,19 +153,19 @@ def write_markdown(results: Path) -> None:
         lines += [
             f"## Load over HTTP (D = 1e4, 10% dropout, {load['runs_per_configuration']} runs each)",
             "",
-            "| N | graph | runs completed exactly | honest clients excluded | server CPU per client per stage (ms, median) | requests/s (median) | round wall (s, median) |",
-            "|---|---|---|---|---|---|---|",
+            "| N | graph | silence window (s) | runs completed exactly | honest clients excluded | server CPU per client per stage (ms, median) | requests/s (median) | round wall (s, median) |",
+            "|---|---|---|---|---|---|---|---|",
         ]
-        groups: dict[tuple[int, str], list[dict]] = {}
+        groups: dict[tuple[int, str, float], list[dict]] = {}
         for row in load["results"]:
-            groups.setdefault((row["clients"], row["graph"]), []).append(row)
-        for (clients, graph), rows in groups.items():
+            groups.setdefault((row["clients"], row["graph"], row.get("silence_seconds", 10.0)), []).append(row)
+        for (clients, graph, silence), rows in groups.items():
             exact = sum(1 for row in rows if row["verified"] and row["honest_excluded"] == 0)
             cpu = [row["server_cpu_per_client_per_stage_ms"] for row in rows if row["server_cpu_per_client_per_stage_ms"]]
             rate = [row["requests_per_second"] for row in rows if row["requests_per_second"]]
             wall = [row["round_wall_seconds"] for row in rows]
             lines.append(
-                f"| {clients} | {graph} | {exact}/{len(rows)} | {sum(row['honest_excluded'] for row in rows)} "
+                f"| {clients} | {graph} | {silence:g} | {exact}/{len(rows)} | {sum(row['honest_excluded'] for row in rows)} "
                 f"| {statistics.median(cpu) if cpu else 0:.1f} | {statistics.median(rate) if rate else 0:.0f} "
                 f"| {statistics.median(wall):.1f} |"
             )
