@@ -45,6 +45,7 @@ from clients.runtime.transport import RoundDescription
 from secagg.config import RoundConfig
 from secagg.encoding import FixedPointEncoding, Ring
 from secagg.errors import ConfigurationError, EncodingError
+from secagg.rounds import Round
 
 RECORD_KEY = "secagg"
 """The name of the ConfigRecord that carries this protocol in a Flower message."""
@@ -271,7 +272,7 @@ class RoundSetup:
         description = RoundDescription(
             round_id=config.round_id.hex(),
             config=config,
-            status="R0-advertise-keys",
+            status=Round.ADVERTISE_KEYS.value,
             is_open=True,
             member_ids=members,
             dp_policy=dp_policy,

@@ -53,6 +53,7 @@ import typer
 
 from clients.runtime.errors import ClientError, ServerRefused
 from secagg.config import ProtocolMode, minimum_threshold
+from secagg.rounds import Round
 
 MIN_BANKS = 3
 MAX_BANKS = 5
@@ -251,8 +252,8 @@ def _crash_and_resume(
             time.sleep(0.05)
             continue
         status = admin.round_status(round_id)
-        past_r2 = status["stage"] in ("R3-consistency-check", "R4-unmasking", "completed")
-        in_r2 = status["stage"] == "R2-masked-input-collection" and index in status["responded"]
+        past_r2 = status["stage"] in (Round.CONSISTENCY_CHECK.value, Round.UNMASKING.value, "completed")
+        in_r2 = status["stage"] == Round.MASKED_INPUT_COLLECTION.value and index in status["responded"]
         if status["outcome"] == "aborted":
             round_id = None
             continue
@@ -262,7 +263,7 @@ def _crash_and_resume(
             console.print(
                 f"[yellow]{bank_id} SIGKILLed in round {config.restart_round} ({killed_in}), its masked input sent[/yellow]"
             )
-            while admin.round_status(round_id)["stage"] == "R2-masked-input-collection":
+            while admin.round_status(round_id)["stage"] == Round.MASKED_INPUT_COLLECTION.value:
                 time.sleep(0.05)
             banks[bank_id] = start_bank(bank_id)
             console.print(f"[yellow]{bank_id} restarted with the same command: it resumes from its state files[/yellow]")

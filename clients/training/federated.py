@@ -103,6 +103,7 @@ from secagg.consortium import Manifest, ManifestError, MemberRole, SignedManifes
 from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import SystemRandom
 from secagg.http_contract import ProblemType, problem_suffix
+from secagg.rounds import Round
 
 PROGRESS_FILE = "progress.jsonl"
 MODEL_FILE = "global-model.npy"
@@ -623,7 +624,7 @@ def _run_step(bank: _Bank, step: int) -> None:
         if listed is not None:
             of_step = [item for item in listed if int(item["round"]) == step and item["round_id"] not in bank.state.refused]
             completed = [item for item in of_step if item["outcome"] == "completed"]
-            fresh = [item for item in of_step if item["outcome"] is None and item["stage"] == "R0-advertise-keys"]
+            fresh = [item for item in of_step if item["outcome"] is None and item["stage"] == Round.ADVERTISE_KEYS.value]
             if completed:
                 if _catch_up(bank, step, completed[0]["round_id"]) is StepEnd.APPLIED:
                     return
@@ -673,7 +674,7 @@ def check_manifest_against_policy(rules: TrainingRules, policy: ClientPolicy, id
         description = RoundDescription(
             round_id="manifest",
             config=config,
-            status="R0-advertise-keys",
+            status=Round.ADVERTISE_KEYS.value,
             is_open=True,
             member_ids=tuple(bank.id for bank in rules.banks),
             dp_policy={"privacy": parameters.privacy},

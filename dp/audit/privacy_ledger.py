@@ -591,20 +591,8 @@ class PrivacyLedger:
         reason: RefusalReason = RefusalReason.BUDGET_EXCEEDED,
     ) -> LedgerEntry:
         """Record that ``event`` was refused; the cumulative epsilon is unchanged."""
-        before = self.cumulative_epsilon(unit, delta=delta, accountant=accountant)
-        would_reach = self.epsilon_with(unit, event, delta=delta, accountant=accountant)
-        return self._append(
-            round_id=round_id,
-            unit=unit,
-            kind=EntryKind.REFUSAL,
-            event=event,
-            delta=delta,
-            accountant=accountant,
-            increment=0.0,
-            cumulative=before,
-            would_reach=would_reach if math.isfinite(would_reach) else None,
-            budget_epsilon=budget_epsilon,
-            reason=reason,
+        return self._append_without_spend(
+            EntryKind.REFUSAL, round_id, unit, event, delta, accountant, budget_epsilon, RefusalReason(reason)
         )
 
     def record_unreleased(
@@ -619,12 +607,28 @@ class PrivacyLedger:
         reason: UnreleasedReason,
     ) -> LedgerEntry:
         """Record that a contribution prepared for ``round_id`` never left; nothing is spent."""
+        return self._append_without_spend(
+            EntryKind.UNRELEASED, round_id, unit, event, delta, accountant, budget_epsilon, UnreleasedReason(reason)
+        )
+
+    def _append_without_spend(
+        self,
+        kind: EntryKind,
+        round_id: str,
+        unit: PrivacyUnit,
+        event: MechanismEvent,
+        delta: float,
+        accountant: AccountantKind,
+        budget_epsilon: float | None,
+        reason: RefusalReason | UnreleasedReason,
+    ) -> LedgerEntry:
+        """An entry that leaves the cumulative epsilon unchanged and states what ``event`` would have reached."""
         before = self.cumulative_epsilon(unit, delta=delta, accountant=accountant)
         would_reach = self.epsilon_with(unit, event, delta=delta, accountant=accountant)
         return self._append(
             round_id=round_id,
             unit=unit,
-            kind=EntryKind.UNRELEASED,
+            kind=kind,
             event=event,
             delta=delta,
             accountant=accountant,
@@ -632,7 +636,7 @@ class PrivacyLedger:
             cumulative=before,
             would_reach=would_reach if math.isfinite(would_reach) else None,
             budget_epsilon=budget_epsilon,
-            reason=UnreleasedReason(reason),
+            reason=reason,
         )
 
     def entries_for(self, round_id: str) -> tuple[LedgerEntry, ...]:

@@ -33,3 +33,30 @@ def test_the_design_draws_every_top_level_package() -> None:
     design = (ROOT / "docs" / "DESIGN.md").read_text(encoding="utf-8")
     for package in ("secagg/", "dp/", "service/", "clients/", "secagg_cli/"):
         assert f"\n{package}" in design, package
+
+
+TEST_FILE = re.compile(r"`(tests/[\w/]+\.py)(?:::(test_\w+))?`(?:\s*\(([^)]*)\))?")
+
+
+def _tests_the_threat_model_names() -> list[tuple[str, str | None]]:
+    named: list[tuple[str, str | None]] = []
+    for row in (ROOT / "threat_model.md").read_text(encoding="utf-8").splitlines():
+        if not row.startswith("| T"):
+            continue
+        for path, test, listed in TEST_FILE.findall(row):
+            named.append((path, test or None))
+            named.extend((path, name) for name in re.findall(r"`(test_\w+)`", listed))
+    return named
+
+
+def test_every_test_the_threat_model_names_exists() -> None:
+    named = _tests_the_threat_model_names()
+    assert len(named) > 40, "the threat table names its tests"
+    missing = []
+    for path, test in named:
+        source = ROOT / path
+        if not source.exists():
+            missing.append(path)
+        elif test is not None and f"def {test}(" not in source.read_text(encoding="utf-8"):
+            missing.append(f"{path}::{test}")
+    assert not missing, f"threat_model.md names tests that do not exist: {missing}"
