@@ -532,6 +532,7 @@ def _replay_round(source: Path | None, database_url: str, clients: int, workers:
     import httpx
 
     from clients.harness.local_server import LocalServer
+    from secagg.rounds import Round
     from tests.service.harness import Api, RoundDriver, make_parties
 
     environment = {"PYTHONPATH": str(source)} if source is not None else {}
@@ -550,8 +551,8 @@ def _replay_round(source: Path | None, database_url: str, clients: int, workers:
             driver = RoundDriver(api, parties, round_id, seed=3)
             everyone = range(clients)
             driver.send(everyone)
-            for stage in ("R1-share-keys", "R2-masked-input-collection", "R3-consistency-check", "R4-unmasking"):
-                driver.wait_for_stage(stage, timeout=300)
+            for protocol_round in list(Round)[1:]:
+                driver.wait_for_stage(protocol_round.value, timeout=300)
                 driver.fetch(everyone)
                 driver.send(everyone)
             driver.wait_for_stage("completed", timeout=300)
