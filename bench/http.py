@@ -228,7 +228,7 @@ def upload_throughput(clients: int, dim: int) -> dict:
     uploads: list[tuple[int, float, float]] = []
     lock = threading.Lock()
 
-    def observe(protocol_round: Round, size: int, started: float, finished: float) -> None:
+    def observe(protocol_round: Round, size: int, started: float, finished: float, closed: bool) -> None:
         if protocol_round is Round.MASKED_INPUT_COLLECTION:
             with lock:
                 uploads.append((size, started, finished))

@@ -17,7 +17,7 @@ from clients.runtime.cli import client_app
 from clients.training.cli import evaluate_command, predict_command, train_command
 from dp.audit.cli import audit_app
 from dp.cli import dp_app
-from service.cli import server_command
+from service.cli import db_app, server_command
 
 app = typer.Typer(
     name="secagg",
@@ -32,6 +32,7 @@ app.add_typer(dp_app, name="dp")
 audit_app.command(name="fetch")(fetch_command)
 app.add_typer(audit_app, name="audit")
 app.command(name="server")(server_command)
+app.add_typer(db_app, name="db")
 app.command(name="train")(train_command)
 app.command(name="predict")(predict_command)
 app.command(name="evaluate")(evaluate_command)

@@ -37,6 +37,7 @@ from service.logs import configure_logging
 from service.metrics import ServiceMetrics
 from service.problems import PROBLEM_CONTENT_TYPE, Problem, ProblemType, ServiceProblem, problem_body
 from service.rounds import MAX_DIM, RoundEngine
+from service.rounds.engines import ChunkEngine, EngineKind, make_engine
 from service.settings import ServiceSettings, load_settings
 from service.storage import prepare_private_storage
 from service.watch import RoundWatch
@@ -76,6 +77,7 @@ def create_app(settings: ServiceSettings, *, clock: Callable[[], float] | None =
             max_dim=MAX_DIM,
             max_open_rounds=settings.max_open_rounds,
             on_round_changed=watch.notify,
+            chunk_engine=lambda: chunk_engine_for(settings),
             **extra,
         )
         app.state.watch = watch
@@ -84,6 +86,7 @@ def create_app(settings: ServiceSettings, *, clock: Callable[[], float] | None =
         app.state.admin_token = admin_token
         app.state.metrics = metrics
         app.state.engine = engine
+        engine.start_background_threads()
         await run_in_threadpool(engine.recover)
         task = asyncio.create_task(_background(engine, settings.deadline_poll_seconds))
         LOGGER.info(
@@ -96,6 +99,7 @@ def create_app(settings: ServiceSettings, *, clock: Callable[[], float] | None =
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            await run_in_threadpool(engine.stop_background_threads)
             database.dispose()
             LOGGER.info("server_stopped")
 
@@ -120,11 +124,12 @@ def create_app(settings: ServiceSettings, *, clock: Callable[[], float] | None =
     app.add_middleware(OperatorEndpoints, operator_port=settings.operator_port)
     app.add_middleware(ServerIdentityHeader, server_id=settings.server_id)
 
-    from service.routes import admin, audit, operations, participant
+    from service.routes import admin, audit, chunks, operations, participant
 
     app.include_router(operations.router)
     app.include_router(admin.router)
     app.include_router(participant.router)
+    app.include_router(chunks.router)
     app.include_router(audit.router)
     app.openapi_schema = None
     _register_problem_schema(app)
@@ -340,8 +345,22 @@ class _BodyTooLarge(BaseException):
 
 
 def _is_message_upload(scope: dict[str, Any]) -> bool:
+    """``POST /v1/rounds/{id}/messages`` and ``PUT /v1/rounds/{id}/masked-input/chunks/{k}``: their routes set the limit."""
     parts = scope.get("path", "").split("/")
-    return scope.get("method") == "POST" and len(parts) == 5 and parts[:3] == ["", "v1", "rounds"] and parts[4] == "messages"
+    if len(parts) < 5 or parts[:3] != ["", "v1", "rounds"]:
+        return False
+    if scope.get("method") == "POST" and len(parts) == 5 and parts[4] == "messages":
+        return True
+    return scope.get("method") == "PUT" and len(parts) == 7 and parts[4:6] == ["masked-input", "chunks"]
+
+
+def chunk_engine_for(settings: ServiceSettings) -> ChunkEngine:
+    """The engine of the mask expansion's chunk tasks, as configured (started on first use)."""
+    kind = EngineKind.RAY if settings.ray_address is not None else EngineKind(settings.unmask_engine)
+    if kind is EngineKind.RAY:
+        address = None if settings.ray_address in (None, "local") else settings.ray_address
+        return make_engine(kind, workers=settings.unmask_workers, ray_address=address)
+    return make_engine(kind, workers=settings.unmask_workers)
 
 
 def create_app_from_environment() -> FastAPI:
@@ -355,6 +374,7 @@ async def _background(engine: RoundEngine, interval: float) -> None:
         await asyncio.sleep(interval)
         try:
             await run_in_threadpool(engine.tick)
+            await run_in_threadpool(engine.database.checkpoint)
             ticks += 1
             if ticks % NONCE_PURGE_EVERY_TICKS == 0:
                 await run_in_threadpool(engine.database.purge_nonces, engine.clock())

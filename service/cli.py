@@ -17,6 +17,8 @@ from typing import Annotated
 
 import typer
 
+MULTIPROCESS_DIRECTORY_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+
 
 def server_command(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
@@ -58,6 +60,20 @@ def server_command(
         int | None, typer.Option("--max-open-rounds", min=1, help="Rounds running at once (default 100).")
     ] = None,
     dev: Annotated[bool, typer.Option("--dev", help="Development mode: allow unsafe settings (never in production).")] = False,
+    unmask_engine: Annotated[
+        str | None,
+        typer.Option("--unmask-engine", help="Where the mask expansion's chunk tasks run: thread, process (default) or ray."),
+    ] = None,
+    unmask_workers: Annotated[
+        int | None,
+        typer.Option("--unmask-workers", min=1, help="Concurrent chunk tasks (default: the cores, or the Ray cluster's CPUs)."),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address", help="Run chunk tasks on this Ray cluster (ray://head:10001, auto; 'local' starts one here)."
+        ),
+    ] = None,
 ) -> None:
     """Run the secure-aggregation server."""
     from pydantic import ValidationError
@@ -77,6 +93,9 @@ def server_command(
         ("max_connections", max_connections),
         ("body_timeout_seconds", body_timeout),
         ("max_open_rounds", max_open_rounds),
+        ("unmask_engine", unmask_engine),
+        ("unmask_workers", unmask_workers),
+        ("ray_address", ray_address),
     )
     for name, value in optional:
         if value is not None:
@@ -95,6 +114,8 @@ def server_command(
 
     for name, setting in overrides.items():
         os.environ[f"SECAGG_{name.upper()}"] = str(setting).lower() if isinstance(setting, bool) else str(setting)
+    if workers > 1:
+        os.environ[MULTIPROCESS_DIRECTORY_VARIABLE] = str(_fresh_metrics_directory(settings.data_dir))
 
     import uvicorn
     from uvicorn.supervisors import Multiprocess
@@ -156,6 +177,16 @@ def _listen(host: str, port: int) -> socket.socket:
     return listener
 
 
+def _fresh_metrics_directory(data_dir: Path) -> Path:
+    """An empty directory for prometheus_client's multiprocess files (``service.metrics``), mode 0700."""
+    import shutil
+
+    directory = data_dir / "prometheus-multiproc"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True, mode=0o700)
+    return directory
+
+
 def _first_error(exc: Exception) -> str:
     errors = getattr(exc, "errors", None)
     if callable(errors):
@@ -163,3 +194,59 @@ def _first_error(exc: Exception) -> str:
         if messages:
             return "; ".join(messages)
     return str(exc)
+
+
+db_app = typer.Typer(help="The server's database schema (Alembic migrations).", no_args_is_help=True)
+DatabaseUrlOption = Annotated[
+    str | None, typer.Option("--database-url", help="SQLAlchemy URL (default: the SQLite file in --data-dir).")
+]
+DataDirOption = Annotated[Path, typer.Option("--data-dir", help="Directory of the default SQLite file.")]
+
+
+def _database_url(database_url: str | None, data_dir: Path) -> str:
+    return database_url or f"sqlite:///{(data_dir / 'secagg.db').resolve()}"
+
+
+@db_app.command("upgrade")
+def db_upgrade(database_url: DatabaseUrlOption = None, data_dir: DataDirOption = Path("secagg-data")) -> None:
+    """Upgrade the database to the newest schema (the server also does this at start-up)."""
+    from service.db import Database
+    from service.migrations import current_revision
+
+    database = Database(_database_url(database_url, data_dir))
+    database.create_schema()
+    with database.engine.connect() as connection:
+        typer.echo(f"database at revision {current_revision(connection)}")
+    database.dispose()
+
+
+@db_app.command("current")
+def db_current(database_url: DatabaseUrlOption = None, data_dir: DataDirOption = Path("secagg-data")) -> None:
+    """Show the database's schema revision and the newest one this server knows."""
+    from sqlalchemy import create_engine
+
+    from service.migrations import current_revision, head_revision
+
+    engine = create_engine(_database_url(database_url, data_dir))
+    with engine.connect() as connection:
+        typer.echo(f"database: {current_revision(connection) or 'none (before migrations, or empty)'}; newest: {head_revision()}")
+    engine.dispose()
+
+
+@db_app.command("revision")
+def db_revision(message: Annotated[str, typer.Option("--message", "-m", help="What the revision changes.")]) -> None:
+    """Write the next migration from the difference between the models and the newest revision (for developers)."""
+    import tempfile
+
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    from service.migrations import alembic_config, upgrade_to_head
+
+    with tempfile.TemporaryDirectory(prefix="secagg-revision-") as scratch:
+        url = f"sqlite:///{Path(scratch) / 'head.db'}"
+        engine = create_engine(url)
+        with engine.begin() as connection:
+            upgrade_to_head(connection)
+        engine.dispose()
+        command.revision(alembic_config(url=url), message=message, autogenerate=True)

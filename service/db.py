@@ -14,6 +14,10 @@ the number of server processes:
 * ``nonces``: a (key id, nonce) pair is inserted at most once (primary key), which is
   how replayed requests are refused;
 * ``outbound``: one server message per (round, stage it opens, recipient);
+* ``masked_input_uploads`` / ``masked_input_chunks``: at most one declared upload per
+  (round, sender) and one stored chunk per (round, sender, chunk) (primary keys), so a
+  chunk is stored once whatever the retries and the workers;
+* ``round_chunks``: the running sum and the result, one row per (round, chunk).
 * ``trainings``: one signed consortium manifest per training id (its hash unique), and
   ``training_rounds``: the training and step of each round that belongs to one.
 
@@ -25,8 +29,11 @@ without the lock and see the last committed state.
 
 What is stored about a round is what replaying its session needs (the accepted R0,
 R1, R3 and R4 messages in acceptance order, and the order of stage closures), the
-messages the server sent, a running sum of the accepted masked inputs (never the
-individual masked inputs: see :mod:`service.rounds`) and, at the end, the result.
+messages the server sent, a running sum of the accepted masked inputs in chunks and, at
+the end, the result in chunks. An individual masked input rests on disk only while its
+chunks wait to be folded into the running sum (:mod:`service.rounds.chunks`).
+
+The schema is created and upgraded by Alembic migrations (:mod:`service.migrations`).
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ from sqlalchemy import (
     event,
     insert,
     select,
+    text,
 )
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError
@@ -93,9 +101,8 @@ class RoundRow(Base):
     abort_detail: Mapped[str | None] = mapped_column(Text, nullable=True)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     survivors: Mapped[str | None] = mapped_column(Text, nullable=True)
-    masked_sum: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
-    result: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
     result_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """SHA-256 of the whole result; the result itself is in ``round_chunks``."""
     ledger_recorded: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
 
 
@@ -155,6 +162,62 @@ class OutboundRow(Base):
     recipient: Mapped[int] = mapped_column(Integer, primary_key=True)
     message_type: Mapped[str] = mapped_column(String(40))
     body: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    fetched_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """When the recipient first fetched it: progress of the stage, for its silence deadline."""
+
+
+class MaskedInputUploadRow(Base):
+    """A declared chunked upload of one masked input: its header and the SHA-256 of each chunk."""
+
+    __tablename__ = "masked_input_uploads"
+
+    round_id: Mapped[str] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"), primary_key=True)
+    sender: Mapped[int] = mapped_column(Integer, primary_key=True)
+    header: Mapped[bytes] = mapped_column(LargeBinary(46))
+    chunk_sha256: Mapped[bytes] = mapped_column(LargeBinary)
+    """The declared digests, 32 bytes per chunk, in chunk order."""
+    upload_sha256: Mapped[str] = mapped_column(String(64))
+    declared_at: Mapped[float] = mapped_column(Float)
+
+
+class MaskedInputChunkRow(Base):
+    """One stored chunk of a declared upload, until it is folded into the running sum."""
+
+    __tablename__ = "masked_input_chunks"
+
+    round_id: Mapped[str] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"), primary_key=True)
+    sender: Mapped[int] = mapped_column(Integer, primary_key=True)
+    chunk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    body: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    received_at: Mapped[float] = mapped_column(Float)
+
+
+class RoundChunkRow(Base):
+    """One chunk of a round's running sum of masked inputs and, once unmasked, of its result."""
+
+    __tablename__ = "round_chunks"
+
+    round_id: Mapped[str] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"), primary_key=True)
+    chunk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    masked_sum: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
+    folded: Mapped[int] = mapped_column(Integer, default=0)
+    """How many masked inputs the running sum of this chunk contains."""
+    result: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
+    result_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class MaskExpansionRow(Base):
+    """A round in (or past) the mask-expansion stage: who is expanding it, until when."""
+
+    __tablename__ = "mask_expansions"
+
+    round_id: Mapped[str] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"), primary_key=True)
+    started_at: Mapped[float] = mapped_column(Float)
+    lease_owner: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    lease_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+    chunks: Mapped[int] = mapped_column(Integer)
+    tasks_run: Mapped[int] = mapped_column(Integer, default=0)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class NonceBase(DeclarativeBase):
@@ -180,19 +243,25 @@ class Database:
         self._nonce_engine = (
             _create_engine(nonce_database_url(url), immediate=True, synchronous="NORMAL") if self.is_sqlite else self.engine
         )
+        self._recomputable_engine = _create_engine(url, immediate=True, synchronous="NORMAL") if self.is_sqlite else self.engine
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._write_sessions = sessionmaker(self._write_engine, expire_on_commit=False)
+        self._recomputable_sessions = sessionmaker(self._recomputable_engine, expire_on_commit=False)
 
     def create_schema(self) -> None:
-        """Create missing tables (idempotent; safe with several processes starting at once)."""
+        """Create or upgrade the schema to the newest migration (idempotent; safe with several
+        processes starting at once: SQLite's write lock or a PostgreSQL advisory lock)."""
+        from service.migrations import upgrade_to_head
+
         if self.is_sqlite:
             self.data_directory_ready()
-            Base.metadata.create_all(self._write_engine)
+            with self._write_engine.begin() as connection:  # BEGIN IMMEDIATE: the database's write lock
+                upgrade_to_head(connection)
             NonceBase.metadata.create_all(self._nonce_engine)
             return
         with self.engine.begin() as connection:
             connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7264217)")
-            Base.metadata.create_all(connection)
+            upgrade_to_head(connection)
             NonceBase.metadata.create_all(connection)
 
     @contextmanager
@@ -206,6 +275,28 @@ class Database:
         """A write transaction: committed on success, rolled back on any exception."""
         with self._write_sessions() as session:
             try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    @contextmanager
+    def write_recomputable(self) -> Iterator[Session]:
+        """A write transaction whose loss in a machine crash costs only recomputation (folds, chunk results).
+
+        Committed without waiting for the disk (SQLite ``synchronous=NORMAL`` in WAL mode,
+        PostgreSQL ``synchronous_commit=off``): atomic and consistent like every commit, and
+        it survives a crash of the server process; a crash of the machine or of the database
+        server can drop the last such commits, which only means they are done again (every
+        use is idempotent). The next durable commit (:meth:`write`) makes every earlier one
+        durable too, since both go through the same write-ahead log in order, so a round
+        that completes durably has durable results.
+        """
+        with self._recomputable_sessions() as session:
+            try:
+                if not self.is_sqlite:
+                    session.execute(text("SET LOCAL synchronous_commit TO OFF"))
                 yield session
                 session.commit()
             except BaseException:
@@ -247,6 +338,26 @@ class Database:
         except Exception:  # readiness probe: any failure means "not ready"
             return False
 
+    def checkpoint(self) -> None:
+        """SQLite: copy the WAL into the main file once it exceeds :data:`WAL_CHECKPOINT_BYTES`,
+        without waiting for readers or writers (a PASSIVE checkpoint); a no-op on PostgreSQL."""
+        if not self.is_sqlite:
+            return
+        database = self.engine.url.database
+        if not database or database == ":memory:":
+            return
+        wal = Path(database + "-wal")
+        try:
+            if wal.stat().st_size < WAL_CHECKPOINT_BYTES:
+                return
+        except OSError:
+            return
+        connection = self.engine.raw_connection()  # outside any transaction: a checkpoint cannot run inside one
+        try:
+            connection.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            connection.close()
+
     def purge_nonces(self, now: float | None = None) -> None:
         moment = time.time() if now is None else now
         with self._nonce_engine.begin() as connection:
@@ -260,7 +371,7 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
-        for engine in {self._write_engine, self._nonce_engine} - {self.engine}:
+        for engine in {self._write_engine, self._nonce_engine, self._recomputable_engine} - {self.engine}:
             engine.dispose()
 
 
@@ -285,7 +396,9 @@ POOL_OVERFLOW = 8
 SQLITE_PAGE_BYTES = 65536
 """SQLite's largest page size, used for new database files (https://sqlite.org/pragma.html#pragma_page_size)."""
 WAL_CHECKPOINT_BYTES = 64 << 20
-"""WAL size at which SQLite checkpoints it into the main file."""
+"""WAL size above which the background checkpoint copies it into the main file."""
+WAL_AUTOCHECKPOINT_BYTES = 1 << 30
+"""WAL size at which SQLite itself checkpoints, inside a commit (a backstop only)."""
 
 
 def _create_engine(url: str, *, immediate: bool, synchronous: str = "FULL") -> Engine:
@@ -305,10 +418,11 @@ def _create_engine(url: str, *, immediate: bool, synchronous: str = "FULL") -> E
         # overflow pages instead of ~1000, which more than halves the time of its commit.
         cursor.execute(f"PRAGMA page_size={SQLITE_PAGE_BYTES}")
         cursor.execute("PRAGMA journal_mode=WAL")
-        # A running sum rewritten by every upload reaches the main file once per checkpoint,
-        # not once per upload, when checkpoints are rarer (every 64 MiB of WAL).
+        # Checkpoints run in the background (Database.checkpoint, from the server's tick), so no
+        # request's commit pays for copying the WAL into the main file; the automatic one is
+        # only a backstop for a database used without that tick.
         page_bytes = cursor.execute("PRAGMA page_size").fetchone()[0]
-        cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_BYTES // page_bytes}")
+        cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_BYTES // page_bytes}")
         cursor.execute("PRAGMA journal_size_limit=134217728")
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from secagg.chunks import CHUNK_ALIGNMENT_BYTES, DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, MIN_CHUNK_BYTES
 from secagg.config import MAX_PARTICIPANTS, GraphKind, ProtocolMode
 
 ParticipantId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
@@ -59,7 +60,13 @@ class ParticipantList(_Response):
 
 
 class Deadlines(_Request):
-    """Seconds each stage may stay open before it closes with whoever answered (if >= t)."""
+    """Seconds of silence after which each stage closes with whoever answered (if >= t).
+
+    Silence is counted from the stage's last progress: its opening, an accepted message,
+    a member's first fetch of its request for the stage, a declared masked-input upload
+    or an accepted chunk. A stage never closes while this server still processes an
+    upload for it that arrived in time.
+    """
 
     R0: StageSeconds = 300.0
     R1: StageSeconds = 300.0
@@ -93,6 +100,10 @@ class RoundCreate(_Request):
     bits: Annotated[int, Field(ge=8, le=64)] = 32
     dp_policy: DpPolicy = DpPolicy()
     deadlines: Deadlines = Deadlines()
+    chunk_bytes: Annotated[int, Field(ge=MIN_CHUNK_BYTES, le=MAX_CHUNK_BYTES, multiple_of=CHUNK_ALIGNMENT_BYTES)] = Field(
+        default=DEFAULT_CHUNK_BYTES,
+        description="Bytes per chunk of the round's vectors (upload, storage, unmasking, download); not in the config digest.",
+    )
     training: TrainingRef | None = Field(
         default=None, description="The consortium training and step this round belongs to (its manifest hash is bound in)."
     )
@@ -172,7 +183,9 @@ class RoundParameters(_Response):
     deadlines: dict[str, float]
     training: TrainingBinding | None = None
     config_digest: str = Field(description="Hex of secagg.config.RoundConfig.digest().")
-    max_message_bytes: int
+    max_message_bytes: int = Field(description="The largest body POST messages accepts for this round.")
+    chunk_bytes: int = Field(description="Bytes per chunk of the round's vectors.")
+    chunks: int = Field(description="Chunks per vector: ceil(dim * element width / chunk_bytes).")
     stage: str
     stage_deadline: float | None
     created_at: float
@@ -215,6 +228,36 @@ class MessageAck(_Response):
     sender: int
     status: Literal["accepted", "already-accepted"]
     message_sha256: str
+    closed_stage: bool = Field(default=False, description="True iff this message completed its stage.")
+
+
+class UploadDeclaration(_Request):
+    """The manifest of a chunked masked-input upload: its 46-byte header and each chunk's SHA-256."""
+
+    header: Annotated[str, StringConstraints(min_length=64, max_length=64)] = Field(
+        description="Standard base64 of the MaskedInput's first 46 bytes (docs/WIRE.md, section 6.5)."
+    )
+    chunk_sha256: Annotated[
+        list[Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]], Field(min_length=1, max_length=1 << 20)
+    ] = Field(description="Lowercase hex SHA-256 of each chunk of the vector, in chunk order.")
+
+
+class UploadStatus(_Response):
+    round_id: str
+    sender: int
+    upload_sha256: str = Field(description="SHA-256 binding the header, chunk_bytes and every chunk digest (docs/WIRE.md).")
+    chunk_bytes: int
+    chunks: int
+    received: list[int] = Field(description="Chunks already stored (a resumed upload sends only the others).")
+    committed: bool
+
+
+class ChunkAck(_Response):
+    round_id: str
+    sender: int
+    chunk: int
+    status: Literal["accepted", "already-accepted"]
+    chunk_sha256: str
 
 
 class WorkItem(_Response):

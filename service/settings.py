@@ -72,6 +72,12 @@ class ServiceSettings(BaseSettings):
     """Long polls (``messages/me?wait=S``) one participant may hold at once per process (429 beyond)."""
     max_open_rounds: int = Field(default=100, ge=1, le=100_000)
     """Rounds that may be running at once; creating one more is refused (``open-round-limit``)."""
+    unmask_engine: str = Field(default="process", pattern=r"^(thread|process|ray)$")
+    """Where the mask expansion's chunk tasks run (``service.rounds.engines``); ``ray`` with ``ray_address``."""
+    unmask_workers: int | None = Field(default=None, ge=1, le=4096)
+    """Concurrent chunk tasks (default: this machine's cores; for Ray, the cluster's CPUs)."""
+    ray_address: str | None = None
+    """The Ray cluster for chunk tasks (``ray://head:10001``, ``auto``, or ``local`` for a cluster of this machine)."""
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Self:

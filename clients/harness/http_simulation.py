@@ -31,7 +31,7 @@ import numpy as np
 
 from clients.consortium.admin import AdminClient
 from clients.harness.faults import DroppingTransport, SimulatedDropout
-from clients.harness.local_server import LocalServer
+from clients.harness.local_server import LocalServer, metric_samples
 from clients.harness.simulation import SimulationParameters, SimulationReport
 from clients.runtime.errors import ClientError, ClientRefusedRound, ExcludedFromRound, RoundAbortedByServer
 from clients.runtime.http_transport import HttpTransport
@@ -39,28 +39,24 @@ from clients.runtime.inputs import RingVectorInput
 from clients.runtime.policy import ClientPolicy
 from clients.runtime.retry import PollSchedule, RetryPolicy
 from clients.runtime.runner import RoundOutcome, run_round
-from clients.runtime.transport import RoundTransport
+from clients.runtime.transport import Accepted, RoundTransport
 from secagg.config import minimum_threshold
 from secagg.encoding import Ring
 from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import DeterministicRandom, RandomSource, SystemRandom
 from secagg.rounds import KEYS, Round
 
+LARGE_RESULTS_BYTES = 1 << 30
+"""Above this many bytes of results in total, only one client fetches the result (this harness's memory)."""
 LONG_DEADLINE_SECONDS = 3600.0
+"""The silence window of the stages where nobody drops: long enough never to close one."""
 POLL_SCHEDULE = PollSchedule(initial_interval=0.5, multiplier=1.5, max_interval=3.0, timeout=LONG_DEADLINE_SECONDS)
 """Polls start at the server's Retry-After (1 s by default) and back off to 3 s."""
-
-
-def dropout_stage_deadline(clients: int, dim: int) -> float:
-    """How long the stage in which clients drop stays open: enough for every honest
-    client on loopback (a few seconds plus time proportional to the bytes uploaded)."""
-    return 4.0 + 2e-7 * clients * dim
 
 
 @dataclass(slots=True)
 class HttpSimulationReport(SimulationReport):
     transport: str = "http"
-    wall_seconds: float = 0.0
     server_start_seconds: float = 0.0
     setup_seconds: float = 0.0
     round_wall_seconds: float = 0.0
@@ -72,9 +68,9 @@ class HttpSimulationReport(SimulationReport):
 
 
 class TimedTransport:
-    """Forwards to a transport and reports the wall-clock span of every submission."""
+    """Forwards to a transport and reports the wall-clock span of every submission (and whether it closed its stage)."""
 
-    def __init__(self, inner: RoundTransport, observer: Callable[[Round, int, float, float], None]) -> None:
+    def __init__(self, inner: RoundTransport, observer: Callable[[Round, int, float, float, bool], None]) -> None:
         self._inner = inner
         self._observer = observer
         self.endpoint = inner.endpoint
@@ -85,7 +81,8 @@ class TimedTransport:
     def submit(self, round_id: str, protocol_round: Round, payload: bytes):
         started = time.perf_counter()
         outcome = self._inner.submit(round_id, protocol_round, payload)
-        self._observer(protocol_round, len(payload), started, time.perf_counter())
+        closed = isinstance(outcome, Accepted) and outcome.closed_stage
+        self._observer(protocol_round, len(payload), started, time.perf_counter(), closed)
         return outcome
 
     def fetch(self, round_id: str, protocol_round: Round):
@@ -98,14 +95,16 @@ class TimedTransport:
 def run_http_simulation(
     params: SimulationParameters,
     *,
-    stage_deadline: float | None = None,
     on_step: Callable[[str], None] | None = None,
-    on_submit: Callable[[Round, int, float, float], None] | None = None,
+    on_submit: Callable[[Round, int, float, float, bool], None] | None = None,
+    database_url: str | None = None,
+    workers: int = 1,
+    server_arguments: tuple[str, ...] = (),
 ) -> HttpSimulationReport:
     """Run one round over HTTP against a fresh local server; verify the sum.
 
-    ``on_submit(round, bytes, started, finished)`` observes every message POST
-    (``perf_counter`` times), for the upload benchmark.
+    ``on_submit(round, bytes, started, finished, closed_stage)`` observes every message
+    upload (``perf_counter`` times), for the upload benchmark.
     """
     wall_started = time.perf_counter()
     source: RandomSource = DeterministicRandom.from_int(params.seed) if params.seed is not None else SystemRandom()
@@ -117,7 +116,7 @@ def run_http_simulation(
     dropped = frozenset(int(i) for i in order[: params.dropped_count])
     drop_at = Round.from_key(params.dropout_round.value).number
     input_seeds = [source.random_bytes(32) for _ in range(n)]
-    deadline = (stage_deadline or dropout_stage_deadline(n, params.dim)) if dropped else None
+    deadline = params.silence_seconds if dropped else None
     deadlines = dict.fromkeys(KEYS, LONG_DEADLINE_SECONDS)
     if deadline is not None:
         for later in Round:
@@ -133,7 +132,12 @@ def run_http_simulation(
     with tempfile.TemporaryDirectory(prefix="secagg-http-sim-") as work:
         work_dir = Path(work)
         started = time.perf_counter()
-        local_server = LocalServer(directory=work_dir / "server")
+        arguments = list(server_arguments)
+        if params.engine.value == "ray":
+            arguments += ["--ray-address", params.ray_address or "local"]
+        local_server = LocalServer(
+            directory=work_dir / "server", database_url=database_url, workers=workers, extra_arguments=tuple(arguments)
+        )
         with local_server as server:
             server_start_seconds = time.perf_counter() - started
             started = time.perf_counter()
@@ -150,6 +154,7 @@ def run_http_simulation(
                         "dim": params.dim,
                         "bits": params.bits,
                         "deadlines": deadlines,
+                        "chunk_bytes": params.chunk_bytes,
                     }
                 )
                 round_id = created["round_id"]
@@ -162,6 +167,16 @@ def run_http_simulation(
                 policy = ClientPolicy(required_mode=params.mode, min_cohort_size=2)
                 poll = POLL_SCHEDULE
 
+                r4_closing: list[float] = []
+                large = n * params.dim * Ring(params.bits).element_bytes > LARGE_RESULTS_BYTES
+                fetcher = next(member for member in range(n) if member not in dropped)
+
+                def observe(protocol_round: Round, size: int, begun: float, finished: float, closed: bool) -> None:
+                    if protocol_round is Round.UNMASKING and closed:
+                        r4_closing.append(finished - begun)
+                    if on_submit is not None:
+                        on_submit(protocol_round, size, begun, finished, closed)
+
                 def run_client(member: int) -> None:
                     def count_retry(attempt: int, delay: float, description: str) -> None:
                         retries[member] += 1
@@ -171,8 +186,7 @@ def run_http_simulation(
                         retry=RetryPolicy(max_attempts=10), on_retry=count_retry,
                     ) as http:  # fmt: skip
                         transport: RoundTransport = DroppingTransport(http, drop_at) if member in dropped else http
-                        if on_submit is not None:
-                            transport = TimedTransport(transport, on_submit)
+                        transport = TimedTransport(transport, observe)
                         try:
                             outcomes[member] = run_round(
                                 transport=transport,
@@ -183,7 +197,7 @@ def run_http_simulation(
                                 state_dir=work_dir / "clients" / names[member],
                                 participant_id=names[member],
                                 poll=poll,
-                                wait_for_result=True,
+                                wait_for_result=member == fetcher or not large,
                             )
                         except SimulatedDropout:
                             failures[member] = "dropped"
@@ -216,6 +230,8 @@ def run_http_simulation(
                     else None
                 )
                 status = admin.round_status(round_id)
+                server_peak_rss = local_server.peak_rss_bytes()
+                unmask_tasks = int(sum(metric_samples(local_server, "secagg_unmask_tasks_total").values()))
 
     survivors_result = next((o.result for o in outcomes.values() if o.result is not None), None)
     verified = False
@@ -271,6 +287,11 @@ def run_http_simulation(
         server_cpu_seconds=server_cpu_seconds,
         http_requests=sum(requests.values()),
         clients_cpu_seconds=clients_cpu_seconds,
+        chunk_bytes=params.chunk_bytes,
+        engine=params.engine.value,
+        unmask_tasks=unmask_tasks,
+        server_peak_rss_bytes=server_peak_rss,
+        r4_completing_request_seconds=r4_closing[0] if r4_closing else None,
     )
 
 
@@ -283,7 +304,8 @@ def _round_key_of_stage(stage: str) -> str | None:
 
 
 def _stage_durations(status: dict) -> dict[str, float]:
-    """Wall-clock duration of each closed stage, from the server's round history."""
+    """Wall-clock duration of each closed stage, from the server's round history; ``expansion``:
+    from R4's closing to the round's completion (the mask-expansion stage)."""
     durations: dict[str, float] = {}
     previous = float(status.get("created_at") or 0.0)
     for record in status.get("history") or []:
@@ -293,4 +315,6 @@ def _stage_durations(status: dict) -> dict[str, float]:
             continue
         durations[name] = float(closed) - previous
         previous = float(closed)
+    if status.get("outcome") == "completed" and status.get("finished_at") is not None and Round.UNMASKING.key in durations:
+        durations["expansion"] = float(status["finished_at"]) - previous
     return durations

@@ -64,6 +64,7 @@ class LocalServer:
         scheme: str = "http",
         verify: ssl.SSLContext | bool = True,
         extra_env: dict[str, str] | None = None,
+        cwd: Path | None = None,
         operator_listener: bool = True,
     ) -> None:
         self._directory = directory
@@ -75,6 +76,7 @@ class LocalServer:
         self.scheme = scheme
         self.verify = verify
         self._extra_env = dict(extra_env or {})
+        self._cwd = cwd
         self._temporary: tempfile.TemporaryDirectory[str] | None = None
         self.process: subprocess.Popen[bytes] | None = None
         self.port = free_loopback_port()
@@ -135,7 +137,9 @@ class LocalServer:
         environment.update(self._extra_env)
         self.log_path = self.root / f"server-{time.time_ns() // 1_000_000}.log"
         log = open(self.log_path, "wb")  # noqa: SIM115 - owned by the subprocess until it exits
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment, start_new_session=True)
+        self.process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=environment, start_new_session=True, cwd=self._cwd
+        )
         log.close()
         self._wait_ready()
         return self
@@ -172,6 +176,18 @@ class LocalServer:
         ticks = os.sysconf("SC_CLK_TCK")
         return (int(fields[11]) + int(fields[12])) / ticks
 
+    def peak_rss_bytes(self) -> int | None:
+        """Peak resident memory of the server's main process so far (Linux ``VmHWM``; None elsewhere)."""
+        if self.process is None:
+            return None
+        try:
+            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+        return None
+
     def kill(self) -> None:
         """SIGKILL the whole process group (workers included): no shutdown hook runs."""
         if self.process is not None and self.process.poll() is None:
@@ -198,3 +214,24 @@ class LocalServer:
         self.stop()
         if self._temporary is not None:
             self._temporary.cleanup()
+
+
+def metric_samples(server: LocalServer, name: str) -> dict[str, float]:
+    """The samples of one Prometheus metric by label set, from the operator listener (or with the admin token)."""
+    if server.operator_port is not None:
+        response = httpx.get(server.operator_url + "/metrics", timeout=30.0, verify=server.verify)
+    else:
+        response = httpx.get(
+            server.base_url + "/metrics",
+            headers={"Authorization": f"Bearer {server.admin_token}"},
+            timeout=30.0,
+            verify=server.verify,
+        )
+    if response.status_code != 200:
+        return {}
+    samples: dict[str, float] = {}
+    for line in response.text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            labels, _, value = line.rpartition(" ")
+            samples[labels[len(name) :]] = float(value)
+    return samples

@@ -6,6 +6,11 @@ message really goes through its binary encoding in both directions, clients that
 compared with the exact sum of the survivors' inputs. Timings are wall-clock
 ``perf_counter`` around each party's own computation (encoding included), so the
 figures are what each party would spend, with no network.
+
+The server unmasks as the service does: its session stops in the mask-expansion stage
+and the masks are removed chunk by chunk (``--chunk-bytes``) by chunk tasks, on threads
+of this process (``--engine local``) or on a Ray cluster (``--engine ray``, where the
+clients run as Ray actors too: :mod:`clients.harness.ray_simulation`).
 """
 
 from __future__ import annotations
@@ -25,19 +30,28 @@ import numpy as np
 import typer
 
 from clients.runtime.errors import ClientError
+from secagg.chunks import DEFAULT_CHUNK_BYTES, ChunkLayout
 from secagg.client import ClientSession
 from secagg.config import GraphKind, ProtocolMode, RoundConfig, minimum_threshold
 from secagg.errors import ProtocolAbort
 from secagg.graph import recommended_harary_degree
 from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import DeterministicRandom, RandomSource, SystemRandom
-from secagg.messages import encode
+from secagg.messages import MaskedInput, encode
 from secagg.rounds import KEYS, Round
 from secagg.server import ServerSession, ServerStage
+from secagg.server.chunk_tasks import MaskChunkTask, chunk_tasks, run_mask_chunk_task, unmask_chunk, unmasking_masks
 
 DropoutRound = Enum("DropoutRound", {key: key for key in KEYS}, type=str)  # type: ignore[misc]
 """The round in which the dropped clients stop answering (a CLI choice: ``R0`` … ``R4``)."""
 DEFAULT_DROPOUT_ROUND = DropoutRound(Round.MASKED_INPUT_COLLECTION.key)
+
+
+class SimulationEngine(str, Enum):
+    """Where the clients and the server's chunk tasks run."""
+
+    LOCAL = "local"
+    RAY = "ray"
 
 
 class SimulationTransport(str, Enum):
@@ -60,6 +74,11 @@ class SimulationParameters:
     threshold: int | None = None
     seed: int | None = None
     mask_threads: int = 1
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    engine: SimulationEngine = SimulationEngine.LOCAL
+    silence_seconds: float = 10.0
+    """HTTP only: the deadlines' silence window of the stages where clients drop."""
+    ray_address: str | None = None
 
     @property
     def dropped_count(self) -> int:
@@ -90,6 +109,40 @@ class SimulationReport:
     upload_expansion: float
     client_round_seconds_median: dict[str, float] = field(default_factory=dict)
     server_round_seconds: dict[str, float] = field(default_factory=dict)
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    engine: str = SimulationEngine.LOCAL.value
+    unmask_tasks: int = 0
+    server_peak_rss_bytes: int | None = None
+    """The server's own process: the server subprocess over HTTP; with clients in Ray workers, the driver;
+    None in process with ``--engine local`` (the clients share the process)."""
+    r4_completing_request_seconds: float | None = None
+    """HTTP only: latency of the upload that completed R4."""
+    wall_seconds: float = 0.0
+
+
+def chunked_unmasking(
+    server: ServerSession, masked_sum: np.ndarray, chunk_bytes: int, run_tasks: Callable[[list[MaskChunkTask]], list[np.ndarray]]
+) -> tuple[np.ndarray, int]:
+    """The result of a session stopped in the mask-expansion stage, unmasked chunk by chunk; and the task count."""
+    config = server.config
+    layout = ChunkLayout(config.dim, config.bits, chunk_bytes)
+    tasks = chunk_tasks(layout, unmasking_masks(server.unmasking_plan))
+    result = np.empty(config.dim, dtype=config.ring.dtype)
+    for task, total in zip(tasks, run_tasks(tasks), strict=True):
+        result[task.start : task.stop] = unmask_chunk(masked_sum[task.start : task.stop], total, config.bits)
+    return result, len(tasks)
+
+
+def thread_tasks(threads: int) -> Callable[[list[MaskChunkTask]], list[np.ndarray]]:
+    """Chunk tasks on a thread pool of this process (AES-CTR and numpy release the GIL)."""
+
+    def run(tasks: list[MaskChunkTask]) -> list[np.ndarray]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            return list(pool.map(run_mask_chunk_task, tasks))
+
+    return run
 
 
 def _round_key(stage: ServerStage) -> str:
@@ -138,7 +191,8 @@ def run_simulation(
     bytes_up: dict[int, int] = defaultdict(int)
     sessions: dict[int, ClientSession] = {}
     input_seeds = {member: source.random_bytes(32) for member in range(n)}
-    server = ServerSession(config, mask_threads=params.mask_threads)
+    server = ServerSession(config, sum_masked_inputs=False, expand_masks=False)
+    masked_sum = ring.zeros(params.dim)
     client_aborts: dict[int, str] = {}
 
     def client_input(member: int) -> np.ndarray:
@@ -150,7 +204,9 @@ def run_simulation(
         if recorder:
             recorder(payload)
         started = time.perf_counter()
-        server.receive_bytes(payload)
+        message = server.receive_bytes(payload)
+        if isinstance(message, MaskedInput):
+            np.add(masked_sum, message.masked_vector, out=masked_sum)
         server_seconds[round_name] += time.perf_counter() - started
         bytes_up[member] += len(payload)
         if on_step:
@@ -167,15 +223,19 @@ def run_simulation(
             deliver(member, payload, Round.ADVERTISE_KEYS.key)
 
     abort_reason: str | None = None
+    result: np.ndarray | None = None
+    tasks_run = 0
     try:
-        while server.stage is not ServerStage.COMPLETED:
+        while server.stage is not ServerStage.MASK_EXPANSION:
             stage_name = _round_key(server.stage)
             if recorder:
                 recorder(None)
             started = time.perf_counter()
             outbox = server.advance()
+            if server.stage is ServerStage.MASK_EXPANSION:
+                result, tasks_run = chunked_unmasking(server, masked_sum, params.chunk_bytes, thread_tasks(params.mask_threads))
             server_seconds[stage_name] += time.perf_counter() - started
-            if server.stage is ServerStage.COMPLETED:
+            if server.stage is ServerStage.MASK_EXPANSION:
                 break
             next_round = _round_key(server.stage)
             for member, message in sorted(outbox.items()):
@@ -195,12 +255,12 @@ def run_simulation(
         abort_reason = exc.reason.value
 
     verified = False
-    if server.stage is ServerStage.COMPLETED:
+    if result is not None:
         expected_sum = ring.zeros(params.dim)
         for member in server.survivors:
             np.add(expected_sum, client_input(member), out=expected_sum)
         ring.reduce(expected_sum)
-        verified = bool(np.array_equal(server.result, expected_sum))
+        verified = bool(np.array_equal(result, expected_sum))
 
     totals = [sum(rounds.values()) for rounds in client_seconds.values()]
     rounds = sorted({name for per_client in client_seconds.values() for name in per_client})
@@ -209,7 +269,7 @@ def run_simulation(
     upload = max((bytes_up[m] for m in full_uploaders), default=0)
     return SimulationReport(
         verified=verified,
-        outcome=server.stage.value,
+        outcome=ServerStage.COMPLETED.value if result is not None else server.stage.value,
         abort_reason=abort_reason,
         clients=n,
         dim=params.dim,
@@ -232,6 +292,8 @@ def run_simulation(
             name: statistics.median(per_client.get(name, 0.0) for per_client in client_seconds.values()) for name in rounds
         },
         server_round_seconds=dict(server_seconds),
+        chunk_bytes=params.chunk_bytes,
+        unmask_tasks=tasks_run,
     )
 
 
@@ -252,6 +314,22 @@ def simulate_command(
     transport: Annotated[
         SimulationTransport, typer.Option("--transport", help="in-process, or http: a real server subprocess on loopback.")
     ] = SimulationTransport.IN_PROCESS,
+    engine: Annotated[
+        SimulationEngine,
+        typer.Option("--engine", help="local, or ray: clients as Ray actors and the server's chunk tasks on Ray."),
+    ] = SimulationEngine.LOCAL,
+    ray_address: Annotated[
+        str | None, typer.Option("--ray-address", help="Ray cluster to use with --engine ray (default: start one here).")
+    ] = None,
+    chunk_bytes: Annotated[
+        int, typer.Option("--chunk-bytes", min=1024, help="Bytes per chunk of the vectors (upload, storage, unmasking).")
+    ] = DEFAULT_CHUNK_BYTES,
+    silence_seconds: Annotated[
+        float,
+        typer.Option(
+            "--silence-seconds", min=0.1, help="HTTP: a stage closes after this long without progress (dropped clients)."
+        ),
+    ] = 10.0,
 ) -> None:
     """Run N in-process clients and the server through one whole round and verify the sum."""
     from rich.console import Console
@@ -276,6 +354,10 @@ def simulate_command(
         threshold=threshold,
         seed=seed,
         mask_threads=os.cpu_count() or 1,
+        chunk_bytes=chunk_bytes,
+        engine=engine,
+        silence_seconds=silence_seconds,
+        ray_address=ray_address,
     )
     errors = Console(stderr=True)
     long_run = clients * dim >= 10_000_000
@@ -289,12 +371,18 @@ def simulate_command(
 
         report: SimulationReport
         try:
+            started = time.perf_counter()
             if transport is SimulationTransport.HTTP:
                 from clients.harness.http_simulation import run_http_simulation
 
                 report = run_http_simulation(params, on_step=step)
+            elif engine is SimulationEngine.RAY:
+                from clients.harness.ray_simulation import run_ray_simulation
+
+                report = run_ray_simulation(params, on_step=step)
             else:
                 report = run_simulation(params, on_step=step)
+            report.wall_seconds = report.wall_seconds or time.perf_counter() - started
         except ValueError as exc:
             errors.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(code=2) from None

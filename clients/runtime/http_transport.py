@@ -30,6 +30,15 @@ for at least half the wait is reported as :class:`Pending` with ``long_polled=Tr
 is an ordinary poll answer, paced by the client's poll schedule, so a misbehaving
 server is never polled in a tight loop. Waiting for the result rides on the same long
 poll: the server answers ``round-completed`` on ``messages/me`` once the result exists.
+
+Vectors in chunks (API.md section 5): a masked input larger than one chunk of the round
+(``chunk_bytes`` in the round description) is uploaded as a declared upload: the manifest
+(the message's 46-byte header and every chunk's SHA-256, signed), then each chunk the
+server does not hold yet (``PUT .../chunks/{k}``, its SHA-256 declared in
+``X-Secagg-Body-Sha256`` and signed), then the commit. Each step is idempotent, so a
+retried or resumed upload sends only the missing chunks. A result larger than one chunk
+is downloaded chunk by chunk, each chunk checked against its SHA-256 and the whole against
+``X-Secagg-Result-Sha256``.
 """
 
 from __future__ import annotations
@@ -71,12 +80,14 @@ from clients.runtime.transport import (
     SubmitOutcome,
     TrainingBinding,
 )
+from secagg.chunks import ChunkLayout, split_masked_input
 from secagg.config import RoundConfig
 from secagg.encoding import Ring
-from secagg.errors import ConfigurationError
+from secagg.errors import ConfigurationError, EncodingError, MalformedMessage
 from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import RandomSource, SystemRandom
 from secagg.http_contract import (
+    BODY_SHA256_HEADER,
     MAX_LONG_POLL_SECONDS,
     MAX_OTHER_BODY_BYTES,
     MAX_PROBLEM_BODY_BYTES,
@@ -260,6 +271,14 @@ def _problem(response: Answer) -> tuple[str, str, dict[str, Any]]:
     return suffix, str(body.get("detail", response.reason_phrase)), body
 
 
+def _accepted(response: Answer) -> Accepted:
+    try:
+        ack = response.json()
+        return Accepted(already_accepted=ack.get("status") == "already-accepted", closed_stage=ack.get("closed_stage") is True)
+    except (ValueError, AttributeError):
+        raise ServerRefused(response.status_code, "unusable-acknowledgement", "the upload's answer is not JSON") from None
+
+
 def _training_binding(value: Any) -> TrainingBinding | None:
     """The round's ``training`` member (docs/API.md section 5), or None when absent or null."""
     if value is None:
@@ -323,6 +342,7 @@ class HttpTransport:
             pool=timeout.pool,
         )
         self.requests_sent = 0
+        self._chunk_bytes: dict[str, int] = {}
 
     @property
     def endpoint(self) -> str:
@@ -375,6 +395,9 @@ class HttpTransport:
             )
         stage = str(body.get("stage", ""))
         self._configs[round_id] = config
+        chunk_bytes = body.get("chunk_bytes")
+        if isinstance(chunk_bytes, int):
+            self._chunk_bytes[round_id] = chunk_bytes
         return RoundDescription(
             round_id=round_id,
             config=config,
@@ -383,10 +406,19 @@ class HttpTransport:
             member_ids=tuple(str(member["id"]) for member in cohort),
             dp_policy=body.get("dp_policy"),
             server_identity=response.headers.get("X-Secagg-Server-Id"),
+            chunk_bytes=chunk_bytes if isinstance(chunk_bytes, int) else None,
             training=training,
         )
 
     def submit(self, round_id: str, protocol_round: Round, payload: bytes) -> SubmitOutcome:
+        chunk_bytes = self._chunk_bytes.get(round_id)
+        if protocol_round is Round.MASKED_INPUT_COLLECTION and chunk_bytes is not None:
+            try:
+                header, pieces = split_masked_input(payload, chunk_bytes)
+            except (EncodingError, MalformedMessage) as exc:
+                raise ValueError(f"not a masked input of this round: {exc}") from None
+            if len(pieces) > 1:
+                return self._submit_in_chunks(round_id, header.encode(), pieces)
         response = self._signed(
             "POST",
             f"/v1/rounds/{round_id}/messages",
@@ -395,11 +427,48 @@ class HttpTransport:
             max_bytes=MAX_PROBLEM_BODY_BYTES,
         )
         if response.status_code in (200, 202):
-            try:
-                status = response.json().get("status")
-            except (ValueError, AttributeError):
-                raise ServerRefused(response.status_code, "unusable-acknowledgement", "the upload's answer is not JSON") from None
-            return Accepted(already_accepted=status == "already-accepted")
+            return _accepted(response)
+        problem_type, _, body = _problem(response)
+        if problem_type == ProblemType.WRONG_STAGE.suffix:
+            return StageClosed()
+        if problem_type in (ProblemType.EXCLUDED.suffix, ProblemType.NOT_IN_ROUND.suffix):
+            return Excluded()
+        if problem_type == ProblemType.ROUND_ABORTED.suffix:
+            return RoundAborted(str(body.get("abort_reason") or "aborted"))
+        self._refuse(response)
+
+    def _submit_in_chunks(self, round_id: str, header: bytes, pieces: list[memoryview]) -> SubmitOutcome:
+        """Declare, put the missing chunks, commit (see the module docstring)."""
+        digests = [hashlib.sha256(piece).hexdigest() for piece in pieces]
+        declaration = json.dumps({"header": base64.b64encode(header).decode("ascii"), "chunk_sha256": digests}).encode("ascii")
+        base = f"/v1/rounds/{round_id}/masked-input"
+        response = self._signed(
+            "POST", base, declaration, headers={"Content-Type": "application/json"}, max_bytes=MAX_OTHER_BODY_BYTES
+        )
+        if response.status_code not in (200, 201):
+            return self._upload_refusal(response)
+        status = response.json()
+        received = set(status.get("received", ())) if isinstance(status, dict) else set()
+        if not (isinstance(status, dict) and status.get("committed")):
+            for index, piece in enumerate(pieces):
+                if index in received:
+                    continue
+                body = bytes(piece)
+                response = self._signed(
+                    "PUT",
+                    f"{base}/chunks/{index}",
+                    body,
+                    headers={"Content-Type": "application/octet-stream", BODY_SHA256_HEADER: digests[index]},
+                    max_bytes=MAX_PROBLEM_BODY_BYTES,
+                )
+                if response.status_code not in (200, 202):
+                    return self._upload_refusal(response)
+        response = self._signed("POST", f"{base}/commit", max_bytes=MAX_PROBLEM_BODY_BYTES)
+        if response.status_code in (200, 202):
+            return _accepted(response)
+        return self._upload_refusal(response)
+
+    def _upload_refusal(self, response: Answer) -> SubmitOutcome:
         problem_type, _, body = _problem(response)
         if problem_type == ProblemType.WRONG_STAGE.suffix:
             return StageClosed()
@@ -438,7 +507,58 @@ class HttpTransport:
             return RoundAborted(str(body.get("abort_reason") or "aborted"))
         self._refuse(response)
 
+    def _fetch_result_in_chunks(self, round_id: str, first: Answer) -> RoundResult:
+        """The rest of a chunked result after its chunk 0 (``first``); every digest checked."""
+        try:
+            ring = Ring(int(first.headers["X-Secagg-Bits"]))
+            dim = int(first.headers["X-Secagg-Dim"])
+            layout = ChunkLayout(dim, ring.bits, int(first.headers["X-Secagg-Chunk-Bytes"]))
+            survivors = tuple(int(item) for item in first.headers.get("X-Secagg-Survivors", "").split(",") if item)
+            declared_total = first.headers["X-Secagg-Result-Sha256"].lower()
+        except (KeyError, ValueError, EncodingError) as exc:
+            raise ServerRefused(200, "unusable-result", f"the result headers cannot be used: {exc}") from None
+        vector = np.empty(dim, dtype=ring.dtype)
+        view = vector.view(np.uint8)
+        total = hashlib.sha256()
+        response = first
+        for index, start, stop in layout.ranges():
+            if index:
+                response = self._signed(
+                    "GET",
+                    f"/v1/rounds/{round_id}/result/chunks/{index}",
+                    headers={"Accept": "application/octet-stream"},
+                    max_bytes=layout.chunk_bytes,
+                )
+                if response.status_code != 200:
+                    self._refuse(response)
+            body = response.content
+            if (
+                len(body) != layout.size(index)
+                or hashlib.sha256(body).hexdigest() != response.headers.get("X-Secagg-Chunk-Sha256", "").lower()
+            ):
+                raise ServerRefused(
+                    200, "unusable-result", f"chunk {index} of the result does not match its size or X-Secagg-Chunk-Sha256"
+                )
+            if response.headers.get("X-Secagg-Result-Sha256", "").lower() != declared_total:
+                raise ServerRefused(200, "unusable-result", "the chunks of the result name different results")
+            view[start * ring.element_bytes : stop * ring.element_bytes] = np.frombuffer(body, dtype=np.uint8)
+            total.update(body)
+        if total.hexdigest() != declared_total:
+            raise ServerRefused(200, "unusable-result", "the result does not match its X-Secagg-Result-Sha256")
+        return RoundResult(vector=vector, survivors=survivors)
+
     def fetch_result(self, round_id: str) -> ResultDelivery:
+        chunk_bytes = self._chunk_bytes.get(round_id)
+        if chunk_bytes is not None:
+            response = self._signed(
+                "GET",
+                f"/v1/rounds/{round_id}/result/chunks/0",
+                headers={"Accept": "application/octet-stream"},
+                max_bytes=chunk_bytes,
+            )
+            if response.status_code == 200:
+                return self._fetch_result_in_chunks(round_id, response)
+            return self._result_refusal(round_id, response)
         config = self._configs.get(round_id)
         response = self._signed(
             "GET",
@@ -463,6 +583,9 @@ class HttpTransport:
             if vector.size != dim:
                 raise ServerRefused(200, "unusable-result", f"the result has {vector.size} elements, not {dim}")
             return RoundResult(vector=vector, survivors=survivors)
+        return self._result_refusal(round_id, response)
+
+    def _result_refusal(self, round_id: str, response: Answer) -> ResultDelivery:
         problem_type, _, body = _problem(response)
         if problem_type == ProblemType.RESULT_NOT_READY.suffix:
             not_ready = Pending(parse_retry_after(response.headers.get("Retry-After"), now=self._wall_clock()))

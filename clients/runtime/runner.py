@@ -55,6 +55,7 @@ from secagg.hazmat.keys import InvalidPublicKey, SigningKey
 from secagg.hazmat.randomness import SEED_BYTES, DeterministicRandom, RandomSource, SystemRandom
 from secagg.messages import ROUND_OF_CLIENT_MESSAGE, encode, peek_type
 from secagg.rounds import Round
+from secagg.server.stages import ServerStage
 
 _ABORT_REASONS = frozenset(reason.value for reason in AbortReason)
 INTERNAL_ERROR = "internal-error"
@@ -281,7 +282,7 @@ def _finish_closed_round(
     R2), which the result names; without the result the outcome is counted as
     without this client.
     """
-    if status != "completed":
+    if status not in (ServerStage.COMPLETED.value, ServerStage.MASK_EXPANSION.value):
         store.finish(state, f"aborted-by-server: {status}")
         raise RoundAbortedByServer(status)
     result = _await_result(transport, state.round_id, poll, sleep, clock, emit) if wait_for_result else None

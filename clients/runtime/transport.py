@@ -59,6 +59,8 @@ class RoundDescription:
     member_ids: tuple[str, ...] | None = None
     dp_policy: Mapping[str, object] | None = field(default=None, compare=False)
     server_identity: str | None = None
+    chunk_bytes: int | None = None
+    """The round's chunk size (``docs/API.md``): a masked input larger than one chunk is uploaded in chunks."""
     training: TrainingBinding | None = None
 
 
@@ -105,6 +107,8 @@ class Accepted:
     """The server durably accepted the message (or already had exactly these bytes)."""
 
     already_accepted: bool = False
+    closed_stage: bool = False
+    """The server says this message completed its stage."""
 
 
 @dataclass(frozen=True, slots=True)

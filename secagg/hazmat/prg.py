@@ -11,6 +11,13 @@ Hot path rules: keystream goes from OpenSSL into preallocated numpy memory throu
 ``update_into``; there is no intermediate ``bytes`` object and no Python loop over
 coordinates. :func:`accumulate_masks` works in cache-sized blocks so that each block
 of the keystream is added while it is still in L2.
+
+Seekable: CTR mode computes keystream block j as AES_key(u128be(j)) with no dependency on
+earlier blocks, so the words of elements [start, start + len) follow from the counter
+offset alone. :func:`expand_range` and :func:`accumulate_masks_range` produce exactly the
+slice of the whole-vector expansion, for any start (a start inside a 16-byte block
+discards the leading keystream bytes of that block); a vector cut into chunks is unmasked
+chunk by chunk, independently and in any order, with a bit-identical result.
 """
 
 from __future__ import annotations
@@ -35,6 +42,39 @@ def _keystream(seed: bytes, first_block: int = 0) -> CipherContext:
     if len(seed) != KEY_BYTES:
         raise ValueError(f"PRG seeds are {KEY_BYTES} bytes")
     return Cipher(algorithms.AES(seed), modes.CTR(first_block.to_bytes(16, "big"))).encryptor()
+
+
+_SKIP = bytes(16)
+
+
+def _keystream_at(seed: bytes, byte_offset: int) -> CipherContext:
+    """AES-256-CTR under ``seed``, positioned at keystream byte ``byte_offset``."""
+    stream = _keystream(seed, byte_offset // 16)
+    skip = byte_offset % 16
+    if skip:
+        stream.update(_SKIP[:skip])
+    return stream
+
+
+def expand_range(seed: bytes, out: np.ndarray, start: int) -> np.ndarray:
+    """Fill ``out`` with elements ``start`` .. ``start + out.size`` of the PRG output of ``seed``; return it.
+
+    Equal to ``expand(seed, whole)[start:start + out.size]`` for a vector ``whole`` of
+    ``out``'s dtype, computed from the counter offset alone.
+    """
+    if not out.flags.c_contiguous or out.dtype.kind != "u" or out.ndim != 1:
+        raise ValueError("out must be a 1-D C-contiguous unsigned integer array")
+    if start < 0:
+        raise ValueError("start must be non-negative")
+    view = out.view(np.uint8)
+    if view.size == 0:
+        return out
+    zeros = np.zeros(min(view.size, BLOCK_BYTES), dtype=np.uint8)
+    stream = _keystream_at(seed, start * out.dtype.itemsize)
+    for begin in range(0, view.size, zeros.size):
+        stop = min(begin + zeros.size, view.size)
+        stream.update_into(zeros[: stop - begin].data, view[begin:stop].data)
+    return out
 
 
 def expand(seed: bytes, out: np.ndarray) -> np.ndarray:
@@ -98,10 +138,32 @@ def accumulate_masks(target: np.ndarray, masks: Sequence[SignedSeed], *, threads
     return target
 
 
-def _accumulate_range(target: np.ndarray, masks: Sequence[SignedSeed], start: int, stop: int, block_elements: int) -> None:
+def accumulate_masks_range(target: np.ndarray, masks: Sequence[SignedSeed], start: int) -> np.ndarray:
+    """``target += sum(sign * PRG(seed)[start:start + target.size])`` modulo 2^w, in place.
+
+    ``target`` holds elements ``start`` .. ``start + target.size`` of a longer vector;
+    the result is bit-for-bit that slice of :func:`accumulate_masks` over the whole
+    vector. Memory: one keystream block, whatever the number of masks.
+    """
+    if not target.flags.c_contiguous or target.dtype.kind != "u" or target.ndim != 1:
+        raise ValueError("target must be a 1-D C-contiguous unsigned integer array")
+    if start < 0:
+        raise ValueError("start must be non-negative")
+    for mask in masks:
+        if len(mask.seed) != KEY_BYTES:
+            raise ValueError(f"PRG seeds are {KEY_BYTES} bytes")
+    if masks and target.size:
+        block_elements = max(1, BLOCK_BYTES // target.dtype.itemsize)
+        _accumulate_range(target, masks, 0, target.size, block_elements, offset=start)
+    return target
+
+
+def _accumulate_range(
+    target: np.ndarray, masks: Sequence[SignedSeed], start: int, stop: int, block_elements: int, *, offset: int = 0
+) -> None:
+    """Elements [start, stop) of ``target``, which begins at element ``offset`` of the mask vectors."""
     itemsize = target.dtype.itemsize
-    first_block = start * itemsize // 16
-    streams = [(_keystream(mask.seed, first_block), mask.sign) for mask in masks]
+    streams = [(_keystream_at(mask.seed, (offset + start) * itemsize), mask.sign) for mask in masks]
     zeros = np.zeros(block_elements * itemsize, dtype=np.uint8)
     scratch = np.empty(block_elements, dtype=target.dtype)
     scratch_bytes = scratch.view(np.uint8)

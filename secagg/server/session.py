@@ -18,6 +18,14 @@ and the same ``advance`` calls reproduces the same outputs and result, which is 
 the service recovers after a restart. ``mask_threads`` spreads the regeneration of
 masks in R4 over that many threads (same result; the caller chooses, typically the
 number of cores).
+
+A service that also expands the masks itself, chunk by chunk and off its request path
+(:mod:`secagg.server.chunk_tasks`), builds the session with ``expand_masks=False``: closing
+R4 then reconstructs and verifies every secret and stops in
+:attr:`~secagg.server.stages.ServerStage.MASK_EXPANSION` with :attr:`ServerSession.unmasking_plan`;
+the sum is never formed in the session. Such a session accepts a
+:class:`~secagg.chunks.MaskedInputHeader` in place of a masked input whose elements
+travel in chunks.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from typing import NoReturn
 
 import numpy as np
 
+from secagg.chunks import MaskedInputHeader
 from secagg.config import ProtocolMode, RoundConfig
 from secagg.config import session_id as derive_session_id
 from secagg.errors import AbortReason, MalformedMessage, MessageRejected, ProtocolAbort, RejectReason, SessionAborted
@@ -60,7 +69,7 @@ from secagg.protocol import (
     survivors_statement,
 )
 from secagg.server.stages import ServerStage
-from secagg.server.unmasking import InconsistentShare, InconsistentSharesAbort, SecretKind, plan_unmasking
+from secagg.server.unmasking import InconsistentShare, InconsistentSharesAbort, SecretKind, UnmaskingPlan, plan_unmasking
 
 Outbox = dict[int, ServerMessage]
 
@@ -95,11 +104,17 @@ class _RoundData:
 class ServerSession:
     """The server's side of one round of secure aggregation."""
 
-    def __init__(self, config: RoundConfig, *, sum_masked_inputs: bool = True, mask_threads: int = 1) -> None:
+    def __init__(
+        self, config: RoundConfig, *, sum_masked_inputs: bool = True, mask_threads: int = 1, expand_masks: bool = True
+    ) -> None:
         if mask_threads < 1:
             raise ValueError("mask_threads must be at least 1")
+        if not expand_masks and sum_masked_inputs:
+            raise ValueError("a session that does not expand the masks does not sum the masked inputs either")
         self._config = config
         self._sum_masked_inputs = sum_masked_inputs
+        self._expand_masks = expand_masks
+        self._plan: UnmaskingPlan | None = None
         self._mask_threads = mask_threads
         self._digest = config.digest()
         self._stage = ServerStage.ADVERTISE_KEYS
@@ -123,6 +138,13 @@ class ServerSession:
     @property
     def session_id(self) -> bytes | None:
         return self._data.session_id
+
+    @property
+    def unmasking_plan(self) -> UnmaskingPlan:
+        """Every reconstructed, verified secret of R4 (in :attr:`ServerStage.MASK_EXPANSION` only)."""
+        if self._plan is None or self._stage is not ServerStage.MASK_EXPANSION:
+            raise RuntimeError("the unmasking plan exists only in the mask-expansion stage")
+        return self._plan
 
     @property
     def expected_senders(self) -> frozenset[int]:
@@ -198,7 +220,7 @@ class ServerSession:
         self.receive(message)
         return message
 
-    def receive(self, message: ClientMessage) -> None:
+    def receive(self, message: ClientMessage | MaskedInputHeader) -> None:
         """Validate and accept one client message, or raise MessageRejected and change nothing."""
         if self._stage is ServerStage.ABORTED:
             raise SessionAborted(self.abort_reason or AbortReason.ABORTED_BY_SERVER)
@@ -223,7 +245,7 @@ class ServerSession:
             raise MessageRejected(RejectReason.WRONG_SESSION, "message is for another session")
         if isinstance(message, ShareKeys):
             self._accept_share_keys(message)
-        elif isinstance(message, MaskedInput):
+        elif isinstance(message, MaskedInput | MaskedInputHeader):
             self._accept_masked_input(message)
         elif isinstance(message, ConsistencyCheck):
             self._accept_consistency_check(message)
@@ -234,8 +256,8 @@ class ServerSession:
         """Close the current stage; return the next messages by recipient (empty when completed)."""
         if self._stage is ServerStage.ABORTED:
             raise SessionAborted(self.abort_reason or AbortReason.ABORTED_BY_SERVER)
-        if self._stage is ServerStage.COMPLETED:
-            raise MessageRejected(RejectReason.WRONG_STAGE, "the round has already completed")
+        if self._stage in (ServerStage.COMPLETED, ServerStage.MASK_EXPANSION):
+            raise MessageRejected(RejectReason.WRONG_STAGE, "every client message of the round has been received")
         responders = frozenset(self._responders())
         self._history.append(StageRecord(stage=self._stage, expected=self._expected, responded=responders))
         if len(responders) < self._config.threshold:
@@ -270,6 +292,7 @@ class ServerSession:
             self._abort = ProtocolAbort(reason, detail)
             self._stage = ServerStage.ABORTED
             self._data.running_sum = None
+            self._plan = None
 
     # ------------------------------------------------------------- per stage
     def _responders(self) -> Collection[int]:
@@ -306,13 +329,20 @@ class ServerSession:
             raise MessageRejected(RejectReason.WRONG_LENGTH, f"share ciphertexts are {SHARE_CIPHERTEXT_BYTES} bytes")
         self._data.share_keys[message.sender] = message
 
-    def _accept_masked_input(self, message: MaskedInput) -> None:
+    def _accept_masked_input(self, message: MaskedInput | MaskedInputHeader) -> None:
         ring = self._config.ring
-        vector = message.masked_vector
         if message.bits != ring.bits:
             raise MessageRejected(
                 RejectReason.WRONG_LENGTH, f"masked input is in Z_2^{message.bits}, the round uses Z_2^{ring.bits}"
             )
+        if isinstance(message, MaskedInputHeader):
+            if self._sum_masked_inputs:
+                raise MessageRejected(RejectReason.MALFORMED, "this session sums masked inputs and needs their elements")
+            if message.dim != self._config.dim:
+                raise MessageRejected(RejectReason.WRONG_LENGTH, f"masked input must have {self._config.dim} elements")
+            self._data.masked_input_senders.add(message.sender)
+            return
+        vector = message.masked_vector
         if vector.ndim != 1 or vector.size != self._config.dim or vector.dtype != ring.dtype.newbyteorder("="):
             raise MessageRejected(RejectReason.WRONG_LENGTH, f"masked input must have {self._config.dim} elements")
         if not ring.is_reduced(vector):
@@ -423,7 +453,7 @@ class ServerSession:
     def _unmask(self) -> Outbox:
         data = self._data
         assert data.session_id is not None
-        if data.running_sum is None:
+        if data.running_sum is None and self._expand_masks:
             if self._sum_masked_inputs:
                 data.running_sum = self._config.ring.zeros(self._config.dim)
             else:
@@ -444,7 +474,11 @@ class ServerSession:
             raise
         self._inconsistent_shares = plan.inconsistent_shares
         self._unattributed_secrets = plan.unattributed
+        if not self._expand_masks:
+            self._plan = plan
+            return self._enter(ServerStage.MASK_EXPANSION, frozenset(), {})
         total = data.running_sum
+        assert total is not None
         masks = [mask for batch in plan.mask_batches() for mask in batch]
         accumulate_masks(total, masks, threads=self._mask_threads)
         self._config.ring.reduce(total)

@@ -8,18 +8,22 @@ left open. A message that arrives after its stage's deadline first lets the stag
 (in its own transaction) and then meets the next stage.
 
 Masked inputs (R2) and memory: the core session is built with ``sum_masked_inputs=False``
-and the service keeps a **persisted running sum** in the round's row, updated in the
-same transaction that records the submission, so each accepted input is added exactly
-once: the submission's unique key and the sum commit or roll back together. Memory is
-O(dim) per request and per round, storage is O(dim) per round instead of O(n·dim), and no
-individual masked input ever rests on disk (data minimisation: a later leak of the
-database cannot single one out). The process keeps the sum it last committed beside its
-cached session, valid for the same revision only, so an upload does not read the sum
-back: it writes the new sum once and commits.
+and the service keeps a **persisted running sum** in chunks (``round_chunks``). A masked
+input that fits in one chunk may come as one body: it is added to the sum in the same
+transaction that records the submission, so it is added exactly once (the submission's
+unique key and the sum commit or roll back together). A larger one comes as a declared,
+chunked upload (:mod:`service.rounds.chunks`): its commit passes the core the message's
+header (:class:`~secagg.chunks.MaskedInputHeader`), records the submission with the
+manifest's digest, and its stored chunks are folded into the sum afterwards, each exactly
+once. Memory: one chunk per request, whatever the dimension.
 
-The sum's integrity rests on that transaction: replay never sees an input's contents
-(:mod:`service.rounds.replay`), so a wrong running sum would go unnoticed by replay and
-yield a wrong result (never a leak).
+The sum's integrity rests on those transactions: replay never sees an input's contents
+(:mod:`service.rounds.replay`); the expansion checks that each chunk's sum holds exactly
+|U3| inputs before it uses it (:mod:`service.rounds.expansion`).
+
+Every accepted message is progress of its stage: it moves the stage's deadline to a full
+window from now (:mod:`service.rounds.transitions`). While a message is being accepted,
+its round counts it as an upload in flight, so the stage is not closed under it.
 """
 
 from __future__ import annotations
@@ -29,18 +33,17 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
-from secagg.config import RoundConfig
+from secagg.chunks import MASKED_INPUT_HEADER_BYTES, MaskedInputHeader
 from secagg.errors import MalformedMessage, MessageRejected
 from secagg.http_contract import PROBLEM_OF_REJECT_REASON
 from secagg.messages import ROUND_OF_CLIENT_MESSAGE, ClientMessage, MaskedInput, decode, peek_type
 from secagg.server import ServerStage
-from service.db import RoundRow, SubmissionRow
+from service.db import SubmissionRow
 from service.problems import ProblemType, ServiceProblem
+from service.rounds.chunks import ChunkStore
 from service.rounds.context import RoundContext
 from service.rounds.transitions import StageTransitions
 
@@ -54,15 +57,27 @@ class Acceptance:
     sender: int
     message_sha256: str
     already_accepted: bool
+    closed_stage: bool = False
 
 
 class MessageAcceptance:
-    """Validates and durably records client messages; ``on_finished(round_id)`` after a round ends."""
+    """Validates and durably records client messages; ``on_finished(round_id)`` after a round ends,
+    ``on_masked_input(round_id)`` after a chunked masked input was committed (its chunks await folding)."""
 
-    def __init__(self, context: RoundContext, transitions: StageTransitions, *, on_finished: Callable[[str], object]) -> None:
+    def __init__(
+        self,
+        context: RoundContext,
+        transitions: StageTransitions,
+        chunks: ChunkStore,
+        *,
+        on_finished: Callable[[str], object],
+        on_masked_input: Callable[[str], object] | None = None,
+    ) -> None:
         self.context = context
         self.transitions = transitions
+        self.chunks = chunks
         self._on_finished = on_finished
+        self._on_masked_input = on_masked_input
 
     def accept(self, round_id: str, participant_id: str, body: bytes, *, body_sha256: str | None = None) -> Acceptance:
         """Validate and durably record one client message; raise ServiceProblem and change nothing otherwise."""
@@ -76,24 +91,63 @@ class MessageAcceptance:
         stage = ServerStage(message_round.value)
         sender = self.context.member_index(round_id, participant_id)
         digest = body_sha256 if body_sha256 is not None else hashlib.sha256(body).hexdigest()
-        outcome = self._accept_locked(round_id, stage, sender, body, digest)
-        if outcome is None:  # the stage was overdue: close it, then judge the message again
-            self.transitions.advance_if_due(round_id)
-            outcome = self._accept_locked(round_id, stage, sender, body, digest, allow_overdue=True)
+        if stage is ServerStage.MASKED_INPUT_COLLECTION and not self.context.parameters(round_id).masked_input_fits_one_body:
+            raise ServiceProblem(
+                ProblemType.PAYLOAD_TOO_LARGE, "this round's masked inputs are larger than one chunk: use the chunked upload"
+            )
+        return self._accept(round_id, stage, sender, body, digest, size=len(body))
+
+    def commit_upload(self, round_id: str, participant_id: str) -> Acceptance:
+        """Commit a declared chunked masked input whose chunks are all stored (:mod:`service.rounds.chunks`)."""
+        sender = self.context.member_index(round_id, participant_id)
+        declared = self.chunks.declared(round_id, sender)
+        if declared is None:
+            raise ServiceProblem(ProblemType.UPLOAD_NOT_DECLARED, "declare the upload first")
+        size = MASKED_INPUT_HEADER_BYTES + self.context.parameters(round_id).layout.vector_bytes
+        acceptance = self._accept(
+            round_id, ServerStage.MASKED_INPUT_COLLECTION, sender, None, declared.upload_sha256, size=size, header=declared.header
+        )
+        if not acceptance.already_accepted and self._on_masked_input is not None:
+            self._on_masked_input(round_id)
+        return acceptance
+
+    def _accept(
+        self,
+        round_id: str,
+        stage: ServerStage,
+        sender: int,
+        body: bytes | None,
+        digest: str,
+        *,
+        size: int,
+        header: MaskedInputHeader | None = None,
+    ) -> Acceptance:
+        with self.context.upload_in_flight(round_id):
+            outcome = self._accept_locked(round_id, stage, sender, body, digest, header=header, size=size)
+            if outcome is None:  # the stage was overdue: close it if it is due, then judge the message again
+                self.transitions.advance_if_due(round_id)
+                outcome = self._accept_locked(round_id, stage, sender, body, digest, header=header, size=size, allow_overdue=True)
         assert outcome is not None
         acceptance, finished = outcome
         if not acceptance.already_accepted:
             self.context.metrics.messages_accepted.labels(stage.value).inc()
-            self.context.metrics.bytes_in.labels(stage.value).inc(len(body))
-            LOGGER.info(
-                "message_accepted", extra={"round_id": round_id, "stage": stage.value, "sender": sender, "size": len(body)}
-            )
+            self.context.metrics.bytes_in.labels(stage.value).inc(size)
+            LOGGER.info("message_accepted", extra={"round_id": round_id, "stage": stage.value, "sender": sender, "size": size})
         if finished:
             self._on_finished(round_id)
         return acceptance
 
     def _accept_locked(
-        self, round_id: str, stage: ServerStage, sender: int, body: bytes, digest: str, *, allow_overdue: bool = False
+        self,
+        round_id: str,
+        stage: ServerStage,
+        sender: int,
+        body: bytes | None,
+        digest: str,
+        *,
+        size: int,
+        header: MaskedInputHeader | None = None,
+        allow_overdue: bool = False,
     ) -> tuple[Acceptance, bool] | None:
         """One locked attempt; None (and no change) if the round's stage is past its deadline."""
         context = self.context
@@ -125,52 +179,62 @@ class MessageAcceptance:
                         )
                     if row.outcome == "completed":
                         raise ServiceProblem(ProblemType.WRONG_STAGE, "the round has completed")
-                    try:
-                        message: ClientMessage = decode(body)
-                    except MalformedMessage as exc:
-                        raise ServiceProblem(ProblemType.MALFORMED, str(exc)) from None
+                    message: ClientMessage | MaskedInputHeader
+                    if header is not None:
+                        self.chunks.committable(session, round_id, sender)
+                        message = header
+                    else:
+                        assert body is not None
+                        try:
+                            message = decode(body)
+                        except MalformedMessage as exc:
+                            raise ServiceProblem(ProblemType.MALFORMED, str(exc)) from None
                     if message.sender != sender:
                         raise ServiceProblem(
                             ProblemType.SENDER_MISMATCH, f"the message's sender is {message.sender}, your index is {sender}"
                         )
                     server_session = context.sessions.session(session, row, parameters)
-                    known_sum = context.sessions.masked_sum(round_id, row.revision)
                     try:
                         server_session.receive(message)
                     except MessageRejected as exc:
-                        # The core refuses without changing the session, so it stays valid for this
-                        # revision: keep it (or the one just replayed) cached, or every refused message
-                        # would make the next request replay the whole round.
-                        context.sessions.remember(round_id, row.revision, server_session, known_sum)
+                        # The core refuses without changing the session, so it stays cached for this
+                        # revision (the cache holds it already), or every refused message would make
+                        # the next request replay the whole round.
                         raise ServiceProblem(PROBLEM_OF_REJECT_REASON[exc.reason], exc.detail) from None
                     # From here on the cached session is ahead of the database until the commit.
                     session_changed = True
                     context.sessions.forget(round_id)
-                    session.add(
-                        SubmissionRow(
-                            round_id=round_id,
-                            stage=stage.value,
-                            sender=sender,
-                            body=None if isinstance(message, MaskedInput) else body,
-                            body_sha256=digest,
-                            size=len(body),
-                            received_at=now,
-                        )
+                    submission = SubmissionRow(
+                        round_id=round_id,
+                        stage=stage.value,
+                        sender=sender,
+                        body=None if isinstance(message, MaskedInput | MaskedInputHeader) else body,
+                        body_sha256=digest,
+                        size=size,
+                        received_at=now,
                     )
+                    session.add(submission)
                     if isinstance(message, MaskedInput):
-                        known_sum = add_to_masked_sum(session, row, server_session.config, message, known_sum)
+                        ChunkStore.add_whole_vector(session, round_id, parameters, message.masked_vector)
                     row.revision += 1
+                    if row.stage_deadline is not None:
+                        row.stage_deadline = max(row.stage_deadline, now + parameters.deadline_for(stage))
                     finished = False
                     closed = server_session.stage_complete
+                    session.flush()
+                    submission_id = submission.id
                     if closed:
-                        session.flush()
                         finished = self.transitions.close_stage(session, row, server_session, now)
                     session.flush()
                     revision = row.revision
-                if not finished:
-                    context.sessions.remember(round_id, revision, server_session, known_sum)
+                if finished:
+                    context.sessions.drop(round_id)
+                else:
+                    context.sessions.remember(round_id, revision, server_session, last_submission=submission_id)
                 if closed:
                     context.notify(round_id)
+                    if server_session.stage is ServerStage.MASK_EXPANSION:
+                        self.transitions.shares_complete(round_id)
             except IntegrityError:
                 context.sessions.forget(round_id)
                 raise ServiceProblem(ProblemType.DUPLICATE_SUBMISSION, f"you already answered {stage.value}") from None
@@ -178,25 +242,4 @@ class MessageAcceptance:
                 if session_changed:
                     context.sessions.forget(round_id)
                 raise
-        return Acceptance(round_id, stage, sender, digest, already_accepted=False), finished
-
-
-def add_to_masked_sum(
-    session: Session, row: RoundRow, config: RoundConfig, message: MaskedInput, known_sum: np.ndarray | None
-) -> np.ndarray:
-    """Set the row's running sum to the stored one plus ``message``'s vector; return the new sum (read-only).
-
-    ``known_sum`` is the stored sum as this process last wrote it, valid for the row's
-    current revision (the caller checked); without it the sum is read from the row.
-    The new sum is a fresh array, so ``known_sum`` stays intact if the transaction
-    rolls back (and the cache entry holding it is dropped then anyway).
-    """
-    ring = config.ring
-    if known_sum is None:
-        stored = session.execute(select(RoundRow.masked_sum).where(RoundRow.id == row.id)).scalar_one()
-        known_sum = ring.zeros(config.dim) if stored is None else np.frombuffer(stored, dtype=ring.dtype)
-    total = np.add(known_sum, message.masked_vector, dtype=ring.dtype)
-    ring.reduce(total)
-    total.setflags(write=False)
-    row.masked_sum = total.tobytes()
-    return total
+        return Acceptance(round_id, stage, sender, digest, already_accepted=False, closed_stage=closed), finished

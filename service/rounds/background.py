@@ -4,9 +4,11 @@ The ledger is a file and a round's outcome lives in the database, so recording a
 finished round follows an outbox pattern (:mod:`service.ledger`): the transition that
 finishes a round commits ``ledger_recorded = false``; right after, and again on every
 :meth:`BackgroundWork.tick` until it succeeds, the record is appended and the flag set.
-The tick also closes every stage that became due (deadline passed, or everyone answered
-while a closing was lost), and runs once at start-up for what became due while the
-server was down.
+The tick also closes every stage that became due (silent for its whole window, or
+everyone answered while a closing was lost), and runs once at start-up for what became
+due while the server was down; at start-up it also resumes what the background threads
+were doing (folding committed chunks, expanding masks: :mod:`service.rounds.expansion`).
+Rounds in the mask-expansion stage have no deadline: the expansion finishes them.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from secagg.server import ServerStage
 from service.db import RoundRow, SubmissionRow
 from service.ledger import RoundLedger, round_record
 from service.rounds.context import RoundContext
+from service.rounds.expansion import EXPANSION, MaskExpansion
 from service.rounds.parameters import StoredParameters
 from service.rounds.transitions import StageTransitions
 
@@ -92,19 +95,28 @@ def survivors_by_stage(row: RoundRow, parameters: StoredParameters) -> dict[str,
 class BackgroundWork:
     """One pass closes due stages and records finished rounds; run periodically by the app."""
 
-    def __init__(self, context: RoundContext, transitions: StageTransitions, outbox: LedgerOutbox) -> None:
+    def __init__(
+        self, context: RoundContext, transitions: StageTransitions, outbox: LedgerOutbox, expansion: MaskExpansion | None = None
+    ) -> None:
         self.context = context
         self.transitions = transitions
         self.outbox = outbox
+        self.expansion = expansion
 
-    def tick(self) -> None:
+    def tick(self, *, recovering: bool = False) -> None:
         now = self.context.clock()
         with self.context.database.read() as session:
             running = session.execute(
                 select(RoundRow.id, RoundRow.stage, RoundRow.expected, RoundRow.stage_deadline).where(RoundRow.outcome.is_(None))
             ).all()
             due: list[str] = []
+            expanding = False
             for round_id, stage, expected, deadline in running:
+                if stage == EXPANSION:
+                    expanding = True
+                    continue
+                if recovering and self.expansion is not None:
+                    self.expansion.fold_soon(round_id)
                 if deadline is not None and now >= deadline:
                     due.append(round_id)
                     continue
@@ -120,6 +132,8 @@ class BackgroundWork:
                     select(RoundRow.id).where(RoundRow.outcome.is_not(None), RoundRow.ledger_recorded.is_(False))
                 ).scalars()
             )
+        if expanding and self.expansion is not None:
+            self.expansion.wake()
         for round_id in due:
             self.transitions.advance_if_due(round_id)
         for round_id in unrecorded:

@@ -7,13 +7,17 @@ else here is a cache or a process-local lock:
 * the round's :class:`~secagg.server.ServerSession` as of a ``revision`` of the round's
   row (:class:`~service.rounds.replay.SessionCache`);
 * one lock per round, so that this process's threads never race each other for a
-  round's row lock (other processes are serialised by the database, :mod:`service.db`).
+  round's row lock (other processes are serialised by the database, :mod:`service.db`);
+* the uploads this process is working on, per round: a stage is never closed on its
+  deadline while one of them, which arrived in time, is still being read or processed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
@@ -35,9 +39,10 @@ class RoundContext:
     _parameters: dict[str, StoredParameters] = field(default_factory=dict)
     _locks: dict[str, threading.Lock] = field(default_factory=dict)
     _locks_guard: threading.Lock = field(default_factory=threading.Lock)
+    _uploads: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
-        self.sessions.on_replay = self.metrics.session_replays.inc
+        self.sessions.on_replay = lambda kind: self.metrics.session_replays.labels(kind).inc()
 
     def parameters(self, round_id: str) -> StoredParameters:
         """The round's fixed parameters (cached in process: they never change once created)."""
@@ -64,6 +69,23 @@ class RoundContext:
             if lock is None:
                 lock = self._locks[round_id] = threading.Lock()
             return lock
+
+    @contextlib.contextmanager
+    def upload_in_flight(self, round_id: str) -> Iterator[None]:
+        """Marks an upload for ``round_id`` as being worked on by this process for the block's duration."""
+        with self._locks_guard:
+            self._uploads[round_id] += 1
+        try:
+            yield
+        finally:
+            with self._locks_guard:
+                self._uploads[round_id] -= 1
+                if self._uploads[round_id] <= 0:
+                    del self._uploads[round_id]
+
+    def uploads_in_flight(self, round_id: str) -> int:
+        with self._locks_guard:
+            return self._uploads.get(round_id, 0)
 
     def notify(self, round_id: str) -> None:
         """Tell this process's long-polling requests that the round moved (after the commit)."""

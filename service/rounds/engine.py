@@ -10,6 +10,10 @@ process, safe to use from many threads and many processes, composed of one part 
   operator) and finishing rounds;
 * :mod:`service.rounds.replay` — rebuilding a round's session from the database, and
   the per-process cache of sessions;
+* :mod:`service.rounds.chunks` — chunked masked-input uploads, the running sum and the
+  result by chunk; :mod:`service.rounds.group_commit` shares transactions between them;
+* :mod:`service.rounds.expansion` — the mask-expansion stage, off the request path, on
+  an engine of :mod:`service.rounds.engines`;
 * :mod:`service.rounds.background` — the periodic tick and the server ledger's outbox.
 
 This module holds what is left: enrolment, round creation (for a consortium's training,
@@ -22,11 +26,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -40,7 +44,11 @@ from service.metrics import ServiceMetrics
 from service.problems import ProblemType, ServiceProblem
 from service.rounds.acceptance import Acceptance, MessageAcceptance
 from service.rounds.background import BackgroundWork, LedgerOutbox, ledger_body, survivors_by_stage
+from service.rounds.chunks import ChunkSlot, ChunkStore, UploadState
 from service.rounds.context import RoundContext
+from service.rounds.engines import ChunkEngine, EngineKind, make_engine
+from service.rounds.expansion import MaskExpansion
+from service.rounds.group_commit import GroupCommit
 from service.rounds.parameters import ROUND_ID_BYTES, StoredParameters
 from service.rounds.transitions import StageTransitions
 from service.schemas import ParticipantRole, RoundCreate
@@ -70,6 +78,7 @@ class RoundEngine:
         clock: Callable[[], float] = time.time,
         source: RandomSource | None = None,
         on_round_changed: Callable[[str], None] | None = None,
+        chunk_engine: Callable[[], ChunkEngine] | None = None,
     ) -> None:
         self.database = database
         self.metrics = metrics
@@ -79,10 +88,27 @@ class RoundEngine:
         self.clock = clock
         self._source = source if source is not None else SystemRandom()
         self.context = RoundContext(database, metrics, clock, on_round_changed)
+        self.group_commit = GroupCommit(database, on_batch=metrics.group_commit_batch.observe)
+        self.chunks = ChunkStore(self.context, self.group_commit)
         self.outbox = LedgerOutbox(self.context, ledger)
-        self.transitions = StageTransitions(self.context, on_finished=self.outbox.record_in_ledger)
-        self.acceptance = MessageAcceptance(self.context, self.transitions, on_finished=self.outbox.record_in_ledger)
-        self.background = BackgroundWork(self.context, self.transitions, self.outbox)
+        self.transitions = StageTransitions(
+            self.context, on_finished=self.outbox.record_in_ledger, on_shares_complete=lambda round_id: self.expansion.wake()
+        )
+        self.expansion = MaskExpansion(
+            self.context,
+            self.transitions,
+            self.chunks,
+            chunk_engine or (lambda: make_engine(EngineKind.PROCESS)),
+            on_finished=self.outbox.record_in_ledger,
+        )
+        self.acceptance = MessageAcceptance(
+            self.context,
+            self.transitions,
+            self.chunks,
+            on_finished=self.outbox.record_in_ledger,
+            on_masked_input=self.expansion.fold_soon,
+        )
+        self.background = BackgroundWork(self.context, self.transitions, self.outbox, self.expansion)
         self.trainings = TrainingRegistry(database, clock)
 
     # ------------------------------------------------------------ participants
@@ -187,6 +213,7 @@ class RoundEngine:
                 bits=request.bits,
                 deadlines=request.deadlines.model_dump(),
                 dp_policy=dp_policy,
+                chunk_bytes=request.chunk_bytes,
                 training=training,
             )
             try:
@@ -211,6 +238,7 @@ class RoundEngine:
             session.flush()
             for index, pid in enumerate(request.cohort):
                 session.add(RoundMemberRow(round_id=round_id, index=index, participant_id=pid, public_key=rows[pid].public_key))
+            ChunkStore.create_rows(session, round_id, parameters)
             if training is not None:
                 self.trainings.record_round(session, round_id, training)
         LOGGER.info("round_created", extra={"round_id": round_id, "count": len(request.cohort)})
@@ -246,6 +274,7 @@ class RoundEngine:
         """The round's current stage and the server message ``participant_id`` must answer in
         it, or None (nothing yet in R0, or already answered). One read in the usual case."""
         index = self.member_index(round_id, participant_id)
+        found: tuple[OutboundMessage, bool] | None = None
         with self.database.read() as session:
             stage, outcome, abort_reason, deadline = session.execute(
                 select(RoundRow.stage, RoundRow.outcome, RoundRow.abort_reason, RoundRow.stage_deadline).where(
@@ -254,19 +283,44 @@ class RoundEngine:
             ).one()
             overdue = outcome is None and deadline is not None and self.clock() >= deadline
             if not (overdue and not deadline_checked):
-                return stage, self._message_in(session, round_id, index, stage, outcome, abort_reason)
-        self.advance_if_due(round_id)  # the per-request deadline check, then look again
-        return self.message_for(round_id, participant_id, deadline_checked=True)
+                found = self._message_in(session, round_id, index, stage, outcome, abort_reason)
+        if overdue and not deadline_checked:
+            self.advance_if_due(round_id)  # the per-request deadline check, then look again
+            return self.message_for(round_id, participant_id, deadline_checked=True)
+        if found is None:
+            return stage, None
+        message, first_fetch = found
+        if first_fetch:
+            self._record_first_fetch(round_id, message.stage, index)
+        return stage, message
+
+    def _record_first_fetch(self, round_id: str, stage: str, index: int) -> None:
+        """The recipient's first fetch of its request is progress of the stage (its silence deadline)."""
+        now = self.clock()
+
+        def work(session: Session) -> None:
+            session.execute(
+                update(OutboundRow)
+                .where(
+                    OutboundRow.round_id == round_id,
+                    OutboundRow.stage == stage,
+                    OutboundRow.recipient == index,
+                    OutboundRow.fetched_at.is_(None),
+                )
+                .values(fetched_at=now)
+            )
+
+        self.group_commit.run(work)
 
     @staticmethod
     def _message_in(
         session: Session, round_id: str, index: int, stage: str, outcome: str | None, abort_reason: str | None
-    ) -> OutboundMessage | None:
+    ) -> tuple[OutboundMessage, bool] | None:
         if outcome == "aborted":
             raise ServiceProblem(ProblemType.ROUND_ABORTED, "the round aborted", extra={"abort_reason": abort_reason})
         if outcome == "completed":
             raise ServiceProblem(ProblemType.ROUND_COMPLETED, "the round has completed; fetch its result")
-        if stage == ServerStage.ADVERTISE_KEYS.value:
+        if stage in (ServerStage.ADVERTISE_KEYS.value, ServerStage.MASK_EXPANSION.value):
             return None
         answered = session.execute(
             select(SubmissionRow.id).where(
@@ -276,19 +330,20 @@ class RoundEngine:
         if answered is not None:
             return None  # only members expected in this stage can have answered it
         outbound = session.execute(
-            select(OutboundRow.message_type, OutboundRow.body).where(
+            select(OutboundRow.message_type, OutboundRow.body, OutboundRow.fetched_at).where(
                 OutboundRow.round_id == round_id, OutboundRow.stage == stage, OutboundRow.recipient == index
             )
         ).one_or_none()
         if outbound is None:
             raise ServiceProblem(ProblemType.EXCLUDED, f"you are not among the recipients of {stage}")
-        return OutboundMessage(stage=stage, message_type=outbound.message_type, body=outbound.body)
+        return OutboundMessage(stage=stage, message_type=outbound.message_type, body=outbound.body), outbound.fetched_at is None
 
     def current_stage(self, round_id: str) -> str:
         with self.database.read() as session:
             return self.round_row(session, round_id).stage
 
-    def result_for(self, round_id: str, participant_id: str) -> tuple[StoredParameters, bytes, str, list[int]]:
+    def result_for(self, round_id: str, participant_id: str) -> tuple[StoredParameters, str, list[int]]:
+        """The completed round's parameters, result SHA-256 and U3 (the bytes: :meth:`result_bytes`, :meth:`result_chunk`)."""
         self.advance_if_overdue(round_id)
         with self.database.read() as session:
             row = self.round_row(session, round_id)
@@ -297,9 +352,40 @@ class RoundEngine:
                 raise ServiceProblem(ProblemType.ROUND_ABORTED, "the round aborted", extra={"abort_reason": row.abort_reason})
             if row.outcome != "completed":
                 raise ServiceProblem(ProblemType.RESULT_NOT_READY, f"the round is in {row.stage}")
-            result = session.execute(select(RoundRow.result).where(RoundRow.id == round_id)).scalar_one()
-            assert result is not None and row.result_sha256 is not None
-            return StoredParameters.from_json(row.parameters), result, row.result_sha256, json.loads(row.survivors or "[]")
+            assert row.result_sha256 is not None
+            return StoredParameters.from_json(row.parameters), row.result_sha256, json.loads(row.survivors or "[]")
+
+    def result_bytes(self, round_id: str) -> Iterator[bytes]:
+        """The completed round's result, chunk by chunk (memory: one chunk)."""
+        return self.chunks.iter_result(round_id)
+
+    def result_chunk(self, round_id: str, participant_id: str, index: int) -> tuple[StoredParameters, str, list[int], bytes, str]:
+        parameters, digest, survivors = self.result_for(round_id, participant_id)
+        if not 0 <= index < parameters.layout.count:
+            raise ServiceProblem(ProblemType.NOT_FOUND, f"chunk indices of this round are 0..{parameters.layout.count - 1}")
+        body, chunk_digest = self.chunks.result_chunk(round_id, index)
+        return parameters, digest, survivors, body, chunk_digest
+
+    # ---------------------------------------------------------- chunked uploads
+    def declare_upload(self, round_id: str, participant_id: str, header: bytes, chunk_sha256: Sequence[str]) -> UploadState:
+        with self.context.upload_in_flight(round_id):
+            return self.chunks.declare(round_id, participant_id, header, chunk_sha256)
+
+    def upload_state(self, round_id: str, participant_id: str) -> UploadState:
+        return self.chunks.upload_state(round_id, participant_id)
+
+    def chunk_slot(self, round_id: str, participant_id: str, index: int, declared_sha256: str) -> ChunkSlot:
+        return self.chunks.slot(round_id, participant_id, index, declared_sha256)
+
+    def store_chunk(self, round_id: str, slot: ChunkSlot, body: bytes) -> bool:
+        stored = self.chunks.store(round_id, slot, body)
+        if stored:
+            self.metrics.chunks_stored.inc()
+            self.metrics.bytes_in.labels(ServerStage.MASKED_INPUT_COLLECTION.value).inc(len(body))
+        return stored
+
+    def commit_upload(self, round_id: str, participant_id: str) -> Acceptance:
+        return self.acceptance.commit_upload(round_id, participant_id)
 
     def work_for(self, participant_id: str, *, training: str | None = None) -> list[dict[str, Any]]:
         """The running rounds where the caller has something to do; with ``training``, only that training's."""
@@ -369,8 +455,14 @@ class RoundEngine:
         self.background.tick()
 
     def recover(self) -> None:
-        """At start-up: close whatever became due while the server was down."""
-        self.background.tick()
+        """At start-up: close whatever became due while the server was down, resume folds and expansions."""
+        self.background.tick(recovering=True)
+
+    def start_background_threads(self) -> None:
+        self.expansion.start()
+
+    def stop_background_threads(self) -> None:
+        self.expansion.stop()
 
     def record_in_ledger(self, round_id: str) -> bool:
         return self.outbox.record_in_ledger(round_id)

@@ -11,27 +11,42 @@ once at start-up) picks up from there. Stages advance when every member expected
 answered or the deadline passes; with fewer than t answers the round aborts with the
 core's reason.
 
+Deadlines measure the clients' silence, not the server's backlog. A stage's deadline is
+its window (the round's ``deadlines``) after its *last progress*: its opening, every
+accepted message (the acceptance moves ``stage_deadline``), a member's first fetch of its
+request for the stage (``outbound.fetched_at``), a declared upload or a stored chunk
+(:mod:`service.rounds.chunks`). A message is judged by the time its request arrived, and
+a stage is never closed on its deadline while this process is still working on an upload
+for it (:meth:`~service.rounds.context.RoundContext.uploads_in_flight`). So queued or
+slow-to-process honest messages keep their stage open; only clients that stay silent for
+a whole window are left out.
+
+Closing R4 does not unmask: it commits "shares complete" (stage ``mask-expansion``, the
+core having reconstructed and verified every secret) and the expansion runs off the
+request path (:mod:`service.rounds.expansion`).
+
 After a round finishes, its message bodies and relayed messages are deleted (data
 minimisation); who answered which stage, when, and each message's size and SHA-256 stay.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Callable
 
-import numpy as np
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from secagg.errors import AbortReason, ProtocolAbort
 from secagg.messages import encode
 from secagg.server import ServerSession, ServerStage
-from service.db import OutboundRow, RoundRow, SubmissionRow
+from service.db import MaskedInputUploadRow, MaskExpansionRow, OutboundRow, RoundRow, SubmissionRow
 from service.problems import ProblemType, ServiceProblem
+from service.rounds.chunks import ChunkStore
 from service.rounds.context import RoundContext
+
+EXPANSION = ServerStage.MASK_EXPANSION.value
 
 LOGGER = logging.getLogger("secagg.service.transitions")
 
@@ -39,9 +54,16 @@ LOGGER = logging.getLogger("secagg.service.transitions")
 class StageTransitions:
     """Advances rounds; ``on_finished(round_id)`` runs after a round's final commit."""
 
-    def __init__(self, context: RoundContext, *, on_finished: Callable[[str], object]) -> None:
+    def __init__(
+        self,
+        context: RoundContext,
+        *,
+        on_finished: Callable[[str], object],
+        on_shares_complete: Callable[[str], object] | None = None,
+    ) -> None:
         self.context = context
         self._on_finished = on_finished
+        self._on_shares_complete = on_shares_complete
 
     def advance_if_overdue(self, round_id: str) -> None:
         """The per-request deadline check: close the stage if its deadline has passed."""
@@ -58,20 +80,53 @@ class StageTransitions:
         if overdue:
             self.advance_if_due(round_id)
 
+    def effective_deadline(self, session: Session, row: RoundRow) -> float | None:
+        """The stage's deadline counted from its last progress (see the module docstring)."""
+        if row.stage_deadline is None:
+            return None
+        window = self.context.parameters(row.id).deadline_for(ServerStage(row.stage))
+        moments = [
+            session.execute(
+                select(func.max(OutboundRow.fetched_at)).where(OutboundRow.round_id == row.id, OutboundRow.stage == row.stage)
+            ).scalar_one()
+        ]
+        if row.stage == ServerStage.MASKED_INPUT_COLLECTION.value:
+            moments.append(ChunkStore.last_upload_activity(session, row.id))
+        latest = max((moment for moment in moments if moment is not None), default=None)
+        return row.stage_deadline if latest is None else max(row.stage_deadline, latest + window)
+
+    def is_due(self, session: Session, row: RoundRow) -> bool:
+        """Everyone expected answered, or the stage has been silent for its whole window."""
+        if row.outcome is not None or row.stage == EXPANSION:
+            return False
+        answered = session.execute(
+            select(func.count())
+            .select_from(SubmissionRow)
+            .where(SubmissionRow.round_id == row.id, SubmissionRow.stage == row.stage)
+        ).scalar_one()
+        if answered >= len(json.loads(row.expected)):
+            return True
+        if self.context.uploads_in_flight(row.id):
+            return False
+        deadline = self.effective_deadline(session, row)
+        return deadline is not None and self.context.clock() >= deadline
+
     def advance_if_due(self, round_id: str) -> bool:
         """Close the round's current stage if everyone expected answered or its deadline passed."""
 
         def due(session: Session) -> RoundRow | None:
             row = self.context.database.lock_round(session, round_id)
-            if row is None or row.outcome is not None:
+            if row is None:
                 return None
-            answered = session.execute(
-                select(func.count())
-                .select_from(SubmissionRow)
-                .where(SubmissionRow.round_id == round_id, SubmissionRow.stage == row.stage)
-            ).scalar_one()
-            overdue = row.stage_deadline is not None and self.context.clock() >= row.stage_deadline
-            return row if answered >= len(json.loads(row.expected)) or overdue else None
+            if self.is_due(session, row):
+                return row
+            if row.outcome is None and row.stage != EXPANSION:
+                # Not due because of progress since: record the later deadline, so that requests
+                # stop asking until that one passes.
+                later = self.effective_deadline(session, row)
+                if later is not None and row.stage_deadline is not None and later > row.stage_deadline:
+                    row.stage_deadline = later
+            return None
 
         return self._close_locked(round_id, due)
 
@@ -94,7 +149,9 @@ class StageTransitions:
                     finished = self.close_stage(session, row, server_session, context.clock())
                     session.flush()
                     revision = row.revision
-                if not finished:
+                if finished:
+                    context.sessions.drop(round_id)
+                else:
                     context.sessions.remember(round_id, revision, server_session)
             except BaseException:
                 context.sessions.forget(round_id)
@@ -102,18 +159,20 @@ class StageTransitions:
         context.notify(round_id)
         if finished:
             self._on_finished(round_id)
+        elif server_session.stage is ServerStage.MASK_EXPANSION:
+            self.shares_complete(round_id)
         return True
+
+    def shares_complete(self, round_id: str) -> None:
+        """After the commit that moved the round into the mask-expansion stage."""
+        if self._on_shares_complete is not None:
+            self._on_shares_complete(round_id)
 
     def close_stage(self, session: Session, row: RoundRow, server_session: ServerSession, now: float) -> bool:
         """Advance the session one stage and persist everything; True iff the round finished."""
         parameters = self.context.parameters(row.id)
         metrics = self.context.metrics
         closing = server_session.stage
-        if closing is ServerStage.UNMASKING:
-            config = server_session.config
-            stored = session.execute(select(RoundRow.masked_sum).where(RoundRow.id == row.id)).scalar_one()
-            total = config.ring.zeros(config.dim) if stored is None else np.frombuffer(stored, dtype=config.ring.dtype).copy()
-            server_session.provide_masked_sum(total)
         expected = json.loads(row.expected)
         metrics.stage_duration.labels(closing.value).observe(max(0.0, now - row.stage_started_at))
         try:
@@ -131,13 +190,19 @@ class StageTransitions:
         row.session_id = server_session.session_id
         if closing is ServerStage.MASKED_INPUT_COLLECTION:
             row.survivors = json.dumps(sorted(server_session.survivors))
-        if server_session.stage is ServerStage.COMPLETED:
-            result = server_session.result
-            row.result = result.tobytes()
-            row.result_sha256 = hashlib.sha256(row.result).hexdigest()
-            self.finish(session, row, now, outcome="completed", reason=None, detail=None)
-            return True
+            ChunkStore.drop_uncommitted(session, row.id)
         opened = server_session.stage
+        if opened is ServerStage.MASK_EXPANSION:
+            from service.rounds.expansion import start_expansion
+
+            row.stage = opened.value
+            row.expected = "[]"
+            row.stage_started_at = now
+            row.stage_deadline = None
+            row.revision += 1
+            start_expansion(session, row.id, parameters.layout.count, now)
+            LOGGER.info("shares_complete", extra={"round_id": row.id, "responded": len(record.responded)})
+            return False
         for recipient, message in sorted(outbox.items()):
             session.add(
                 OutboundRow(
@@ -201,6 +266,10 @@ class StageTransitions:
         and each message's size and SHA-256 stay, for the audit trail."""
         session.execute(update(SubmissionRow).where(SubmissionRow.round_id == row.id).values(body=None))
         session.execute(delete(OutboundRow).where(OutboundRow.round_id == row.id))
+        session.execute(delete(MaskedInputUploadRow).where(MaskedInputUploadRow.round_id == row.id))
+        ChunkStore.discard(session, row.id, keep_result=outcome == "completed")
+        if outcome != "completed":
+            session.execute(delete(MaskExpansionRow).where(MaskExpansionRow.round_id == row.id))
         row.stage = ServerStage.COMPLETED.value if outcome == "completed" else ServerStage.ABORTED.value
         row.outcome = outcome
         row.abort_reason = reason
@@ -208,7 +277,6 @@ class StageTransitions:
         row.finished_at = now
         row.expected = "[]"
         row.stage_deadline = None
-        row.masked_sum = None
         row.ledger_recorded = False
         row.revision += 1
         self.context.metrics.rounds_finished.labels(outcome, reason or "").inc()
@@ -226,7 +294,14 @@ class StageTransitions:
     def close_stage_now(self, round_id: str) -> None:
         """An operator closes the current stage before its deadline, with whoever answered
         (the round aborts if fewer than t did), e.g. when the missing banks are known to be down."""
-        self._close_locked(round_id, lambda session: self._lock_unfinished_round(session, round_id))
+
+        def lock_open_stage(session: Session) -> RoundRow:
+            row = self._lock_unfinished_round(session, round_id)
+            if row.stage == EXPANSION:
+                raise ServiceProblem(ProblemType.WRONG_STAGE, "every share has arrived; the server is expanding the masks")
+            return row
+
+        self._close_locked(round_id, lock_open_stage)
         LOGGER.info("stage_closed_by_operator", extra={"round_id": round_id})
 
     def abort(self, round_id: str, detail: str) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.auth import EngineDep
+from service.metrics import METRICS_CONTENT_TYPE as CONTENT_TYPE_LATEST
 from service.schemas import Health
 
 router = APIRouter(tags=["operations"])
@@ -36,4 +36,5 @@ async def readyz(engine: EngineDep) -> Response:
     summary="Prometheus metrics",
 )
 async def metrics(request: Request) -> Response:
-    return Response(content=generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    content = await run_in_threadpool(request.app.state.metrics.exposition)
+    return Response(content=content, media_type=CONTENT_TYPE_LATEST)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import json
 import time
 from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.requests import ClientDisconnect
 
 from secagg.http_contract import BODY_SHA256_HEADER
@@ -172,6 +173,7 @@ async def post_message(round_id: RoundIdPath, request: Request, engine: EngineDe
         sender=acceptance.sender,
         status="already-accepted" if acceptance.already_accepted else "accepted",
         message_sha256=acceptance.message_sha256,
+        closed_stage=acceptance.closed_stage,
     )
     return JSONResponse(ack.model_dump(), status_code=200 if acceptance.already_accepted else 202)
 
@@ -303,31 +305,44 @@ async def result(
     round_id: RoundIdPath, request: Request, caller: BankCaller, engine: EngineDep, settings: SettingsDep
 ) -> Response:
     try:
-        parameters, vector, digest, survivors = await run_in_threadpool(engine.result_for, round_id, caller.participant_id)
+        parameters, digest, survivors = await run_in_threadpool(engine.result_for, round_id, caller.participant_id)
     except ServiceProblem as problem:
         if problem.problem is ProblemType.RESULT_NOT_READY:
             problem.headers["Retry-After"] = str(settings.retry_after_seconds)
         raise
     if "application/json" in request.headers.get("accept", ""):
-        body = ResultOut(
-            round_id=round_id,
-            dim=parameters.dim,
-            bits=parameters.bits,
-            survivors=survivors,
-            result_sha256=digest,
-            vector_base64=base64.b64encode(vector).decode("ascii"),
+        return StreamingResponse(
+            result_json(round_id, parameters.dim, parameters.bits, survivors, digest, engine.result_bytes(round_id)),
+            media_type="application/json",
         )
-        return JSONResponse(body.model_dump())
-    return Response(
-        content=vector,
+    return StreamingResponse(
+        engine.result_bytes(round_id),
         media_type=OCTET_STREAM,
         headers={
+            "Content-Length": str(parameters.layout.vector_bytes),
             "X-Secagg-Dim": str(parameters.dim),
             "X-Secagg-Bits": str(parameters.bits),
             "X-Secagg-Survivors": ",".join(str(index) for index in survivors),
             "X-Secagg-Result-Sha256": digest,
         },
     )
+
+
+def result_json(
+    round_id: str, dim: int, bits: int, survivors: list[int], digest: str, chunks: Iterator[bytes]
+) -> Iterator[bytes]:
+    """The ``ResultOut`` JSON body, streamed: the vector's base64 is produced chunk by chunk."""
+    head = ResultOut(round_id=round_id, dim=dim, bits=bits, survivors=survivors, result_sha256=digest, vector_base64="")
+    text = json.dumps(head.model_dump(), separators=(",", ":"))
+    prefix, suffix = text.rsplit('""', 1)
+    yield (prefix + '"').encode("ascii")
+    carry = b""
+    for chunk in chunks:
+        data = carry + chunk
+        whole = len(data) - len(data) % 3
+        yield base64.b64encode(data[:whole])
+        carry = data[whole:]
+    yield base64.b64encode(carry) + ('"' + suffix).encode("ascii")
 
 
 __all__ = ["router", "signed_request"]

@@ -128,11 +128,16 @@ def test_cli_run_refused_by_policy_exits_3_and_sends_nothing(server, tmp_path: P
 
 def test_http_simulation_with_dropouts_at_r1_verifies_the_survivors_sum() -> None:
     report = run_http_simulation(
-        SimulationParameters(clients=6, dim=64, dropout=0.2, dropout_round=DropoutRound.R1, seed=3), stage_deadline=2.0
+        SimulationParameters(
+            clients=6, dim=3000, dropout=0.2, dropout_round=DropoutRound.R1, seed=3, silence_seconds=2.0, chunk_bytes=4096
+        )
     )
     assert report.verified and report.transport == "http"
     assert report.dropped == 1 and report.survivors == 5
     assert report.outcome == "completed"
+    assert report.chunk_bytes == 4096 and report.unmask_tasks == 3  # 12,000 bytes in chunks of 4 KiB
+    assert report.engine == "local" and report.server_peak_rss_bytes is not None and report.server_peak_rss_bytes > 0
+    assert report.r4_completing_request_seconds is not None and report.r4_completing_request_seconds > 0
 
 
 def test_simulate_rejects_an_unknown_transport_before_starting_anything() -> None:

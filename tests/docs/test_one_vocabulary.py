@@ -9,6 +9,7 @@ from secagg.rounds import STAGE_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCT = ("secagg", "dp", "service", "clients", "secagg_cli", "bench")
+MIGRATIONS = ROOT / "service" / "migrations" / "versions"
 
 
 def test_no_product_module_but_the_vocabulary_spells_a_stage_name_as_a_string_literal() -> None:
@@ -18,6 +19,8 @@ def test_no_product_module_but_the_vocabulary_spells_a_stage_name_as_a_string_li
         for path in sorted((ROOT / folder).rglob("*.py")):
             if path == ROOT / "secagg" / "rounds.py":
                 continue
+            if path.is_relative_to(MIGRATIONS):
+                continue  # a migration is frozen: it names the data as stored at its revision
             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
                 if literal.search(line):
                     found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")

@@ -603,6 +603,23 @@ class RoundDriver:
         assert status["stage"] == stage, f"round in {status['stage']}, expected {stage}: {status}"
         return status
 
+    def wait_for_stage(self, stage: str, *, timeout: float = 60.0) -> dict[str, Any]:
+        """The round's admin status once it shows ``stage``, polled.
+
+        For what no answer waits for: the mask expansion runs off the request path (the
+        upload that completes R4 returns before it, API.md section 7), so ``completed``
+        follows R4 later; with several workers or a restarted server the status comes from
+        whichever process answers. ``timeout`` only bounds a stuck round.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.api.status(self.round_id)
+            if status["stage"] == stage:
+                return status
+            if time.monotonic() > deadline:
+                raise AssertionError(f"round stuck in {status['stage']} (waiting for {stage}): {status}")
+            time.sleep(0.05)
+
     def expected_sum(self, survivors: Iterable[int]) -> np.ndarray:
         ring = self.config.ring
         total = ring.zeros(self.config.dim)

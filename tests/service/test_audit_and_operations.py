@@ -39,7 +39,7 @@ def finished_rounds(shared_server: InProcessServer, shared_api: Api) -> dict[str
         completed.expect_stage(stage)
         completed.fetch(range(3))
         completed.send(range(3))
-    completed.expect_stage("completed")
+    completed.wait_for_stage("completed")
     aborted_id = shared_api.create_round(parties, threshold=2, mode="honest-but-curious", dim=8)
     assert shared_api.admin("POST", f"/v1/admin/rounds/{aborted_id}/abort", {"detail": "operator test"}).status_code == 200
     aborted = RoundDriver(shared_api, parties, aborted_id, seed=701)

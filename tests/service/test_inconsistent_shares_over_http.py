@@ -41,7 +41,7 @@ def test_a_wrong_share_of_another_banks_seed_names_its_holder_and_the_round_comp
             assert any(item.owner == VICTIM for item in honest.self_mask_shares)
             driver.pending[LIAR] = encode(replace(honest, self_mask_shares=shares))
         driver.send(everyone)
-    status = driver.expect_stage("completed")
+    status = driver.wait_for_stage("completed")
     assert status["outcome"] == "completed"
     unmasking = next(entry for entry in status["history"] if entry["stage"] == Round.UNMASKING.value)
     assert unmasking["inconsistent_share_holders"] == [LIAR]

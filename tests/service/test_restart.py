@@ -57,7 +57,7 @@ def test_sigkill_at_every_stage_boundary_and_mid_r2_finishes_with_the_exact_sum(
             driver.api = api
         else:
             driver.send(range(N))
-    status = driver.expect_stage("completed")
+    status = driver.wait_for_stage("completed")
     api = _restart(server, api)
     driver.api = api
     result, survivors = driver.result(0)
@@ -150,7 +150,7 @@ def test_round_with_two_worker_processes_on_postgresql_completes_with_the_exact_
         driver.expect_stage(stage)
         driver.fetch(range(N))
         _send_concurrently(driver, range(N))
-    driver.expect_stage("completed")
+    driver.wait_for_stage("completed")
     result, survivors = driver.result(0)
     assert survivors == list(range(N))
     np.testing.assert_array_equal(result, driver.expected_sum(range(N)))

@@ -21,11 +21,12 @@ from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import DeterministicRandom
 from secagg.http_contract import max_client_message_bytes
 from secagg.messages import decode, encode
-from service.db import Database, OutboundRow, RoundRow, SubmissionRow
+from service.db import Database, OutboundRow, RoundChunkRow, RoundRow, SubmissionRow
 from service.ledger import RoundLedger
 from service.metrics import ServiceMetrics
 from service.problems import ProblemType, ServiceProblem
 from service.rounds import RoundEngine
+from service.rounds.engines import EngineKind, make_engine
 from service.schemas import ParticipantRole, RoundCreate
 from tests.service.conftest import database_url_for
 from tests.service.harness import client_input, make_parties
@@ -56,18 +57,28 @@ def _coordinator(url: str, clock: FakeClock, ledger: RoundLedger | None = None) 
     database = Database(url)
     database.create_schema()
     _OPEN_DATABASES.append(database)
-    return RoundEngine(database, metrics=ServiceMetrics.create(), ledger=ledger, max_dim=1 << 20, clock=clock)
+    return RoundEngine(
+        database,
+        metrics=ServiceMetrics.create(),
+        ledger=ledger,
+        max_dim=1 << 20,
+        clock=clock,
+        chunk_engine=lambda: make_engine(EngineKind.THREAD, workers=2),
+    )
 
 
 class Round:
     """Clients of one round, driven straight through a engine (no HTTP)."""
 
-    def __init__(self, engine: RoundEngine, *, seed: int, mode: str = "active", threshold: int = 4, **extra) -> None:
+    def __init__(
+        self, engine: RoundEngine, *, seed: int, mode: str = "active", threshold: int = 4, dim: int = DIM, **extra
+    ) -> None:
+        self.dim = dim
         self.parties = make_parties(N, prefix=f"co{seed}", seed=seed)
         for party in self.parties:
             engine.enroll(party.participant_id, party.key.public_bytes, ParticipantRole.BANK)
         request = RoundCreate(
-            cohort=[party.participant_id for party in self.parties], threshold=threshold, mode=mode, dim=DIM, **extra
+            cohort=[party.participant_id for party in self.parties], threshold=threshold, mode=mode, dim=dim, **extra
         )
         self.round_id = engine.create_round(request)
         with engine.database.read() as session:
@@ -80,7 +91,7 @@ class Round:
                 self.config,
                 index,
                 party.key,
-                client_input(index, DIM, 32, seed),
+                client_input(index, dim, 32, seed),
                 source=DeterministicRandom.from_int(seed + index),
             )
             for index, party in enumerate(self.parties)
@@ -101,15 +112,24 @@ class Round:
     def stage(self, engine: RoundEngine) -> str:
         return engine.current_stage(self.round_id)
 
+    def status(self, engine: RoundEngine) -> dict:
+        with engine.database.read() as session:
+            row = session.get(RoundRow, self.round_id)
+            return {"stage": row.stage, "history": json.loads(row.history)}
+
     def expected_sum(self, survivors) -> np.ndarray:
-        total = np.zeros(DIM, dtype=np.uint32)
+        total = np.zeros(self.dim, dtype=np.uint32)
         for index in survivors:
-            total += client_input(index, DIM, 32, self.seed)
+            total += client_input(index, self.dim, 32, self.seed)
         return total
 
+    def expand(self, engine: RoundEngine) -> bool:
+        """Run the mask-expansion stage here and now (the server runs it in a background thread)."""
+        return engine.expansion.expand(self.round_id)
+
     def result(self, engine: RoundEngine) -> np.ndarray:
-        _, vector, _, _ = engine.result_for(self.round_id, self.parties[0].participant_id)
-        return np.frombuffer(vector, dtype="<u4")
+        engine.result_for(self.round_id, self.parties[0].participant_id)
+        return np.frombuffer(b"".join(engine.result_bytes(self.round_id)), dtype="<u4")
 
 
 def test_the_last_acceptance_of_a_stage_commits_together_with_the_stage_closing(database_url: str) -> None:
@@ -136,6 +156,8 @@ def test_stage_whose_deadline_passed_while_the_server_was_down_closes_on_recover
     for _ in ("R1", "R2", "R3", "R4"):
         round_.fetch(second, alive)
         round_.send(second, alive)
+    assert round_.stage(second) == "mask-expansion"  # shares complete; the expansion runs off the request path
+    assert round_.expand(second)
     assert round_.stage(second) == "completed"
     np.testing.assert_array_equal(round_.result(second), round_.expected_sum(alive))
 
@@ -151,6 +173,8 @@ def test_two_processes_alternating_on_one_round_agree_through_replay(database_ur
         for index in range(N):  # each message lands on the other worker than the previous one
             round_.send(workers[turn % 2], [index])
             turn += 1
+    assert round_.stage(workers[0]) == "mask-expansion"  # shares complete; the expansion runs off the request path
+    assert round_.expand(workers[0])
     assert round_.stage(workers[0]) == "completed"
     np.testing.assert_array_equal(round_.result(workers[1]), round_.expected_sum(range(N)))
 
@@ -174,16 +198,21 @@ def test_masked_inputs_are_only_in_the_running_sum_and_message_bodies_are_droppe
             .scalars()
             .all()
         )
-        running = session.execute(select(RoundRow.masked_sum).where(RoundRow.id == round_.round_id)).scalar_one()
+        running = session.execute(select(RoundChunkRow.masked_sum).where(RoundChunkRow.round_id == round_.round_id)).scalar_one()
     assert bodies == [None, None, None]
     masked = [decode(round_.pending[index]).masked_vector for index in range(3)]
     np.testing.assert_array_equal(np.frombuffer(running, dtype="<u4"), masked[0] + masked[1] + masked[2])
     round_.send(engine, range(3, N))
     round_.fetch(engine, range(N))
     round_.send(engine, range(N))
+    assert round_.stage(engine) == "mask-expansion"  # shares complete; the expansion runs off the request path
+    assert round_.expand(engine)
     assert round_.stage(engine) == "completed"
     with engine.database.read() as session:
-        assert session.execute(select(RoundRow.masked_sum).where(RoundRow.id == round_.round_id)).scalar_one() is None
+        assert (
+            session.execute(select(RoundChunkRow.masked_sum).where(RoundChunkRow.round_id == round_.round_id)).scalar_one()
+            is None
+        )
         remaining_bodies = session.execute(
             select(SubmissionRow.body).where(SubmissionRow.round_id == round_.round_id, SubmissionRow.body.is_not(None))
         ).all()

@@ -41,7 +41,7 @@ def test_full_round_of_ten_clients_without_dropouts_returns_the_exact_sum(shared
         assert all(response.status_code == 200 for response in responses.values())
         assert {response.headers["X-Secagg-Stage"] for response in responses.values()} == {stage}
         driver.send(everyone)
-    status = driver.expect_stage("completed")
+    status = driver.wait_for_stage("completed")
     assert status["outcome"] == "completed"
     result, survivors = driver.result()
     assert survivors == list(everyone)
@@ -67,7 +67,7 @@ def test_round_with_two_dropouts_completes_with_the_survivors_exact_sum(shared_a
         if stage[:2] == drop_round:  # later stages expect only the survivors and close by themselves
             closed = shared_api.admin("POST", f"/v1/admin/rounds/{driver.round_id}/close-stage")
             assert closed.status_code == 200, closed.text
-    status = driver.expect_stage("completed")
+    status = driver.wait_for_stage("completed")
     result, survivors = driver.result(alive[0])
     # Dropping before R2 removes them from U3; dropping at R4 keeps their inputs in the sum.
     expected_survivors = list(range(N)) if drop_round == "R4" else alive

@@ -1,0 +1,637 @@
+"""Benchmarks of big vectors, heavy load and several workers: ``python -m bench scale [part ...] [--quick]``.
+
+Parts (each writes ``bench/results/scale_<part>.json``; ``scale.md`` is rebuilt from all):
+
+* ``big``: N = 10, 10% dropout, over HTTP on loopback, at D = 10^7 and D = 10^8 (b = 32):
+  exact sum; the server's peak RSS; R2 upload throughput against a raw loopback copy of
+  the same bytes measured in the same run; the mask expansion against the AES-CTR time
+  of its masks on the cores it used (AES measured in the same run); the latency of the
+  R4-completing request.
+* ``unmask``: the mask expansion of N = 100, D = 10^7, 30% dropout (full graph), with 1
+  and 2 workers, on the local process pool and on a local Ray cluster: speedup at 2
+  workers, and the per-task cost that the projection to more cores uses.
+* ``ray``: ``secagg simulate --engine ray --clients 2000 --graph harary --dim 10000 --dropout 0.1``.
+* ``round``: N = 100, D = 10^5 over HTTP against the in-process simulation.
+* ``load``: N = 200 (full, Harary) and N = 1000 (Harary), D = 10^4, 10% dropout over HTTP,
+  ten runs each: every run must complete with exactly the dropped clients missing; the
+  server's CPU per client per stage and the requests per second it sustained.
+* ``replays``: N = 100 on two workers over PostgreSQL (``SECAGG_TEST_POSTGRES_URL``):
+  full replays per round with this code and with the code before catch-up (the commit
+  named by ``BASELINE_REF``, run from ``git archive``).
+
+The machine is a shared 2-core one; ratios against limits measured in the same run are
+the figures.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import pickle
+import platform
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BASELINE_REF = "c17dea4"
+"""The main branch before vectors in chunks and catch-up replays (for the ``replays`` baseline)."""
+
+
+# ----------------------------------------------------------------------------- limits
+def aes_ctr_bytes_per_second(total_bytes: int = 1 << 30) -> float:
+    from bench.core import aes_ctr_bytes_per_second as measure
+
+    return measure(total_bytes=total_bytes)
+
+
+def _sink(port_queue, streams: int) -> None:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(streams)
+    port_queue.put(listener.getsockname()[1])
+
+    def serve(connection: socket.socket) -> None:
+        with connection:
+            header = b""
+            while len(header) < 8:
+                header += connection.recv(8 - len(header))
+            (length,) = struct.unpack(">Q", header)
+            buffer = bytearray(1 << 20)
+            view = memoryview(buffer)
+            remaining = length
+            while remaining:
+                received = connection.recv_into(view, min(remaining, len(buffer)))
+                if not received:
+                    return
+                remaining -= received
+            connection.sendall(b"k")
+
+    workers = []
+    for _ in range(streams):
+        connection, _ = listener.accept()
+        worker = threading.Thread(target=serve, args=(connection,))
+        worker.start()
+        workers.append(worker)
+    for worker in workers:
+        worker.join()
+    listener.close()
+
+
+def raw_loopback_copy(sizes: list[int]) -> float:
+    """Aggregate bytes/s of concurrent TCP streams of ``sizes`` bytes into a sink process (one shared zero buffer)."""
+    from bench.http import _union_seconds
+
+    context = multiprocessing.get_context("spawn")
+    port_queue = context.Queue()
+    sink = context.Process(target=_sink, args=(port_queue, len(sizes)))
+    sink.start()
+    port = port_queue.get(timeout=60)
+    zeros = memoryview(bytes(min(max(sizes), 64 << 20)))
+    intervals: list[tuple[float, float]] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(len(sizes))
+
+    def send(size: int) -> None:
+        with socket.create_connection(("127.0.0.1", port)) as connection:
+            barrier.wait()
+            started = time.perf_counter()
+            connection.sendall(struct.pack(">Q", size))
+            remaining = size
+            while remaining:
+                piece = zeros[: min(remaining, len(zeros))]
+                connection.sendall(piece)
+                remaining -= len(piece)
+            connection.recv(1)
+            finished = time.perf_counter()
+        with lock:
+            intervals.append((started, finished))
+
+    threads = [threading.Thread(target=send, args=(size,)) for size in sizes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    sink.join(timeout=120)
+    return sum(sizes) / _union_seconds(intervals)
+
+
+def disk_write_bytes_per_second(size: int) -> float:
+    """Sequential write of ``size`` bytes (at most 1 GiB) with fsync, in the temporary directory: the disk's limit."""
+    size = min(size, 1 << 30)
+    block = bytes(4 << 20)
+    with tempfile.NamedTemporaryFile(prefix="secagg-disk-") as handle:
+        started = time.perf_counter()
+        written = 0
+        while written < size:
+            handle.write(block)
+            written += len(block)
+        handle.flush()
+        os.fsync(handle.fileno())
+        return written / (time.perf_counter() - started)
+
+
+class CpuAccount:
+    """CPU time on the whole machine (``/proc/stat``) and in this process tree, over an interval.
+
+    ``others_cpu_seconds`` is what processes outside this benchmark's tree used meanwhile
+    (another job on the shared machine), ``steal_seconds`` what the hypervisor gave to other
+    guests; both take cores away from the workers being measured. Linux only.
+    """
+
+    def __init__(self) -> None:
+        self._start = self._snapshot()
+        self._started = time.perf_counter()
+
+    @staticmethod
+    def _tree_cpu_seconds(root: int) -> float:
+        ticks = os.sysconf("SC_CLK_TCK")
+        parents: dict[int, int] = {}
+        cpu: dict[int, float] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(fields[1])
+            cpu[int(entry.name)] = (int(fields[11]) + int(fields[12])) / ticks
+        total = 0.0
+        for pid in cpu:
+            ancestor = pid
+            while ancestor not in (0, 1, root) and ancestor in parents:
+                ancestor = parents[ancestor]
+            if ancestor == root:
+                total += cpu[pid]
+        return total
+
+    @classmethod
+    def _snapshot(cls) -> tuple[float, float, float]:
+        ticks = os.sysconf("SC_CLK_TCK")
+        values = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = values
+        return (user + nice + system + irq + softirq) / ticks, steal / ticks, cls._tree_cpu_seconds(os.getpid())
+
+    def finish(self) -> dict:
+        busy, steal, ours = self._snapshot()
+        wall = time.perf_counter() - self._started
+        ours_used = ours - self._start[2]
+        others = max(0.0, busy - self._start[0] - ours_used)
+        return {
+            "wall_seconds": wall,
+            "ours_cpu_seconds": ours_used,
+            "others_cpu_seconds": others,
+            "steal_seconds": steal - self._start[1],
+            "ours_cores": ours_used / wall,
+            "others_cores": others / wall,
+        }
+
+
+def _one_task_seconds(task) -> float:
+    from secagg.server.chunk_tasks import run_mask_chunk_task
+
+    started = time.perf_counter()
+    run_mask_chunk_task(task)
+    return time.perf_counter() - started
+
+
+def parallel_task_capacity(task, repeats: int = 3) -> dict:
+    """The machine's speedup on the chunk-task kernel itself: one task alone, then two at once in two processes.
+
+    ``2 * alone / together`` is 2.0 on two free cores; it is the limit the engines' speedup
+    at two workers can reach at that moment (no engine, no scheduling, no transport).
+    """
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    alone: list[float] = []
+    together: list[float] = []
+    with ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
+        list(pool.map(_one_task_seconds, [type(task)(bits=task.bits, start=0, stop=0, masks=())] * 2))
+        for _ in range(repeats):
+            alone.append(pool.submit(_one_task_seconds, task).result())
+            started = time.perf_counter()
+            list(pool.map(_one_task_seconds, [task, task]))
+            together.append(time.perf_counter() - started)
+    import statistics
+
+    speedups = sorted(2 * one / two for one, two in zip(alone, together, strict=True))
+    return {
+        "alone_seconds": alone,
+        "two_at_once_seconds": together,
+        "speedup_median": statistics.median(speedups),
+        "speedup_best": speedups[-1],
+    }
+
+
+# -------------------------------------------------------------------------------- big
+def big_round(dim: int, clients: int = 10, dropout: float = 0.1) -> dict:
+    from bench.http import _union_seconds
+    from clients.harness.http_simulation import run_http_simulation
+    from clients.harness.simulation import SimulationParameters
+    from secagg.rounds import Round
+
+    uploads: list[tuple[int, float, float]] = []
+    lock = threading.Lock()
+
+    def observe(protocol_round: Round, size: int, started: float, finished: float, closed: bool) -> None:
+        if protocol_round is Round.MASKED_INPUT_COLLECTION:
+            with lock:
+                uploads.append((size, started, finished))
+
+    workers = os.cpu_count() or 1
+    aes_before = aes_ctr_bytes_per_second(256 << 20)
+    disk = disk_write_bytes_per_second(dim * 4)
+    # The window must exceed an honest client's silence: ten clients of this one process compute
+    # their masked inputs on the same two cores before they upload (the API's default R2 window).
+    report = run_http_simulation(
+        SimulationParameters(clients=clients, dim=dim, dropout=dropout, silence_seconds=600.0), on_submit=observe
+    )
+    aes = max(aes_before, aes_ctr_bytes_per_second(256 << 20))
+    sizes = [size for size, _, _ in uploads]
+    busy = _union_seconds([(start, end) for _, start, end in uploads])
+    http_rate = sum(sizes) / busy
+    raw_rate = raw_loopback_copy(sizes)
+    survivors = report.survivors
+    dropped = clients - survivors
+    masks = survivors + dropped * survivors  # self-masks of U3, pairwise masks of each dropped client with U3 (full graph)
+    mask_bytes = masks * dim * 4
+    expansion_seconds = report.server_round_seconds.get("expansion")
+    aes_floor = mask_bytes / (aes * workers)
+    io_floor = 2 * dim * 4 / disk  # the result written once and the running sum's pages rewritten (WAL, then checkpoint)
+    return {
+        "clients": clients,
+        "dim": dim,
+        "dropout": dropout,
+        "verified": report.verified,
+        "survivors": survivors,
+        "client_aborts": report.client_aborts,
+        "chunk_bytes": report.chunk_bytes,
+        "unmask_tasks": report.unmask_tasks,
+        "server_peak_rss_bytes": report.server_peak_rss_bytes,
+        "rss_target_bytes": 1_500_000_000,
+        "r2_bytes": sum(sizes),
+        "r2_busy_seconds": busy,
+        "r2_http_bytes_per_second": http_rate,
+        "raw_loopback_bytes_per_second": raw_rate,
+        "r2_fraction_of_raw": http_rate / raw_rate,
+        "r2_target_fraction": 0.25,
+        "aes_bytes_per_second_per_core": aes,
+        "cores": workers,
+        "masks": masks,
+        "expansion_seconds": expansion_seconds,
+        "expansion_aes_floor_seconds": aes_floor,
+        "expansion_ratio_to_aes": (expansion_seconds / aes_floor) if expansion_seconds else None,
+        "disk_write_bytes_per_second": disk,
+        "expansion_io_floor_seconds": io_floor,
+        "expansion_ratio_to_aes_and_io": (expansion_seconds / max(aes_floor, io_floor)) if expansion_seconds else None,
+        "expansion_target_ratio": 1.5,
+        "r4_completing_request_seconds": report.r4_completing_request_seconds,
+        "r4_target_seconds": 0.1,
+        "round_wall_seconds": report.round_wall_seconds,
+        "server_round_seconds": report.server_round_seconds,
+        "server_cpu_seconds": report.server_cpu_seconds,
+    }
+
+
+# ----------------------------------------------------------------------------- unmask
+def _plan_masks(clients: int, dropout: float, seed: int):
+    from clients.harness.simulation import DropoutRound, SimulationParameters, run_simulation
+    from secagg.server import ServerSession
+
+    captured: list = []
+    original = ServerSession.__init__
+
+    def capture(self, *args, **kwargs):  # the simulation's server: keep it to read its plan
+        original(self, *args, **kwargs)
+        captured.append(self)
+
+    ServerSession.__init__ = capture  # type: ignore[method-assign]
+    try:
+        report = run_simulation(
+            SimulationParameters(clients=clients, dim=64, dropout=dropout, dropout_round=DropoutRound("R2"), seed=seed)
+        )
+    finally:
+        ServerSession.__init__ = original  # type: ignore[method-assign]
+    assert report.verified
+    from secagg.server.chunk_tasks import unmasking_masks
+
+    return unmasking_masks(captured[-1].unmasking_plan)
+
+
+def unmask_scaling(clients: int = 100, dim: int = 10_000_000, dropout: float = 0.3, chunk_bytes: int = 1 << 20) -> dict:
+    from secagg.chunks import ChunkLayout
+    from secagg.server.chunk_tasks import chunk_tasks
+    from service.rounds.engines import EngineKind, RayEngine, make_engine
+
+    masks = _plan_masks(clients, dropout, seed=5)
+    layout = ChunkLayout(dim, 32, chunk_bytes)
+    tasks = chunk_tasks(layout, masks)
+    aes = aes_ctr_bytes_per_second(256 << 20)
+    mask_bytes = len(masks) * layout.vector_bytes
+    pickled = pickle.dumps(tasks[0])
+    started = time.perf_counter()
+    for task in tasks:
+        pickle.loads(pickle.dumps(task))
+    pickling_seconds = time.perf_counter() - started
+    capacity_before = parallel_task_capacity(tasks[0])
+    runs: dict[str, dict[int, float]] = {"process": {}, "ray": {}}
+    accounts: dict[str, dict[int, dict]] = {"process": {}, "ray": {}}
+    for workers in (1, 2):
+        engine = make_engine(EngineKind.PROCESS, workers=workers)
+        list(engine.run(tasks[:workers]))  # start the pool outside the timing
+        account = CpuAccount()
+        started = time.perf_counter()
+        count = sum(1 for _ in engine.run(tasks))
+        runs["process"][workers] = time.perf_counter() - started
+        accounts["process"][workers] = account.finish()
+        engine.close()
+        assert count == len(tasks)
+    try:
+        import ray
+
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        for workers in (1, 2):
+            engine = RayEngine(None, workers=workers)
+            list(engine.run(tasks[:workers]))
+            account = CpuAccount()
+            started = time.perf_counter()
+            count = sum(1 for _ in engine.run(tasks))
+            runs["ray"][workers] = time.perf_counter() - started
+            accounts["ray"][workers] = account.finish()
+            assert count == len(tasks)
+        ray.shutdown()
+    except ImportError:
+        runs.pop("ray")
+        accounts.pop("ray")
+    capacity_after = parallel_task_capacity(tasks[0])
+    per_task = {name: times[1] / len(tasks) for name, times in runs.items()}
+    projection = {
+        name: {
+            str(cores): {
+                "tasks_per_core": -(-len(tasks) // cores),
+                "seconds": -(-len(tasks) // cores) * per_task[name],
+                "chunks_needed_for_full_use": 4 * cores,
+            }
+            for cores in (16, 64)
+        }
+        for name in runs
+    }
+    return {
+        "clients": clients,
+        "dim": dim,
+        "dropout": dropout,
+        "chunk_bytes": chunk_bytes,
+        "tasks": len(tasks),
+        "masks": len(masks),
+        "mask_bytes": mask_bytes,
+        "aes_bytes_per_second_per_core": aes,
+        "aes_floor_one_core_seconds": mask_bytes / aes,
+        "seconds": {name: {str(k): v for k, v in times.items()} for name, times in runs.items()},
+        "speedup_at_2": {name: times[1] / times[2] for name, times in runs.items()},
+        "cpu": {name: {str(k): v for k, v in by_workers.items()} for name, by_workers in accounts.items()},
+        "kernel_speedup_two_processes_before": capacity_before,
+        "kernel_speedup_two_processes_after": capacity_after,
+        "task_pickle_bytes": len(pickled),
+        "pickling_seconds_all_tasks": pickling_seconds,
+        "result_bytes_per_task": layout.chunk_bytes,
+        "affinity_cpus": len(os.sched_getaffinity(0)),
+        "speedup_target": 1.7,
+        "per_task_seconds": per_task,
+        "projection": projection,
+    }
+
+
+# -------------------------------------------------------------------------------- ray
+def ray_simulation(clients: int = 2000, dim: int = 10_000, dropout: float = 0.1) -> dict:
+    command = [
+        sys.executable, "-m", "secagg_cli", "simulate", "--engine", "ray", "--clients", str(clients), "--graph", "harary",
+        "--dim", str(dim), "--dropout", str(dropout), "--json",
+    ]  # fmt: skip
+    started = time.perf_counter()
+    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - started
+    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    keys = ("verified", "survivors", "dropped", "degree", "client_aborts", "unmask_tasks", "server_seconds", "server_round_seconds",
+            "client_seconds_median", "server_peak_rss_bytes", "wall_seconds")  # fmt: skip
+    return {"command": " ".join(command[2:]), "process_wall_seconds": wall, **{key: report[key] for key in keys}}
+
+
+# ------------------------------------------------------------------------------ round
+def http_round(clients: int = 100, dim: int = 100_000) -> dict:
+    from bench.http import round_overhead
+
+    result = round_overhead(clients, dim)
+    result["target_ratio"] = 2.0
+    return result
+
+
+# ------------------------------------------------------------------------------- load
+class StageCpuMonitor:
+    """Samples the server's CPU time at every stage change of a round (polling its status)."""
+
+    def __init__(self, server, admin, round_id_holder: list[str]) -> None:
+        self.server, self.admin, self.holder = server, admin, round_id_holder
+        self.samples: list[tuple[str, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        last = None
+        while not self._stop.is_set():
+            if self.holder:
+                try:
+                    stage = self.admin.round_status(self.holder[0])["stage"]
+                except Exception:
+                    stage = last
+                if stage != last:
+                    self.samples.append((stage, self.server.cpu_seconds() or 0.0))
+                    last = stage
+            time.sleep(0.1)
+
+    def __enter__(self) -> StageCpuMonitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def load_run(clients: int, graph: str, dim: int = 10_000, dropout: float = 0.1, seed: int = 0, silence: float = 10.0) -> dict:
+    from clients.harness.http_simulation import run_http_simulation
+    from clients.harness.simulation import SimulationParameters
+    from secagg.config import GraphKind, ProtocolMode
+    from secagg.graph import recommended_harary_degree
+
+    degree = None
+    if graph == "harary":
+        degree = recommended_harary_degree(clients, ProtocolMode.ACTIVE, dropout_rate=dropout, corrupt_fraction=0.0)
+    params = SimulationParameters(
+        clients=clients,
+        dim=dim,
+        dropout=dropout,
+        graph=GraphKind(graph if degree is not None or graph == "full" else "full"),
+        degree=degree,
+        silence_seconds=silence,
+        seed=seed,
+    )
+    report = run_http_simulation(params)
+    dropped = params.dropped_count
+    stages = report.server_round_seconds
+    return {
+        "clients": clients,
+        "graph": report.graph,
+        "degree": report.degree,
+        "verified": report.verified,
+        "survivors": report.survivors,
+        "expected_survivors": clients - dropped,
+        "honest_excluded": clients - dropped - report.survivors,
+        "client_aborts": report.client_aborts,
+        "round_wall_seconds": report.round_wall_seconds,
+        "http_requests": report.http_requests,
+        "requests_per_second": report.http_requests / report.round_wall_seconds if report.round_wall_seconds else None,
+        "server_cpu_seconds": report.server_cpu_seconds,
+        "server_cpu_per_client_per_stage_ms": (
+            1000 * report.server_cpu_seconds / clients / max(1, len(stages)) if report.server_cpu_seconds else None
+        ),
+        "stage_seconds": stages,
+        "silence_seconds": silence,
+    }
+
+
+def load(runs: int = 10, configurations: list[tuple[int, str]] | None = None, silence: float = 10.0) -> dict:
+    configurations = configurations or [(200, "full"), (200, "harary"), (1000, "harary")]
+    results = []
+    partial = RESULTS / "scale_load.partial.json"
+    for clients, graph in configurations:
+        for run in range(runs):
+            result = load_run(clients, graph, seed=1000 * clients + run, silence=silence)
+            print(
+                f"load N={clients} {graph} run {run + 1}/{runs}: verified={result['verified']} "
+                f"excluded={result['honest_excluded']} {result['round_wall_seconds']:.1f}s "
+                f"{result['requests_per_second'] or 0:.0f} req/s",
+                flush=True,
+            )
+            results.append(result)
+            partial.write_text(json.dumps({"runs_per_configuration": runs, "results": results}, indent=2) + "\n")
+    partial.unlink(missing_ok=True)
+    return {"runs_per_configuration": runs, "results": results}
+
+
+# ---------------------------------------------------------------------------- replays
+def _replay_round(source: Path | None, database_url: str, clients: int, workers: int) -> dict:
+    """One round of ``clients`` on ``workers`` workers; the full replays the server logged."""
+    import httpx
+
+    from clients.harness.local_server import LocalServer
+    from secagg.rounds import Round
+    from tests.service.harness import Api, RoundDriver, make_parties
+
+    environment = {"PYTHONPATH": str(source)} if source is not None else {}
+    with tempfile.TemporaryDirectory(prefix="secagg-bench-replays-") as scratch:
+        server = LocalServer(
+            directory=Path(scratch), database_url=database_url, workers=workers, dev=False, extra_env=environment, cwd=source
+        )
+        with server:
+            api = Api(server)
+            api.http.close()
+            api.http = httpx.Client(base_url=server.base_url, timeout=120.0, headers={"Connection": "close"})
+            parties = make_parties(clients, prefix="rp", seed=clients)
+            for party in parties:
+                api.enroll(party)
+            round_id = api.create_round(parties, threshold=clients * 2 // 3 + 1, mode="active", dim=1000, bits=32)
+            driver = RoundDriver(api, parties, round_id, seed=3)
+            everyone = range(clients)
+            driver.send(everyone)
+            for protocol_round in list(Round)[1:]:
+                driver.wait_for_stage(protocol_round.value, timeout=300)
+                driver.fetch(everyone)
+                driver.send(everyone)
+            driver.wait_for_stage("completed", timeout=300)
+            log = server.log_tail(200_000_000)
+            api.close()
+    replays = 0
+    for line in log.splitlines():
+        if line.startswith("{") and '"session_replayed"' in line:
+            replays += json.loads(line).get("round_id") == round_id
+    return {"full_replays": replays, "messages": 5 * clients}
+
+
+def replays(clients: int = 100, workers: int = 2) -> dict:
+    from tests.service.conftest import fresh_postgres_database
+
+    base = os.environ.get("SECAGG_TEST_POSTGRES_URL")
+    if not base:
+        return {"skipped": "needs SECAGG_TEST_POSTGRES_URL (a PostgreSQL server)"}
+    after = _replay_round(None, fresh_postgres_database(base), clients, workers)
+    with tempfile.TemporaryDirectory(prefix="secagg-baseline-") as scratch:
+        archive = subprocess.run(["git", "archive", BASELINE_REF], capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", scratch], input=archive, check=True)
+        before = _replay_round(Path(scratch), fresh_postgres_database(base), clients, workers)
+    return {"clients": clients, "workers": workers, "baseline_ref": BASELINE_REF, "before": before, "after": after}
+
+
+# ------------------------------------------------------------------------------ driver
+PARTS = {
+    "unmask": lambda quick, options: unmask_scaling(dim=int(options.get("unmask-dim", 2_000_000 if quick else 10_000_000))),
+    "big": lambda quick, options: {
+        "rounds": [
+            big_round(int(dim)) for dim in options.get("big-dims", "1000000" if quick else "10000000,100000000").split(",")
+        ]
+    },
+    "round": lambda quick, options: http_round(20 if quick else 100),
+    "replays": lambda quick, options: replays(clients=20 if quick else 100),
+    "ray": lambda quick, options: ray_simulation(clients=int(options.get("ray-clients", 200 if quick else 2000))),
+    "load": lambda quick, options: load(
+        runs=int(options.get("load-runs", 1 if quick else 10)),
+        configurations=[
+            (int(clients), graph) for clients, graph in (item.split(":") for item in options["load-configs"].split(","))
+        ]
+        if "load-configs" in options
+        else None,
+        silence=float(options.get("load-silence", 10.0)),
+    ),
+}
+"""Each part's function of ``--quick`` and the ``--name=value`` options (``--big-dims=10000000``,
+``--unmask-dim``, ``--ray-clients``, ``--load-runs``, ``--load-configs=200:full,1000:harary``, ``--load-silence``): sizes this machine can run in the time it has."""
+
+
+def run(argv: list[str] | None = None) -> dict:
+    arguments = sys.argv[2:] if argv is None else argv
+    quick = "--quick" in arguments
+    options = dict(argument[2:].split("=", 1) for argument in arguments if argument.startswith("--") and "=" in argument)
+    chosen = [name for name in arguments if not name.startswith("-")] or list(PARTS)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    machine = {"platform": platform.platform(), "python": platform.python_version(), "cpus": multiprocessing.cpu_count()}
+    for name in chosen:
+        started = time.perf_counter()
+        load_before = os.getloadavg()
+        result = PARTS[name](quick, options)
+        result = {
+            **result,
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+            "part": name,
+            "quick": quick,
+            "options": options,
+            "machine": machine,
+            "bench_seconds": time.perf_counter() - started,
+        }
+        (RESULTS / f"scale_{name}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        print(f"scale {name}: done in {result['bench_seconds']:.0f} s", flush=True)
+    from bench.scale_report import write_markdown
+
+    write_markdown(RESULTS)
+    return {}
+
+
+if __name__ == "__main__":
+    run()
