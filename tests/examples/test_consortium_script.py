@@ -36,13 +36,13 @@ def summary(tmp_path_factory: pytest.TempPathFactory) -> dict:
     environment = {key: value for key, value in os.environ.items() if not key.startswith("SECAGG_")}
     environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment.get('PATH', '')}"
     subprocess.run(
-        ["secagg", "consortium", "example-data", "--banks", "3", "--fraction", "0.12", "--out", str(work / "data")],
+        ["secagg", "consortium", "example-data", "--banks", "3", "--fraction", "0.25", "--out", str(work / "data")],
         check=True, env=environment, capture_output=True,
     )  # fmt: skip
     banks = [str(work / "data" / f"bank-{name}.csv") for name in "abc"]
     done = subprocess.run(
         ["bash", str(SCRIPT), "--target", "Class", "--positive", "bad", "--test", str(work / "data" / "test.csv"),
-         "--out", str(work / "out"), "--rounds", "2", *banks],
+         "--out", str(work / "out"), "--rounds", "2", "--epsilon", "8", *banks],
         env=environment, capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
