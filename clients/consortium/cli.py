@@ -5,15 +5,21 @@
     secagg consortium schema merge bank-a.draft.json bank-b.draft.json ... --out schema.json [--drop COLUMN]
     secagg consortium schema show bank-a.draft.json
     secagg consortium plan --out plan.json [--rounds 10 --target-epsilon 3 ...]
+    secagg consortium plan --out plan.json --model-factory mypackage.models:fraud_gru --schema schema.json \\
+        --model-out model.json [--classes A,B,C]
     secagg consortium manifest create --training-id credit-2026 --schema schema.json --plan plan.json \\
         --bank bank-a=bank-a.key.pub --bank bank-b=bank-b.key.pub --bank bank-c=bank-c.key.pub \\
-        [--auditor auditor=auditor.key.pub] --out manifest.json
+        [--auditor auditor=auditor.key.pub] [--model model.json] --out manifest.json
     secagg consortium manifest sign manifest.json --key bank-a.key [--passphrase-file F] [--out copy.json]
     secagg consortium manifest combine copy-a.json copy-b.json ... --out manifest.json
     secagg consortium manifest verify manifest.json [--expect-hash HEX]
     secagg consortium manifest show manifest.json
     secagg consortium run --manifest manifest.json --server URL --admin-token-file token [--deadline R0=600 ...]
     secagg consortium example-data --banks 3 --out data/ [--fraction 0.3]
+
+``plan --model-factory`` imports the named factory (a bank's own code, with torch): a bank
+that proposes its model runs it, never the coordinator, the server or the auditor, who
+receive the plan and the model layout it writes (torch-free JSON, ``secagg-model-layout/1``).
 
 Exit codes: 0 ok; 1 ``manifest verify``: not signed by every member; 2 usage or input
 (unreadable or invalid file, schema conflicts); for ``run``, those of the coordinator
@@ -115,19 +121,63 @@ def plan_command(
     participant_epsilon: Annotated[
         float | None, typer.Option("--participant-epsilon", help="Also participant-level Skellam noise for this epsilon.")
     ] = None,
+    model_factory: Annotated[
+        str | None,
+        typer.Option("--model-factory", help="A bank's own model: package.module:function returning the module and its loss."),
+    ] = None,
+    schema: Annotated[
+        Path | None, typer.Option("--schema", help="--model-factory: the agreed schema (its feature count is the input width).")
+    ] = None,
+    classes: Annotated[
+        str | None,
+        typer.Option("--classes", help="--model-factory, cross-entropy: the target's values, comma-separated, in output order."),
+    ] = None,
+    model_out: Annotated[
+        Path | None,
+        typer.Option("--model-out", help="--model-factory: where to write the model's layout (manifest create --model)."),
+    ] = None,
 ) -> None:
-    """Write a training plan (format secagg-federated-plan/1, docs/CONSORTIUM.md); every field has a default."""
-    from clients.training.plan import FederatedError, FederatedPlan
+    """Write a training plan (format secagg-federated-plan/1, docs/CONSORTIUM.md); every field has a default.
 
+    With ``--model-factory`` the plan's model is ``custom``: the factory is imported and called
+    with the schema's feature count, Opacus checks its module layer by layer (a refusal names
+    the layer), and its layout (ordered parameter names and shapes, their SHA-256, the loss) is
+    written to ``--model-out`` for ``manifest create --model``.
+    """
+    from clients.training.plan import FederatedError, FederatedPlan
+    from clients.training.tabular import TabularError, TabularSchema
+
+    layout = None
     try:
+        if model_factory is not None:
+            if schema is None or model_out is None:
+                raise FederatedError("--model-factory needs --schema (the input width) and --model-out (the layout)")
+            from dp.training import ModelRefused, TrainingError, describe_model
+
+            width = TabularSchema.load(schema).num_features
+            listed = None if classes is None else tuple(item.strip() for item in classes.split(",") if item.strip())
+            try:
+                layout = describe_model(model_factory, width, classes=listed)
+            except (ModelRefused, TrainingError) as refused:
+                raise FederatedError(str(refused)) from None
+            model = "custom"
+        elif schema is not None or classes is not None or model_out is not None:
+            raise FederatedError("--schema, --classes and --model-out describe a --model-factory")
         plan = FederatedPlan(
             rounds=rounds, target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate, local_epochs=local_epochs,
             learning_rate=learning_rate, max_grad_norm=max_grad_norm, model=model, hidden_units=hidden_units,  # type: ignore[arg-type]
             update_clip=update_clip, mode=mode, participant_epsilon=participant_epsilon,  # type: ignore[arg-type]
         )  # fmt: skip
-    except (FederatedError, ValueError) as error:
+    except (FederatedError, TabularError, ValueError) as error:
         raise _fail("plan", error) from None
     plan.save(out)
+    if layout is not None:
+        assert model_out is not None
+        _write(model_out, (json.dumps(layout.to_dict(), indent=2, sort_keys=True) + "\n").encode("ascii"))
+        typer.echo(
+            f"wrote {model_out}: {layout.factory}, {layout.loss.value}, {len(layout.parameters)} tensors, "
+            f"{layout.parameter_count} parameters, shapes {layout.shapes_sha256}"
+        )
     event = plan.round_event()
     typer.echo(
         f"wrote {out}: {plan.rounds} rounds of {plan.local_steps} DP-SGD steps (noise multiplier {event.noise_multiplier:.4g}), "
@@ -173,8 +223,12 @@ def manifest_create(
     min_threshold_fraction: Annotated[
         float | None, typer.Option("--min-threshold-fraction", help="Raise the threshold to ceil(F * banks).")
     ] = None,
+    model: Annotated[
+        Path | None, typer.Option("--model", help="A custom plan's model layout (secagg consortium plan --model-out).")
+    ] = None,
 ) -> None:
-    """Build the manifest every member then signs: roster, protocol, schema, plan (mode from the plan)."""
+    """Build the manifest every member then signs: roster, protocol, schema, plan (mode from the plan), and a
+    custom plan's model layout. Torch-free: the layout is read as JSON and checked, never imported."""
     from clients.training.plan import FederatedError, FederatedPlan
     from clients.training.rules import TrainingRules
     from clients.training.tabular import TabularError, TabularSchema
@@ -184,18 +238,37 @@ def manifest_create(
         agreed = TabularSchema.load(schema)
         training_plan = FederatedPlan.load(plan)
         members = _members(bank, "bank") + _members(auditor, "auditor")
+        layout = None
+        if model is not None:
+            try:
+                layout = json.loads(model.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as exc:
+                raise ClientError(f"cannot read the model layout {model}: {exc}") from None
         manifest = Manifest(
             training_id=training_id,
             members=tuple(members),
             protocol=ProtocolRule(training_plan.mode, graph, degree, min_threshold_fraction),  # type: ignore[arg-type]
             schema=agreed.to_dict(),
             plan=training_plan.to_dict(),
+            model=layout,
         )
         TrainingRules(manifest)
     except (TabularError, FederatedError, ManifestError, ClientError, ValueError) as error:
         raise _fail("manifest create", error) from None
     _write(out, SignedManifest(manifest).to_bytes())
     typer.echo(f"wrote {out}: training {training_id}, {len(members)} members, manifest hash {manifest.hash.hex()}")
+
+
+def _model_line(rules: Any) -> str:
+    from dp.models import ModelLayout
+
+    model = rules.model
+    if not isinstance(model, ModelLayout):
+        return str(model.kind.value)
+    return (
+        f"{model.factory} ({model.loss.value}, {model.parameter_count} parameters in {len(model.parameters)} tensors, "
+        f"shapes {model.shapes_sha256[:16]}…)"
+    )
 
 
 def _summary(signed: Any) -> list[str]:
@@ -211,7 +284,7 @@ def _summary(signed: Any) -> list[str]:
         f"protocol   {protocol.mode.value}, {protocol.graph.value} graph, threshold {rules.threshold} of {len(rules.banks)}",
         f"schema     target {rules.schema.target} == {rules.schema.positive!r}; {len(rules.schema.columns)} columns, "
         f"{rules.schema.num_features} features",
-        f"plan       {rules.plan.rounds} rounds of {rules.plan.model.value}, epsilon {rules.plan.target_epsilon:g} at delta "
+        f"plan       {rules.plan.rounds} rounds of {_model_line(rules)}, epsilon {rules.plan.target_epsilon:g} at delta "
         f"{rules.plan.delta:g} per bank over the run"
         + ("" if rules.plan.participant_epsilon is None else f"; participant-level epsilon {rules.plan.participant_epsilon:g}"),
     ]

@@ -20,6 +20,9 @@ rules are in that module's docstring):
   its own budget (the policy's ``[budget]``), and resumes where it stopped when run
   again with the same work directory. The bank's participant id is the one the manifest
   lists for its key.
+  The command is a thin layer over the Python API, :func:`clients.training.api.train`.
+  A bank's own model (the plan's ``model`` is ``custom``) is imported from the factory the
+  manifest's layout names, which must be importable here (``PYTHONPATH``).
 * **Local** (``--local``): nothing leaves the machine. The schema and plan are the
   manifest's (``--manifest``), or ``--schema`` and ``--plan``, or drafted from this file
   and the default plan; the model is trained with the plan's DP-SGD, every round charged
@@ -86,9 +89,10 @@ def train_locally(
     from clients.training.federated import ACCOUNTANT_FILE, MODEL_ARTEFACT, load_signed_manifest
     from clients.training.metrics import roc_auc
     from clients.training.model_file import ModelArtefact
-    from clients.training.plan import FederatedPlan, predict_logits
+    from clients.training.plan import FederatedPlan, labels_for, model_outputs
     from clients.training.rules import TrainingRules
     from clients.training.tabular import (
+        Dataset,
         Preprocessor,
         TabularError,
         TabularSchema,
@@ -96,19 +100,20 @@ def train_locally(
         moment_sums,
         read_csv,
         statistics_from_sums,
-        target_labels,
     )
     from dp.audit.privacy_ledger import PrivacyLedger, PrivacyUnit
     from dp.budget import BudgetGuard, BudgetPolicy, UnitBudget
+    from dp.models import LossKind, loss_of
     from dp.training import BankTrainer, use_threads
 
     use_threads(1)
     table = read_csv(data)
     manifest_hash = training_id = None
+    spec: Any = None
     if manifest_path is not None:
         manifest = load_signed_manifest(manifest_path).manifest
         rules = TrainingRules(manifest)
-        schema, plan = rules.schema, rules.plan
+        schema, plan, spec = rules.schema, rules.plan, rules.model
         manifest_hash, training_id = manifest.hash.hex(), manifest.training_id
     else:
         plan = FederatedPlan.load(plan_path) if plan_path is not None else FederatedPlan()
@@ -120,9 +125,13 @@ def train_locally(
             schema = draft_schema(table, target=target, positive=resolve_positive(table.column(target), positive, target))
     if (target is not None and schema.target != target) or (positive is not None and schema.positive != positive):
         raise TabularError(f"the schema predicts {schema.target} == {schema.positive!r}, not {target} == {positive!r}")
-    labels = target_labels(schema, table)
+    if spec is None:
+        spec = plan.model_spec(schema.num_features)
+    binary = loss_of(spec) is LossKind.BINARY_CROSS_ENTROPY
+    labels = labels_for(spec, schema, table)
     if holdout > 0:
-        held_out = stratified_holdout(labels, holdout, hashlib.sha256(b"secagg/train/local-validation/v1").digest())
+        strata = labels if loss_of(spec) is not LossKind.MEAN_SQUARED_ERROR else np.zeros(labels.size)
+        held_out = stratified_holdout(strata, holdout, hashlib.sha256(b"secagg/train/local-validation/v1").digest())
     else:
         held_out = np.zeros(labels.size, dtype=bool)
     training, validation = table.take(np.flatnonzero(~held_out)), table.take(np.flatnonzero(held_out))
@@ -131,19 +140,22 @@ def train_locally(
     work_dir.mkdir(parents=True, exist_ok=True)
     schema.save(work_dir / "schema-standardized.json")
     preprocessor = Preprocessor(schema)
-    train_set = preprocessor.transform(training)
-    validation_set = preprocessor.transform(validation) if validation.rows else None
+
+    def dataset(part: Any) -> Dataset:
+        return Dataset(preprocessor.features(part), labels_for(spec, schema, part), schema.feature_names)
+
+    train_set = dataset(training)
+    validation_set = dataset(validation) if validation.rows else None
     if key_path is None:
         key_path = work_dir / "local-identity.key"
         if not key_path.exists():
             generate_key_file(key_path)
         passphrase = None
     identity = load_identity_key(key_path, passphrase=passphrase)
-    spec = plan.model_spec(schema.num_features)
     trainer = BankTrainer(spec, plan.dpsgd_config(), accountant_path=work_dir / ACCOUNTANT_FILE)
     event = plan.round_event()
     budget = BudgetPolicy({PrivacyUnit.EXAMPLE: UnitBudget(plan.target_epsilon, plan.delta)}, participant_id)
-    model = plan.initial_model(schema.num_features)
+    model = plan.initial_model(spec)
     with PrivacyLedger.open(work_dir / LEDGER_FILE, party_id=participant_id, signing_key=identity) as ledger:
         guard = BudgetGuard(budget, ledger)
         run_tag = hashlib.sha256(ledger.path.read_bytes() if ledger.path.exists() else b"").hexdigest()[:8]
@@ -154,8 +166,8 @@ def train_locally(
     np.save(work_dir / "model.npy", model, allow_pickle=False)
     validation_auc = None
     threshold_data, source = train_set, "the training rows"
-    if validation_set is not None and 0 < validation_set.labels.sum() < validation_set.rows:
-        validation_auc = roc_auc(validation_set.labels, predict_logits(spec, model, validation_set.features))
+    if binary and validation_set is not None and 0 < validation_set.labels.sum() < validation_set.rows:
+        validation_auc = roc_auc(validation_set.labels, model_outputs(spec, model, validation_set.features))
         threshold_data, source = validation_set, f"a stratified {holdout:g} hold-out of the rows"
     artefact = ModelArtefact.trained(
         schema=schema, spec=spec, parameters=model, training_id=training_id, manifest_hash=manifest_hash,
@@ -247,7 +259,8 @@ def train_command(
     """Train on this bank's own tabular data: in the consortium's rounds, or alone (--local)."""
     from clients.runtime.errors import ClientError
     from clients.runtime.keyfile import read_passphrase
-    from clients.training.federated import BankJob, exit_code_of, train_federated
+    from clients.training import api
+    from clients.training.federated import exit_code_of
     from clients.training.tabular import TabularError, draft_schema, read_csv
     from dp.errors import DPError
     from secagg.consortium import ManifestError
@@ -286,12 +299,13 @@ def train_command(
             if schema is not None or plan is not None:
                 raise typer.BadParameter("a federated run takes its schema and plan from --manifest only")
             assert manifest is not None and server is not None and key is not None and policy is not None
-            job = BankJob(
-                data=data, manifest=manifest, work_dir=work_dir, server=server, key=key, policy=policy,
-                participant_id=participant_id, passphrase=passphrase, ca_bundle=ca_bundle, target=target, positive=positive,
-                round_timeout=round_timeout, server_timeout=server_timeout,
+            trained = api.train(
+                manifest=api.load_manifest(manifest), key=api.load_key(key, passphrase=passphrase), data=api.load_data(data),
+                server=server, policy=policy, work_dir=work_dir, participant_id=participant_id, ca_bundle=ca_bundle,
+                target=target, positive=positive,
+                round_timeout=round_timeout, server_timeout=server_timeout, on_event=_show_event,
             )  # fmt: skip
-            result = {"mode": "federated", **train_federated(job, on_event=_show_event)}
+            result = {"mode": "federated", **trained.summary}
     except (TabularError, ManifestError, DPError, ClientError, ValueError, OSError) as error:
         typer.echo(f"secagg train: {error}", err=True)
         raise typer.Exit(code=exit_code_of(error)) from None
@@ -318,7 +332,8 @@ def predict_command(
         str | None, typer.Option("--id-column", help="Copy this column of --data into the output, to join on.")
     ] = None,
 ) -> None:
-    """Score a CSV with a trained model: the probability of the positive class, and 1/0 at the model's threshold."""
+    """Score a CSV with a trained model: binary, P(positive) and 1/0 at the model's threshold; multi-class, the most
+    probable class and its probability; regression, the prediction."""
     import csv
     import io
 
@@ -329,20 +344,20 @@ def predict_command(
     try:
         artefact = ModelArtefact.load(model)
         table, features = _features(artefact, data)
-        scores = artefact.predict(features)
+        columns, scored = artefact.scores(features)
         ids = table.column(id_column) if id_column is not None else None
     except (TabularError, OSError) as error:
         typer.echo(f"secagg predict: {error}", err=True)
         raise typer.Exit(code=2) from None
     text = io.StringIO(newline="")
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(([id_column] if id_column else []) + ["row", "probability", "predicted"])
+    writer.writerow(([id_column] if id_column else []) + ["row", *columns])
     rows = table.data_row_numbers()
-    for index, score in enumerate(scores.tolist()):
-        predicted = 1 if score >= artefact.threshold else 0
-        writer.writerow(([str(ids[index])] if ids is not None else []) + [int(rows[index]), repr(float(score)), predicted])
+    for index, values in enumerate(scored):
+        writer.writerow(([str(ids[index])] if ids is not None else []) + [int(rows[index]), *values])
     write_atomic(out, text.getvalue().encode("utf-8"), mode=PUBLIC_MODE)
-    typer.echo(f"scored {len(scores)} rows with threshold {artefact.threshold:.4g} into {out}", err=True)
+    how = f"with threshold {artefact.threshold:.4g}" if artefact.threshold is not None else f"({artefact.loss.value})"
+    typer.echo(f"scored {len(scored)} rows {how} into {out}", err=True)
 
 
 def evaluate_command(
@@ -353,47 +368,52 @@ def evaluate_command(
         typer.Option("--validation", help="Labelled rows to choose the threshold on (default: the model's own threshold)."),
     ] = None,
     metric: Annotated[
-        str | None, typer.Option("--metric", help="Print only this figure (auc, accuracy, balanced_accuracy, threshold).")
+        str | None,
+        typer.Option(
+            "--metric", help="Print only this figure (auc, accuracy, balanced_accuracy, threshold, log_loss, rmse, mae, r2)."
+        ),
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Report a model's AUC, and its accuracy at a threshold chosen on validation data (not 0.5)."""
-    from clients.training.metrics import MetricError, accuracy, balanced_accuracy, roc_auc, youden_threshold
+    """Report a model's figures: binary, AUC and accuracy at a threshold chosen on validation data (not 0.5);
+    multi-class, accuracy, balanced accuracy and log loss; regression, RMSE, MAE and R²."""
+    from clients.training.metrics import MetricError, youden_threshold
     from clients.training.model_file import ModelArtefact
-    from clients.training.tabular import TabularError, target_labels
+    from clients.training.plan import labels_for
+    from clients.training.tabular import TabularError
+    from dp.models import LossKind
 
     try:
         artefact = ModelArtefact.load(model)
         if validation is not None:
+            if not artefact.binary:
+                raise TabularError(f"--validation chooses a binary model's threshold; this model is {artefact.loss.value}")
             table, features = _features(artefact, validation)
-            threshold = youden_threshold(target_labels(artefact.schema, table), artefact.predict(features))
+            threshold = youden_threshold(labels_for(artefact.spec, artefact.schema, table), artefact.predict(features))
             artefact = artefact.with_threshold(threshold, f"{validation} (Youden's J)")
         table, features = _features(artefact, data)
-        labels = target_labels(artefact.schema, table)
-        scores = artefact.predict(features)
-        figures: dict[str, Any] = {
-            "auc": roc_auc(labels, scores),
-            "accuracy": accuracy(labels, scores, artefact.threshold),
-            "balanced_accuracy": balanced_accuracy(labels, scores, artefact.threshold),
-            "threshold": artefact.threshold,
-            "threshold_source": artefact.threshold_source,
-            "rows": int(labels.size),
-            "positives": int(labels.sum()),
-            "training_id": artefact.training_id,
-            "manifest_hash": artefact.manifest_hash,
-        }
+        figures = artefact.evaluate(features, labels_for(artefact.spec, artefact.schema, table))
+        figures.update(training_id=artefact.training_id, manifest_hash=artefact.manifest_hash)
     except (TabularError, MetricError, OSError) as error:
         typer.echo(f"secagg evaluate: {error}", err=True)
         raise typer.Exit(code=2) from None
     if metric is not None:
-        if metric not in ("auc", "accuracy", "balanced_accuracy", "threshold"):
-            raise typer.BadParameter("one of auc, accuracy, balanced_accuracy, threshold", param_hint="--metric")
+        numeric = sorted(name for name, value in figures.items() if isinstance(value, float))
+        if metric not in numeric:
+            raise typer.BadParameter(f"one of {', '.join(numeric)} for this model", param_hint="--metric")
         typer.echo(repr(float(figures[metric])))
     elif json_output:
         typer.echo(json.dumps(figures, sort_keys=True))
-    else:
+    elif artefact.binary:
         typer.echo(f"AUC {figures['auc']:.4f} on {figures['rows']} rows ({figures['positives']} positive)")
         typer.echo(
             f"accuracy {figures['accuracy']:.4f}, balanced accuracy {figures['balanced_accuracy']:.4f} at threshold "
             f"{figures['threshold']:.4g} (chosen on {figures['threshold_source']})"
         )
+    elif artefact.loss is LossKind.CROSS_ENTROPY:
+        typer.echo(
+            f"accuracy {figures['accuracy']:.4f}, balanced accuracy {figures['balanced_accuracy']:.4f}, "
+            f"log loss {figures['log_loss']:.4f} on {figures['rows']} rows"
+        )
+    else:
+        typer.echo(f"RMSE {figures['rmse']:.4g}, MAE {figures['mae']:.4g}, R² {figures['r2']:.4f} on {figures['rows']} rows")

@@ -8,7 +8,9 @@ derives from it what every round must be. :func:`train_federated` then, in order
    checks the rounds it implies against the bank's policy (:class:`~clients.runtime.policy.ClientPolicy`)
    and the plan's whole spend against the bank's own budget (the policy's ``[budget]``,
    :mod:`clients.training.budget_store`): a stricter budget than the plan's is refused
-   here, before anything is trained or sent;
+   here, before anything is trained or sent; for a bank's own model, builds the module with
+   this bank's factory and refuses (:class:`ModelDiffers`) unless its parameter names and
+   shapes are the manifest's layout and Opacus can train it;
 2. for each step (0: the statistics round when the schema has no standardisation; 1..R:
    the training rounds), finds its round in the training's round list
    (``GET /v1/trainings/{id}``; a bank sees only its own training), and checks it
@@ -84,10 +86,12 @@ from clients.training.plan import (
     FederatedError,
     apply_mean_update,
     clip_l2,
+    labels_for,
     rotation_seed,
 )
 from clients.training.rules import STATISTICS_STEP, RefusalReason, RoundRefused, TrainingRules
 from clients.training.tabular import (
+    Dataset,
     MomentSums,
     Preprocessor,
     RawTable,
@@ -95,7 +99,6 @@ from clients.training.tabular import (
     moment_sums,
     read_csv,
     statistics_from_sums,
-    target_labels,
 )
 from dp.atomic_files import PUBLIC_MODE, read_private_file, remove_file, write_atomic, write_private_file
 from secagg.config import RoundConfig
@@ -711,24 +714,57 @@ def check_plan_budget(rules: TrainingRules, guard: Any, remaining_steps: int) ->
             )
 
 
+class ModelDiffers(FederatedError):
+    """This bank's own model is not the manifest's (a parameter's name or shape differs); nothing was trained or sent."""
+
+
+def check_own_model(rules: TrainingRules) -> None:
+    """For a bank's own model: build it with this bank's factory and refuse unless its parameter
+    names, shapes (the manifest's ``shapes_sha256``) and loss are the manifest's, and Opacus can
+    train it. Checked once, before the bank joins any round (the statistics round included)."""
+    from dp.models import ModelLayout
+
+    if not isinstance(rules.model, ModelLayout):
+        return
+    from dp.training import ModelDiffers as LayoutDiffers
+    from dp.training import ModelRefused, define_checked_model, module_problems
+
+    try:
+        problems = module_problems(define_checked_model(rules.model).module)
+    except (LayoutDiffers, ModelRefused) as refused:
+        raise ModelDiffers(f"{refused}; nothing was trained or sent") from None
+    if problems:
+        raise ModelDiffers(f"Opacus cannot train this bank's {rules.model.factory}: {'; '.join(problems)}")
+
+
 def train_federated(
     job: BankJob,
     *,
     identity: SigningKey | None = None,
+    data: RawTable | None = None,
+    signed: SignedManifest | None = None,
     wrap_transport: Callable[[RoundTransport], RoundTransport] | None = None,
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """One bank's whole federated training (see the module docstring); returns its final figures.
 
+    ``identity`` is the bank's key when already loaded (else ``job.key`` is read with
+    ``job.passphrase``), ``data`` its table when already read (else ``job.data`` is read),
+    ``signed`` the manifest when already loaded (else ``job.manifest`` is read); either way
+    it must be complete.
     ``wrap_transport`` wraps the HTTP transport before the rounds use it (tests inject
-    faults this way, :mod:`clients.harness.faults`).
+    faults this way, :mod:`clients.harness.faults`). ``on_event`` sees every progress-log
+    event (name and fields) as it is written. A bank's own model that differs from the
+    manifest's is refused (:class:`ModelDiffers`) before anything is trained or sent.
     """
     from clients.runtime.http_transport import HttpTransport
     from clients.runtime.keyfile import load_identity_key
     from dp.audit.privacy_ledger import PrivacyLedger, PrivacyUnit
     from dp.budget import BudgetGuard
 
-    signed = load_signed_manifest(job.manifest)
+    if signed is None:
+        signed = load_signed_manifest(job.manifest)
+    signed.require_complete()
     manifest = signed.manifest
     key = identity if identity is not None else load_identity_key(job.key, passphrase=job.passphrase)
     member = manifest.member_with_key(key.public_bytes)
@@ -748,8 +784,9 @@ def train_federated(
     if policy.budget is None:
         raise FederatedError(f"the policy {job.policy} has no [budget] table: a bank's training spends its own budget")
     check_manifest_against_policy(rules, policy, key, member.id)
-    table = read_csv(job.data)
-    target_labels(schema, table)
+    check_own_model(rules)
+    table = read_csv(job.data) if data is None else data
+    labels_for(rules.model, schema, table)
 
     work_dir = job.work_dir
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -823,10 +860,13 @@ def _train(bank: _Bank) -> None:
         bank.schema = TabularSchema.load(work_dir / STANDARDIZED_SCHEMA_FILE)
     if rules.needs_statistics and STATISTICS_STEP not in bank.state.completed_steps:
         _run_step(bank, STATISTICS_STEP)
-    bank.dataset = Preprocessor(bank.schema).transform(bank.table)
+    preprocessor = Preprocessor(bank.schema)
+    spec = rules.model
+    bank.dataset = Dataset(
+        preprocessor.features(bank.table), labels_for(spec, bank.schema, bank.table), bank.schema.feature_names
+    )
     use_threads(1)
     plan = rules.plan
-    spec = plan.model_spec(bank.schema.num_features)
     event = plan.round_event()
     config = DPSGDConfig(
         max_grad_norm=plan.max_grad_norm,
@@ -844,7 +884,7 @@ def _train(bank: _Bank) -> None:
         if parameters_sha256(bank.global_model) != done[-1]["model_sha256"]:
             raise ResumeRefused(f"{work_dir / MODEL_FILE} is not the model of step {done[-1]['step']} recorded in the state")
     else:
-        bank.global_model = plan.initial_model(bank.schema.num_features)
+        bank.global_model = plan.initial_model(spec)
     for step in training_steps:
         if step not in bank.state.completed_steps:
             _run_step(bank, step)
@@ -877,6 +917,7 @@ __all__ = [
     "MODEL_ARTEFACT",
     "BankJob",
     "BudgetRefused",
+    "ModelDiffers",
     "ProgressLog",
     "TrainingIncomplete",
     "TrainingState",

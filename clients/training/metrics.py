@@ -1,4 +1,4 @@
-"""Evaluation metrics for a binary classifier, in numpy (no scikit-learn).
+"""Evaluation metrics for binary and multi-class classifiers and regressions, in numpy (no scikit-learn).
 
 :func:`roc_auc` is the area under the ROC curve computed from ranks (the
 Mann-Whitney U statistic divided by n_pos * n_neg; Hanley and McNeil, Radiology
@@ -6,7 +6,9 @@ Mann-Whitney U statistic divided by n_pos * n_neg; Hanley and McNeil, Radiology
 negative counts one half. :func:`accuracy` thresholds probabilities at 0.5, or at
 a given threshold. :func:`youden_threshold` chooses the threshold that maximises
 Youden's J = TPR - FPR (Youden, Cancer 1950) on validation data: on data with few
-positives the accuracy at 0.5 mostly counts the majority class.
+positives the accuracy at 0.5 mostly counts the majority class. A multi-class model is
+scored by accuracy, balanced accuracy (mean per-class recall) and log loss; a regression by
+RMSE, MAE and R².
 """
 
 from __future__ import annotations
@@ -84,3 +86,53 @@ def youden_threshold(labels: np.ndarray, probabilities: np.ndarray) -> float:
     last_of_value = np.concatenate((scores[1:] != scores[:-1], [True]))
     j = true_positive[last_of_value] / positives - false_positive[last_of_value] / negatives
     return float(scores[last_of_value][int(np.argmax(j))])
+
+
+def multiclass_accuracy(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """Share of rows whose most probable class (the first on ties) is their label (a class index)."""
+    y, p = _check_multiclass(labels, probabilities)
+    return float(np.mean(np.argmax(p, axis=1) == y))
+
+
+def multiclass_balanced_accuracy(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """Mean over the classes present in ``labels`` of each class's recall (the most probable class predicted)."""
+    y, p = _check_multiclass(labels, probabilities)
+    predicted = np.argmax(p, axis=1)
+    present = np.unique(y)
+    return float(np.mean([np.mean(predicted[y == label] == label) for label in present]))
+
+
+def log_loss(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """Mean negative log-probability of each row's class (probabilities floored at 1e-15)."""
+    y, p = _check_multiclass(labels, probabilities)
+    return float(-np.mean(np.log(np.maximum(p[np.arange(y.size), y], 1e-15))))
+
+
+def _check_multiclass(labels: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(labels)
+    p = np.asarray(probabilities, dtype=np.float64)
+    if y.ndim != 1 or p.ndim != 2 or p.shape[0] != y.size:
+        raise MetricError(f"labels must be a vector and probabilities a matrix of as many rows, got {y.shape} and {p.shape}")
+    if y.dtype.kind not in "iu" or not np.all((y >= 0) & (y < p.shape[1])):
+        raise MetricError(f"labels must be class indices 0..{p.shape[1] - 1}")
+    if not np.all(np.isfinite(p)):
+        raise MetricError("probabilities must be finite")
+    return y.astype(np.int64), p
+
+
+def regression_errors(targets: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+    """Root mean squared error, mean absolute error and R² (1 - SSE / total sum of squares; 0 spread gives NaN-free 0)."""
+    y = np.asarray(targets, dtype=np.float64)
+    f = np.asarray(predictions, dtype=np.float64)
+    if y.ndim != 1 or f.shape != y.shape or y.size == 0:
+        raise MetricError(f"targets and predictions must be non-empty vectors of one length, got {y.shape} and {f.shape}")
+    if not (np.all(np.isfinite(y)) and np.all(np.isfinite(f))):
+        raise MetricError("targets and predictions must be finite")
+    residual = y - f
+    total = float(np.sum((y - y.mean()) ** 2))
+    sse = float(np.dot(residual, residual))
+    return {
+        "rmse": float(np.sqrt(sse / y.size)),
+        "mae": float(np.mean(np.abs(residual))),
+        "r2": 1.0 - sse / total if total > 0 else 0.0,
+    }

@@ -53,10 +53,17 @@ from typing import Any
 import numpy as np
 
 from clients.runtime.errors import ClientError
-from clients.training.tabular import TabularSchema
+from clients.training.tabular import (
+    RawTable,
+    TabularError,
+    TabularSchema,
+    category_indices,
+    parse_numeric,
+    target_labels,
+)
 from dp.accounting import SampledGaussian
 from dp.atomic_files import PUBLIC_MODE, write_atomic
-from dp.models import ModelKind, ModelSpec
+from dp.models import LossKind, ModelKind, ModelLayout, ModelSpec, loss_of
 from secagg.config import ProtocolMode
 from secagg.hazmat.randomness import SEED_BYTES, DeterministicRandom
 
@@ -118,6 +125,9 @@ class FederatedPlan:
             raise FederatedError("need 0 < participant_delta < 1")
 
     def model_spec(self, num_features: int) -> ModelSpec:
+        """The built-in model of this plan; a ``custom`` plan's model is the manifest's layout (:class:`TrainingRules`)."""
+        if self.model is ModelKind.CUSTOM:
+            raise FederatedError("a custom model is described by the manifest's model (its layout), not by the plan")
         return ModelSpec(self.model, num_features, self.hidden_units)
 
     @property
@@ -180,10 +190,11 @@ class FederatedPlan:
             items.append(RoundPrivacy(PrivacyUnit.PARTICIPANT, config.accounting_event(rounds=1)))
         return [item.to_dict() for item in items]
 
-    def initial_model(self, num_features: int) -> np.ndarray:
+    def initial_model(self, spec: ModelSpec | ModelLayout) -> np.ndarray:
+        """The global model every bank starts from, drawn from the plan's public seed."""
         from dp.training import initial_parameters
 
-        return initial_parameters(self.model_spec(num_features), DeterministicRandom(bytes.fromhex(self.initial_model_seed)))
+        return initial_parameters(spec, DeterministicRandom(bytes.fromhex(self.initial_model_seed)))
 
     def to_dict(self) -> dict[str, Any]:
         value = asdict(self)
@@ -259,6 +270,49 @@ def apply_mean_update(global_model: np.ndarray, mean_update: np.ndarray, plan: F
 def clip_l2(vector: np.ndarray, bound: float) -> np.ndarray:
     norm = float(np.linalg.norm(vector))
     return vector if norm <= bound else vector * (bound / norm)
+
+
+def model_outputs(spec: ModelSpec | ModelLayout, parameters: np.ndarray, features: np.ndarray) -> np.ndarray:
+    """The model's raw outputs: logits (N, or N x classes) or a regression's predictions.
+
+    The built-in models are scored in numpy; a bank's own model through its factory's module
+    (:func:`dp.training.predict_outputs`, which imports torch and the bank's code).
+    """
+    if isinstance(spec, ModelLayout):
+        from dp.training import predict_outputs
+
+        return predict_outputs(spec, parameters, features)
+    return predict_logits(spec, parameters, features)
+
+
+def labels_for(spec: ModelSpec | ModelLayout, schema: TabularSchema, table: RawTable) -> np.ndarray:
+    """The labels the model's loss takes, from the target column (each refusal names its data row).
+
+    Binary cross-entropy: the schema's target rule (0/1); cross-entropy: the index of each
+    row's target value in the layout's ``classes`` (a value not listed is refused);
+    mean squared error: the target column's numbers (missing or non-numeric refused).
+    """
+    loss = loss_of(spec)
+    if loss is LossKind.BINARY_CROSS_ENTROPY:
+        return target_labels(schema, table)
+    values = table.column(schema.target)
+    rows = table.data_row_numbers()
+    if loss is LossKind.MEAN_SQUARED_ERROR:
+        numbers, missing = parse_numeric(values, column=schema.target, rows=rows)
+        if np.any(missing):
+            first = int(np.flatnonzero(missing)[0])
+            raise TabularError(f"data row {int(rows[first])}: the regression target {schema.target!r} is missing")
+        return numbers.astype(np.float32)
+    assert isinstance(spec, ModelLayout) and spec.classes is not None
+    index = category_indices(values, spec.classes)
+    stray = np.flatnonzero(index == len(spec.classes))
+    if stray.size:
+        first = int(stray[0])
+        raise TabularError(
+            f"data row {int(rows[first])}: the target {schema.target!r} is {str(values[first])!r}, not one of the model's "
+            f"classes ({', '.join(map(repr, spec.classes))})"
+        )
+    return index.astype(np.int64)
 
 
 def predict_logits(spec: ModelSpec, parameters: np.ndarray, features: np.ndarray) -> np.ndarray:

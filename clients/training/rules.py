@@ -12,6 +12,10 @@ this module interprets (the protocol core hashes them without reading them):
   the manifest's.
 * **Statistics round.** ``dim = 3 x (numeric columns)``, a 64-bit ring, no DP policy:
   an exact release of the consortium's column sums (:mod:`clients.training.tabular`).
+* **Model.** A built-in model (the plan's ``model``), or a bank's own model: the plan's
+  ``model`` is ``custom`` and the manifest's ``model`` member is its layout
+  (:class:`dp.models.ModelLayout`: the factory, the ordered parameter names and shapes, their
+  hash, the loss), read here without torch; its parameter count is the rounds' dimension.
 * **Training round.** ``dim`` the model's parameter count (padded when participant-level
   noise rotates it), the plan's ring, and the declared privacy the plan prescribes for
   this cohort: :meth:`clients.training.plan.FederatedPlan.round_dim` and ``round_privacy``.
@@ -29,6 +33,7 @@ from clients.runtime.errors import ClientError
 from clients.runtime.transport import RoundDescription
 from clients.training.plan import STATISTICS_BITS, FederatedError, FederatedPlan, statistics_dim
 from clients.training.tabular import TabularError, TabularSchema
+from dp.models import ModelKind, ModelLayout, ModelSpec, ModelSpecError
 from secagg.consortium import CohortMismatch, Manifest, ManifestError
 
 STATISTICS_STEP = 0
@@ -83,6 +88,27 @@ class TrainingRules:
             self.plan = FederatedPlan.from_dict(manifest.plan)
         except (TabularError, FederatedError) as exc:
             raise ManifestError(f"the manifest's schema or plan is invalid: {exc}") from None
+        self.model: ModelSpec | ModelLayout
+        if self.plan.model is ModelKind.CUSTOM:
+            if manifest.model is None:
+                raise ManifestError("the plan's model is custom, but the manifest has no model (its layout)")
+            try:
+                self.model = ModelLayout.from_dict(manifest.model)
+            except ModelSpecError as exc:
+                raise ManifestError(f"the manifest's model is invalid: {exc}") from None
+            if self.model.num_features != self.schema.num_features:
+                raise ManifestError(
+                    f"the manifest's model takes {self.model.num_features} features, the schema gives {self.schema.num_features}"
+                )
+            targets = {self.schema.positive, *(self.schema.negative or ())}
+            if self.model.classes is not None and not set(self.model.classes) <= targets:
+                raise ManifestError(
+                    f"the model's classes {list(self.model.classes)} are not all target values of the schema ({sorted(targets)})"
+                )
+        elif manifest.model is not None:
+            raise ManifestError(f"the manifest describes a model, but the plan's model is {self.plan.model.value}")
+        else:
+            self.model = self.plan.model_spec(self.schema.num_features)
         if self.plan.mode is not manifest.protocol.mode:
             raise ManifestError(
                 f"the plan's mode {self.plan.mode.value} is not the manifest's protocol mode {manifest.protocol.mode.value}"
@@ -102,7 +128,7 @@ class TrainingRules:
 
     @property
     def parameter_count(self) -> int:
-        return self.plan.model_spec(self.schema.num_features).parameter_count
+        return self.model.parameter_count
 
     def step_parameters(self, step: int) -> StepParameters:
         if step not in self.steps:

@@ -571,7 +571,8 @@ def category_indices(values: np.ndarray, categories: Sequence[str]) -> np.ndarra
 
 @dataclass(frozen=True)
 class Dataset:
-    """Features (rows x ``schema.num_features``, float32) and labels (0/1 float32)."""
+    """Features (rows x ``schema.num_features``, float32) and labels: 0/1 float32 for a binary model, class
+    indices for a multi-class one, numbers for a regression (:func:`clients.training.plan.labels_for`)."""
 
     features: np.ndarray = field(repr=False)
     labels: np.ndarray = field(repr=False)

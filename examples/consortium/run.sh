@@ -5,7 +5,14 @@
 # per bank, the model evaluated, each bank alone for comparison, the audit verified.
 #
 #   examples/consortium/run.sh --target COLUMN --positive VALUE --test TEST.csv --out DIR \
-#       BANK_1.csv BANK_2.csv BANK_3.csv [...] [--rounds N] [--epsilon E] [--negative VALUE]
+#       BANK_1.csv BANK_2.csv BANK_3.csv [...] [--rounds N] [--epsilon E] [--negative VALUE] \
+#       [--sample-rate Q] [--model-factory package.module:function] [--federated-only]
+#
+# --model-factory trains a bank's own model (it must be importable: PYTHONPATH): the first
+# bank proposes it (`secagg consortium plan --model-factory`, which imports it and has
+# Opacus check it), the coordinator puts its layout in the manifest without importing it.
+# --federated-only skips the comparison with each bank alone and the pooled files
+# (auc_local is then empty and auc_pooled_dp null).
 #
 # Writes DIR/summary.json (auc_federated, auc_local, auc_pooled_dp, epsilon_per_bank, delta,
 # rounds_completed, audit_ok, report, ...) and exits non-zero when any step fails.
@@ -13,11 +20,11 @@
 set -euo pipefail
 
 usage() {
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
-target="" positive="" test_file="" out="" rounds=10 epsilon=3 negative=()
+target="" positive="" test_file="" out="" rounds=10 epsilon=3 negative=() sample_rate=0.05 model_factory="" compare=true
 banks_files=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -28,6 +35,9 @@ while [ $# -gt 0 ]; do
         --out) out="$2"; shift 2 ;;
         --rounds) rounds="$2"; shift 2 ;;
         --epsilon) epsilon="$2"; shift 2 ;;
+        --sample-rate) sample_rate="$2"; shift 2 ;;
+        --model-factory) model_factory="$2"; shift 2 ;;
+        --federated-only) compare=false; shift ;;
         -h|--help) usage ;;
         --*) echo "run.sh: unknown option $1" >&2; usage ;;
         *) banks_files+=("$1"); shift ;;
@@ -127,10 +137,22 @@ for id in "${bank_ids[@]}"; do
 done
 "${secagg[@]}" consortium schema merge "${drafts[@]}" --out "$out/coordinator/schema.json" > "$logs/merge.log" 2>&1 \
     || fail "merging the drafts (see $logs/merge.log)"
-"${secagg[@]}" consortium plan --out "$out/coordinator/plan.json" --rounds "$rounds" --target-epsilon "$epsilon" \
-    > "$logs/plan.log" 2>&1 || fail "writing the plan"
+model_layout=()
+if [ -n "$model_factory" ]; then
+    # Importing the factory runs the bank's code: the proposing bank writes the plan and the layout.
+    proposer="$out/${bank_ids[0]}"
+    "${secagg[@]}" consortium plan --out "$proposer/plan.json" --rounds "$rounds" --target-epsilon "$epsilon" \
+        --sample-rate "$sample_rate" --model-factory "$model_factory" --schema "$out/coordinator/schema.json" \
+        --model-out "$proposer/model-layout.json" > "$logs/plan.log" 2>&1 || fail "the proposed model (see $logs/plan.log)"
+    cp "$proposer/plan.json" "$out/coordinator/plan.json"
+    cp "$proposer/model-layout.json" "$out/coordinator/model-layout.json"
+    model_layout=(--model "$out/coordinator/model-layout.json")
+else
+    "${secagg[@]}" consortium plan --out "$out/coordinator/plan.json" --rounds "$rounds" --target-epsilon "$epsilon" \
+        --sample-rate "$sample_rate" > "$logs/plan.log" 2>&1 || fail "writing the plan"
+fi
 "${secagg[@]}" consortium manifest create --training-id "$training" --schema "$out/coordinator/schema.json" \
-    --plan "$out/coordinator/plan.json" "${roster[@]}" --auditor "auditor=$out/auditor/identity.key.pub" \
+    --plan "$out/coordinator/plan.json" ${model_layout[@]+"${model_layout[@]}"} "${roster[@]}" --auditor "auditor=$out/auditor/identity.key.pub" \
     --out "$out/coordinator/manifest.unsigned.json" > "$logs/manifest.log" 2>&1 || fail "building the manifest"
 pids=()
 for member in "${members[@]}"; do
@@ -218,6 +240,7 @@ for file in "${banks_files[@]}"; do
     case "$file" in *.gz) same_header=false ;; esac
     [ "$(head -n 1 "$file")" = "$header" ] || same_header=false
 done
+$compare || same_header=false
 if $same_header; then
     mkdir -p "$out/pooled"
     { printf '%s\n' "$header"; for file in "${banks_files[@]}"; do tail -n +2 "$file"; done; } > "$out/pooled/pooled.csv"
@@ -225,7 +248,9 @@ if $same_header; then
 fi
 mkdir -p "$out/local"
 pids=()
-for name in "${bank_ids[@]}" ${pooled_args[@]+"${pooled_args[@]}"}; do
+alone=()
+$compare && alone=("${bank_ids[@]}")
+for name in ${alone[@]+"${alone[@]}"} ${pooled_args[@]+"${pooled_args[@]}"}; do
     if [ "$name" = pooled ]; then data="$out/pooled/pooled.csv"; else
         for index in "${!bank_ids[@]}"; do [ "${bank_ids[$index]}" = "$name" ] && data="${banks_files[$index]}"; done
     fi
@@ -233,7 +258,7 @@ for name in "${bank_ids[@]}" ${pooled_args[@]+"${pooled_args[@]}"}; do
         > "$out/local/$name.json" 2> "$logs/local-$name.log" &
     pids+=($!)
 done
-wait_all "a bank's local training" "${pids[@]}"
+wait_all "a bank's local training" ${pids[@]+"${pids[@]}"}
 auc() { "${secagg[@]}" evaluate --model "$1" --data "$test_file" --metric auc 2>> "$logs/evaluate.log"; }
 auc_federated="$(auc "$out/${bank_ids[0]}/work/model.json")" || fail "evaluating the federated model"
 "${secagg[@]}" evaluate --model "$out/${bank_ids[0]}/work/model.json" --data "$test_file" --json > "$out/evaluation.json"
@@ -241,9 +266,11 @@ auc_pooled=null
 if [ "${#pooled_args[@]}" -gt 0 ]; then auc_pooled="$(auc "$out/local/pooled/model.json")" || fail "evaluating the pooled model"; fi
 local_json="" epsilon_json="" separator=""
 for id in "${bank_ids[@]}"; do
-    local_auc="$(auc "$out/local/$id/model.json")" || fail "evaluating $id alone"
+    if $compare; then
+        local_auc="$(auc "$out/local/$id/model.json")" || fail "evaluating $id alone"
+        local_json="$local_json$separator\"$id\": $local_auc"
+    fi
     spent="$(json_value epsilon "$out/$id/train.json")"
-    local_json="$local_json$separator\"$id\": $local_auc"
     epsilon_json="$epsilon_json$separator\"$id\": $spent"
     separator=", "
 done

@@ -63,12 +63,13 @@ def build_manifest(
     plan: FederatedPlan | dict[str, Any] = SMALL_PLAN,
     auditors: tuple[str, ...] = ("auditor",),
     sign: bool = True,
+    model: dict[str, Any] | None = None,
 ) -> SignedManifest:
     members = [Member(bank, MemberRole.BANK, key_of(bank).public_bytes) for bank in banks]
     members += [Member(name, MemberRole.AUDITOR, key_of(name).public_bytes) for name in auditors]
     plan_dict = plan.to_dict() if isinstance(plan, FederatedPlan) else plan
     schema_dict = schema.to_dict() if isinstance(schema, TabularSchema) else schema
-    manifest = Manifest(training_id, tuple(members), ProtocolRule(plan_dict["mode"]), schema_dict, plan_dict)
+    manifest = Manifest(training_id, tuple(members), ProtocolRule(plan_dict["mode"]), schema_dict, plan_dict, model)
     signed = SignedManifest(manifest)
     if sign:
         for member in members:
