@@ -15,15 +15,14 @@ of band, one copy at the coordinator and one at every bank:
 File format (JSON), unknown keys refused::
 
     {"format": "secagg-roster/1",
-     "participants": {"bank-a": "<base64 of the raw 32-byte public key>", ...}}
+     "participants": {"bank-a": "<64 hex digits of the raw 32-byte public key>", ...}}
 
-The ``.pub`` file that ``secagg client keygen`` writes holds exactly that base64 text.
+The ``.pub`` file that ``secagg client keygen`` writes holds exactly that text: the one
+public-key format of this project (``docs/LEDGER.md`` section 8), also the manifest's.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 from collections.abc import Mapping
@@ -35,6 +34,7 @@ from secagg.hazmat.keys import PUBLIC_KEY_BYTES
 
 ROSTER_FORMAT = "secagg-roster/1"
 PARTICIPANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_PUBLIC_KEY_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
 
 class RosterError(ValueError):
@@ -79,21 +79,18 @@ class Roster:
             raise RosterError(f"not a {ROSTER_FORMAT} document")
         raw = document["participants"]
         if not isinstance(raw, Mapping):
-            raise RosterError("'participants' maps participant ids to base64 public keys")
+            raise RosterError("'participants' maps participant ids to public keys (64 hex digits)")
         keys: dict[str, bytes] = {}
         for participant_id, encoded in raw.items():
-            if not isinstance(encoded, str):
-                raise RosterError(f"the key of {participant_id!r} is not a base64 string")
-            try:
-                keys[participant_id] = base64.b64decode(encoded.strip(), validate=True)
-            except (binascii.Error, ValueError):
-                raise RosterError(f"the key of {participant_id!r} is not valid base64") from None
+            if not isinstance(encoded, str) or not _PUBLIC_KEY_HEX.fullmatch(encoded.strip()):
+                raise RosterError(f"the key of {participant_id!r} is not 64 hex digits (the contents of its .pub file)")
+            keys[participant_id] = bytes.fromhex(encoded.strip())
         return cls(keys)
 
     def to_dict(self) -> dict[str, object]:
         return {
             "format": ROSTER_FORMAT,
-            "participants": {pid: base64.b64encode(key).decode("ascii") for pid, key in sorted(self.participants.items())},
+            "participants": {pid: key.hex() for pid, key in sorted(self.participants.items())},
         }
 
     @classmethod
