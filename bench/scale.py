@@ -51,42 +51,9 @@ def aes_ctr_bytes_per_second(total_bytes: int = 1 << 30) -> float:
     return measure(total_bytes=total_bytes)
 
 
-def _sink(port_queue, streams: int) -> None:
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(streams)
-    port_queue.put(listener.getsockname()[1])
-
-    def serve(connection: socket.socket) -> None:
-        with connection:
-            header = b""
-            while len(header) < 8:
-                header += connection.recv(8 - len(header))
-            (length,) = struct.unpack(">Q", header)
-            buffer = bytearray(1 << 20)
-            view = memoryview(buffer)
-            remaining = length
-            while remaining:
-                received = connection.recv_into(view, min(remaining, len(buffer)))
-                if not received:
-                    return
-                remaining -= received
-            connection.sendall(b"k")
-
-    workers = []
-    for _ in range(streams):
-        connection, _ = listener.accept()
-        worker = threading.Thread(target=serve, args=(connection,))
-        worker.start()
-        workers.append(worker)
-    for worker in workers:
-        worker.join()
-    listener.close()
-
-
 def raw_loopback_copy(sizes: list[int]) -> float:
     """Aggregate bytes/s of concurrent TCP streams of ``sizes`` bytes into a sink process (one shared zero buffer)."""
-    from bench.http import _union_seconds
+    from bench.http import _sink, _union_seconds
 
     context = multiprocessing.get_context("spawn")
     port_queue = context.Queue()
