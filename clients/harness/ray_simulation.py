@@ -18,7 +18,6 @@ by this process from its source, so a run with ``--seed`` is reproducible. The r
 from __future__ import annotations
 
 import resource
-import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from clients.harness.simulation import (
     SimulationParameters,
     SimulationReport,
     chunked_unmasking,
+    simulation_report,
 )
 from secagg.client import ClientSession
 from secagg.config import RoundConfig, minimum_threshold
@@ -216,38 +216,10 @@ def _run(ray: Any, params: SimulationParameters, on_step: Callable[[str], None] 
     timings: dict[int, dict[str, float]] = {}
     for shard_timings in ray.get([shard.timings.remote() for shard in shards]):
         timings.update(shard_timings)
-    totals = [sum(rounds.values()) for rounds in timings.values()] or [0.0]
-    rounds = sorted({name for per_client in timings.values() for name in per_client})
-    vector_bytes = params.dim * params.bits / 8
-    upload = max((bytes_up[m] for m in range(n) if m not in dropped), default=0)
-    return SimulationReport(
-        verified=verified,
-        outcome=ServerStage.COMPLETED.value if result is not None else server.stage.value,
-        abort_reason=abort_reason,
-        clients=n,
-        dim=params.dim,
-        bits=params.bits,
-        mode=params.mode.value,
-        graph=params.graph.value,
-        degree=params.degree,
-        threshold=threshold,
-        dropped=len(dropped),
-        dropout_round=params.dropout_round.value,
-        survivors=len(server.survivors),
-        client_aborts={reason: list(client_aborts.values()).count(reason) for reason in sorted(set(client_aborts.values()))},
-        client_seconds_median=statistics.median(totals),
-        client_seconds_max=max(totals),
-        server_seconds=sum(server_seconds.values()),
-        server_unmask_seconds=server_seconds.get(Round.UNMASKING.key, 0.0),
-        bytes_up_per_client=upload,
-        upload_expansion=upload / vector_bytes if vector_bytes else 0.0,
-        client_round_seconds_median={
-            name: statistics.median(per_client.get(name, 0.0) for per_client in timings.values()) for name in rounds
-        },
-        server_round_seconds=dict(server_seconds),
-        chunk_bytes=params.chunk_bytes,
-        engine=SimulationEngine.RAY.value,
-        unmask_tasks=tasks_run,
+    return simulation_report(
+        params, server=server, result=result, abort_reason=abort_reason, verified=verified, threshold=threshold,
+        dropped=dropped, client_aborts=client_aborts, client_seconds=timings, server_seconds=server_seconds,
+        bytes_up=bytes_up, unmask_tasks=tasks_run, engine=SimulationEngine.RAY.value,
         server_peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         wall_seconds=time.perf_counter() - wall_started,
-    )
+    )  # fmt: skip

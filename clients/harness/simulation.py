@@ -21,10 +21,10 @@ import statistics
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -262,11 +262,35 @@ def run_simulation(
         ring.reduce(expected_sum)
         verified = bool(np.array_equal(result, expected_sum))
 
-    totals = [sum(rounds.values()) for rounds in client_seconds.values()]
+    return simulation_report(
+        params, server=server, result=result, abort_reason=abort_reason, verified=verified, threshold=threshold,
+        dropped=dropped, client_aborts=client_aborts, client_seconds=client_seconds, server_seconds=server_seconds,
+        bytes_up=bytes_up, unmask_tasks=tasks_run,
+    )  # fmt: skip
+
+
+def simulation_report(
+    params: SimulationParameters,
+    *,
+    server: ServerSession,
+    result: np.ndarray | None,
+    abort_reason: str | None,
+    verified: bool,
+    threshold: int,
+    dropped: frozenset[int],
+    client_aborts: Mapping[int, str],
+    client_seconds: Mapping[int, Mapping[str, float]],
+    server_seconds: Mapping[str, float],
+    bytes_up: Mapping[int, int] | Sequence[int],
+    unmask_tasks: int,
+    **engine_fields: Any,
+) -> SimulationReport:
+    """The report of one simulated round, from what each engine measured the same way."""
+    n = params.clients
+    totals = [sum(rounds.values()) for rounds in client_seconds.values()] or [0.0]
     rounds = sorted({name for per_client in client_seconds.values() for name in per_client})
     vector_bytes = params.dim * params.bits / 8
-    full_uploaders = [member for member in range(n) if member not in dropped]
-    upload = max((bytes_up[m] for m in full_uploaders), default=0)
+    upload = max((bytes_up[m] for m in range(n) if m not in dropped), default=0)
     return SimulationReport(
         verified=verified,
         outcome=ServerStage.COMPLETED.value if result is not None else server.stage.value,
@@ -293,7 +317,8 @@ def run_simulation(
         },
         server_round_seconds=dict(server_seconds),
         chunk_bytes=params.chunk_bytes,
-        unmask_tasks=tasks_run,
+        unmask_tasks=unmask_tasks,
+        **engine_fields,
     )
 
 
