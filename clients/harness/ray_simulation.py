@@ -30,14 +30,15 @@ from clients.harness.simulation import (
     SimulationParameters,
     SimulationReport,
     chunked_unmasking,
+    simulated_round,
     simulation_report,
 )
 from secagg.client import ClientSession
-from secagg.config import RoundConfig, minimum_threshold
+from secagg.config import RoundConfig
 from secagg.encoding import Ring
 from secagg.errors import ProtocolAbort
 from secagg.hazmat.keys import SigningKey
-from secagg.hazmat.randomness import DeterministicRandom, RandomSource, SystemRandom
+from secagg.hazmat.randomness import DeterministicRandom
 from secagg.messages import MaskedInput, encode
 from secagg.rounds import Round
 from secagg.server import ServerSession, ServerStage
@@ -110,22 +111,8 @@ def run_ray_simulation(params: SimulationParameters, *, on_step: Callable[[str],
 
 
 def _run(ray: Any, params: SimulationParameters, on_step: Callable[[str], None] | None, wall_started: float) -> SimulationReport:
-    source: RandomSource = DeterministicRandom.from_int(params.seed) if params.seed is not None else SystemRandom()
-    n = params.clients
-    threshold = params.threshold if params.threshold is not None else minimum_threshold(params.mode, n)
-    identities = [SigningKey.generate(source) for _ in range(n)]
-    config = RoundConfig(
-        round_id=source.random_bytes(16),
-        identity_keys=tuple(key.public_bytes for key in identities),
-        threshold=threshold,
-        dim=params.dim,
-        bits=params.bits,
-        mode=params.mode,
-        graph=params.graph,
-        degree=params.degree,
-    )
-    order = np.argsort(np.frombuffer(source.random_bytes(8 * n), dtype=np.uint64), kind="stable")
-    dropped = frozenset(int(i) for i in order[: params.dropped_count])
+    source, identities, config, dropped = simulated_round(params)
+    n, threshold = params.clients, config.threshold
     drop_at = Round.from_key(params.dropout_round.value).number
     input_seeds = [source.random_bytes(32) for _ in range(n)]
     session_seeds = [source.random_bytes(32) for _ in range(n)]

@@ -165,25 +165,11 @@ def run_simulation(
     and ``None`` at every stage close, in order: enough to replay the server alone
     (the server is deterministic), which is how the benchmark measures its memory.
     """
-    source: RandomSource = DeterministicRandom.from_int(params.seed) if params.seed is not None else SystemRandom()
-    n = params.clients
-    threshold = params.threshold if params.threshold is not None else minimum_threshold(params.mode, n)
-    identities = [SigningKey.generate(source) for _ in range(n)]
-    config = RoundConfig(
-        round_id=source.random_bytes(16),
-        identity_keys=tuple(key.public_bytes for key in identities),
-        threshold=threshold,
-        dim=params.dim,
-        bits=params.bits,
-        mode=params.mode,
-        graph=params.graph,
-        degree=params.degree,
-    )
+    source, identities, config, dropped = simulated_round(params)
+    n, threshold = params.clients, config.threshold
     if on_config:
         on_config(config)
     ring = config.ring
-    order = np.argsort(np.frombuffer(source.random_bytes(8 * n), dtype=np.uint64), kind="stable")
-    dropped = frozenset(int(i) for i in order[: params.dropped_count])
     drop_at = Round.from_key(params.dropout_round.value).number
 
     client_seconds: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
@@ -267,6 +253,27 @@ def run_simulation(
         dropped=dropped, client_aborts=client_aborts, client_seconds=client_seconds, server_seconds=server_seconds,
         bytes_up=bytes_up, unmask_tasks=tasks_run,
     )  # fmt: skip
+
+
+def simulated_round(params: SimulationParameters) -> tuple[RandomSource, list[SigningKey], RoundConfig, frozenset[int]]:
+    """The round's randomness, identities, config and dropped clients, drawn in this order from
+    ``params.seed`` (or the OS CSPRNG), so that every engine simulates the same round for a seed."""
+    source: RandomSource = DeterministicRandom.from_int(params.seed) if params.seed is not None else SystemRandom()
+    n = params.clients
+    threshold = params.threshold if params.threshold is not None else minimum_threshold(params.mode, n)
+    identities = [SigningKey.generate(source) for _ in range(n)]
+    config = RoundConfig(
+        round_id=source.random_bytes(16),
+        identity_keys=tuple(key.public_bytes for key in identities),
+        threshold=threshold,
+        dim=params.dim,
+        bits=params.bits,
+        mode=params.mode,
+        graph=params.graph,
+        degree=params.degree,
+    )
+    order = np.argsort(np.frombuffer(source.random_bytes(8 * n), dtype=np.uint64), kind="stable")
+    return source, identities, config, frozenset(int(i) for i in order[: params.dropped_count])
 
 
 def simulation_report(
