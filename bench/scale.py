@@ -31,6 +31,7 @@ import os
 import pickle
 import platform
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -87,6 +88,117 @@ def raw_loopback_copy(sizes: list[int]) -> float:
         thread.join()
     sink.join(timeout=120)
     return sum(sizes) / _union_seconds(intervals)
+
+
+def _asgi_sink(port_queue) -> None:
+    """A bare ASGI stack (uvicorn with httptools, Starlette) whose PUT handler reads the body and answers 202."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def put(request: Request) -> JSONResponse:
+        received = bytearray()
+        async for piece in request.stream():
+            received += piece
+        return JSONResponse({"bytes": len(received)}, status_code=202)
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    port_queue.put(listener.getsockname()[1])
+    app = Starlette(routes=[Route("/chunk", put, methods=["PUT"])])
+    uvicorn.Server(uvicorn.Config(app, http="httptools", log_level="warning")).run(sockets=[listener])
+
+
+def asgi_stack_rate(uploads: int, upload_bytes: int, chunk_bytes: int) -> float:
+    """Aggregate bytes/s of ``uploads`` concurrent clients each PUTting ``upload_bytes`` in
+    ``chunk_bytes`` requests (httpx, one client per thread, as the simulation's banks) to the
+    bare ASGI stack the service runs on, in another process: the web stack's own limit."""
+    import httpx
+
+    from bench.http import _union_seconds
+
+    context = multiprocessing.get_context("spawn")
+    port_queue = context.Queue()
+    server = context.Process(target=_asgi_sink, args=(port_queue,), daemon=True)
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{port_queue.get(timeout=60)}/chunk"
+        body = bytes(chunk_bytes)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.put(url, content=b"")
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        intervals: list[tuple[float, float]] = []
+        lock = threading.Lock()
+        barrier = threading.Barrier(uploads)
+
+        def upload() -> None:
+            with httpx.Client(timeout=120) as client:
+                client.put(url, content=body[:64])
+                barrier.wait()
+                started = time.perf_counter()
+                remaining = upload_bytes
+                while remaining:
+                    size = min(chunk_bytes, remaining)
+                    client.put(url, content=body[:size] if size < chunk_bytes else body).raise_for_status()
+                    remaining -= size
+                finished = time.perf_counter()
+            with lock:
+                intervals.append((started, finished))
+
+        threads = [threading.Thread(target=upload) for _ in range(uploads)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return uploads * upload_bytes / _union_seconds(intervals)
+    finally:
+        server.terminate()
+        server.join(timeout=30)
+
+
+def sqlite_durable_chunk_rate(total_bytes: int, chunk_bytes: int) -> float:
+    """Bytes/s of storing ``total_bytes`` as ``chunk_bytes`` blobs in SQLite with the service's
+    settings (page size, WAL, ``synchronous=FULL``, one commit per chunk, the WAL checkpointed
+    into the main file at the server's threshold): what "durable when acknowledged" costs on
+    this disk before any protocol work, the storage's limit for R2."""
+    import sqlite3
+
+    from service.db import SQLITE_PAGE_BYTES, WAL_CHECKPOINT_BYTES
+
+    body = os.urandom(chunk_bytes)
+    with tempfile.TemporaryDirectory(prefix="secagg-sqlite-") as directory:
+        connection = sqlite3.connect(Path(directory) / "chunks.db", isolation_level=None)
+        connection.execute(f"PRAGMA page_size={SQLITE_PAGE_BYTES}")
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=FULL")
+        connection.execute("PRAGMA wal_autocheckpoint=0")
+        connection.execute("CREATE TABLE chunks (chunk INTEGER PRIMARY KEY, body BLOB NOT NULL)")
+        started = time.perf_counter()
+        written = since_checkpoint = 0
+        index = 0
+        while written < total_bytes:
+            size = min(chunk_bytes, total_bytes - written)
+            connection.execute("BEGIN IMMEDIATE")
+            connection.execute("INSERT INTO chunks VALUES (?, ?)", (index, body[:size]))
+            connection.execute("COMMIT")
+            written += size
+            since_checkpoint += size
+            index += 1
+            if since_checkpoint >= WAL_CHECKPOINT_BYTES:
+                connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                since_checkpoint = 0
+        connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        seconds = time.perf_counter() - started
+        connection.close()
+    return total_bytes / seconds
 
 
 def disk_write_bytes_per_second(size: int) -> float:
@@ -187,7 +299,6 @@ def parallel_task_capacity(task, repeats: int = 3) -> dict:
             started = time.perf_counter()
             list(pool.map(_one_task_seconds, [task, task]))
             together.append(time.perf_counter() - started)
-    import statistics
 
     speedups = sorted(2 * one / two for one, two in zip(alone, together, strict=True))
     return {
@@ -199,6 +310,24 @@ def parallel_task_capacity(task, repeats: int = 3) -> dict:
 
 
 # -------------------------------------------------------------------------------- big
+R2_SILENCE_FLOOR_SECONDS = 30.0
+R2_SILENCE_FACTOR = 20.0
+
+
+def r2_silence_window(clients: int, dim: int, aes_bytes_per_second: float, cores: int) -> float:
+    """The R2 silence window for ``clients`` simulated banks sharing this machine's cores.
+
+    An honest bank is silent in R2 while it computes its masked input; here every bank of
+    the round runs in one process on ``cores`` cores, so the last one starts its upload once
+    all have expanded their ``clients`` masks of ``dim`` 32-bit elements (plus its input,
+    encoding and state files). The window is :data:`R2_SILENCE_FACTOR` times the AES-CTR time
+    of those masks on these cores (at least :data:`R2_SILENCE_FLOOR_SECONDS`); the benchmark
+    reports the longest honest silence it then measured next to it.
+    """
+    mask_seconds = clients * clients * dim * 4 / (aes_bytes_per_second * cores)
+    return max(R2_SILENCE_FLOOR_SECONDS, R2_SILENCE_FACTOR * mask_seconds)
+
+
 def big_round(dim: int, clients: int = 10, dropout: float = 0.1) -> dict:
     from bench.http import _union_seconds
     from clients.harness.http_simulation import run_http_simulation
@@ -206,26 +335,55 @@ def big_round(dim: int, clients: int = 10, dropout: float = 0.1) -> dict:
     from secagg.rounds import Round
 
     uploads: list[tuple[int, float, float]] = []
+    r1_finished: list[float] = []
     lock = threading.Lock()
-
-    def observe(protocol_round: Round, size: int, started: float, finished: float, closed: bool) -> None:
-        if protocol_round is Round.MASKED_INPUT_COLLECTION:
-            with lock:
-                uploads.append((size, started, finished))
-
     workers = os.cpu_count() or 1
     aes_before = aes_ctr_bytes_per_second(256 << 20)
     disk = disk_write_bytes_per_second(dim * 4)
-    # The window must exceed an honest client's silence: ten clients of this one process compute
-    # their masked inputs on the same two cores before they upload (the API's default R2 window).
-    report = run_http_simulation(
-        SimulationParameters(clients=clients, dim=dim, dropout=dropout, silence_seconds=600.0), on_submit=observe
-    )
+    silence = r2_silence_window(clients, dim, aes_before, workers)
+    params = SimulationParameters(clients=clients, dim=dim, dropout=dropout, silence_seconds=silence)
+    # Every honest client computes its masked input before any upload starts, so the uploads'
+    # time measures the transfer and the server, not the other clients' computation on the
+    # same two cores (they all run in this one process).
+    honest = clients - params.dropped_count
+    computed = threading.Barrier(honest)
+    # The R4 message that completes the stage is sent once every other survivor's has been
+    # acknowledged, so its latency is its own (authentication, acceptance, closing R4 and
+    # opening the mask expansion), not its wait behind the others in the server's queue;
+    # the R4 latencies of the other survivors are reported next to it.
+    unmasking = threading.Condition()
+    r4_arrived: list[int] = []
+    r4_latencies: list[float] = []
+
+    def before(protocol_round: Round) -> None:
+        if protocol_round is Round.MASKED_INPUT_COLLECTION:
+            computed.wait()
+        elif protocol_round is Round.UNMASKING:
+            with unmasking:
+                r4_arrived.append(1)
+                if len(r4_arrived) == honest:
+                    unmasking.wait_for(lambda: len(r4_latencies) == honest - 1, timeout=600)
+
+    def observe(protocol_round: Round, size: int, started: float, finished: float, closed: bool) -> None:
+        with lock:
+            if protocol_round is Round.MASKED_INPUT_COLLECTION:
+                uploads.append((size, started, finished))
+            elif protocol_round is Round.SHARE_KEYS:
+                r1_finished.append(finished)
+        if protocol_round is Round.UNMASKING and not closed:
+            with unmasking:
+                r4_latencies.append(finished - started)
+                unmasking.notify_all()
+
+    report = run_http_simulation(params, on_submit=observe, before_submit=before)
     aes = max(aes_before, aes_ctr_bytes_per_second(256 << 20))
     sizes = [size for size, _, _ in uploads]
     busy = _union_seconds([(start, end) for _, start, end in uploads])
+    honest_silence = min(start for _, start, _ in uploads) - max(r1_finished) if uploads and r1_finished else None
     http_rate = sum(sizes) / busy
     raw_rate = raw_loopback_copy(sizes)
+    asgi_rate = asgi_stack_rate(len(sizes), max(sizes), report.chunk_bytes)
+    storage_rate = sqlite_durable_chunk_rate(sum(sizes), report.chunk_bytes)
     survivors = report.survivors
     dropped = clients - survivors
     masks = survivors + dropped * survivors  # self-masks of U3, pairwise masks of each dropped client with U3 (full graph)
@@ -250,6 +408,10 @@ def big_round(dim: int, clients: int = 10, dropout: float = 0.1) -> dict:
         "raw_loopback_bytes_per_second": raw_rate,
         "r2_fraction_of_raw": http_rate / raw_rate,
         "r2_target_fraction": 0.25,
+        "asgi_stack_bytes_per_second": asgi_rate,
+        "sqlite_durable_chunk_bytes_per_second": storage_rate,
+        "r2_fraction_of_storage_limit": http_rate / storage_rate,
+        "r2_fraction_of_asgi_stack": http_rate / asgi_rate,
         "aes_bytes_per_second_per_core": aes,
         "cores": workers,
         "masks": masks,
@@ -260,7 +422,10 @@ def big_round(dim: int, clients: int = 10, dropout: float = 0.1) -> dict:
         "expansion_io_floor_seconds": io_floor,
         "expansion_ratio_to_aes_and_io": (expansion_seconds / max(aes_floor, io_floor)) if expansion_seconds else None,
         "expansion_target_ratio": 1.5,
+        "r2_silence_window_seconds": silence,
+        "r2_longest_honest_silence_seconds": honest_silence,
         "r4_completing_request_seconds": report.r4_completing_request_seconds,
+        "r4_other_requests_seconds_median": statistics.median(r4_latencies) if r4_latencies else None,
         "r4_target_seconds": 0.1,
         "round_wall_seconds": report.round_wall_seconds,
         "server_round_seconds": report.server_round_seconds,

@@ -177,13 +177,17 @@ def sign_request(
     key_id: str,
     now: int,
     nonce: str,
+    body_sha256: str | None = None,
 ) -> dict[str, str]:
     """The five signing headers for one request (the four signed ones and the body's digest).
 
     ``now`` is the current Unix time in seconds; ``nonce`` is 32 lowercase hex digits
     drawn fresh from a CSPRNG for every request (never reuse one, even on retry).
+    ``body_sha256`` is the body's digest when the caller has computed it already (a chunk
+    whose digest its upload's manifest declares), so a large body is hashed once; a wrong
+    one only gets the request refused (the server hashes what it receives).
     """
-    digest = body_digest(body)
+    digest = body_digest(body) if body_sha256 is None else body_sha256
     message = canonical_request(method, path_with_query, key_id=key_id, timestamp=int(now), nonce=nonce, body_sha256=digest)
     return {
         KEY_ID_HEADER: key_id,

@@ -70,15 +70,23 @@ class HttpSimulationReport(SimulationReport):
 class TimedTransport:
     """Forwards to a transport and reports the wall-clock span of every submission (and whether it closed its stage)."""
 
-    def __init__(self, inner: RoundTransport, observer: Callable[[Round, int, float, float, bool], None]) -> None:
+    def __init__(
+        self,
+        inner: RoundTransport,
+        observer: Callable[[Round, int, float, float, bool], None],
+        before: Callable[[Round], None] | None = None,
+    ) -> None:
         self._inner = inner
         self._observer = observer
+        self._before = before
         self.endpoint = inner.endpoint
 
     def describe_round(self, round_id: str):
         return self._inner.describe_round(round_id)
 
     def submit(self, round_id: str, protocol_round: Round, payload: bytes):
+        if self._before is not None:
+            self._before(protocol_round)
         started = time.perf_counter()
         outcome = self._inner.submit(round_id, protocol_round, payload)
         closed = isinstance(outcome, Accepted) and outcome.closed_stage
@@ -97,6 +105,7 @@ def run_http_simulation(
     *,
     on_step: Callable[[str], None] | None = None,
     on_submit: Callable[[Round, int, float, float, bool], None] | None = None,
+    before_submit: Callable[[Round], None] | None = None,
     database_url: str | None = None,
     workers: int = 1,
     server_arguments: tuple[str, ...] = (),
@@ -104,7 +113,11 @@ def run_http_simulation(
     """Run one round over HTTP against a fresh local server; verify the sum.
 
     ``on_submit(round, bytes, started, finished, closed_stage)`` observes every message
-    upload (``perf_counter`` times), for the upload benchmark.
+    upload (``perf_counter`` times), for the upload benchmark; ``before_submit(round)`` is
+    called by every client that is about to send a message (not by a dropped client for
+    the rounds it drops), before its upload's time starts: the benchmark holds the uploads
+    there until every client has computed its masked input, so that what is timed is the
+    transfer, not the other clients' computation on the same cores.
     """
     wall_started = time.perf_counter()
     source: RandomSource = DeterministicRandom.from_int(params.seed) if params.seed is not None else SystemRandom()
@@ -185,8 +198,9 @@ def run_http_simulation(
                         server.base_url, key_id=names[member], identity=identities[member],
                         retry=RetryPolicy(max_attempts=10), on_retry=count_retry,
                     ) as http:  # fmt: skip
-                        transport: RoundTransport = DroppingTransport(http, drop_at) if member in dropped else http
-                        transport = TimedTransport(transport, observe)
+                        transport: RoundTransport = TimedTransport(http, observe, before_submit)
+                        if member in dropped:
+                            transport = DroppingTransport(transport, drop_at)
                         try:
                             outcomes[member] = run_round(
                                 transport=transport,

@@ -87,7 +87,6 @@ from secagg.errors import ConfigurationError, EncodingError, MalformedMessage
 from secagg.hazmat.keys import SigningKey
 from secagg.hazmat.randomness import RandomSource, SystemRandom
 from secagg.http_contract import (
-    BODY_SHA256_HEADER,
     MAX_LONG_POLL_SECONDS,
     MAX_OTHER_BODY_BYTES,
     MAX_PROBLEM_BODY_BYTES,
@@ -458,8 +457,9 @@ class HttpTransport:
                     "PUT",
                     f"{base}/chunks/{index}",
                     body,
-                    headers={"Content-Type": "application/octet-stream", BODY_SHA256_HEADER: digests[index]},
+                    headers={"Content-Type": "application/octet-stream"},
                     max_bytes=MAX_PROBLEM_BODY_BYTES,
+                    body_sha256=digests[index],
                 )
                 if response.status_code not in (200, 202):
                     return self._upload_refusal(response)
@@ -623,6 +623,7 @@ class HttpTransport:
         headers: dict[str, str] | None = None,
         timeout: httpx.Timeout | None = None,
         extra_seconds: float = 0.0,
+        body_sha256: str | None = None,
     ) -> Answer:
         """One signed request, retried on transient failures; its 2xx body is read up to
         ``max_bytes`` (a problem body up to 64 KiB), all within the total deadline (plus
@@ -637,6 +638,7 @@ class HttpTransport:
                 key_id=self._key_id,
                 now=int(self._wall_clock()),
                 nonce=self._source.random_bytes(NONCE_BYTES).hex(),
+                body_sha256=body_sha256,
             )
             self.requests_sent += 1
             try:

@@ -23,9 +23,16 @@ Storage. The running sum lives in ``round_chunks``, one row per (round, chunk). 
 committed input's stored chunks are *folded* into it chunk by chunk, each fold one
 transaction that adds the stored chunks of committed senders to the row and deletes them,
 so every input is added exactly once whoever folds, whenever, and however often a fold is
-retried. An individual masked input rests on disk only between its upload and its fold;
-chunks of an upload that was never committed are never folded and are deleted when R2
-closes (or the round finishes). Memory: one chunk per fold and per upload in progress.
+retried. While R2 collects, a chunk is folded once :data:`FOLD_BATCH_SENDERS` committed
+inputs wait for it, so its running sum is rewritten once per batch rather than once per
+upload (every rewrite is a chunk's worth of writes under the database's write lock, the
+resource R2's uploads share); once R2 has closed, whatever is left is folded at once, in
+the background while R3 and R4 run (and by the mask expansion for any chunk still
+pending). An individual masked input rests on disk only between its upload and its fold,
+so the stored chunks are bounded by the batch: at most ``FOLD_BATCH_SENDERS - 1`` vectors
+besides the uploads in progress. Chunks of an upload that was never committed are never
+folded and are deleted when R2 closes (or the round finishes). Memory: one chunk per fold
+and per upload in progress.
 
 The result is stored the same way (``round_chunks.result``, with each chunk's SHA-256),
 written by the mask expansion (:mod:`service.rounds.expansion`) and read back chunk by
@@ -56,6 +63,8 @@ from service.rounds.parameters import StoredParameters
 
 LOGGER = logging.getLogger("secagg.service.chunks")
 R2 = ServerStage.MASKED_INPUT_COLLECTION.value
+FOLD_BATCH_SENDERS = 8
+"""While R2 collects, a chunk is folded once this many committed inputs wait for it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,14 +267,15 @@ class ChunkStore:
             row.folded += 1
 
     # -------------------------------------------------------------------- fold
-    def pending_folds(self, round_id: str) -> list[int]:
-        """Chunks with stored chunks of committed senders waiting to be folded."""
+    def pending_folds(self, round_id: str, *, minimum: int = 1) -> list[int]:
+        """Chunks with at least ``minimum`` stored chunks of committed senders waiting to be folded."""
         with self.context.database.read() as session:
             return sorted(
                 session.execute(
                     select(MaskedInputChunkRow.chunk)
-                    .distinct()
                     .where(MaskedInputChunkRow.round_id == round_id, MaskedInputChunkRow.sender.in_(_committed_senders(round_id)))
+                    .group_by(MaskedInputChunkRow.chunk)
+                    .having(func.count() >= minimum)
                 ).scalars()
             )
 
@@ -320,7 +330,11 @@ class ChunkStore:
         return len(senders)
 
     def fold_round(self, round_id: str) -> int:
-        return sum(self.fold(round_id, index) for index in self.pending_folds(round_id))
+        """Fold what is due: full batches while R2 collects, everything once it has closed."""
+        with self.context.database.read() as session:
+            stage = session.execute(select(RoundRow.stage).where(RoundRow.id == round_id)).scalar_one_or_none()
+        minimum = FOLD_BATCH_SENDERS if stage == R2 else 1
+        return sum(self.fold(round_id, index) for index in self.pending_folds(round_id, minimum=minimum))
 
     @staticmethod
     def drop_uncommitted(session: Session, round_id: str) -> None:

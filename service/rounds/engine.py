@@ -92,7 +92,10 @@ class RoundEngine:
         self.chunks = ChunkStore(self.context, self.group_commit)
         self.outbox = LedgerOutbox(self.context, ledger)
         self.transitions = StageTransitions(
-            self.context, on_finished=self.outbox.record_in_ledger, on_shares_complete=lambda round_id: self.expansion.wake()
+            self.context,
+            on_finished=self.outbox.record_in_ledger,
+            on_shares_complete=lambda round_id: self.expansion.wake(),
+            on_collection_closed=lambda round_id: self.expansion.fold_soon(round_id),
         )
         self.expansion = MaskExpansion(
             self.context,

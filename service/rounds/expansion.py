@@ -18,7 +18,9 @@ then runs here, in a background thread of whichever server process holds the rou
    recomputed, and the durable commit that completes the round makes them all durable. A chunk whose result already exists is left as is,
    so a task that runs twice (two processes, a retry, a restart) changes nothing;
 4. when every chunk has its result, the round completes under its row lock with the
-   SHA-256 of the whole result (read back chunk by chunk).
+   SHA-256 of the whole result: hashed in chunk order as the chunks commit (the few that
+   finish ahead of their turn wait in memory, at most one per task in flight), or read
+   back chunk by chunk when this run did not commit every chunk itself (a resumed one).
 
 A process killed at any point leaves whole chunks committed and the others untouched; the
 next holder of the lease (this process restarted, or another worker once the lease has
@@ -55,6 +57,30 @@ LOGGER = logging.getLogger("secagg.service.expansion")
 EXPANSION = ServerStage.MASK_EXPANSION.value
 LEASE_SECONDS = 60.0
 POLL_SECONDS = 1.0
+
+
+class OrderedDigest:
+    """SHA-256 of a result whose chunks arrive in any order: each is hashed in its turn.
+
+    Chunks that arrive ahead of their turn are held until it comes; the engines keep at
+    most two tasks per worker in flight, so that is the most ever held.
+    """
+
+    def __init__(self, count: int) -> None:
+        self._hasher = hashlib.sha256()
+        self._count = count
+        self._next = 0
+        self._waiting: dict[int, bytes] = {}
+
+    def add(self, index: int, chunk: bytes) -> None:
+        self._waiting[index] = chunk
+        while self._next in self._waiting:
+            self._hasher.update(self._waiting.pop(self._next))
+            self._next += 1
+
+    def hexdigest(self) -> str | None:
+        """The digest once every chunk has been added; None before."""
+        return self._hasher.hexdigest() if self._next == self._count else None
 
 
 class ExpansionHalted(RuntimeError):
@@ -189,14 +215,17 @@ class MaskExpansion:
                 "mask_expansion_started",
                 extra={"round_id": round_id, "count": len(missing), "masks": len(masks), "chunks": layout.count},
             )
+            digest = OrderedDigest(layout.count)
             for task, total in self.engine.run(chunk_tasks(layout, masks, missing)):
-                if not self._commit_chunk(round_id, task, total, survivors):
+                result = self._commit_chunk(round_id, task, total, survivors)
+                if result is None:
                     return False
+                digest.add(task.index, result)
                 self.tasks_run += 1
                 self.context.metrics.unmask_tasks.labels(self.engine.kind.value).inc()
                 if self.on_chunk_committed is not None:
                     self.on_chunk_committed(round_id, task.index)
-            return self._complete(round_id)
+            return self._complete(round_id, digest.hexdigest())
         except ExpansionHalted:
             LOGGER.exception("mask_expansion_halted", extra={"round_id": round_id})
             return False
@@ -211,12 +240,13 @@ class MaskExpansion:
             server_session = self.context.sessions.session(session, row, self.context.parameters(round_id))
         return server_session
 
-    def _commit_chunk(self, round_id: str, task: MaskChunkTask, total: np.ndarray, survivors: int) -> bool:
-        """Fold what is left, store the chunk's result, drop its running sum; False if the round left the stage."""
+    def _commit_chunk(self, round_id: str, task: MaskChunkTask, total: np.ndarray, survivors: int) -> bytes | None:
+        """Fold what is left, store the chunk's result, drop its running sum; the chunk's result
+        (the one stored already, if another run stored it first), None if the round left the stage."""
         context = self.context
         with context.database.write_recomputable() as session:  # the completing commit makes it durable
             if not self._still_expanding(session, round_id):
-                return False
+                return None
             row = _lock_chunk(session, round_id, task.index)
             if row.result is None:
                 self.chunks.fold_in(session, round_id, task.index)
@@ -230,11 +260,13 @@ class MaskExpansion:
                 row.result = result
                 row.result_sha256 = hashlib.sha256(result).hexdigest()
                 row.masked_sum = None
+            else:
+                result = row.result
             expansion = session.get(MaskExpansionRow, round_id)
             if expansion is not None:
                 expansion.tasks_run += 1
                 expansion.lease_until = context.clock() + self.lease_seconds
-        return True
+        return result
 
     def _still_expanding(self, session: Session, round_id: str) -> bool:
         query = select(RoundRow.stage, RoundRow.outcome).where(RoundRow.id == round_id)
@@ -243,7 +275,9 @@ class MaskExpansion:
         found = session.execute(query).one_or_none()
         return found is not None and found.outcome is None and found.stage == EXPANSION
 
-    def _complete(self, round_id: str) -> bool:
+    def _complete(self, round_id: str, result_sha256: str | None = None) -> bool:
+        """Complete the round; ``result_sha256`` is the whole result's digest if the caller hashed
+        every chunk as it committed, else it is read back here."""
         context = self.context
         count = context.parameters(round_id).layout.count
         with context.round_lock(round_id):
@@ -254,7 +288,7 @@ class MaskExpansion:
                 if self.chunks.unfinished_results(session, round_id):
                     return False
                 now = context.clock()
-                row.result_sha256 = self.chunks.result_digest(session, round_id, count)
+                row.result_sha256 = result_sha256 or self.chunks.result_digest(session, round_id, count)
                 self.transitions.finish(session, row, now, outcome="completed", reason=None, detail=None)
                 expansion = session.get(MaskExpansionRow, round_id)
                 if expansion is not None:

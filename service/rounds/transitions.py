@@ -52,7 +52,10 @@ LOGGER = logging.getLogger("secagg.service.transitions")
 
 
 class StageTransitions:
-    """Advances rounds; ``on_finished(round_id)`` runs after a round's final commit."""
+    """Advances rounds; ``on_finished(round_id)`` runs after a round's final commit,
+    ``on_shares_complete(round_id)`` after the commit that opened the mask expansion and
+    ``on_collection_closed(round_id)`` after a commit here that closed R2 (its stored
+    chunks are then folded without waiting for a full batch)."""
 
     def __init__(
         self,
@@ -60,10 +63,12 @@ class StageTransitions:
         *,
         on_finished: Callable[[str], object],
         on_shares_complete: Callable[[str], object] | None = None,
+        on_collection_closed: Callable[[str], object] | None = None,
     ) -> None:
         self.context = context
         self._on_finished = on_finished
         self._on_shares_complete = on_shares_complete
+        self._on_collection_closed = on_collection_closed
 
     def advance_if_overdue(self, round_id: str) -> None:
         """The per-request deadline check: close the stage if its deadline has passed."""
@@ -146,6 +151,7 @@ class StageTransitions:
                         return False
                     server_session = context.sessions.session(session, row, context.parameters(round_id))
                     context.sessions.forget(round_id)
+                    closing = server_session.stage
                     finished = self.close_stage(session, row, server_session, context.clock())
                     session.flush()
                     revision = row.revision
@@ -161,6 +167,8 @@ class StageTransitions:
             self._on_finished(round_id)
         elif server_session.stage is ServerStage.MASK_EXPANSION:
             self.shares_complete(round_id)
+        elif closing is ServerStage.MASKED_INPUT_COLLECTION and self._on_collection_closed is not None:
+            self._on_collection_closed(round_id)
         return True
 
     def shares_complete(self, round_id: str) -> None:

@@ -19,10 +19,12 @@ import pytest
 from sqlalchemy import select, update
 
 from secagg.chunks import split_masked_input
-from service.db import Database, MaskExpansionRow, RoundChunkRow
+from service.db import Database, MaskedInputChunkRow, MaskExpansionRow, RoundChunkRow, RoundRow
 from service.metrics import ServiceMetrics
 from service.rounds import RoundEngine
+from service.rounds import chunks as chunks_module
 from service.rounds.engines import EngineKind, make_engine
+from service.rounds.expansion import OrderedDigest
 from tests.service.test_round_engine import FakeClock, N, Round
 
 DIM = 5000
@@ -31,7 +33,7 @@ CHUNKS = 20
 KILL_AFTER = 7
 
 
-def engine_over(url: str, clock: FakeClock) -> RoundEngine:
+def engine_over(url: str, clock: FakeClock, *, workers: int = 1) -> RoundEngine:
     database = Database(url)
     database.create_schema()
     return RoundEngine(
@@ -40,7 +42,7 @@ def engine_over(url: str, clock: FakeClock) -> RoundEngine:
         ledger=None,
         max_dim=1 << 20,
         clock=clock,
-        chunk_engine=lambda: make_engine(EngineKind.THREAD, workers=1),
+        chunk_engine=lambda: make_engine(EngineKind.THREAD, workers=workers),
     )
 
 
@@ -191,3 +193,72 @@ def test_an_operator_abort_during_the_expansion_releases_nothing(sqlite_url: str
     with engine.database.read() as session:
         left = session.execute(select(RoundChunkRow.chunk).where(RoundChunkRow.round_id == round_.round_id)).all()
     assert left == [], "an aborted round keeps no chunk of a result or a sum"
+
+
+def stored_input_chunks(engine: RoundEngine, round_id: str) -> int:
+    with engine.database.read() as session:
+        return len(session.execute(select(MaskedInputChunkRow.chunk).where(MaskedInputChunkRow.round_id == round_id)).all())
+
+
+def test_while_r2_collects_a_chunk_is_folded_once_a_batch_waits_and_the_rest_once_r2_has_closed(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(chunks_module, "FOLD_BATCH_SENDERS", 3)
+    clock = FakeClock()
+    engine = engine_over(sqlite_url, clock)
+    round_ = Round(engine, seed=740, dim=DIM, chunk_bytes=CHUNK, deadlines={"R2": 30})
+    everyone = range(N)
+    round_.send(engine, everyone)
+    round_.fetch(engine, everyone)
+    round_.send(engine, everyone)
+    round_.fetch(engine, everyone)
+    send_in_chunks(engine, round_, [0, 2])
+    assert engine.chunks.fold_round(round_.round_id) == 0, "two waiting inputs are not a batch of three"
+    assert stored_input_chunks(engine, round_.round_id) == 2 * CHUNKS
+    send_in_chunks(engine, round_, [3])
+    assert engine.chunks.fold_round(round_.round_id) == 3 * CHUNKS
+    assert stored_input_chunks(engine, round_.round_id) == 0
+    send_in_chunks(engine, round_, [4])
+    assert engine.chunks.fold_round(round_.round_id) == 0, "one input waits for the next batch while R2 collects"
+    clock.now += 31  # party 1 stays silent: R2 closes at its deadline
+    engine.tick()
+    assert engine.current_stage(round_.round_id) == "R3-consistency-check"
+    assert engine.chunks.fold_round(round_.round_id) == CHUNKS, "once R2 has closed, the rest is folded at once"
+    assert stored_input_chunks(engine, round_.round_id) == 0
+    round_.alive = [0, 2, 3, 4]
+    for _ in ("R3", "R4"):
+        round_.fetch(engine, round_.alive)
+        round_.send(engine, round_.alive)
+    assert engine.expansion.expand(round_.round_id)
+    np.testing.assert_array_equal(result_of(engine, round_), expected(round_))
+
+
+def test_an_unfolded_batch_is_folded_by_the_expansion_itself(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(chunks_module, "FOLD_BATCH_SENDERS", N + 1)  # nothing is folded in the background
+    clock = FakeClock()
+    engine = engine_over(sqlite_url, clock)
+    round_ = round_in_mask_expansion(engine, seed=750)
+    assert stored_input_chunks(engine, round_.round_id) == (N - 1) * CHUNKS
+    assert engine.expansion.expand(round_.round_id)
+    assert stored_input_chunks(engine, round_.round_id) == 0
+    np.testing.assert_array_equal(result_of(engine, round_), expected(round_))
+
+
+def test_the_result_digest_hashed_as_chunks_commit_equals_the_digest_of_the_whole_result(sqlite_url: str) -> None:
+    clock = FakeClock()
+    engine = engine_over(sqlite_url, clock, workers=3)  # chunks may finish out of order
+    round_ = round_in_mask_expansion(engine, seed=760)
+    assert engine.expansion.expand(round_.round_id)
+    with engine.database.read() as session:
+        stored = session.get(RoundRow, round_.round_id).result_sha256
+    assert stored == hashlib.sha256(result_of(engine, round_).tobytes()).hexdigest()
+
+
+def test_ordered_digest_hashes_chunks_in_index_order_whatever_order_they_arrive_in() -> None:
+    pieces = [bytes([index]) * (index + 1) for index in range(6)]
+    digest = OrderedDigest(len(pieces))
+    for index in (2, 0, 5, 1, 4):
+        digest.add(index, pieces[index])
+        assert digest.hexdigest() is None, "not every chunk has arrived"
+    digest.add(3, pieces[3])
+    assert digest.hexdigest() == hashlib.sha256(b"".join(pieces)).hexdigest()
