@@ -164,11 +164,12 @@ def asgi_stack_rate(uploads: int, upload_bytes: int, chunk_bytes: int) -> float:
         server.join(timeout=30)
 
 
-def sqlite_durable_chunk_rate(total_bytes: int, chunk_bytes: int) -> float:
+def sqlite_chunk_rates(total_bytes: int, chunk_bytes: int) -> tuple[float, float]:
     """Bytes/s of storing ``total_bytes`` as ``chunk_bytes`` blobs in SQLite with the service's
     settings (page size, WAL, ``synchronous=FULL``, one commit per chunk, the WAL checkpointed
-    into the main file at the server's threshold): what "durable when acknowledged" costs on
-    this disk before any protocol work, the storage's limit for R2."""
+    into the main file at the server's threshold), and of reading them back: what "durable
+    when acknowledged" costs on this disk before any protocol work (the storage's limit for
+    R2), and what the expansion's reading of the running sums and writing of the result cost."""
     import sqlite3
 
     from service.db import SQLITE_PAGE_BYTES, WAL_CHECKPOINT_BYTES
@@ -196,9 +197,13 @@ def sqlite_durable_chunk_rate(total_bytes: int, chunk_bytes: int) -> float:
                 connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 since_checkpoint = 0
         connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        seconds = time.perf_counter() - started
+        write_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        for (chunk,) in connection.execute("SELECT chunk FROM chunks").fetchall():
+            connection.execute("SELECT body FROM chunks WHERE chunk = ?", (chunk,)).fetchone()
+        read_seconds = time.perf_counter() - started
         connection.close()
-    return total_bytes / seconds
+    return total_bytes / write_seconds, total_bytes / read_seconds
 
 
 def disk_write_bytes_per_second(size: int) -> float:
@@ -383,7 +388,7 @@ def big_round(dim: int, clients: int = 10, dropout: float = 0.1) -> dict:
     http_rate = sum(sizes) / busy
     raw_rate = raw_loopback_copy(sizes)
     asgi_rate = asgi_stack_rate(len(sizes), max(sizes), report.chunk_bytes)
-    storage_rate = sqlite_durable_chunk_rate(sum(sizes), report.chunk_bytes)
+    storage_rate, storage_read_rate = sqlite_chunk_rates(sum(sizes), report.chunk_bytes)
     survivors = report.survivors
     dropped = clients - survivors
     masks = survivors + dropped * survivors  # self-masks of U3, pairwise masks of each dropped client with U3 (full graph)
@@ -391,6 +396,7 @@ def big_round(dim: int, clients: int = 10, dropout: float = 0.1) -> dict:
     expansion_seconds = report.server_round_seconds.get("expansion")
     aes_floor = mask_bytes / (aes * workers)
     io_floor = 2 * dim * 4 / disk  # the result written once and the running sum's pages rewritten (WAL, then checkpoint)
+    storage_floor = dim * 4 / storage_read_rate + dim * 4 / storage_rate  # the running sums read, the result stored
     return {
         "clients": clients,
         "dim": dim,
@@ -421,6 +427,9 @@ def big_round(dim: int, clients: int = 10, dropout: float = 0.1) -> dict:
         "disk_write_bytes_per_second": disk,
         "expansion_io_floor_seconds": io_floor,
         "expansion_ratio_to_aes_and_io": (expansion_seconds / max(aes_floor, io_floor)) if expansion_seconds else None,
+        "sqlite_chunk_read_bytes_per_second": storage_read_rate,
+        "expansion_storage_floor_seconds": storage_floor,
+        "expansion_ratio_to_aes_and_storage": (expansion_seconds / max(aes_floor, storage_floor)) if expansion_seconds else None,
         "expansion_target_ratio": 1.5,
         "r2_silence_window_seconds": silence,
         "r2_longest_honest_silence_seconds": honest_silence,
