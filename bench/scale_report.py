@@ -62,8 +62,31 @@ def write_markdown(results: Path) -> None:
         lines += [
             "",
             "AES-256-CTR measured in the same run, per core; the expansion ran on the process pool (one worker per core).",
+            "The uploads start once every honest client has computed its masked input (the ten clients share this",
+            "machine's two cores in one process), so their time is the transfer and the server's work; the R4 message",
+            "that completes the stage is sent once the other survivors' have been acknowledged, so its latency is its own.",
             "",
+            "What limits R2 and the expansion, measured in the same run (the same bytes, the same chunks):",
+            "",
+            "| D | R2 upload | bare web stack (uvicorn + Starlette, same requests) | SQLite durable chunk store (same chunks, one commit each) | R2 / storage limit | expansion | storage floor of the expansion (read the sums, store the result) | expansion / max(AES, storage) | other R4 requests (median) | R2 silence window / longest honest silence |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
+        for row in big["rounds"]:
+            if "sqlite_durable_chunk_bytes_per_second" not in row:
+                continue
+            lines.append(
+                f"| {row['dim']:.0e} | {row['r2_http_bytes_per_second'] / 1e6:.0f} MB/s "
+                f"| {row['asgi_stack_bytes_per_second'] / 1e6:.0f} MB/s "
+                f"({100 * row['asgi_stack_bytes_per_second'] / row['raw_loopback_bytes_per_second']:.0f}% of raw) "
+                f"| {row['sqlite_durable_chunk_bytes_per_second'] / 1e6:.0f} MB/s "
+                f"({100 * row['sqlite_durable_chunk_bytes_per_second'] / row['raw_loopback_bytes_per_second']:.0f}% of raw) "
+                f"| {100 * row['r2_fraction_of_storage_limit']:.0f}% "
+                f"| {row['expansion_seconds'] or 0:.2f} s | {row['expansion_storage_floor_seconds']:.2f} s "
+                f"| {row['expansion_ratio_to_aes_and_storage'] or 0:.1f}x "
+                f"| {1000 * (row['r4_other_requests_seconds_median'] or 0):.0f} ms "
+                f"| {row['r2_silence_window_seconds']:.0f} s / {row['r2_longest_honest_silence_seconds'] or 0:.1f} s |"
+            )
+        lines.append("")
     unmask = _load(results, "unmask")
     if unmask:
         lines += [
