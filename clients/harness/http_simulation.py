@@ -18,6 +18,7 @@ from its round history (wall clock, waiting included).
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 import threading
@@ -39,7 +40,7 @@ from clients.runtime.inputs import RingVectorInput
 from clients.runtime.policy import ClientPolicy
 from clients.runtime.retry import PollSchedule, RetryPolicy
 from clients.runtime.runner import RoundOutcome, run_round
-from clients.runtime.transport import Accepted, RoundTransport
+from clients.runtime.transport import Accepted, Delivered, RoundTransport
 from secagg.config import minimum_threshold
 from secagg.encoding import Ring
 from secagg.hazmat.keys import SigningKey
@@ -97,6 +98,60 @@ class TimedTransport:
         return self._inner.fetch(round_id, protocol_round)
 
     def fetch_result(self, round_id: str):
+        return self._inner.fetch_result(round_id)
+
+
+class TakingTurns:
+    """Forwards to a transport; between receiving a request and sending its answer the client
+    holds one of ``slots`` compute slots (a semaphore shared by every client of the simulation).
+
+    A bank computes on its own machine, so the silence a server sees in a stage is at most
+    one bank's computation. Here every bank runs in this one process: left to the
+    interpreter's scheduling, all of them would compute at once on the same cores, each
+    taking the whole stage's worth of time before its first byte, and a stage's silence
+    window would have to cover every bank's work. Taking turns, as many compute at once as
+    the machine has cores and each answer is sent as soon as it is ready, so a stage makes
+    progress every one bank's computation, as in production, and the simulation's silence
+    window follows the server's rule rather than the number of simulated banks. A slot is
+    taken after the round's description (the R0 message follows) and after every delivered
+    request, and given back before any other call to the server.
+    """
+
+    def __init__(self, inner: RoundTransport, slots: threading.Semaphore) -> None:
+        self._inner = inner
+        self._slots = slots
+        self._holding = False
+        self.endpoint = inner.endpoint
+
+    def _take(self) -> None:
+        if not self._holding:
+            self._slots.acquire()
+            self._holding = True
+
+    def release(self) -> None:
+        if self._holding:
+            self._holding = False
+            self._slots.release()
+
+    def describe_round(self, round_id: str):
+        self.release()
+        description = self._inner.describe_round(round_id)
+        self._take()
+        return description
+
+    def submit(self, round_id: str, protocol_round: Round, payload: bytes):
+        self.release()
+        return self._inner.submit(round_id, protocol_round, payload)
+
+    def fetch(self, round_id: str, protocol_round: Round):
+        self.release()
+        delivery = self._inner.fetch(round_id, protocol_round)
+        if isinstance(delivery, Delivered):
+            self._take()
+        return delivery
+
+    def fetch_result(self, round_id: str):
+        self.release()
         return self._inner.fetch_result(round_id)
 
 
@@ -198,9 +253,8 @@ def run_http_simulation(
                         server.base_url, key_id=names[member], identity=identities[member],
                         retry=RetryPolicy(max_attempts=10), on_retry=count_retry,
                     ) as http:  # fmt: skip
-                        transport: RoundTransport = TimedTransport(http, observe, before_submit)
-                        if member in dropped:
-                            transport = DroppingTransport(transport, drop_at)
+                        turns = TakingTurns(TimedTransport(http, observe, before_submit), compute_slots)
+                        transport: RoundTransport = DroppingTransport(turns, drop_at) if member in dropped else turns
                         try:
                             outcomes[member] = run_round(
                                 transport=transport,
@@ -223,10 +277,15 @@ def run_http_simulation(
                             failures[member] = f"round-aborted:{abort.reason}"
                         except ClientError as error:
                             failures[member] = f"{type(error).__name__}: {error}"
+                        finally:
+                            turns.release()
                         requests[member] = http.requests_sent
                     if on_step:
                         on_step("done")
 
+                compute_slots = threading.Semaphore(
+                    len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+                )
                 started = time.perf_counter()
                 server_cpu_before = local_server.cpu_seconds()
                 clients_cpu_before = time.process_time()
