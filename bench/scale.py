@@ -278,6 +278,65 @@ class CpuAccount:
         }
 
 
+class ServerCpuSampler:
+    """CPU seconds of the server subprocess (the child of this process running ``-m service``)
+    and of this process, sampled every 50 ms with ``perf_counter`` times (Linux ``/proc``), to
+    tell how many cores each used during an interval of the run."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, float | None, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._server: int | None = None
+
+    @staticmethod
+    def _cpu(pid: int) -> float | None:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def _find_server(self) -> int | None:
+        me = str(os.getpid())
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+                command = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if parent == me and b"service" in command and b"-m" in command:
+                return int(entry.name)
+        return None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self._server is None:
+                self._server = self._find_server()
+            server = self._cpu(self._server) if self._server is not None else None
+            self.samples.append((time.perf_counter(), server, time.process_time()))
+            time.sleep(0.05)
+
+    def __enter__(self) -> ServerCpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def cores(self, start: float, end: float) -> dict[str, float | None]:
+        """Cores used by the server and by this process (the clients) between ``start`` and ``end``."""
+        inside = [sample for sample in self.samples if start <= sample[0] <= end and sample[1] is not None]
+        if len(inside) < 2:
+            return {"server": None, "clients": None}
+        (t0, s0, c0), (t1, s1, c1) = inside[0], inside[-1]
+        assert s0 is not None and s1 is not None
+        return {"server": (s1 - s0) / (t1 - t0), "clients": (c1 - c0) / (t1 - t0)}
+
+
 def _one_task_seconds(task) -> float:
     from secagg.server.chunk_tasks import run_mask_chunk_task
 
@@ -380,11 +439,13 @@ def big_round(dim: int, clients: int = 10, dropout: float = 0.1) -> dict:
                 r4_latencies.append(finished - started)
                 unmasking.notify_all()
 
-    report = run_http_simulation(params, on_submit=observe, before_submit=before)
+    with ServerCpuSampler() as sampler:
+        report = run_http_simulation(params, on_submit=observe, before_submit=before)
     aes = max(aes_before, aes_ctr_bytes_per_second(256 << 20))
     sizes = [size for size, _, _ in uploads]
     busy = _union_seconds([(start, end) for _, start, end in uploads])
     honest_silence = min(start for _, start, _ in uploads) - max(r1_finished) if uploads and r1_finished else None
+    r2_cores = sampler.cores(min(start for _, start, _ in uploads), max(end for _, _, end in uploads))
     http_rate = sum(sizes) / busy
     raw_rate = raw_loopback_copy(sizes)
     asgi_rate = asgi_stack_rate(len(sizes), max(sizes), report.chunk_bytes)
@@ -415,6 +476,8 @@ def big_round(dim: int, clients: int = 10, dropout: float = 0.1) -> dict:
         "r2_fraction_of_raw": http_rate / raw_rate,
         "r2_target_fraction": 0.25,
         "asgi_stack_bytes_per_second": asgi_rate,
+        "r2_server_cores": r2_cores["server"],
+        "r2_clients_cores": r2_cores["clients"],
         "sqlite_durable_chunk_bytes_per_second": storage_rate,
         "r2_fraction_of_storage_limit": http_rate / storage_rate,
         "r2_fraction_of_asgi_stack": http_rate / asgi_rate,

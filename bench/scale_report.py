@@ -68,8 +68,8 @@ def write_markdown(results: Path) -> None:
             "",
             "What limits R2 and the expansion, measured in the same run (the same bytes, the same chunks):",
             "",
-            "| D | R2 upload | bare web stack (uvicorn + Starlette, same requests) | SQLite durable chunk store (same chunks, one commit each) | R2 / storage limit | expansion | storage floor of the expansion (read the sums, store the result) | expansion / max(AES, storage) | other R4 requests (median) | R2 silence window / longest honest silence |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| D | R2 upload | bare web stack (uvicorn + Starlette, same requests) | SQLite durable chunk store (same chunks, one commit each) | R2 / storage limit | cores used during the uploads: server / clients | expansion | storage floor of the expansion (read the sums, store the result) | expansion / max(AES, storage) | other R4 requests (median) | R2 silence window / longest honest silence |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in big["rounds"]:
             if "sqlite_durable_chunk_bytes_per_second" not in row:
@@ -81,6 +81,7 @@ def write_markdown(results: Path) -> None:
                 f"| {row['sqlite_durable_chunk_bytes_per_second'] / 1e6:.0f} MB/s "
                 f"({100 * row['sqlite_durable_chunk_bytes_per_second'] / row['raw_loopback_bytes_per_second']:.0f}% of raw) "
                 f"| {100 * row['r2_fraction_of_storage_limit']:.0f}% "
+                f"| {row.get('r2_server_cores') or 0:.2f} / {row.get('r2_clients_cores') or 0:.2f} "
                 f"| {row['expansion_seconds'] or 0:.2f} s | {row['expansion_storage_floor_seconds']:.2f} s "
                 f"| {row['expansion_ratio_to_aes_and_storage'] or 0:.1f}x "
                 f"| {1000 * (row['r4_other_requests_seconds_median'] or 0):.0f} ms "
