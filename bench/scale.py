@@ -727,23 +727,26 @@ def load_run(clients: int, graph: str, dim: int = 10_000, dropout: float = 0.1, 
     }
 
 
-def load(runs: int = 10, configurations: list[tuple[int, str]] | None = None, silence: float = 10.0) -> dict:
-    configurations = configurations or [(200, "full"), (200, "harary"), (1000, "harary")]
+def load(runs: int = 10, configurations: list[tuple[int, str, int | None]] | None = None, silence: float = 10.0) -> dict:
+    """``runs`` runs of each (clients, graph) configuration, or the configuration's own count when it names one."""
+    configurations = configurations or [(200, "full", None), (200, "harary", None), (1000, "harary", None)]
     results = []
     partial = RESULTS / "scale_load.partial.json"
-    for clients, graph in configurations:
-        for run in range(runs):
+    counts = {f"{clients}:{graph}": count or runs for clients, graph, count in configurations}
+    for clients, graph, count in configurations:
+        total = count or runs
+        for run in range(total):
             result = load_run(clients, graph, seed=1000 * clients + run, silence=silence)
             print(
-                f"load N={clients} {graph} run {run + 1}/{runs}: verified={result['verified']} "
+                f"load N={clients} {graph} run {run + 1}/{total}: verified={result['verified']} "
                 f"excluded={result['honest_excluded']} {result['round_wall_seconds']:.1f}s "
                 f"{result['requests_per_second'] or 0:.0f} req/s",
                 flush=True,
             )
             results.append(result)
-            partial.write_text(json.dumps({"runs_per_configuration": runs, "results": results}, indent=2) + "\n")
+            partial.write_text(json.dumps({"runs_per_configuration": counts, "results": results}, indent=2) + "\n")
     partial.unlink(missing_ok=True)
-    return {"runs_per_configuration": runs, "results": results}
+    return {"runs_per_configuration": counts, "results": results}
 
 
 # ---------------------------------------------------------------------------- replays
@@ -813,7 +816,8 @@ PARTS = {
     "load": lambda quick, options: load(
         runs=int(options.get("load-runs", 1 if quick else 10)),
         configurations=[
-            (int(clients), graph) for clients, graph in (item.split(":") for item in options["load-configs"].split(","))
+            (int(fields[0]), fields[1], int(fields[2]) if len(fields) > 2 else None)
+            for fields in (item.split(":") for item in options["load-configs"].split(","))
         ]
         if "load-configs" in options
         else None,
@@ -821,7 +825,8 @@ PARTS = {
     ),
 }
 """Each part's function of ``--quick`` and the ``--name=value`` options (``--big-dims=10000000``,
-``--unmask-dim``, ``--ray-clients``, ``--load-runs``, ``--load-configs=200:full,1000:harary``, ``--load-silence``): sizes this machine can run in the time it has."""
+``--unmask-dim``, ``--ray-clients``, ``--load-runs``, ``--load-configs=200:full,1000:harary:2`` (clients, graph
+and optionally that configuration's own number of runs), ``--load-silence``): sizes this machine can run in the time it has."""
 
 
 def run(argv: list[str] | None = None) -> dict:
