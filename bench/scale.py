@@ -25,6 +25,7 @@ the figures.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -392,7 +393,7 @@ def r2_silence_window(clients: int, dim: int, aes_bytes_per_second: float, cores
     return max(R2_SILENCE_FLOOR_SECONDS, R2_SILENCE_FACTOR * mask_seconds)
 
 
-def big_round(dim: int, clients: int = 10, dropout: float = 0.1) -> dict:
+def big_round(dim: int, clients: int = 10, dropout: float = 0.1, chunk_bytes: int | None = None) -> dict:
     from bench.http import _union_seconds
     from clients.harness.http_simulation import run_http_simulation
     from clients.harness.simulation import SimulationParameters
@@ -406,6 +407,8 @@ def big_round(dim: int, clients: int = 10, dropout: float = 0.1) -> dict:
     disk = disk_write_bytes_per_second(dim * 4)
     silence = r2_silence_window(clients, dim, aes_before, workers)
     params = SimulationParameters(clients=clients, dim=dim, dropout=dropout, silence_seconds=silence)
+    if chunk_bytes is not None:
+        params = dataclasses.replace(params, chunk_bytes=chunk_bytes)
     # Every honest client computes its masked input before any upload starts, so the uploads'
     # time measures the transfer and the server, not the other clients' computation on the
     # same two cores (they all run in this one process).
@@ -439,8 +442,10 @@ def big_round(dim: int, clients: int = 10, dropout: float = 0.1) -> dict:
                 r4_latencies.append(finished - started)
                 unmasking.notify_all()
 
+    account = CpuAccount()
     with ServerCpuSampler() as sampler:
         report = run_http_simulation(params, on_submit=observe, before_submit=before)
+    machine = account.finish()
     aes = max(aes_before, aes_ctr_bytes_per_second(256 << 20))
     sizes = [size for size, _, _ in uploads]
     busy = _union_seconds([(start, end) for _, start, end in uploads])
@@ -476,6 +481,7 @@ def big_round(dim: int, clients: int = 10, dropout: float = 0.1) -> dict:
         "r2_fraction_of_raw": http_rate / raw_rate,
         "r2_target_fraction": 0.25,
         "asgi_stack_bytes_per_second": asgi_rate,
+        "round_cpu_account": machine,
         "r2_server_cores": r2_cores["server"],
         "r2_clients_cores": r2_cores["clients"],
         "sqlite_durable_chunk_bytes_per_second": storage_rate,
@@ -807,7 +813,9 @@ PARTS = {
     "unmask": lambda quick, options: unmask_scaling(dim=int(options.get("unmask-dim", 2_000_000 if quick else 10_000_000))),
     "big": lambda quick, options: {
         "rounds": [
-            big_round(int(dim)) for dim in options.get("big-dims", "1000000" if quick else "10000000,100000000").split(",")
+            big_round(int(dim), chunk_bytes=int(chunk) if chunk else None)
+            for dim in options.get("big-dims", "1000000" if quick else "10000000,100000000").split(",")
+            for chunk in options.get("big-chunk-bytes", "").split(",")
         ]
     },
     "round": lambda quick, options: http_round(20 if quick else 100),
@@ -824,7 +832,7 @@ PARTS = {
         silence=float(options.get("load-silence", 10.0)),
     ),
 }
-"""Each part's function of ``--quick`` and the ``--name=value`` options (``--big-dims=10000000``,
+"""Each part's function of ``--quick`` and the ``--name=value`` options (``--big-dims=10000000``, ``--big-chunk-bytes=4194304,16777216``,
 ``--unmask-dim``, ``--ray-clients``, ``--load-runs``, ``--load-configs=200:full,1000:harary:2`` (clients, graph
 and optionally that configuration's own number of runs), ``--load-silence``): sizes this machine can run in the time it has."""
 

@@ -50,7 +50,7 @@ def write_markdown(results: Path) -> None:
         for row in big["rounds"]:
             ratio = row["expansion_ratio_to_aes"]
             lines.append(
-                f"| {row['dim']:.0e} | {row['verified']} | {_mb(row['server_peak_rss_bytes'])} "
+                f"| {row['dim']:.0e} ({row['chunk_bytes'] >> 20} MiB chunks) | {row['verified']} | {_mb(row['server_peak_rss_bytes'])} "
                 f"({_ok((row['server_peak_rss_bytes'] or 0) <= row['rss_target_bytes'])}) "
                 f"| {row['r2_http_bytes_per_second'] / 1e6:.0f} / {row['raw_loopback_bytes_per_second'] / 1e6:.0f} MB/s = "
                 f"{100 * row['r2_fraction_of_raw']:.1f}% ({_ok(row['r2_fraction_of_raw'] >= row['r2_target_fraction'])}) "
@@ -75,7 +75,7 @@ def write_markdown(results: Path) -> None:
             if "sqlite_durable_chunk_bytes_per_second" not in row:
                 continue
             lines.append(
-                f"| {row['dim']:.0e} | {row['r2_http_bytes_per_second'] / 1e6:.0f} MB/s "
+                f"| {row['dim']:.0e} ({row['chunk_bytes'] >> 20} MiB chunks) | {row['r2_http_bytes_per_second'] / 1e6:.0f} MB/s "
                 f"| {row['asgi_stack_bytes_per_second'] / 1e6:.0f} MB/s "
                 f"({100 * row['asgi_stack_bytes_per_second'] / row['raw_loopback_bytes_per_second']:.0f}% of raw) "
                 f"| {row['sqlite_durable_chunk_bytes_per_second'] / 1e6:.0f} MB/s "
@@ -88,6 +88,18 @@ def write_markdown(results: Path) -> None:
                 f"| {row['r2_silence_window_seconds']:.0f} s / {row['r2_longest_honest_silence_seconds'] or 0:.1f} s |"
             )
         lines.append("")
+        accounts = [(row["dim"], row["round_cpu_account"]) for row in big["rounds"] if "round_cpu_account" in row]
+        if accounts:
+            lines += [
+                "The machine during each round (`/proc/stat`): "
+                + "; ".join(
+                    f"D = {dim:.0e}: other jobs {account['others_cores']:.2f} cores, "
+                    f"{account['steal_seconds']:.0f} s of CPU stolen by the hypervisor in {account['wall_seconds']:.0f} s"
+                    for dim, account in accounts
+                )
+                + ".",
+                "",
+            ]
     unmask = _load(results, "unmask")
     if unmask:
         lines += [

@@ -77,7 +77,10 @@ class SimulationParameters:
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     engine: SimulationEngine = SimulationEngine.LOCAL
     silence_seconds: float = 10.0
-    """HTTP only: the deadlines' silence window of the stages where clients drop."""
+    """HTTP only: the deadlines' silence window of the stages where clients drop. The
+    simulated banks take turns on the cores (:class:`clients.harness.http_simulation.TakingTurns`),
+    so the silence a stage sees is one bank's computation, not all of theirs: the window
+    must exceed one bank's longest computation in a stage, whatever the number of banks."""
     ray_address: str | None = None
 
     @property
@@ -359,7 +362,9 @@ def simulate_command(
     silence_seconds: Annotated[
         float,
         typer.Option(
-            "--silence-seconds", min=0.1, help="HTTP: a stage closes after this long without progress (dropped clients)."
+            "--silence-seconds",
+            min=0.1,
+            help="HTTP: a stage closes after this long without progress (dropped clients); must exceed one bank's computation in a stage (the simulated banks take turns on the cores).",
         ),
     ] = 10.0,
 ) -> None:
