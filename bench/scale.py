@@ -736,12 +736,16 @@ def load_run(clients: int, graph: str, dim: int = 10_000, dropout: float = 0.1, 
 def load(runs: int = 10, configurations: list[tuple[int, str, int | None]] | None = None, silence: float = 10.0) -> dict:
     """``runs`` runs of each (clients, graph) configuration, or the configuration's own count when it names one."""
     configurations = configurations or [(200, "full", None), (200, "harary", None), (1000, "harary", None)]
-    results = []
     partial = RESULTS / "scale_load.partial.json"
+    # An interrupted load benchmark resumes: the runs its partial file holds are kept, not run again.
+    results = json.loads(partial.read_text())["results"] if partial.exists() else []
     counts = {f"{clients}:{graph}": count or runs for clients, graph, count in configurations}
     for clients, graph, count in configurations:
         total = count or runs
-        for run in range(total):
+        done = sum(
+            1 for row in results if row["clients"] == clients and row["graph"] == graph and row.get("silence_seconds") == silence
+        )
+        for run in range(done, total):
             result = load_run(clients, graph, seed=1000 * clients + run, silence=silence)
             print(
                 f"load N={clients} {graph} run {run + 1}/{total}: verified={result['verified']} "

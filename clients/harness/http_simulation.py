@@ -101,6 +101,21 @@ class TimedTransport:
         return self._inner.fetch_result(round_id)
 
 
+CONNECTION_MARGIN = 64
+"""Connections beyond one per bank: the harness's admin client and status polls, reconnects."""
+
+
+def connections_for(banks: int) -> int:
+    """The server's ``--max-connections`` for ``banks`` simulated banks.
+
+    Every waiting bank holds one connection in a long poll for the whole wait, so a cohort
+    of N banks keeps about N connections open; a server whose limit is below that answers
+    the last banks' requests 503 for as long as the others wait, and a bank that runs out of
+    retries drops out although it is honest. At least the server's default (1000).
+    """
+    return max(1000, banks + CONNECTION_MARGIN)
+
+
 class TakingTurns:
     """Forwards to a transport; between receiving a request and sending its answer the client
     holds one of ``slots`` compute slots (a semaphore shared by every client of the simulation).
@@ -201,6 +216,8 @@ def run_http_simulation(
         work_dir = Path(work)
         started = time.perf_counter()
         arguments = list(server_arguments)
+        if "--max-connections" not in arguments:
+            arguments += ["--max-connections", str(connections_for(n))]
         if params.engine.value == "ray":
             arguments += ["--ray-address", params.ray_address or "local"]
         local_server = LocalServer(
