@@ -1,4 +1,4 @@
-"""The HTTP simulation's compute slots: banks sharing one process take turns on its cores.
+"""The HTTP simulation harness: banks sharing one process take turns on its cores, and its server has a connection for each.
 
 Between receiving a request and sending its answer a simulated bank holds a slot; it
 gives the slot back before every other call to the server, so a bank waiting for the
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 
-from clients.harness.http_simulation import TakingTurns
+from clients.harness.http_simulation import CONNECTION_MARGIN, TakingTurns, connections_for
 from clients.runtime.transport import Delivered, Pending
 from secagg.rounds import Round
 
@@ -85,3 +85,10 @@ def test_no_more_banks_compute_at_once_than_there_are_slots() -> None:
     waiting.join(5)
     second.release()
     assert slots.acquire(blocking=False)
+
+
+def test_the_simulation_server_has_a_connection_for_every_waiting_bank() -> None:
+    # each waiting bank holds one long-poll connection: a limit at or below the cohort refuses the last banks
+    assert connections_for(200) == 1000, "never below the server's default"
+    assert connections_for(1000) > 1000
+    assert connections_for(5000) >= 5000 + CONNECTION_MARGIN
