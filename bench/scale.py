@@ -280,43 +280,23 @@ class CpuAccount:
 
 
 class ServerCpuSampler:
-    """CPU seconds of the server subprocess (the child of this process running ``-m service``)
-    and of this process, sampled every 50 ms with ``perf_counter`` times (Linux ``/proc``), to
-    tell how many cores each used during an interval of the run."""
+    """CPU seconds of the simulation's server (:meth:`LocalServer.cpu_seconds`, once
+    :meth:`attach` has been given it) and of this process, sampled every 50 ms with
+    ``perf_counter`` times, to tell how many cores each used during an interval of the run."""
 
     def __init__(self) -> None:
         self.samples: list[tuple[float, float | None, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
-        self._server: int | None = None
+        self._server = None
 
-    @staticmethod
-    def _cpu(pid: int) -> float | None:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def _find_server(self) -> int | None:
-        me = str(os.getpid())
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
-                command = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if parent == me and b"service" in command and b"-m" in command:
-                return int(entry.name)
-        return None
+    def attach(self, server) -> None:
+        """The simulation's server, as ``run_http_simulation(on_server=...)`` hands it over."""
+        self._server = server
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            if self._server is None:
-                self._server = self._find_server()
-            server = self._cpu(self._server) if self._server is not None else None
+            server = self._server.cpu_seconds() if self._server is not None else None
             self.samples.append((time.perf_counter(), server, time.process_time()))
             time.sleep(0.05)
 
@@ -444,7 +424,7 @@ def big_round(dim: int, clients: int = 10, dropout: float = 0.1, chunk_bytes: in
 
     account = CpuAccount()
     with ServerCpuSampler() as sampler:
-        report = run_http_simulation(params, on_submit=observe, before_submit=before)
+        report = run_http_simulation(params, on_submit=observe, before_submit=before, on_server=sampler.attach)
     machine = account.finish()
     aes = max(aes_before, aes_ctr_bytes_per_second(256 << 20))
     sizes = [size for size, _, _ in uploads]
@@ -539,6 +519,18 @@ def _plan_masks(clients: int, dropout: float, seed: int):
 UNMASK_REPETITIONS = 3
 
 
+def _timed_expansion(engine, tasks: list, workers: int) -> tuple[float, dict]:
+    """Seconds for ``engine`` to run every task, and the machine's CPU account meanwhile
+    (the engine is started on ``workers`` tasks first, outside the timing)."""
+    list(engine.run(tasks[:workers]))
+    account = CpuAccount()
+    started = time.perf_counter()
+    count = sum(1 for _ in engine.run(tasks))
+    seconds = time.perf_counter() - started
+    assert count == len(tasks)
+    return seconds, account.finish()
+
+
 def unmask_scaling(clients: int = 100, dim: int = 10_000_000, dropout: float = 0.3, chunk_bytes: int = 1 << 20) -> dict:
     from secagg.chunks import ChunkLayout
     from secagg.server.chunk_tasks import chunk_tasks
@@ -567,27 +559,15 @@ def unmask_scaling(clients: int = 100, dim: int = 10_000_000, dropout: float = 0
         runs: dict[str, dict[int, float]] = {"process": {}, "ray": {}} if ray is not None else {"process": {}}
         for workers in (1, 2):
             engine = make_engine(EngineKind.PROCESS, workers=workers)
-            list(engine.run(tasks[:workers]))  # start the pool outside the timing
-            account = CpuAccount()
-            started = time.perf_counter()
-            count = sum(1 for _ in engine.run(tasks))
-            runs["process"][workers] = time.perf_counter() - started
-            accounts["process"][workers] = account.finish()
+            runs["process"][workers], accounts["process"][workers] = _timed_expansion(engine, tasks, workers)
             engine.close()
-            assert count == len(tasks)
         if ray is not None:
             for workers in (1, 2):
                 # A local cluster of exactly ``workers`` CPUs: Ray runs as many tasks at once as the
                 # cluster has CPUs, whatever the engine keeps in flight.
                 ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
                 engine = RayEngine(None, workers=workers)
-                list(engine.run(tasks[:workers]))
-                account = CpuAccount()
-                started = time.perf_counter()
-                count = sum(1 for _ in engine.run(tasks))
-                runs["ray"][workers] = time.perf_counter() - started
-                accounts["ray"][workers] = account.finish()
-                assert count == len(tasks)
+                runs["ray"][workers], accounts["ray"][workers] = _timed_expansion(engine, tasks, workers)
                 ray.shutdown()
         repetitions.append(runs)
     runs = {
@@ -660,37 +640,6 @@ def http_round(clients: int = 100, dim: int = 100_000) -> dict:
 
 
 # ------------------------------------------------------------------------------- load
-class StageCpuMonitor:
-    """Samples the server's CPU time at every stage change of a round (polling its status)."""
-
-    def __init__(self, server, admin, round_id_holder: list[str]) -> None:
-        self.server, self.admin, self.holder = server, admin, round_id_holder
-        self.samples: list[tuple[str, float]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        last = None
-        while not self._stop.is_set():
-            if self.holder:
-                try:
-                    stage = self.admin.round_status(self.holder[0])["stage"]
-                except Exception:
-                    stage = last
-                if stage != last:
-                    self.samples.append((stage, self.server.cpu_seconds() or 0.0))
-                    last = stage
-            time.sleep(0.1)
-
-    def __enter__(self) -> StageCpuMonitor:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def load_run(clients: int, graph: str, dim: int = 10_000, dropout: float = 0.1, seed: int = 0, silence: float = 10.0) -> dict:
     from clients.harness.http_simulation import run_http_simulation
     from clients.harness.simulation import SimulationParameters

@@ -176,6 +176,7 @@ def run_http_simulation(
     on_step: Callable[[str], None] | None = None,
     on_submit: Callable[[Round, int, float, float, bool], None] | None = None,
     before_submit: Callable[[Round], None] | None = None,
+    on_server: Callable[[LocalServer], None] | None = None,
     database_url: str | None = None,
     workers: int = 1,
     server_arguments: tuple[str, ...] = (),
@@ -187,7 +188,8 @@ def run_http_simulation(
     called by every client that is about to send a message (not by a dropped client for
     the rounds it drops), before its upload's time starts: the benchmark holds the uploads
     there until every client has computed its masked input, so that what is timed is the
-    transfer, not the other clients' computation on the same cores.
+    transfer, not the other clients' computation on the same cores. ``on_server(server)``
+    is given the local server once it is up (the benchmark samples its CPU).
     """
     wall_started = time.perf_counter()
     source: RandomSource = DeterministicRandom.from_int(params.seed) if params.seed is not None else SystemRandom()
@@ -225,6 +227,8 @@ def run_http_simulation(
         )
         with local_server as server:
             server_start_seconds = time.perf_counter() - started
+            if on_server is not None:
+                on_server(server)
             started = time.perf_counter()
             with AdminClient(server.base_url, server.admin_token) as admin:
                 for name, identity in zip(names, identities, strict=True):
