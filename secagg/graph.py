@@ -21,7 +21,7 @@ client and the server refuse to unmask when there is more than one.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -33,13 +33,24 @@ from secagg.hazmat.kdf import KeyPurpose, derive_key
 class NeighbourMap(Mapping[int, frozenset[int]]):
     """Each member's neighbours (excluding itself), as a read-only mapping.
 
-    The complete graph is not materialised: ``graph[u]`` is computed on demand in
-    O(n), so n clients each holding the graph use O(n) memory each, not O(n^2).
+    Neither graph is materialised: ``graph[u]`` is computed on demand, in O(n) for the
+    complete graph and in O(k) for a Harary graph, which keeps only its cycle (the members
+    in the session's order) and each member's place on it. Every client holds the whole
+    graph, so n clients use O(n) memory each, not O(n * k) or O(n^2).
     """
 
-    def __init__(self, members: Iterable[int], adjacency: dict[int, frozenset[int]] | None = None) -> None:
+    def __init__(self, members: Iterable[int], cycle: Sequence[int] | None = None, degree: int | None = None) -> None:
         self._members = frozenset(members)
-        self._adjacency = adjacency
+        self._cycle: np.ndarray | None = None
+        if cycle is None:
+            return
+        if degree is None or len(cycle) != len(self._members) or frozenset(cycle) != self._members:
+            raise ValueError("a Harary cycle must hold every member once, with a degree")
+        self._cycle = np.asarray(cycle, dtype=np.int64)
+        self._place_by_rank = np.argsort(self._cycle, kind="stable")
+        self._ranked = self._cycle[self._place_by_rank]
+        half = degree // 2
+        self._offsets = np.array([offset for offset in range(-half, half + 1) if offset != 0], dtype=np.int64)
 
     @property
     def members(self) -> frozenset[int]:
@@ -47,14 +58,15 @@ class NeighbourMap(Mapping[int, frozenset[int]]):
 
     @property
     def is_complete(self) -> bool:
-        return self._adjacency is None
+        return self._cycle is None
 
     def __getitem__(self, member: int) -> frozenset[int]:
         if member not in self._members:
             raise KeyError(member)
-        if self._adjacency is None:
+        if self._cycle is None:
             return self._members - {member}
-        return self._adjacency[member]
+        place = self._place_by_rank[np.searchsorted(self._ranked, member)]
+        return frozenset(self._cycle[(place + self._offsets) % self._cycle.size].tolist())
 
     def __iter__(self) -> Iterator[int]:
         return iter(sorted(self._members))
@@ -66,7 +78,7 @@ class NeighbourMap(Mapping[int, frozenset[int]]):
         """True iff ``first`` and ``second`` are distinct members joined by an edge."""
         if first == second or first not in self._members or second not in self._members:
             return False
-        return self._adjacency is None or second in self._adjacency[first]
+        return self._cycle is None or second in self[first]
 
     def components(self, among: Iterable[int]) -> list[frozenset[int]]:
         """The connected components of the subgraph induced by ``among``, ordered by smallest member.
@@ -81,7 +93,7 @@ class NeighbourMap(Mapping[int, frozenset[int]]):
             raise KeyError(min(unknown))
         if not remaining:
             return []
-        if self._adjacency is None:
+        if self._cycle is None:
             return [frozenset(remaining)]
         pieces: list[frozenset[int]] = []
         for root in sorted(remaining):
@@ -90,7 +102,7 @@ class NeighbourMap(Mapping[int, frozenset[int]]):
             remaining.discard(root)
             piece, frontier = [root], [root]
             while frontier:
-                reached = self._adjacency[frontier.pop()] & remaining
+                reached = self[frontier.pop()] & remaining
                 remaining -= reached
                 piece.extend(reached)
                 frontier.extend(reached)
@@ -115,13 +127,7 @@ def harary_neighbours(members: list[int], degree: int, session_id: bytes) -> Nei
     if degree % 2 or degree < 2 or degree >= len(members):
         raise ValueError("harary degree must be even and below the number of members")
     order = session_permutation(len(members), session_id)
-    cycle = [members[index] for index in order]
-    size = len(cycle)
-    half = degree // 2
-    adjacency: dict[int, frozenset[int]] = {}
-    for position, member in enumerate(cycle):
-        adjacency[member] = frozenset(cycle[(position + offset) % size] for offset in range(-half, half + 1) if offset != 0)
-    return NeighbourMap(members, adjacency)
+    return NeighbourMap(members, cycle=np.asarray(members, dtype=np.int64)[order].tolist(), degree=degree)
 
 
 def session_permutation(size: int, session_id: bytes) -> np.ndarray:

@@ -7,6 +7,7 @@ bind the session id (docs/DESIGN.md, section 2).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 from collections.abc import Iterable
@@ -113,6 +114,12 @@ def unpack_share_plaintext(plaintext: bytes) -> tuple[int, int, SharePair]:
     return sender, recipient, SharePair(plaintext[8 : 8 + SHARE_BYTES], plaintext[8 + SHARE_BYTES :])
 
 
+@functools.cache
+def _small_order_probe() -> X25519PrivateKey:
+    """A fixed scalar, loaded once: only the zero or non-zero outcome of the agreement is used."""
+    return X25519PrivateKey.from_private_bytes(b"\x01" * PRIVATE_KEY_BYTES)
+
+
 def is_usable_x25519_public_key(public_key: bytes) -> bool:
     """False for malformed or small-order X25519 points (RFC 7748 section 6.1).
 
@@ -122,7 +129,7 @@ def is_usable_x25519_public_key(public_key: bytes) -> bool:
     if len(public_key) != 32:
         return False
     try:
-        agree(b"\x01" * PRIVATE_KEY_BYTES, public_key)
+        agree(_small_order_probe(), public_key)
     except ValueError:
         return False
     return True

@@ -5,8 +5,10 @@ The client generates two X25519 key pairs: (c_pk, c_sk) to encrypt shares and
 key. It then waits for the server's :class:`~secagg.messages.KeyList` of U1 and
 checks it before deriving anything from it: the right round, no unknown or repeated
 participant, its own keys unchanged, at least t entries, every signature valid, no
-malformed or small-order public key (RFC 7748, section 6.1: a colluding client can sign
-one, and agreement with it yields zero), and no public key used twice (a server
+malformed or small-order public key among its neighbours' (RFC 7748, section 6.1: a
+colluding client can sign one, and agreement with it yields zero; a client agrees only
+with its neighbours, and each member's keys are checked by that member's neighbours),
+and no public key used twice (a server
 reflecting a client's own key back would make a pairwise mask cancel against itself).
 """
 
@@ -87,17 +89,20 @@ class AwaitingKeyList:
                 AbortReason.INVALID_SIGNATURE,
                 f"keys of participant {entry.sender} are not signed by its identity key",
             )
-        for entry in message.entries:
-            require(
-                is_usable_x25519_public_key(entry.encryption_public_key)
-                and is_usable_x25519_public_key(entry.masking_public_key),
-                AbortReason.INVALID_PUBLIC_KEY,
-                f"a public key of participant {entry.sender} is malformed or of small order",
-            )
         public_keys = [key for entry in message.entries for key in (entry.encryption_public_key, entry.masking_public_key)]
         require(len(set(public_keys)) == len(public_keys), AbortReason.DUPLICATE_PUBLIC_KEY, "a public key appears twice")
 
         advertised = {entry.sender: entry for entry in message.entries}
         session = derive_session_id(digest, [(e.sender, e.encryption_public_key, e.masking_public_key) for e in message.entries])
         graph = neighbours(config, advertised, session)
+        # Only a neighbour's keys enter this client's agreements; every member's keys are
+        # checked by that member's own neighbours, and the server refuses them on arrival.
+        for peer in sorted(graph[context.participant_id]):
+            entry = advertised[peer]
+            require(
+                is_usable_x25519_public_key(entry.encryption_public_key)
+                and is_usable_x25519_public_key(entry.masking_public_key),
+                AbortReason.INVALID_PUBLIC_KEY,
+                f"a public key of participant {entry.sender} is malformed or of small order",
+            )
         return share_keys(context, self.keys, advertised, session, graph)

@@ -90,7 +90,7 @@ def share_keys(
     )
     state = AwaitingMaskedInputRequest(
         keys=keys,
-        advertised=dict(advertised),
+        advertised={member: advertised[member] for member in neighbourhood},
         session_id=session_id,
         graph=graph,
         self_mask_seed=self_mask_seed,
@@ -118,7 +118,7 @@ class AwaitingMaskedInputRequest:
         me = context.participant_id
         require(message.session_id == self.session_id, AbortReason.WRONG_SESSION, "message is for another session")
         require(message.recipient == me, AbortReason.WRONG_SESSION, "message is addressed to another client")
-        survivors = check_id_list(message.survivors, "U2", within=self.advertised, minimum=config.threshold)
+        survivors = check_id_list(message.survivors, "U2", within=self.graph.members, minimum=config.threshold)
         require(me in survivors, AbortReason.EXCLUDED, "U2 omits this client")
         expected_senders = self.graph[me] & survivors
         require(

@@ -17,7 +17,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from secagg.client import ClientStage
+from secagg.config import GraphKind, ProtocolMode
+from secagg.config import session_id as derive_session_id
 from secagg.errors import AbortReason, MessageRejected, ProtocolAbort, RejectReason, SessionAborted
+from secagg.graph import neighbours
 from secagg.hazmat.keys import AgreementKeyPair
 from secagg.hazmat.randomness import DeterministicRandom
 from secagg.messages import KeyList
@@ -188,3 +191,44 @@ def test_an_honest_round_passes_the_key_checks_and_gives_the_exact_sum():
     while round_.server.stage is not ServerStage.COMPLETED:
         deliver(round_, collect(round_))
     np.testing.assert_array_equal(round_.server.result, round_.expected_sum(range(6)))
+
+
+def test_in_a_sparse_graph_the_colluders_neighbours_abort_and_the_others_never_use_its_key():
+    """A client agrees only with its neighbours, so it checks only their keys (each member's keys are its neighbours' to check).
+
+    The forged key list fixes the session id and with it the graph: the colluder's neighbours
+    under that graph refuse the list by name; every other client goes on to R1, having used no
+    key of the colluder's.
+    """
+    round_ = make_round(12, mode=ProtocolMode.HONEST_BUT_CURIOUS, graph=GraphKind.HARARY, degree=4, threshold=7, seed=48)
+    honest = advance_to(round_, 1)
+    point = bytes.fromhex(SMALL_ORDER[0]["u"])
+    forged = _key_list_with(round_, honest[VICTIM], "masking_public_key", point)
+    session = derive_session_id(
+        round_.config.digest(), [(e.sender, e.encryption_public_key, e.masking_public_key) for e in forged.entries]
+    )
+    graph = neighbours(round_.config, [entry.sender for entry in forged.entries], session)
+    neighbours_of_colluder = graph[COLLUDER]
+    others = set(range(12)) - neighbours_of_colluder - {COLLUDER}
+    assert neighbours_of_colluder and others
+    for member in sorted(neighbours_of_colluder | others):
+        client = round_.clients[member]
+        if member in neighbours_of_colluder:
+            with pytest.raises(ProtocolAbort) as caught:
+                client.receive(forged)
+            assert caught.value.reason is AbortReason.INVALID_PUBLIC_KEY
+            assert f"participant {COLLUDER}" in caught.value.detail
+        else:
+            client.receive(forged)
+            assert client.stage is ClientStage.SHARE_KEYS
+            assert COLLUDER not in client._state.advertised
+
+
+def test_after_r0_a_client_keeps_the_keys_of_its_neighbourhood_only():
+    """Every client holds the whole graph but only its k neighbours' keys: O(n) state per client, not O(n * k)."""
+    round_ = make_round(12, mode=ProtocolMode.HONEST_BUT_CURIOUS, graph=GraphKind.HARARY, degree=4, threshold=7, seed=49)
+    deliver(round_, advance_to(round_, 1))
+    for member, client in enumerate(round_.clients):
+        state = client._state
+        assert set(state.advertised) == state.graph[member] | {member}
+        assert len(state.graph) == 12
