@@ -69,17 +69,17 @@ def create_app(settings: ServiceSettings, *, clock: Callable[[], float] | None =
         await run_in_threadpool(ledger.ensure_exists)
         metrics = ServiceMetrics.create()
         extra: dict[str, Any] = {"clock": clock} if clock is not None else {}
-        watch = RoundWatch(asyncio.get_running_loop())
         engine = RoundEngine(
             database,
             metrics=metrics,
             ledger=ledger,
             max_dim=MAX_DIM,
             max_open_rounds=settings.max_open_rounds,
-            on_round_changed=watch.notify,
+            on_round_changed=lambda round_id: watch.notify(round_id),
             chunk_engine=lambda: chunk_engine_for(settings),
             **extra,
         )
+        watch = RoundWatch(asyncio.get_running_loop(), engine.current_stage)
         app.state.watch = watch
         app.state.long_polls = {}
         app.state.settings = settings

@@ -31,7 +31,7 @@ from service.problems import ProblemType, ServiceProblem, problem_responses
 from service.rounds import Acceptance, RoundEngine
 from service.schemas import MessageAck, ParticipantRole, ResultOut, RoundId, RoundParameters, TrainingId, TrainingOut, WorkList
 from service.settings import ServiceSettings
-from service.watch import FALLBACK_RECHECK_SECONDS, MAX_WAIT_SECONDS, RoundWatch
+from service.watch import MAX_WAIT_SECONDS, RoundWatch
 
 AUTH_PROBLEMS = (
     ProblemType.MISSING_CREDENTIALS,
@@ -245,7 +245,7 @@ async def my_message(
             remaining = give_up - time.monotonic()
             if outbound is not None or remaining <= 0:
                 break
-            await watch.wait(changed, min(remaining, FALLBACK_RECHECK_SECONDS))
+            await watch.wait_for_stage_change(round_id, changed, seen=stage, timeout=remaining)
     if outbound is None:
         retry_after = "0" if wait > 0 else str(settings.retry_after_seconds)
         return Response(status_code=204, headers={"Retry-After": retry_after, STAGE_HEADER: stage})

@@ -30,7 +30,6 @@ import secrets
 import tempfile
 import threading
 import time
-import weakref
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,35 +219,28 @@ class ObservedLongPolls:
     the app's own watch. :meth:`wait_for_parked` returns once the given number of long
     polls on a round found nothing to answer and are waiting, so a test changes the round
     (or sends the next poll) only then; :meth:`wake_ups` tells how each wait ended:
-    ``"changed"`` (the engine's notice) or ``"timed-out"`` (the wait or the fallback
-    re-check ran out).
+    ``"changed"`` (the engine's notice) or ``"timed-out"`` (the wait ran out, or the
+    watch's own read of the stage found it moved).
     """
 
     def __init__(self, watch: RoundWatch) -> None:
         self._watch = watch
-        self._round_of_event: weakref.WeakKeyDictionary[asyncio.Event, str] = weakref.WeakKeyDictionary()
         self._waiting: dict[str, int] = {}
         self._wake_ups: dict[str, list[str]] = {}
         self._changed = threading.Condition()
 
     def event(self, round_id: str) -> asyncio.Event:
-        event = self._watch.event(round_id)
-        self._round_of_event[event] = round_id
-        return event
+        return self._watch.event(round_id)
 
     def notify(self, round_id: str) -> None:
         self._watch.notify(round_id)
 
-    async def wait(self, event: asyncio.Event, timeout: float) -> None:
-        round_id = self._round_of_event.get(event)
-        if round_id is None:
-            await self._watch.wait(event, timeout)
-            return
+    async def wait_for_stage_change(self, round_id: str, event: asyncio.Event, *, seen: str, timeout: float) -> None:
         with self._changed:
             self._waiting[round_id] = self._waiting.get(round_id, 0) + 1
             self._changed.notify_all()
         try:
-            await self._watch.wait(event, timeout)
+            await self._watch.wait_for_stage_change(round_id, event, seen=seen, timeout=timeout)
         finally:
             with self._changed:
                 self._waiting[round_id] -= 1
