@@ -241,7 +241,9 @@ class Database:
         self.engine = _create_engine(url, immediate=False)
         self._write_engine = _create_engine(url, immediate=True) if self.is_sqlite else self.engine
         self._nonce_engine = (
-            _create_engine(nonce_database_url(url), immediate=True, synchronous="NORMAL") if self.is_sqlite else self.engine
+            _create_engine(nonce_database_url(url), immediate=True, synchronous="NORMAL", page_bytes=NONCE_PAGE_BYTES)
+            if self.is_sqlite
+            else self.engine
         )
         self._recomputable_engine = _create_engine(url, immediate=True, synchronous="NORMAL") if self.is_sqlite else self.engine
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -339,24 +341,25 @@ class Database:
             return False
 
     def checkpoint(self) -> None:
-        """SQLite: copy the WAL into the main file once it exceeds :data:`WAL_CHECKPOINT_BYTES`,
-        without waiting for readers or writers (a PASSIVE checkpoint); a no-op on PostgreSQL."""
+        """SQLite: copy each file's WAL (the main file's, the nonce file's) into its file once it
+        exceeds :data:`WAL_CHECKPOINT_BYTES`, without waiting for readers or writers (a PASSIVE
+        checkpoint); a no-op on PostgreSQL."""
         if not self.is_sqlite:
             return
-        database = self.engine.url.database
-        if not database or database == ":memory:":
-            return
-        wal = Path(database + "-wal")
-        try:
-            if wal.stat().st_size < WAL_CHECKPOINT_BYTES:
-                return
-        except OSError:
-            return
-        connection = self.engine.raw_connection()  # outside any transaction: a checkpoint cannot run inside one
-        try:
-            connection.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)")
-        finally:
-            connection.close()
+        for engine in (self.engine, self._nonce_engine):
+            database = engine.url.database
+            if not database or database == ":memory:":
+                continue
+            try:
+                if Path(database + "-wal").stat().st_size < WAL_CHECKPOINT_BYTES:
+                    continue
+            except OSError:
+                continue
+            connection = engine.raw_connection()  # outside any transaction: a checkpoint cannot run inside one
+            try:
+                connection.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)")
+            finally:
+                connection.close()
 
     def purge_nonces(self, now: float | None = None) -> None:
         moment = time.time() if now is None else now
@@ -395,13 +398,16 @@ POOL_OVERFLOW = 8
 """Extra connections beyond :data:`POOL_SIZE`: at most 40 per engine, one per threadpool thread."""
 SQLITE_PAGE_BYTES = 65536
 """SQLite's largest page size, used for new database files (https://sqlite.org/pragma.html#pragma_page_size)."""
+NONCE_PAGE_BYTES = 4096
+"""SQLite's default page size, for the nonce file: a nonce's commit writes its table and index
+leaf pages to the WAL, 12 KB at this size where the main file's pages would make it 192 KB."""
 WAL_CHECKPOINT_BYTES = 64 << 20
 """WAL size above which the background checkpoint copies it into the main file."""
 WAL_AUTOCHECKPOINT_BYTES = 1 << 30
 """WAL size at which SQLite itself checkpoints, inside a commit (a backstop only)."""
 
 
-def _create_engine(url: str, *, immediate: bool, synchronous: str = "FULL") -> Engine:
+def _create_engine(url: str, *, immediate: bool, synchronous: str = "FULL", page_bytes: int = SQLITE_PAGE_BYTES) -> Engine:
     if not url.startswith("sqlite"):
         # Up to one connection per threadpool thread (anyio runs 40), so no request waits for one.
         return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
@@ -414,15 +420,16 @@ def _create_engine(url: str, *, immediate: bool, synchronous: str = "FULL") -> E
         # Take over transaction control from pysqlite so BEGIN IMMEDIATE is ours to emit.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        # Large pages for a new file (a no-op on an existing one): a 4 MB running sum is 62
-        # overflow pages instead of ~1000, which more than halves the time of its commit.
-        cursor.execute(f"PRAGMA page_size={SQLITE_PAGE_BYTES}")
+        # The page size of a new file (a no-op on an existing one): large for the main file, where
+        # a 4 MB running sum is 62 overflow pages instead of ~1000, which more than halves the
+        # time of its commit; SQLite's default for the nonce file, whose commits touch few bytes.
+        cursor.execute(f"PRAGMA page_size={page_bytes}")
         cursor.execute("PRAGMA journal_mode=WAL")
         # Checkpoints run in the background (Database.checkpoint, from the server's tick), so no
         # request's commit pays for copying the WAL into the main file; the automatic one is
         # only a backstop for a database used without that tick.
-        page_bytes = cursor.execute("PRAGMA page_size").fetchone()[0]
-        cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_BYTES // page_bytes}")
+        file_page_bytes = cursor.execute("PRAGMA page_size").fetchone()[0]
+        cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_BYTES // file_page_bytes}")
         cursor.execute("PRAGMA journal_size_limit=134217728")
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")

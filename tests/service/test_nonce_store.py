@@ -56,3 +56,41 @@ def test_expired_nonces_are_purged_from_the_nonce_file_and_unexpired_ones_kept(t
         assert not database.record_nonce("bank-a", "3" * 32, expires_at=400.0)
     finally:
         database.dispose()
+
+
+def _wal_bytes(path: Path) -> int:
+    wal = path.with_name(path.name + "-wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
+def test_a_nonce_commit_writes_kilobytes_to_the_wal_not_the_main_files_large_pages(tmp_path: Path) -> None:
+    """Every signed request records a nonce; at the main file's 64 KB pages each commit wrote
+    three of them (table, primary key, expiry index) to the nonce file's WAL."""
+    database = Database(f"sqlite:///{tmp_path / 'secagg.db'}")
+    try:
+        database.create_schema()
+        nonces = tmp_path / "secagg.nonces.db"
+        database.record_nonce("bank-a", "f" * 32, expires_at=2e9)
+        before = _wal_bytes(nonces)
+        for index in range(200):
+            assert database.record_nonce("bank-a", f"{index:032x}", expires_at=2e9)
+        per_commit = (_wal_bytes(nonces) - before) / 200
+        assert per_commit <= 16 * 1024, per_commit
+        assert sqlite3.connect(nonces).execute("PRAGMA page_size").fetchone()[0] == 4096
+    finally:
+        database.dispose()
+
+
+def test_the_background_checkpoint_copies_the_nonce_files_wal_too(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr("service.db.WAL_CHECKPOINT_BYTES", 1)
+    database = Database(f"sqlite:///{tmp_path / 'secagg.db'}")
+    try:
+        database.create_schema()
+        nonces = tmp_path / "secagg.nonces.db"
+        for index in range(500):
+            database.record_nonce("bank-a", f"{index:032x}", expires_at=2e9)
+        size_before = nonces.stat().st_size
+        database.checkpoint()
+        assert nonces.stat().st_size > size_before  # the rows now live in the file, not only in its WAL
+    finally:
+        database.dispose()
