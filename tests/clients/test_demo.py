@@ -1,9 +1,15 @@
-"""``secagg demo`` end to end, with the shipped commands only: 3 bank processes, 4 rounds, one bank killed and resumed.
+"""``secagg demo`` end to end, with the shipped commands only: 5 bank processes, 4 rounds, one bank killed and resumed.
 
 The assertions are outcomes that could fail: the federated model beats the mean of the
 banks trained alone with the same DP budget, every bank (the killed one included) ends
 with the identical model, every bank's epsilon is within its budget, the audit verifies,
 and the killed bank's interrupted round is charged exactly once and completes with it.
+
+Five banks, not three: the DP noise is fresh in every run, and with three regions the
+federated model's edge over the banks' mean is no larger than the spread between runs,
+so the comparison failed about one run in three. With five, each bank holds a fifth of
+the loans and trains a noisier model alone while the federated model averages five
+banks' noise, and the edge is more than twice that spread.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ pytestmark = [pytest.mark.torch, pytest.mark.slow]
 from clients.harness.demo import DemoConfig, DemoError, run_demo  # noqa: E402
 from secagg.config import ProtocolMode  # noqa: E402
 
-CONFIG = DemoConfig(banks=3, rounds=4, mode=ProtocolMode.ACTIVE, restart=True)
+CONFIG = DemoConfig(banks=5, rounds=4, mode=ProtocolMode.ACTIVE, restart=True)
+BANKS = ("bank-a", "bank-b", "bank-c", "bank-d", "bank-e")
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +43,11 @@ def test_the_federated_model_beats_every_bank_alone_and_every_bank_holds_it(demo
     assert demo["rounds_completed"] == CONFIG.rounds
     assert demo["auc_federated"] > demo["auc_local_mean"], (demo["auc_federated"], demo["auc_local"])
     assert demo["same_model_everywhere"], demo["model_sha256"]
-    assert set(demo["model_sha256"]) == {"bank-a", "bank-b", "bank-c"}
+    assert set(demo["model_sha256"]) == set(BANKS)
 
 
 def test_every_bank_stays_within_its_budget_and_the_audit_verifies(demo: dict) -> None:
-    assert set(demo["epsilon_per_bank"]) == {"bank-a", "bank-b", "bank-c"}
+    assert set(demo["epsilon_per_bank"]) == set(BANKS)
     for epsilon in demo["epsilon_per_bank"].values():
         assert 0.5 * demo["budget_epsilon"] < epsilon <= demo["budget_epsilon"] * (1 + 1e-9)
     assert demo["audit_ok"], demo["audit"]
@@ -60,7 +67,7 @@ def test_the_killed_bank_resumed_its_round_which_completed_with_it_and_was_charg
     started = [event for event in events if event["event"] == "started"]
     assert len(started) == 2 and started[1]["resumed_after"]  # the second process picked up the state
     finished = [event for event in events if event["event"] == "round" and event["round_id"] == round_id]
-    assert len(finished) == 1 and finished[0]["contributed"] and finished[0]["survivors"] == 3
+    assert len(finished) == 1 and finished[0]["contributed"] and finished[0]["survivors"] == len(BANKS)
     ledger_path = next(iter((run_dir / bank / "budget" / "budgets").glob("*/privacy-ledger.jsonl")))
     verification = verify_ledger(ledger_path)
     assert verification.ok
