@@ -27,7 +27,6 @@ from clients.harness.demo import DemoConfig, DemoError, run_demo  # noqa: E402
 from secagg.config import ProtocolMode  # noqa: E402
 
 CONFIG = DemoConfig(banks=5, rounds=4, mode=ProtocolMode.ACTIVE, restart=True)
-BANKS = ("bank-a", "bank-b", "bank-c", "bank-d", "bank-e")
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +42,11 @@ def test_the_federated_model_beats_every_bank_alone_and_every_bank_holds_it(demo
     assert demo["rounds_completed"] == CONFIG.rounds
     assert demo["auc_federated"] > demo["auc_local_mean"], (demo["auc_federated"], demo["auc_local"])
     assert demo["same_model_everywhere"], demo["model_sha256"]
-    assert set(demo["model_sha256"]) == set(BANKS)
+    assert set(demo["model_sha256"]) == set(CONFIG.bank_ids)
 
 
 def test_every_bank_stays_within_its_budget_and_the_audit_verifies(demo: dict) -> None:
-    assert set(demo["epsilon_per_bank"]) == set(BANKS)
+    assert set(demo["epsilon_per_bank"]) == set(CONFIG.bank_ids)
     for epsilon in demo["epsilon_per_bank"].values():
         assert 0.5 * demo["budget_epsilon"] < epsilon <= demo["budget_epsilon"] * (1 + 1e-9)
     assert demo["audit_ok"], demo["audit"]
@@ -67,7 +66,7 @@ def test_the_killed_bank_resumed_its_round_which_completed_with_it_and_was_charg
     started = [event for event in events if event["event"] == "started"]
     assert len(started) == 2 and started[1]["resumed_after"]  # the second process picked up the state
     finished = [event for event in events if event["event"] == "round" and event["round_id"] == round_id]
-    assert len(finished) == 1 and finished[0]["contributed"] and finished[0]["survivors"] == len(BANKS)
+    assert len(finished) == 1 and finished[0]["contributed"] and finished[0]["survivors"] == CONFIG.banks
     ledger_path = next(iter((run_dir / bank / "budget" / "budgets").glob("*/privacy-ledger.jsonl")))
     verification = verify_ledger(ledger_path)
     assert verification.ok
